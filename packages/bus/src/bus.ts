@@ -1,0 +1,90 @@
+/**
+ * The message bus between gateways and the control plane. Two implementations pass one contract suite
+ * (bus.contract.ts): NatsBus (production: core NATS for fan-out, JetStream for durable events) and
+ * MemoryBus (embedded mode and unit tests, one process).
+ *
+ * Two kinds of traffic, with different guarantees:
+ * - fan-out (`publish`/`subscribe`): at most once, lowest latency. Losing one is safe because every
+ *   message is persisted in the store before it is published, and devices catch up from the store.
+ * - durable events (`publishDurable`/`consume`): at least once, survives restarts of publishers and
+ *   consumers; used for delivery events (acks, sent counts) that must not be lost.
+ */
+export interface Bus {
+  /** Publishes to the current subscribers of `subject`; no subscriber means the message is dropped. */
+  publish(subject: string, data: Uint8Array): void;
+
+  /**
+   * Receives messages published to `subject` (NATS wildcards `*` and `>` allowed). With `queue`, each
+   * message goes to one subscriber of the queue group instead of all. The handler must not throw.
+   */
+  subscribe(subject: string, handler: MessageHandler, options?: SubscribeOptions): BusSubscription;
+
+  /**
+   * Appends to the durable stream that owns `subject` (see DurableStreamConfig). Resolves once the stream
+   * has stored it; rejects (UNAVAILABLE) otherwise, and the caller must not treat the data as sent.
+   */
+  publishDurable(subject: string, data: Uint8Array): Promise<void>;
+
+  /**
+   * Consumes a durable stream with a named consumer. Instances using the same `consumer` name share the
+   * work (each message goes to one of them). A message is acknowledged when the handler resolves; when it
+   * rejects, or the process dies first, it is delivered again after `redeliverAfterMs`.
+   */
+  consume(options: ConsumeOptions): DurableConsumer;
+
+  /** Resolves when the bus can carry traffic (for readiness checks); rejects with the reason otherwise. */
+  ready(): Promise<void>;
+
+  /** Resolves once everything published so far has left this process. */
+  flush(): Promise<void>;
+
+  /** Stops consumers and subscriptions, flushes, disconnects. */
+  close(): Promise<void>;
+}
+
+export type MessageHandler = (data: Uint8Array, subject: string) => void;
+
+export interface SubscribeOptions {
+  /** Queue group name: each message goes to one member. Default: none (every subscriber gets it). */
+  queue?: string;
+}
+
+export interface BusSubscription {
+  unsubscribe(): void;
+}
+
+export interface DurableStreamConfig {
+  /** Stream name, e.g. 'PUSHD_EVENTS'. */
+  name: string;
+  /** Subjects the stream stores, e.g. ['pushd.events.>']. */
+  subjects: string[];
+  /** How long a message is kept, acknowledged or not. Default: 7 days. */
+  maxAgeMs?: number;
+  /** JetStream replicas (NATS only; 3 in a cluster). Default: 1. */
+  replicas?: number;
+}
+
+export interface ConsumeOptions {
+  /** Stream to read, created by the bus from its configuration if missing. */
+  stream: string;
+  /** Durable consumer name; instances sharing it share the work. */
+  consumer: string;
+  /** Only messages on subjects matching this filter. Default: every subject of the stream. */
+  filterSubject?: string;
+  handler: (data: Uint8Array, meta: DurableMessageMeta) => Promise<void>;
+  /** Redelivery delay for a message whose handler rejected or never finished. Default: 5000 ms. */
+  redeliverAfterMs?: number;
+  /** Handler calls in flight at once for this consumer. Default: 1 (in stream order). */
+  concurrency?: number;
+}
+
+export interface DurableMessageMeta {
+  subject: string;
+  /** How many times this message has been delivered to the consumer, starting at 1. */
+  deliveryCount: number;
+}
+
+export interface DurableConsumer {
+  /** Stops fetching; resolves after in-flight handlers finish. Unacknowledged messages stay in the stream. */
+  stop(): Promise<void>;
+}

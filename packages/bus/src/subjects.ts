@@ -1,0 +1,36 @@
+/**
+ * Every NATS subject the system uses is built here and nowhere else. Layout (docs/architecture.md):
+ *
+ *   pushd.node.<node_id>.deliver   dispatch -> one gateway node: messages for devices it holds
+ *   pushd.events.<source>          durable (stream PUSHD_EVENTS): delivery events from gateways and dispatch
+ */
+
+const TOKEN = /^[A-Za-z0-9_-]{1,64}$/;
+
+/** A subject token must not contain '.', '*', '>' or whitespace, which would change the subject's meaning. */
+function token(kind: string, value: string): string {
+  if (!TOKEN.test(value)) throw new Error(`invalid ${kind} for a NATS subject: ${JSON.stringify(value)}`);
+  return value;
+}
+
+export type EventSource = 'gateway' | 'dispatch';
+
+export const subjects = {
+  nodeDelivery: (nodeId: string): string => `pushd.node.${token('node id', nodeId)}.deliver`,
+  events: (source: EventSource): string => `pushd.events.${source}`,
+  allEvents: 'pushd.events.>',
+} as const;
+
+export const streams = {
+  /** Delivery events (sent, arrived...), consumed by stats and dispatch. */
+  events: {
+    name: 'PUSHD_EVENTS',
+    subjects: ['pushd.events.>'],
+    maxAgeMs: 7 * 24 * 3600 * 1000,
+  },
+} as const;
+
+/** Node ids name a gateway in subjects and routes: letters, digits, '_' and '-', at most 64. */
+export function isValidNodeId(value: string): boolean {
+  return TOKEN.test(value);
+}

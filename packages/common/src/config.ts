@@ -1,0 +1,41 @@
+import { z } from 'zod';
+
+/**
+ * Parses a service's environment once, at start, against its schema. On failure it throws one error whose
+ * message lists every bad variable, so an operator fixes them all in one go.
+ */
+export function parseEnv<Schema extends z.ZodType>(
+  schema: Schema,
+  env: Record<string, string | undefined> = process.env,
+): z.infer<Schema> {
+  const result = schema.safeParse(env);
+  if (result.success) return result.data;
+  const lines = result.error.issues.map((issue) => {
+    const name = issue.path.join('.') || '(environment)';
+    return `  ${name}: ${issue.message}${name in env ? ` (got ${JSON.stringify(env[name])})` : ''}`;
+  });
+  throw new ConfigError(`Invalid configuration:\n${lines.join('\n')}`);
+}
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+/** Field builders shared by the services' schemas. */
+export const envField = {
+  port: (defaultPort: number) => z.coerce.number().int().min(0).max(65535).default(defaultPort),
+  host: (defaultHost = '0.0.0.0') => z.string().min(1).default(defaultHost),
+  ms: (defaultMs: number) => z.coerce.number().int().positive().default(defaultMs),
+  count: (defaultCount: number) => z.coerce.number().int().positive().default(defaultCount),
+  url: (protocols: string[]) =>
+    z
+      .string()
+      .min(1)
+      .refine(
+        (value) => value.split(',').every((part) => protocols.some((p) => part.trim().startsWith(`${p}://`))),
+        `must be a URL starting with ${protocols.map((p) => `${p}://`).join(' or ')} (comma-separated for several)`,
+      ),
+  logLevel: () => z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** The shared secret of internal callers (gateways, services, operators): at least 16 characters. */
+  clusterToken: () => z.string().min(16, 'must be at least 16 characters'),
+};

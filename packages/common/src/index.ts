@@ -1,0 +1,16 @@
+export { type Clock, ManualClock, systemClock } from './clock.js';
+export { ConfigError, envField, parseEnv } from './config.js';
+export {
+  ERROR_CATALOGUE,
+  type ErrorCode,
+  type ErrorSpec,
+  invalidArgument,
+  isErrorCode,
+  PushdError,
+  toPushdError,
+} from './errors.js';
+export { type Component, stopAll, stopOnSignals } from './lifecycle.js';
+export { createLogger, type CreateLoggerOptions, type Logger, silentLogger } from './logger.js';
+export { type CreateMetricsRegistryOptions, createMetricsRegistry } from './metrics.js';
+export { OpsServer, type OpsServerOptions, type ReadinessCheck } from './ops-server.js';
+export { hashSecret, randomSecret, safeEqual, secretMatchesHash } from './secrets.js';

@@ -1,0 +1,31 @@
+/**
+ * Where each online device is connected: written by the gateway that holds the connection, read by
+ * dispatch to publish to that gateway's subject. A route can be stale (a gateway died): that is safe,
+ * because every message is stored before it is published and the device catches up when it reconnects.
+ */
+export interface Route {
+  nodeId: string;
+  /** Identifies the connection, so that a closing old connection cannot remove a newer one's route. */
+  sessionId: string;
+}
+
+export interface RouteKey {
+  accessId: number;
+  token: string;
+}
+
+export interface RouteStore {
+  /** Records the route; it expires after ttlMs unless refreshed. */
+  set(accessId: number, token: string, route: Route, ttlMs: number): Promise<void>;
+
+  get(accessId: number, token: string): Promise<Route | undefined>;
+
+  /** Routes of many devices of one app, in the order of `tokens` (undefined where offline). */
+  getMany(accessId: number, tokens: string[]): Promise<(Route | undefined)[]>;
+
+  /** Removes the route only if it still belongs to `sessionId`. */
+  clear(accessId: number, token: string, sessionId: string): Promise<void>;
+
+  /** Extends the expiry of routes still held by their sessions (one round trip for the whole batch). */
+  refresh(entries: (RouteKey & { sessionId: string })[], ttlMs: number): Promise<void>;
+}

@@ -1,0 +1,2 @@
+export { freePort, waitFor, waitForPort } from './ports.js';
+export { requireBinary, startNatsServer, startRedisServer, type TestServer } from './servers.js';

@@ -1,0 +1,27 @@
+import { defineConfig } from 'vitest/config';
+
+// One runner for the whole repository: unit tests sit next to the code and use the in-memory adapters;
+// integration and end-to-end tests live in test/ and start real nats-server and redis-server processes.
+export default defineConfig({
+  test: {
+    projects: [
+      {
+        test: {
+          name: 'unit',
+          include: ['packages/*/src/**/*.test.ts', 'services/*/src/**/*.test.ts'],
+          testTimeout: 20_000,
+        },
+      },
+      {
+        test: {
+          name: 'e2e',
+          include: ['test/**/*.test.ts'],
+          testTimeout: 60_000,
+          hookTimeout: 60_000,
+          // Each file starts its own servers; two at once is what a 2-core CI machine carries.
+          maxWorkers: 2,
+        },
+      },
+    ],
+  },
+});
