@@ -10,7 +10,11 @@
  *   consumers; used for delivery events (acks, sent counts) that must not be lost.
  */
 export interface Bus {
-  /** Publishes to the current subscribers of `subject`; no subscriber means the message is dropped. */
+  /**
+   * Publishes to the current subscribers of `subject`; no subscriber means the message is dropped, and so
+   * does a NATS bus that is disconnected. Handlers never run inside this call; each subscriber gets the
+   * messages of one publisher in publish order.
+   */
   publish(subject: string, data: Uint8Array): void;
 
   /**
@@ -35,7 +39,10 @@ export interface Bus {
   /** Resolves when the bus can carry traffic (for readiness checks); rejects with the reason otherwise. */
   ready(): Promise<void>;
 
-  /** Resolves once everything published so far has left this process. */
+  /**
+   * Resolves once everything published so far has left this process and the subscriptions made so far are
+   * in effect (NATS: one round trip to the server; memory: queued deliveries were handed to handlers).
+   */
   flush(): Promise<void>;
 
   /** Stops consumers and subscriptions, flushes, disconnects. */
@@ -65,7 +72,10 @@ export interface DurableStreamConfig {
 }
 
 export interface ConsumeOptions {
-  /** Stream to read, created by the bus from its configuration if missing. */
+  /**
+   * Stream to read, created by the bus from its configuration if missing (MemoryBus throws UNAVAILABLE
+   * when its broker has no such stream).
+   */
   stream: string;
   /** Durable consumer name; instances sharing it share the work. */
   consumer: string;

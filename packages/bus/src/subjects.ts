@@ -1,8 +1,10 @@
+import type { DurableStreamConfig } from './bus.js';
+
 /**
  * Every NATS subject the system uses is built here and nowhere else. Layout (docs/architecture.md):
  *
  *   pushd.node.<node_id>.deliver   dispatch -> one gateway node: messages for devices it holds
- *   pushd.events.<source>          durable (stream PUSHD_EVENTS): delivery events from gateways and dispatch
+ *   pushd.events.<source>          durable (stream PUSHD_EVENTS): events from gateways, dispatch and registry
  */
 
 const TOKEN = /^[A-Za-z0-9_-]{1,64}$/;
@@ -13,7 +15,7 @@ function token(kind: string, value: string): string {
   return value;
 }
 
-export type EventSource = 'gateway' | 'dispatch';
+export type EventSource = 'gateway' | 'dispatch' | 'registry';
 
 export const subjects = {
   nodeDelivery: (nodeId: string): string => `pushd.node.${token('node id', nodeId)}.deliver`,
@@ -21,14 +23,14 @@ export const subjects = {
   allEvents: 'pushd.events.>',
 } as const;
 
-export const streams = {
-  /** Delivery events (sent, arrived...), consumed by stats and dispatch. */
+export const streams: { readonly events: DurableStreamConfig } = {
+  /** Delivery and registry events (sent, arrived, unregistered), consumed by stats, dispatch and tag. */
   events: {
     name: 'PUSHD_EVENTS',
     subjects: ['pushd.events.>'],
     maxAgeMs: 7 * 24 * 3600 * 1000,
   },
-} as const;
+};
 
 /** Node ids name a gateway in subjects and routes: letters, digits, '_' and '-', at most 64. */
 export function isValidNodeId(value: string): boolean {

@@ -39,3 +39,29 @@ export const envField = {
   /** The shared secret of internal callers (gateways, services, operators): at least 16 characters. */
   clusterToken: () => z.string().min(16, 'must be at least 16 characters'),
 };
+
+/**
+ * Variables every service reads. Each service's env.ts spreads these into its own schema and adds its
+ * own; docs/architecture.md ("Configuration") lists them all.
+ */
+export function commonEnvShape(defaults: { opsPort: number }) {
+  return {
+    /** pino level. */
+    LOG_LEVEL: envField.logLevel(),
+    /** Shared secret of internal callers: required, no default in production. */
+    CLUSTER_TOKEN: envField.clusterToken(),
+    /** NATS servers, comma-separated for a cluster. */
+    NATS_URL: envField.url(['nats', 'tls']).default('nats://127.0.0.1:4222'),
+    /** Redis URL; several comma-separated redis:// seeds mean Redis Cluster. */
+    REDIS_URL: envField.url(['redis', 'rediss']).default('redis://127.0.0.1:6379'),
+    /** Prefix of every Redis key, so that several deployments can share one Redis. */
+    REDIS_KEY_PREFIX: z
+      .string()
+      .regex(/^[A-Za-z0-9_-]{1,32}$/, 'letters, digits, "_" or "-", at most 32')
+      .default('pushd'),
+    /** Interface the service binds. */
+    HOST: envField.host(),
+    /** /metrics, /healthz, /readyz. */
+    OPS_PORT: envField.port(defaults.opsPort),
+  };
+}

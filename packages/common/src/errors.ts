@@ -51,6 +51,7 @@ export const ERROR_CATALOGUE = {
   APP_NOT_FOUND: spec('no app has this access id', Grpc.NOT_FOUND, 404, 4404, false),
   TOKEN_NOT_FOUND: spec('no registered device has this token in this app', Grpc.NOT_FOUND, 404, 4404, false),
   PUSH_NOT_FOUND: spec('no push has this push id in this app', Grpc.NOT_FOUND, 404, 4404, false),
+  ENDPOINT_NOT_FOUND: spec('no endpoint at this path', Grpc.UNIMPLEMENTED, 404, 4404, false),
   PAYLOAD_TOO_LARGE: spec('the message exceeds the 4096-byte limit', Grpc.INVALID_ARGUMENT, 413, 4413, false),
   TAG_LIMIT_EXCEEDED: spec('the call would exceed a tag limit', Grpc.FAILED_PRECONDITION, 409, 4409, false),
   RATE_LIMITED: spec('too many calls of this kind; retry later', Grpc.RESOURCE_EXHAUSTED, 429, 4429, true),

@@ -1,5 +1,5 @@
 export { type Clock, ManualClock, systemClock } from './clock.js';
-export { ConfigError, envField, parseEnv } from './config.js';
+export { ConfigError, commonEnvShape, envField, parseEnv } from './config.js';
 export {
   ERROR_CATALOGUE,
   type ErrorCode,

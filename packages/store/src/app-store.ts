@@ -1,3 +1,6 @@
+/** The first access id a store assigns (the TPNS AccessId shape). */
+export const FIRST_ACCESS_ID = 1_500_000_001;
+
 /** Apps (tenants). Owned by the registry service. */
 export interface AppRecord {
   /** Numeric, assigned by the store, increasing from 1500000001 (the TPNS AccessId shape). */

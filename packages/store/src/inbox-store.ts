@@ -3,20 +3,48 @@ import type { PushMessage } from '@pushd/proto';
 /**
  * A device's offline window: messages kept until the device acknowledges them or they expire. Owned by
  * the dispatch service.
+ *
+ * Ordering: the store also remembers the highest msgId ever appended for the device (`lastMsgId`, kept
+ * even after the messages are acknowledged, trimmed or expired) and refuses to append a message whose
+ * msgId is not above it. So a device's messages enter its window in increasing msgId order even when
+ * several dispatch calls race; the refused caller takes a fresh (higher) id and appends again. Each append
+ * returns the previous lastMsgId, which gateways use to detect a gap in what they received live.
  */
 export interface InboxStore {
   /**
    * Adds a message and keeps only the newest `capacity` messages (by msgId) that have not expired at
-   * `nowMs`. The brief's limits: capacity 2 on Android, 1 on iOS.
+   * `nowMs`. The brief's limits: capacity 2 on Android, 1 on iOS. Refused (nothing changes) when
+   * message.msgId <= lastMsgId. Atomic.
    */
-  append(accessId: number, token: string, message: PushMessage, capacity: number, nowMs: number): Promise<void>;
+  append(
+    accessId: number,
+    token: string,
+    message: PushMessage,
+    capacity: number,
+    nowMs: number,
+  ): Promise<AppendResult>;
 
-  /** Messages with msgId > afterMsgId that have not expired at nowMs, oldest first. */
-  pending(accessId: number, token: string, afterMsgId: number, nowMs: number): Promise<PushMessage[]>;
+  /**
+   * Messages with msgId > afterMsgId that have not expired at nowMs, oldest first, and the device's
+   * lastMsgId (0 if nothing was ever appended).
+   */
+  pending(accessId: number, token: string, afterMsgId: number, nowMs: number): Promise<PendingResult>;
 
-  /** Forgets acknowledged messages; unknown ids are ignored. */
+  /** Forgets acknowledged messages; unknown ids are ignored. lastMsgId is unchanged. */
   ack(accessId: number, token: string, msgIds: number[]): Promise<void>;
 
-  /** Forgets every message of the device (it unregistered). */
+  /** Forgets every message of the device and its lastMsgId (it unregistered). */
   clear(accessId: number, token: string): Promise<void>;
+}
+
+export type AppendResult =
+  | { appended: true /** lastMsgId before this append (0 if none). */; previousMsgId: number }
+  | {
+      appended: false /** The device's lastMsgId, which the refused msgId did not exceed. */;
+      lastMsgId: number;
+    };
+
+export interface PendingResult {
+  messages: PushMessage[];
+  lastMsgId: number;
 }

@@ -3,10 +3,13 @@ import type { PushRecord, PushStatus } from '@pushd/proto';
 /** Pushes an app has sent. Owned by the dispatch service. */
 export interface PushStore {
   /**
-   * The next push id and message id of an app. Both increase: message ids order a device's messages.
-   * Push ids are decimal strings of their own counter.
+   * The next push id and message id of an app, from two counters, in one atomic call. Both increase:
+   * message ids order a device's messages. Push ids are decimal strings.
    */
   nextIds(accessId: number): Promise<{ pushId: string; msgId: number }>;
+
+  /** A further message id, above every id handed out before (to retry a refused inbox append). */
+  nextMsgId(accessId: number): Promise<number>;
 
   save(push: PushRecord): Promise<void>;
 

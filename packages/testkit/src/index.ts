@@ -1,2 +1,8 @@
 export { freePort, waitFor, waitForPort } from './ports.js';
-export { requireBinary, startNatsServer, startRedisServer, type TestServer } from './servers.js';
+export {
+  type NatsTestServer,
+  requireBinary,
+  startNatsServer,
+  startRedisServer,
+  type TestServer,
+} from './servers.js';

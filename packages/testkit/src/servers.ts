@@ -18,7 +18,12 @@ const INSTALL_HINT: Record<string, string> = {
 
 /** Finds a server binary or fails with the command that installs it: never a silent skip. */
 export function requireBinary(name: 'nats-server' | 'redis-server'): string {
-  for (const candidate of [process.env[`${name.toUpperCase().replace('-', '_')}_BIN`], name, `/usr/sbin/${name}`, `/usr/bin/${name}`]) {
+  for (const candidate of [
+    process.env[`${name.toUpperCase().replace('-', '_')}_BIN`],
+    name,
+    `/usr/sbin/${name}`,
+    `/usr/bin/${name}`,
+  ]) {
     if (!candidate) continue;
     const probe = spawnSync(candidate, ['--version'], { stdio: 'ignore' });
     if (probe.status === 0) return candidate;
@@ -29,13 +34,88 @@ export function requireBinary(name: 'nats-server' | 'redis-server'): string {
   );
 }
 
+/**
+ * A nats-server a test started. Besides `stop()` (kill and remove the store), the process can be taken
+ * down and brought back on the same port with the same JetStream store, to test reconnects and persistence.
+ */
+export interface NatsTestServer extends TestServer {
+  /** JetStream store directory, kept across `restart()`/`stopProcess()`; removed by `stop()`. */
+  storeDir: string;
+  /** Whether the process is currently running. */
+  readonly running: boolean;
+  /** Stops the process (SIGTERM, SIGKILL after 5 s) but keeps the port and the store for `startProcess()`. */
+  stopProcess(): Promise<void>;
+  /** Starts the process again on the same port and store; resolves once it accepts connections. */
+  startProcess(): Promise<void>;
+  /** `stopProcess()` then `startProcess()`. */
+  restart(): Promise<void>;
+}
+
 /** Starts a nats-server with JetStream on a free port, storing in a fresh temporary directory. */
-export async function startNatsServer(): Promise<TestServer> {
+export async function startNatsServer(): Promise<NatsTestServer> {
   const binary = requireBinary('nats-server');
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'pushd-nats-'));
-  const child = spawn(binary, ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir], { stdio: 'ignore' });
-  return track(child, port, `nats://127.0.0.1:${port}`, dir);
+  const spawnServer = () =>
+    spawn(binary, ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir], { stdio: 'ignore' });
+  let child: ChildProcess | undefined;
+  let exited: Promise<void> = Promise.resolve();
+
+  const startProcess = async () => {
+    if (child) return;
+    const started = spawnServer();
+    child = started;
+    exited = new Promise<void>((resolve) => started.once('exit', () => resolve()));
+    void exited.then(() => {
+      if (child === started) child = undefined;
+    });
+    try {
+      await Promise.race([
+        waitForPort(port),
+        exited.then(() => {
+          throw new Error(`nats-server exited at start (port ${port}, store ${dir})`);
+        }),
+      ]);
+    } catch (error) {
+      started.kill('SIGKILL');
+      throw error;
+    }
+  };
+  const stopProcess = async () => {
+    const running = child;
+    if (!running) return;
+    const gone = exited;
+    running.kill('SIGTERM');
+    const timer = setTimeout(() => running.kill('SIGKILL'), 5_000);
+    await gone;
+    clearTimeout(timer);
+    child = undefined;
+  };
+
+  try {
+    await startProcess();
+  } catch (error) {
+    rmSync(dir, { recursive: true, force: true });
+    throw error;
+  }
+  return {
+    url: `nats://127.0.0.1:${port}`,
+    port,
+    storeDir: dir,
+    get running() {
+      return child !== undefined;
+    },
+    stopProcess,
+    startProcess,
+    async restart() {
+      await stopProcess();
+      await startProcess();
+    },
+    async stop() {
+      await stopProcess();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }
 
 /** Starts a redis-server with nothing persisted on a free port. */

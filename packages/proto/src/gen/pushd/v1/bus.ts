@@ -21,6 +21,11 @@ export enum EventType {
   EVENT_TYPE_SENT = 1,
   /** EVENT_TYPE_ARRIVED - A device acknowledged a message. */
   EVENT_TYPE_ARRIVED = 2,
+  /**
+   * EVENT_TYPE_UNREGISTERED - A device unregistered: gateways close its connection, dispatch forgets its offline messages, the tag
+   * service its tags.
+   */
+  EVENT_TYPE_UNREGISTERED = 3,
 }
 
 export function eventTypeFromJSON(object: any): EventType {
@@ -34,6 +39,9 @@ export function eventTypeFromJSON(object: any): EventType {
     case 2:
     case "EVENT_TYPE_ARRIVED":
       return EventType.EVENT_TYPE_ARRIVED;
+    case 3:
+    case "EVENT_TYPE_UNREGISTERED":
+      return EventType.EVENT_TYPE_UNREGISTERED;
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum EventType");
   }
@@ -47,6 +55,8 @@ export function eventTypeToJSON(object: EventType): string {
       return "EVENT_TYPE_SENT";
     case EventType.EVENT_TYPE_ARRIVED:
       return "EVENT_TYPE_ARRIVED";
+    case EventType.EVENT_TYPE_UNREGISTERED:
+      return "EVENT_TYPE_UNREGISTERED";
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum EventType");
   }
@@ -59,7 +69,15 @@ export function eventTypeToJSON(object: EventType): string {
 export interface NodeDelivery {
   accessId: number;
   tokens: string[];
-  message?: PushMessage | undefined;
+  message?:
+    | PushMessage
+    | undefined;
+  /**
+   * For each token (same index), the msg_id of the message appended to that device's window just before
+   * this one. A gateway that has not delivered that message yet knows it missed one and fetches the
+   * window instead of delivering out of order.
+   */
+  previousMsgIds: number[];
 }
 
 export interface Event {
@@ -67,11 +85,12 @@ export interface Event {
   accessId: number;
   pushId: string;
   msgId: number;
-  /** Empty for SENT events, which count devices. */
+  /** The device of an ARRIVED or UNREGISTERED event. */
   token: string;
   platform: Platform;
   atMs: number;
-  count: number;
+  /** The devices of a SENT event: one event per push and batch, not one per device. */
+  tokens: string[];
 }
 
 /** Events travel in batches (one durable stream message per batch) so that counting does not slow fan-out. */
@@ -80,7 +99,7 @@ export interface EventBatch {
 }
 
 function createBaseNodeDelivery(): NodeDelivery {
-  return { accessId: 0, tokens: [], message: undefined };
+  return { accessId: 0, tokens: [], message: undefined, previousMsgIds: [] };
 }
 
 export const NodeDelivery: MessageFns<NodeDelivery> = {
@@ -93,6 +112,13 @@ export const NodeDelivery: MessageFns<NodeDelivery> = {
     }
     if (message.message !== undefined) {
       PushMessage.encode(message.message, writer.uint32(26).fork()).join();
+    }
+    if (message.previousMsgIds.length !== 0) {
+      writer.uint32(34).fork();
+      for (const v of message.previousMsgIds) {
+        writer.uint64(v);
+      }
+      writer.join();
     }
     return writer;
   },
@@ -134,6 +160,24 @@ export const NodeDelivery: MessageFns<NodeDelivery> = {
             message.message = PushMessage.decode(reader, reader.uint32());
             continue;
           }
+          case 4: {
+            if (tag === 32) {
+              message.previousMsgIds.push(longToNumber(reader.uint64()));
+
+              continue;
+            }
+
+            if (tag === 34) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.previousMsgIds.push(longToNumber(reader.uint64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -155,6 +199,11 @@ export const NodeDelivery: MessageFns<NodeDelivery> = {
         : 0,
       tokens: globalThis.Array.isArray(object?.tokens) ? object.tokens.map((e: any) => globalThis.String(e)) : [],
       message: isSet(object.message) ? PushMessage.fromJSON(object.message) : undefined,
+      previousMsgIds: globalThis.Array.isArray(object?.previousMsgIds)
+        ? object.previousMsgIds.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.previous_msg_ids)
+        ? object.previous_msg_ids.map((e: any) => globalThis.Number(e))
+        : [],
     };
   },
 
@@ -169,6 +218,9 @@ export const NodeDelivery: MessageFns<NodeDelivery> = {
     if (message.message !== undefined) {
       obj.message = PushMessage.toJSON(message.message);
     }
+    if (message.previousMsgIds?.length) {
+      obj.previousMsgIds = message.previousMsgIds.map((e) => Math.round(e));
+    }
     return obj;
   },
 
@@ -182,12 +234,13 @@ export const NodeDelivery: MessageFns<NodeDelivery> = {
     message.message = (object.message !== undefined && object.message !== null)
       ? PushMessage.fromPartial(object.message)
       : undefined;
+    message.previousMsgIds = object.previousMsgIds?.map((e) => e) || [];
     return message;
   },
 };
 
 function createBaseEvent(): Event {
-  return { type: 0, accessId: 0, pushId: "", msgId: 0, token: "", platform: 0, atMs: 0, count: 0 };
+  return { type: 0, accessId: 0, pushId: "", msgId: 0, token: "", platform: 0, atMs: 0, tokens: [] };
 }
 
 export const Event: MessageFns<Event> = {
@@ -213,8 +266,8 @@ export const Event: MessageFns<Event> = {
     if (message.atMs !== 0) {
       writer.uint32(56).int64(message.atMs);
     }
-    if (message.count !== 0) {
-      writer.uint32(64).uint32(message.count);
+    for (const v of message.tokens) {
+      writer.uint32(66).string(v!);
     }
     return writer;
   },
@@ -289,11 +342,11 @@ export const Event: MessageFns<Event> = {
             continue;
           }
           case 8: {
-            if (tag !== 64) {
+            if (tag !== 66) {
               break;
             }
 
-            message.count = reader.uint32();
+            message.tokens.push(reader.string());
             continue;
           }
         }
@@ -333,7 +386,9 @@ export const Event: MessageFns<Event> = {
         : isSet(object.at_ms)
         ? globalThis.Number(object.at_ms)
         : 0,
-      count: isSet(object.count) ? globalThis.Number(object.count) : 0,
+      tokens: globalThis.Array.isArray(object?.tokens)
+        ? object.tokens.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -360,8 +415,8 @@ export const Event: MessageFns<Event> = {
     if (message.atMs !== 0) {
       obj.atMs = Math.round(message.atMs);
     }
-    if (message.count !== 0) {
-      obj.count = Math.round(message.count);
+    if (message.tokens?.length) {
+      obj.tokens = message.tokens;
     }
     return obj;
   },
@@ -378,7 +433,7 @@ export const Event: MessageFns<Event> = {
     message.token = object.token ?? "";
     message.platform = object.platform ?? 0;
     message.atMs = object.atMs ?? 0;
-    message.count = object.count ?? 0;
+    message.tokens = object.tokens?.map((e) => e) || [];
     return message;
   },
 };

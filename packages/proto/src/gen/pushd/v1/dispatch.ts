@@ -139,6 +139,8 @@ export interface FetchPendingRequest {
 
 export interface FetchPendingResponse {
   messages: PushMessage[];
+  /** The highest msg_id ever appended to the device's window (0 if none): live deliveries chain from it. */
+  lastMsgId: number;
 }
 
 function createBaseAudience(): Audience {
@@ -942,13 +944,16 @@ export const FetchPendingRequest: MessageFns<FetchPendingRequest> = {
 };
 
 function createBaseFetchPendingResponse(): FetchPendingResponse {
-  return { messages: [] };
+  return { messages: [], lastMsgId: 0 };
 }
 
 export const FetchPendingResponse: MessageFns<FetchPendingResponse> = {
   encode(message: FetchPendingResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.messages) {
       PushMessage.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.lastMsgId !== 0) {
+      writer.uint32(16).uint64(message.lastMsgId);
     }
     return writer;
   },
@@ -974,6 +979,14 @@ export const FetchPendingResponse: MessageFns<FetchPendingResponse> = {
             message.messages.push(PushMessage.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.lastMsgId = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -991,6 +1004,11 @@ export const FetchPendingResponse: MessageFns<FetchPendingResponse> = {
       messages: globalThis.Array.isArray(object?.messages)
         ? object.messages.map((e: any) => PushMessage.fromJSON(e))
         : [],
+      lastMsgId: isSet(object.lastMsgId)
+        ? globalThis.Number(object.lastMsgId)
+        : isSet(object.last_msg_id)
+        ? globalThis.Number(object.last_msg_id)
+        : 0,
     };
   },
 
@@ -998,6 +1016,9 @@ export const FetchPendingResponse: MessageFns<FetchPendingResponse> = {
     const obj: any = {};
     if (message.messages?.length) {
       obj.messages = message.messages.map((e) => PushMessage.toJSON(e));
+    }
+    if (message.lastMsgId !== 0) {
+      obj.lastMsgId = Math.round(message.lastMsgId);
     }
     return obj;
   },
@@ -1008,6 +1029,7 @@ export const FetchPendingResponse: MessageFns<FetchPendingResponse> = {
   fromPartial<I extends Exact<DeepPartial<FetchPendingResponse>, I>>(object: I): FetchPendingResponse {
     const message = createBaseFetchPendingResponse();
     message.messages = object.messages?.map((e) => PushMessage.fromPartial(e)) || [];
+    message.lastMsgId = object.lastMsgId ?? 0;
     return message;
   },
 };

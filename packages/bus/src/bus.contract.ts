@@ -1,0 +1,417 @@
+/**
+ * The behaviour every Bus implementation must have, as one vitest suite run against each of them:
+ * packages/bus/src/bus-memory.test.ts (MemoryBus) and test/integration/nats-bus.test.ts (NatsBus on a real
+ * nats-server). Import it by path; it is not part of the package's public names.
+ */
+import { PushdError } from '@pushd/common';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { Bus, DurableMessageMeta, DurableStreamConfig } from './bus.js';
+
+/** What a contract run needs from the implementation under test. */
+export interface BusHarness {
+  /**
+   * A new bus instance onto the server shared by every instance of this harness (another MemoryBus handle
+   * on the same broker, another connection to the same nats-server), as if opened by another process.
+   * It must create `streams`.
+   */
+  createBus(streams: DurableStreamConfig[]): Promise<Bus>;
+  /** Closes what the harness opened (buses it created, servers). Called after each test. */
+  teardown(): Promise<void>;
+}
+
+const STREAM: DurableStreamConfig = { name: 'CONTRACT', subjects: ['contract.>'], maxAgeMs: 3_600_000 };
+const REDELIVER_MS = 300;
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const bytes = (text: string) => encoder.encode(text);
+const text = (data: Uint8Array) => decoder.decode(data);
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+const until = (check: () => void, timeout = 10_000) => vi.waitFor(check, { timeout, interval: 10 });
+
+/** A handler whose received messages (as text) are kept in order. */
+function collector() {
+  const received: string[] = [];
+  const subjects: string[] = [];
+  return {
+    received,
+    subjects,
+    handler: (data: Uint8Array, subject: string) => {
+      received.push(text(data));
+      subjects.push(subject);
+    },
+  };
+}
+
+/** Lets messages in transit arrive, so that a test can check that nothing more came. */
+async function settle(...buses: Bus[]): Promise<void> {
+  for (const bus of buses) await bus.flush();
+  await sleep(150);
+  for (const bus of buses) await bus.flush();
+}
+
+export function describeBusContract(name: string, setup: () => Promise<BusHarness>): void {
+  describe(`Bus contract: ${name}`, () => {
+    let harness: BusHarness;
+    const buses = async (count: number): Promise<Bus[]> => {
+      const created: Bus[] = [];
+      for (let i = 0; i < count; i++) created.push(await harness.createBus([STREAM]));
+      return created;
+    };
+
+    beforeEach(async () => {
+      harness = await setup();
+    });
+    afterEach(async () => {
+      await harness.teardown();
+    });
+
+    describe('fan-out (publish/subscribe)', () => {
+      it('delivers each message to every subscriber, on every instance', async () => {
+        const [a, b, c] = await buses(3);
+        const onA1 = collector();
+        const onA2 = collector();
+        const onB = collector();
+        a!.subscribe('fan.node1.deliver', onA1.handler);
+        a!.subscribe('fan.node1.deliver', onA2.handler);
+        b!.subscribe('fan.node1.deliver', onB.handler);
+        await a!.flush();
+        await b!.flush();
+
+        c!.publish('fan.node1.deliver', bytes('one'));
+        c!.publish('fan.node1.deliver', bytes('two'));
+        await c!.flush();
+
+        await until(() => {
+          expect(onA1.received).toEqual(['one', 'two']);
+          expect(onA2.received).toEqual(['one', 'two']);
+          expect(onB.received).toEqual(['one', 'two']);
+        });
+        expect(onB.subjects).toEqual(['fan.node1.deliver', 'fan.node1.deliver']);
+        await settle(a!, b!, c!);
+        expect(onA1.received).toHaveLength(2);
+      });
+
+      it('delivers asynchronously, never inside the publish call', async () => {
+        const [a] = await buses(1);
+        const on = collector();
+        a!.subscribe('async.check', on.handler);
+        await a!.flush();
+        a!.publish('async.check', bytes('x'));
+        expect(on.received).toEqual([]);
+        await until(() => expect(on.received).toEqual(['x']));
+      });
+
+      it('gives each message to one member of a queue group, and still to every plain subscriber', async () => {
+        const [a, b, c] = await buses(3);
+        const members = [collector(), collector(), collector()];
+        const plain = collector();
+        a!.subscribe('work.jobs', members[0]!.handler, { queue: 'workers' });
+        a!.subscribe('work.jobs', members[1]!.handler, { queue: 'workers' });
+        b!.subscribe('work.jobs', members[2]!.handler, { queue: 'workers' });
+        b!.subscribe('work.jobs', plain.handler);
+        await a!.flush();
+        await b!.flush();
+
+        const sent = Array.from({ length: 90 }, (_, i) => `job-${i}`);
+        for (const job of sent) c!.publish('work.jobs', bytes(job));
+        await c!.flush();
+
+        await until(() => {
+          const all = members.flatMap((m) => m.received);
+          expect(all).toHaveLength(sent.length);
+          expect(plain.received).toHaveLength(sent.length);
+        });
+        await settle(a!, b!, c!);
+        const all = members.flatMap((m) => m.received);
+        expect(all.sort()).toEqual([...sent].sort());
+        for (const member of members) expect(member.received.length).toBeGreaterThan(0);
+        expect(plain.received).toEqual(sent);
+      });
+
+      it('matches `*` as one token and `>` as one or more trailing tokens', async () => {
+        const [a, b] = await buses(2);
+        const star = collector();
+        const tail = collector();
+        const exact = collector();
+        a!.subscribe('wild.*.deliver', star.handler);
+        a!.subscribe('wild.>', tail.handler);
+        a!.subscribe('wild.n1', exact.handler);
+        await a!.flush();
+
+        for (const subject of [
+          'wild.n1.deliver',
+          'wild.n1',
+          'wild.n1.x.deliver',
+          'wild',
+          'wildly.n1.deliver',
+        ]) {
+          b!.publish(subject, bytes(subject));
+        }
+        await b!.flush();
+
+        await until(() => expect(tail.received).toHaveLength(3));
+        await settle(a!, b!);
+        expect(star.received).toEqual(['wild.n1.deliver']);
+        expect(tail.received).toEqual(['wild.n1.deliver', 'wild.n1', 'wild.n1.x.deliver']);
+        expect(exact.received).toEqual(['wild.n1']);
+      });
+
+      it('stops delivering after unsubscribe', async () => {
+        const [a, b] = await buses(2);
+        const on = collector();
+        const other = collector();
+        const subscription = a!.subscribe('unsub.x', on.handler);
+        a!.subscribe('unsub.x', other.handler);
+        await a!.flush();
+        b!.publish('unsub.x', bytes('before'));
+        await b!.flush();
+        await until(() => expect(on.received).toEqual(['before']));
+
+        subscription.unsubscribe();
+        subscription.unsubscribe(); // idempotent
+        await a!.flush();
+        b!.publish('unsub.x', bytes('after'));
+        await b!.flush();
+        await until(() => expect(other.received).toEqual(['before', 'after']));
+        await settle(a!, b!);
+        expect(on.received).toEqual(['before']);
+      });
+
+      it('keeps publish order per subscriber', async () => {
+        const [a, b] = await buses(2);
+        const local = collector();
+        const remote = collector();
+        a!.subscribe('order.x', local.handler);
+        b!.subscribe('order.x', remote.handler);
+        await a!.flush();
+        await b!.flush();
+
+        const sent = Array.from({ length: 2_000 }, (_, i) => String(i));
+        for (const message of sent) a!.publish('order.x', bytes(message));
+        await a!.flush();
+
+        await until(() => {
+          expect(local.received).toHaveLength(sent.length);
+          expect(remote.received).toHaveLength(sent.length);
+        });
+        expect(local.received).toEqual(sent);
+        expect(remote.received).toEqual(sent);
+      });
+
+      it('drops a message published while nobody subscribes', async () => {
+        const [a, b] = await buses(2);
+        b!.publish('nobody.x', bytes('lost'));
+        await b!.flush();
+        await settle(a!, b!);
+
+        const on = collector();
+        a!.subscribe('nobody.x', on.handler);
+        await a!.flush();
+        b!.publish('nobody.x', bytes('seen'));
+        await b!.flush();
+        await until(() => expect(on.received).toEqual(['seen']));
+        await settle(a!, b!);
+        expect(on.received).toEqual(['seen']);
+      });
+    });
+
+    describe('durable events (publishDurable/consume)', () => {
+      it('stores what is published and delivers it in order to a consumer started later', async () => {
+        const [a, b] = await buses(2);
+        for (let i = 0; i < 5; i++) await a!.publishDurable('contract.basic.gateway', bytes(`e${i}`));
+
+        const seen: Array<{ data: string; meta: DurableMessageMeta }> = [];
+        const consumer = b!.consume({
+          stream: STREAM.name,
+          consumer: 'basic',
+          filterSubject: 'contract.basic.>',
+          handler: async (data, meta) => {
+            seen.push({ data: text(data), meta });
+          },
+        });
+        await until(() => expect(seen).toHaveLength(5));
+        expect(seen.map((s) => s.data)).toEqual(['e0', 'e1', 'e2', 'e3', 'e4']);
+        for (const s of seen) expect(s.meta).toEqual({ subject: 'contract.basic.gateway', deliveryCount: 1 });
+
+        await a!.publishDurable('contract.basic.dispatch', bytes('e5'));
+        await until(() => expect(seen).toHaveLength(6));
+        expect(seen[5]!.meta.subject).toBe('contract.basic.dispatch');
+        await consumer.stop();
+      });
+
+      it('delivers again, with a higher deliveryCount, a message whose handler rejected', async () => {
+        const [a, b] = await buses(2);
+        const deliveries: Array<[string, number, number]> = [];
+        const started = performance.now();
+        const consumer = b!.consume({
+          stream: STREAM.name,
+          consumer: 'retry',
+          filterSubject: 'contract.retry.>',
+          redeliverAfterMs: REDELIVER_MS,
+          handler: async (data, meta) => {
+            deliveries.push([text(data), meta.deliveryCount, performance.now() - started]);
+            if (text(data) === 'flaky' && meta.deliveryCount < 3) throw new Error('not now');
+          },
+        });
+        await a!.publishDurable('contract.retry.x', bytes('flaky'));
+        await a!.publishDurable('contract.retry.x', bytes('fine'));
+
+        await until(() => expect(deliveries.filter(([d]) => d === 'flaky')).toHaveLength(3));
+        const flaky = deliveries.filter(([d]) => d === 'flaky');
+        expect(flaky.map(([, count]) => count)).toEqual([1, 2, 3]);
+        // Redelivered after the delay, not at once.
+        expect(flaky[1]![2] - flaky[0]![2]).toBeGreaterThanOrEqual(REDELIVER_MS * 0.8);
+        await settle(a!, b!);
+        await sleep(REDELIVER_MS * 2);
+        // Acknowledged once the handler resolved: no further deliveries.
+        expect(deliveries.filter(([d]) => d === 'flaky')).toHaveLength(3);
+        expect(deliveries.filter(([d]) => d === 'fine')).toEqual([['fine', 1, expect.any(Number)]]);
+        await consumer.stop();
+      });
+
+      it('gives what a stopped consumer did not acknowledge to a new consumer of the same name', async () => {
+        const [a, b, c] = await buses(3);
+        for (let i = 0; i < 10; i++) await a!.publishDurable('contract.restart.gateway', bytes(`m${i}`));
+
+        // First "process": acknowledges m0..m2, is stopped while handling m3, which then fails.
+        const first: string[] = [];
+        let releaseM3!: () => void;
+        const m3Started = new Promise<void>((resolve) => {
+          releaseM3 = resolve;
+        });
+        let failM3!: (error: Error) => void;
+        const consumerB = b!.consume({
+          stream: STREAM.name,
+          consumer: 'restart',
+          filterSubject: 'contract.restart.>',
+          redeliverAfterMs: REDELIVER_MS,
+          handler: (data) => {
+            first.push(text(data));
+            if (text(data) !== 'm3') return Promise.resolve();
+            releaseM3();
+            return new Promise<void>((_, reject) => {
+              failM3 = reject;
+            });
+          },
+        });
+        await m3Started;
+        const stopping = consumerB.stop();
+        let stopped = false;
+        void stopping.then(() => {
+          stopped = true;
+        });
+        await sleep(50);
+        expect(stopped).toBe(false); // waits for the handler in flight
+        failM3(new Error('shutting down'));
+        await stopping;
+        expect(first).toEqual(['m0', 'm1', 'm2', 'm3']);
+
+        // Second "process", on another instance.
+        const second: Array<[string, number]> = [];
+        const consumerC = c!.consume({
+          stream: STREAM.name,
+          consumer: 'restart',
+          filterSubject: 'contract.restart.>',
+          redeliverAfterMs: REDELIVER_MS,
+          handler: async (data, meta) => {
+            second.push([text(data), meta.deliveryCount]);
+          },
+        });
+        await until(() => expect(second).toHaveLength(7));
+        await settle(a!, c!);
+        await sleep(REDELIVER_MS * 2);
+        expect(second.map(([d]) => d).sort()).toEqual(['m3', 'm4', 'm5', 'm6', 'm7', 'm8', 'm9']);
+        expect(second.find(([d]) => d === 'm3')![1]).toBeGreaterThanOrEqual(2);
+        await consumerC.stop();
+      });
+
+      it('shares the work between consumers of the same name without duplicates', async () => {
+        const [a, b, c] = await buses(3);
+        const byB: string[] = [];
+        const byC: string[] = [];
+        const slow = (into: string[]) => async (data: Uint8Array) => {
+          into.push(text(data));
+          await sleep(2);
+        };
+        const options = { stream: STREAM.name, consumer: 'shared', filterSubject: 'contract.shared.>' };
+        const consumerB = b!.consume({ ...options, handler: slow(byB) });
+        const consumerC = c!.consume({ ...options, handler: slow(byC), concurrency: 2 });
+
+        const sent = Array.from({ length: 60 }, (_, i) => `w${i}`);
+        for (const message of sent) await a!.publishDurable('contract.shared.gateway', bytes(message));
+
+        await until(() => expect(byB.length + byC.length).toBe(sent.length));
+        await settle(a!, b!, c!);
+        expect([...byB, ...byC].sort()).toEqual([...sent].sort());
+        expect(byB.length).toBeGreaterThan(0);
+        expect(byC.length).toBeGreaterThan(0);
+        await Promise.all([consumerB.stop(), consumerC.stop()]);
+      });
+
+      it('runs at most `concurrency` handlers at once', async () => {
+        const [a] = await buses(1);
+        let running = 0;
+        let maxRunning = 0;
+        let done = 0;
+        const consumer = a!.consume({
+          stream: STREAM.name,
+          consumer: 'limited',
+          filterSubject: 'contract.limited.>',
+          concurrency: 3,
+          handler: async () => {
+            running++;
+            maxRunning = Math.max(maxRunning, running);
+            await sleep(10);
+            running--;
+            done++;
+          },
+        });
+        for (let i = 0; i < 20; i++) await a!.publishDurable('contract.limited.x', bytes(String(i)));
+        await until(() => expect(done).toBe(20));
+        expect(maxRunning).toBeLessThanOrEqual(3);
+        expect(maxRunning).toBeGreaterThan(1);
+        await consumer.stop();
+      });
+
+      it('delivers only the subjects matching filterSubject', async () => {
+        const [a, b] = await buses(2);
+        await a!.publishDurable('contract.filter.gateway', bytes('g1'));
+        await a!.publishDurable('contract.filter.dispatch', bytes('d1'));
+        await a!.publishDurable('contract.filter.gateway', bytes('g2'));
+        const seen: string[] = [];
+        const consumer = b!.consume({
+          stream: STREAM.name,
+          consumer: 'filtered',
+          filterSubject: 'contract.filter.gateway',
+          handler: async (data, meta) => {
+            seen.push(`${text(data)}@${meta.subject}`);
+          },
+        });
+        await until(() => expect(seen).toHaveLength(2));
+        await settle(a!, b!);
+        expect(seen).toEqual(['g1@contract.filter.gateway', 'g2@contract.filter.gateway']);
+        await consumer.stop();
+      });
+
+      it('rejects publishDurable with UNAVAILABLE, naming the subject, when no stream stores it', async () => {
+        const [a] = await buses(1);
+        const error = await a!.publishDurable('nostream.events.x', bytes('x')).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(error).toBeInstanceOf(PushdError);
+        expect((error as PushdError).code).toBe('UNAVAILABLE');
+        expect((error as PushdError).message).toContain('nostream.events.x');
+      });
+    });
+
+    describe('lifecycle', () => {
+      it('is ready while open, and rejects ready() once closed', async () => {
+        const [a] = await buses(1);
+        await expect(a!.ready()).resolves.toBeUndefined();
+        await a!.close();
+        await expect(a!.ready()).rejects.toBeInstanceOf(PushdError);
+      });
+    });
+  });
+}

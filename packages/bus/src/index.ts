@@ -1,0 +1,13 @@
+export type {
+  Bus,
+  BusSubscription,
+  ConsumeOptions,
+  DurableConsumer,
+  DurableMessageMeta,
+  DurableStreamConfig,
+  MessageHandler,
+  SubscribeOptions,
+} from './bus.js';
+export { MemoryBroker, type MemoryBrokerOptions, MemoryBus, type MemoryBusOptions } from './bus-memory.js';
+export { NatsBus, type NatsBusOptions } from './bus-nats.js';
+export { type EventSource, isValidNodeId, streams, subjects } from './subjects.js';

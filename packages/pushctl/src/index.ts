@@ -1,0 +1,1 @@
+export { loadProfile, type Profile, profilePath, saveProfile } from './profile.js';

@@ -1,0 +1,13 @@
+export {
+  type AppSecretVerifier,
+  basicAuthorization,
+  bearerAuthorization,
+  type Caller,
+  CallAuthorizer,
+  type CallAuthorizerOptions,
+  verifyAppSecretWithRegistry,
+} from './auth.js';
+export { createRpcClient, type PromiseClient, type RpcClientOptions } from './client.js';
+export type { CallContext, RequestOf, ResponseOf, ServiceDefinitionShape, ServiceHandlers } from './definition.js';
+export { ERROR_CODE_TRAILER, ERROR_DOMAIN, fromGrpcError, toGrpcError } from './errors.js';
+export { bindService, GrpcServer, type GrpcServerOptions, type GrpcServiceBinding } from './server.js';

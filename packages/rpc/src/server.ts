@@ -1,0 +1,142 @@
+import { readFileSync } from 'node:fs';
+import {
+  type sendUnaryData,
+  Server,
+  type ServerUnaryCall,
+  ServerCredentials,
+  type ServiceDefinition,
+  type UntypedServiceImplementation,
+} from '@grpc/grpc-js';
+import { loadFileDescriptorSetFromBuffer } from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import type { Logger } from '@pushd/common';
+import { descriptorSetPath } from '@pushd/proto';
+import { HealthImplementation } from 'grpc-health-check';
+import { Counter, Histogram, type Registry } from 'prom-client';
+import type { ServiceDefinitionShape, ServiceHandlers } from './definition.js';
+import { toGrpcError } from './errors.js';
+
+export interface GrpcServiceBinding<Definition extends ServiceDefinitionShape = ServiceDefinitionShape> {
+  /** Fully-qualified name, e.g. 'pushd.v1.DispatchService' (for health and reflection). */
+  name: string;
+  definition: Definition;
+  handlers: ServiceHandlers<Definition>;
+}
+
+/** Binds handlers to a ts-proto service definition with their types checked against each other. */
+export function bindService<Definition extends ServiceDefinitionShape>(
+  name: string,
+  definition: Definition,
+  handlers: ServiceHandlers<Definition>,
+): GrpcServiceBinding {
+  return { name, definition, handlers } as unknown as GrpcServiceBinding;
+}
+
+export interface GrpcServerOptions {
+  /** Interface to bind. Default: '0.0.0.0'. */
+  host?: string;
+  /** Port; 0 picks a free one (see `port` after start). */
+  port: number;
+  services: GrpcServiceBinding[];
+  logger: Logger;
+  /** Where request metrics go, named `<metricPrefix>_grpc_*`. */
+  registry: Registry;
+  metricPrefix: string;
+}
+
+/**
+ * A gRPC server for our services plus the standard health-checking protocol (grpc.health.v1, one status
+ * per service and '' for the whole server) and server reflection (v1 and v1alpha), so stock tools such as
+ * grpcurl and grpc_health_probe can discover and probe it. Handler errors become catalogue statuses.
+ */
+export class GrpcServer {
+  private readonly server = new Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
+  private readonly health: HealthImplementation;
+  private boundPort = 0;
+
+  constructor(private readonly options: GrpcServerOptions) {
+    const requests = new Counter({
+      name: `${options.metricPrefix}_grpc_requests_total`,
+      help: 'gRPC requests handled, by method and catalogue code (OK on success).',
+      labelNames: ['method', 'code'],
+      registers: [options.registry],
+    });
+    const duration = new Histogram({
+      name: `${options.metricPrefix}_grpc_request_duration_seconds`,
+      help: 'Time to handle a gRPC request, by method.',
+      labelNames: ['method'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [options.registry],
+    });
+
+    for (const service of options.services) {
+      const implementation: UntypedServiceImplementation = {};
+      for (const [methodName, method] of Object.entries(service.definition)) {
+        const handler = service.handlers[methodName];
+        if (!handler) throw new Error(`${service.name}: no handler for ${methodName}`);
+        const label = method.path.slice(method.path.lastIndexOf('/') + 1);
+        implementation[methodName] = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
+          const stop = duration.startTimer({ method: label });
+          handler(call.request, { metadata: call.metadata, path: method.path }).then(
+            (response) => {
+              stop();
+              requests.inc({ method: label, code: 'OK' });
+              callback(null, response);
+            },
+            (error: unknown) => {
+              stop();
+              const grpcError = toGrpcError(error);
+              const code = grpcError.metadata?.get('pushd-error-code')[0];
+              requests.inc({ method: label, code: String(code) });
+              if (code === 'INTERNAL') options.logger.error({ err: error, method: label }, 'gRPC handler failed');
+              callback(grpcError);
+            },
+          );
+        };
+      }
+      this.server.addService(service.definition as unknown as ServiceDefinition, implementation);
+    }
+
+    const statuses = Object.fromEntries(options.services.map((s) => [s.name, 'NOT_SERVING' as const]));
+    this.health = new HealthImplementation({ '': 'NOT_SERVING', ...statuses });
+    this.health.addToServer(this.server);
+    const descriptors = loadFileDescriptorSetFromBuffer(readFileSync(descriptorSetPath));
+    new ReflectionService(descriptors, { services: options.services.map((s) => s.name) }).addToServer(this.server);
+  }
+
+  get port(): number {
+    return this.boundPort;
+  }
+
+  async start(): Promise<void> {
+    const address = `${this.options.host ?? '0.0.0.0'}:${this.options.port}`;
+    this.boundPort = await new Promise<number>((resolve, reject) => {
+      this.server.bindAsync(address, ServerCredentials.createInsecure(), (error, port) =>
+        error ? reject(new Error(`gRPC server could not bind ${address}: ${error.message}`)) : resolve(port),
+      );
+    });
+    this.setServing(true);
+  }
+
+  /** Marks every service (and the server) SERVING or NOT_SERVING in the health protocol. */
+  setServing(serving: boolean): void {
+    const value = serving ? 'SERVING' : 'NOT_SERVING';
+    this.health.setStatus('', value);
+    for (const service of this.options.services) this.health.setStatus(service.name, value);
+  }
+
+  /** Reports NOT_SERVING, lets in-flight calls finish for up to graceMs, then forces the rest closed. */
+  async stop(graceMs = 5_000): Promise<void> {
+    this.setServing(false);
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.server.forceShutdown();
+        resolve();
+      }, graceMs);
+      this.server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+}

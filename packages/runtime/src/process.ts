@@ -1,0 +1,126 @@
+import { streams } from '@pushd/bus';
+import { NatsBus } from '@pushd/bus';
+import {
+  type Component,
+  ConfigError,
+  createLogger,
+  createMetricsRegistry,
+  type Logger,
+  OpsServer,
+  parseEnv,
+  type ReadinessCheck,
+  stopAll,
+  stopOnSignals,
+} from '@pushd/common';
+import { bearerAuthorization, createRpcClient, type PromiseClient, type ServiceDefinitionShape } from '@pushd/rpc';
+import { createRedisClient, createRedisStores, RedisKeys, type Stores } from '@pushd/store';
+import type { Registry } from 'prom-client';
+import type { z } from 'zod';
+
+/** What every service process starts with: its parsed environment, a logger and its metrics registry. */
+export interface ServiceProcess<Env> {
+  env: Env;
+  logger: Logger;
+  metrics: Registry;
+}
+
+/**
+ * Parses the environment against the service's schema (exiting with a readable list of every bad variable)
+ * and creates the logger and the metrics registry. The first thing each main.ts does.
+ */
+export function bootstrap<Schema extends z.ZodType<{ LOG_LEVEL: string }>>(
+  service: string,
+  schema: Schema,
+): ServiceProcess<z.infer<Schema>> {
+  let env: z.infer<Schema>;
+  try {
+    env = parseEnv(schema);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    process.stderr.write(`${service}: ${error.message}\n`);
+    process.exit(78); // EX_CONFIG
+  }
+  const logger = createLogger({ service, level: env.LOG_LEVEL });
+  process.on('unhandledRejection', (reason) => logger.error({ err: reason }, 'unhandled rejection'));
+  return { env, logger, metrics: createMetricsRegistry({ service }) };
+}
+
+/** Redis and the Redis stores, with client metrics under `<service>_redis_*`. */
+export function connectRedis(
+  service: string,
+  env: { REDIS_URL: string; REDIS_KEY_PREFIX: string },
+  logger: Logger,
+  metrics: Registry,
+): { stores: Stores; check: ReadinessCheck; component: Component } {
+  const redis = createRedisClient({ url: env.REDIS_URL, logger, registry: metrics, metricPrefix: service });
+  return {
+    stores: createRedisStores({ redis, keys: new RedisKeys({ prefix: env.REDIS_KEY_PREFIX }) }),
+    check: { name: 'redis', check: async () => void (await redis.ping()) },
+    component: { name: 'redis', stop: async () => void (await redis.quit()) },
+  };
+}
+
+/** NATS with the durable streams the system uses, with client metrics under `<service>_nats_*`. */
+export async function connectNats(
+  service: string,
+  env: { NATS_URL: string },
+  logger: Logger,
+  metrics: Registry,
+): Promise<{ bus: NatsBus; check: ReadinessCheck; component: Component }> {
+  const bus = await NatsBus.connect({
+    servers: env.NATS_URL,
+    name: service,
+    streams: [streams.events],
+    logger,
+    registry: metrics,
+    metricPrefix: service,
+  });
+  return { bus, check: { name: 'nats', check: () => bus.ready() }, component: { name: 'nats', stop: () => bus.close() } };
+}
+
+/** A client of another service, calling with the cluster token. */
+export function clusterClient<Definition extends ServiceDefinitionShape>(
+  definition: Definition,
+  address: string,
+  clusterToken: string,
+): PromiseClient<Definition> {
+  return createRpcClient(definition, { address, authorization: bearerAuthorization(clusterToken) });
+}
+
+/** Something main.ts starts; started in order, stopped in reverse. */
+export interface StartableComponent extends Component {
+  start(): Promise<void>;
+}
+
+/**
+ * Starts the components in order (a failure stops those already started and exits 1), serves /metrics,
+ * /healthz and /readyz, and stops everything in reverse order on SIGTERM/SIGINT.
+ */
+export async function run(options: {
+  logger: Logger;
+  metrics: Registry;
+  host: string;
+  opsPort: number;
+  checks: ReadinessCheck[];
+  /** Connections made before (Redis, NATS): stopped last. */
+  connections: Component[];
+  components: StartableComponent[];
+}): Promise<void> {
+  const { logger } = options;
+  const ops = new OpsServer({ host: options.host, port: options.opsPort, registry: options.metrics, checks: options.checks, logger });
+  const started: Component[] = [...options.connections];
+  try {
+    for (const component of options.components) {
+      await component.start();
+      started.push(component);
+    }
+    await ops.start();
+    started.push({ name: 'ops', stop: () => ops.stop() });
+  } catch (error) {
+    logger.fatal({ err: error }, 'start failed');
+    await stopAll(started, logger);
+    process.exit(1);
+  }
+  logger.info({ opsPort: ops.port }, 'started');
+  stopOnSignals(started, logger);
+}

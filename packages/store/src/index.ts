@@ -1,0 +1,32 @@
+// Public names of @pushd/store, listed one by one. The contract suites are in '@pushd/store/contract'
+// (they import vitest, which production code must not load).
+export { type AppRecord, type AppStore, FIRST_ACCESS_ID } from './app-store.js';
+export { MemoryAppStore } from './app-store-memory.js';
+export { RedisAppStore, type RedisAppStoreOptions } from './app-store-redis.js';
+export type { DeviceCounts, DeviceRecord, DeviceStore } from './device-store.js';
+export { MemoryDeviceStore } from './device-store-memory.js';
+export { RedisDeviceStore, type RedisDeviceStoreOptions } from './device-store-redis.js';
+export type { AppendResult, InboxStore, PendingResult } from './inbox-store.js';
+export { MemoryInboxStore } from './inbox-store-memory.js';
+export { RedisInboxStore, type RedisInboxStoreOptions } from './inbox-store-redis.js';
+export { encodePart, RedisKeys, type RedisKeysOptions } from './keys.js';
+export type { PushStore } from './push-store.js';
+export { MemoryPushStore } from './push-store-memory.js';
+export { RedisPushStore, type RedisPushStoreOptions } from './push-store-redis.js';
+export { type CreateRedisClientOptions, createRedisClient, type RedisClient } from './redis-client.js';
+export type { Route, RouteKey, RouteStore } from './route-store.js';
+export { MemoryRouteStore, type MemoryRouteStoreOptions } from './route-store-memory.js';
+export { RedisRouteStore, type RedisRouteStoreOptions } from './route-store-redis.js';
+export { DEFAULT_DEDUP_TTL_MS, type PushCounts, type StatsStore } from './stats-store.js';
+export { MemoryStatsStore, type MemoryStatsStoreOptions } from './stats-store-memory.js';
+export { RedisStatsStore, type RedisStatsStoreOptions } from './stats-store-redis.js';
+export {
+  type CreateMemoryStoresOptions,
+  type CreateRedisStoresOptions,
+  createMemoryStores,
+  createRedisStores,
+  type Stores,
+} from './stores.js';
+export type { TagStore } from './tag-store.js';
+export { MemoryTagStore } from './tag-store-memory.js';
+export { RedisTagStore, type RedisTagStoreOptions } from './tag-store-redis.js';

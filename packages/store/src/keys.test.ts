@@ -1,0 +1,59 @@
+import { describe, expect, it } from 'vitest';
+import { encodePart, RedisKeys } from './keys.js';
+
+/** The hash tag Redis Cluster hashes: the part between the first '{' and the next '}'. */
+function hashTag(key: string): string {
+  const open = key.indexOf('{');
+  const close = key.indexOf('}', open + 1);
+  return key.slice(open + 1, close);
+}
+
+describe('RedisKeys', () => {
+  const keys = new RedisKeys();
+  const token = '0123456789abcdef0123456789abcdef01234567';
+
+  it('puts every key of one entity under one hash tag', () => {
+    const device = [
+      keys.device(1, token),
+      keys.inbox(1, token),
+      keys.inboxLast(1, token),
+      keys.route(1, token),
+      keys.tags(1, token),
+    ];
+    expect(new Set(device.map(hashTag))).toEqual(new Set([`d:1:${token}`]));
+    const app = [keys.app(1), keys.deviceCounts(1), keys.idSeq(1)];
+    expect(new Set(app.map(hashTag))).toEqual(new Set(['a:1']));
+    const push = [
+      keys.push(1, '9'),
+      keys.pushCounts(1, '9'),
+      keys.pushSent(1, '9'),
+      keys.pushArrived(1, '9'),
+    ];
+    expect(new Set(push.map(hashTag))).toEqual(new Set(['p:1:9']));
+    expect(keys.device(1, token)).toBe(`pushd:{d:1:${token}}:dev`);
+    expect(keys.accountTokens(1, 'alice')).toBe('pushd:{c:1:alice}:tokens');
+  });
+
+  it('encodes user strings so they cannot break the tag or the layout', () => {
+    for (const account of ['a}b', '{a}', 'a:b', '', '用户', '~x']) {
+      const key = keys.accountTokens(1, account);
+      expect(key.slice(key.indexOf('}') + 1)).toBe(':tokens');
+      expect(hashTag(key).split(':')).toHaveLength(3);
+    }
+    expect(encodePart('a:b')).not.toBe(encodePart('a_b'));
+    expect(encodePart('')).toBe('~');
+    expect(encodePart('~')).not.toBe('~');
+    expect(new Set(['a', '~YQ', 'a:', 'a}'].map(encodePart)).size).toBe(4);
+  });
+
+  it('takes a prefix and refuses one that would become the hash tag', () => {
+    expect(new RedisKeys({ prefix: 'test' }).app(5)).toBe('test:{a:5}:app');
+    expect(() => new RedisKeys({ prefix: 'x{y}' })).toThrow(/prefix/);
+    expect(() => new RedisKeys({ prefix: '' })).toThrow(/prefix/);
+  });
+
+  it('refuses access ids that are not integers', () => {
+    expect(() => keys.app(1.5)).toThrow();
+    expect(() => keys.app(-1)).toThrow();
+  });
+});

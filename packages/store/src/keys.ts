@@ -1,0 +1,137 @@
+import { ConfigError, invalidArgument } from '@pushd/common';
+
+/*
+ * The Redis key layout: the one place keys are built. `P` is the prefix (default 'pushd'), `a` an access
+ * id, `t` a device token, `c` an account, `id` a push id; `enc(x)` is `encodePart` below.
+ *
+ * | key                              | type   | content                                                   | owner    |
+ * | -------------------------------- | ------ | --------------------------------------------------------- | -------- |
+ * | P:app-seq                        | string | counter; access id = 1500000000 + value                   | registry |
+ * | P:{a:a}:app                      | hash   | n name, ak access key, sk secret hash, tk token key, c ms | registry |
+ * | P:{a:a}:devices                  | hash   | t total, p<platform number> per platform (covered devices)| registry |
+ * | P:{a:a}:seq                      | hash   | m last msg id, p last push id                             | dispatch |
+ * | P:{d:a:enc(t)}:dev               | hash   | device record (see device-store-redis.ts)                 | registry |
+ * | P:{d:a:enc(t)}:inbox             | zset   | score msg id, member 8-byte expiry + PushMessage bytes    | dispatch |
+ * | P:{d:a:enc(t)}:last              | string | highest msg id ever appended to the inbox                 | dispatch |
+ * | P:{d:a:enc(t)}:route             | string | `<session id length>:<session id><node id>`, with a TTL    | gateway  |
+ * | P:{d:a:enc(t)}:tags              | set    | the device's tags                                         | tag      |
+ * | P:{c:a:enc(c)}:tokens            | hash   | token -> bind version (account index, read-repaired)      | registry |
+ * | P:{p:a:enc(id)}:push             | hash   | r PushRecord bytes, s status, n target                    | dispatch |
+ * | P:{p:a:enc(id)}:counts           | hash   | s sent, a arrived                                         | stats    |
+ * | P:{p:a:enc(id)}:sent / :arrived  | set    | tokens already counted (dedup), with a TTL                | stats    |
+ *
+ * The `{...}` part is the Redis Cluster hash tag: every key of one entity (an app, a device, an account, a
+ * push) lands in one slot, so a Lua script may touch all of them. Operations spanning entities run as
+ * ordered single-slot steps (see the stores).
+ */
+
+/** Characters that pass into a key as they are: no '{', '}', ':' or anything needing thought. */
+const SAFE_PART = /^[A-Za-z0-9_.-]+$/;
+
+/**
+ * A user-supplied string as one key part. Safe strings (the 40-hex tokens, decimal push ids, most
+ * accounts) stay readable; anything else, including '', becomes '~' + base64url(UTF-8). '~' is outside
+ * the safe set, so the mapping is injective and a part can never open or close a hash tag or add a ':'.
+ */
+export function encodePart(value: string): string {
+  return SAFE_PART.test(value) ? value : `~${Buffer.from(value, 'utf8').toString('base64url')}`;
+}
+
+export interface RedisKeysOptions {
+  /**
+   * First part of every key, to share one Redis between deployments. Must not contain '{' or '}'.
+   * Default: 'pushd'.
+   */
+  prefix?: string;
+}
+
+export class RedisKeys {
+  readonly prefix: string;
+
+  constructor(options: RedisKeysOptions = {}) {
+    const prefix = options.prefix ?? 'pushd';
+    // A brace in the prefix would become the hash tag of every key and put the whole data set in one slot.
+    if (prefix === '' || /[{}]/.test(prefix)) {
+      throw new ConfigError(
+        `Redis key prefix must be non-empty and without '{' or '}' (got ${JSON.stringify(prefix)})`,
+      );
+    }
+    this.prefix = prefix;
+  }
+
+  appSeq(): string {
+    return `${this.prefix}:app-seq`;
+  }
+
+  app(accessId: number): string {
+    return `${this.appTag(accessId)}:app`;
+  }
+
+  deviceCounts(accessId: number): string {
+    return `${this.appTag(accessId)}:devices`;
+  }
+
+  idSeq(accessId: number): string {
+    return `${this.appTag(accessId)}:seq`;
+  }
+
+  device(accessId: number, token: string): string {
+    return `${this.deviceTag(accessId, token)}:dev`;
+  }
+
+  inbox(accessId: number, token: string): string {
+    return `${this.deviceTag(accessId, token)}:inbox`;
+  }
+
+  inboxLast(accessId: number, token: string): string {
+    return `${this.deviceTag(accessId, token)}:last`;
+  }
+
+  route(accessId: number, token: string): string {
+    return `${this.deviceTag(accessId, token)}:route`;
+  }
+
+  tags(accessId: number, token: string): string {
+    return `${this.deviceTag(accessId, token)}:tags`;
+  }
+
+  accountTokens(accessId: number, account: string): string {
+    return `${this.prefix}:{c:${id(accessId)}:${encodePart(account)}}:tokens`;
+  }
+
+  push(accessId: number, pushId: string): string {
+    return `${this.pushTag(accessId, pushId)}:push`;
+  }
+
+  pushCounts(accessId: number, pushId: string): string {
+    return `${this.pushTag(accessId, pushId)}:counts`;
+  }
+
+  pushSent(accessId: number, pushId: string): string {
+    return `${this.pushTag(accessId, pushId)}:sent`;
+  }
+
+  pushArrived(accessId: number, pushId: string): string {
+    return `${this.pushTag(accessId, pushId)}:arrived`;
+  }
+
+  private appTag(accessId: number): string {
+    return `${this.prefix}:{a:${id(accessId)}}`;
+  }
+
+  private deviceTag(accessId: number, token: string): string {
+    return `${this.prefix}:{d:${id(accessId)}:${encodePart(token)}}`;
+  }
+
+  private pushTag(accessId: number, pushId: string): string {
+    return `${this.prefix}:{p:${id(accessId)}:${encodePart(pushId)}}`;
+  }
+}
+
+/** Access ids are integers; anything else would make keys that no reader finds again. */
+function id(accessId: number): string {
+  if (!Number.isSafeInteger(accessId) || accessId < 0) {
+    throw invalidArgument('access_id', `must be a non-negative integer (got ${accessId})`);
+  }
+  return String(accessId);
+}

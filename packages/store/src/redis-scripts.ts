@@ -1,0 +1,92 @@
+import { readFileSync } from 'node:fs';
+import type { ChainableCommander } from 'ioredis';
+import type { RedisClient } from './redis-client.js';
+
+/**
+ * The Lua scripts of the Redis stores (files in ./scripts), with their number of keys. Each touches the
+ * keys of one hash slot only, all passed in KEYS, so that they run unchanged on Redis Cluster.
+ */
+const SCRIPTS = {
+  accountDelete: { file: 'account-delete', keys: 1 },
+  accountPut: { file: 'account-put', keys: 1 },
+  deviceBind: { file: 'device-bind', keys: 1 },
+  deviceRemove: { file: 'device-remove', keys: 1 },
+  deviceUpsert: { file: 'device-upsert', keys: 1 },
+  hashIncr: { file: 'hash-incr', keys: 1 },
+  inboxAck: { file: 'inbox-ack', keys: 1 },
+  inboxAppend: { file: 'inbox-append', keys: 2 },
+  nextIds: { file: 'next-ids', keys: 1 },
+  pushSetStatus: { file: 'push-set-status', keys: 1 },
+  routeClear: { file: 'route-clear', keys: 1 },
+  routeRefresh: { file: 'route-refresh', keys: 1 },
+  statsAdd: { file: 'stats-add', keys: 2 },
+  tagAdd: { file: 'tag-add', keys: 1 },
+  tagRemove: { file: 'tag-remove', keys: 1 },
+} as const;
+
+export type ScriptName = keyof typeof SCRIPTS;
+export type ScriptArg = string | number | Buffer;
+type ScriptMethod = (...args: ScriptArg[]) => unknown;
+
+let sources: Map<ScriptName, string> | undefined;
+const clientsWithScripts = new WeakSet<RedisClient>();
+
+/**
+ * Read once per process. A bundled service must ship src/scripts/*.lua next to its bundle (they are
+ * resolved relative to this module's URL).
+ */
+function scriptSources(): Map<ScriptName, string> {
+  if (!sources) {
+    const loaded = new Map<ScriptName, string>();
+    for (const [name, spec] of Object.entries(SCRIPTS) as [ScriptName, (typeof SCRIPTS)[ScriptName]][]) {
+      loaded.set(name, readFileSync(new URL(`./scripts/${spec.file}.lua`, import.meta.url), 'utf8'));
+    }
+    sources = loaded;
+  }
+  return sources;
+}
+
+/** Command name on the client; prefixed so that other code defining commands on a shared client cannot clash. */
+function commandName(name: ScriptName): string {
+  return `pushd_${name}`;
+}
+
+/**
+ * Defines every script as a command of the client, once per client however many stores share it.
+ * ioredis then sends EVALSHA and falls back to EVAL only on the first use per connection (or NOSCRIPT).
+ * Must run before pipelines are created: a pipeline copies the client's commands when it is made.
+ */
+export function defineScripts(client: RedisClient): void {
+  if (clientsWithScripts.has(client)) return;
+  for (const [name, lua] of scriptSources()) {
+    client.defineCommand(commandName(name), { numberOfKeys: SCRIPTS[name].keys, lua });
+  }
+  clientsWithScripts.add(client);
+}
+
+function method(target: RedisClient | ChainableCommander, name: string): ScriptMethod {
+  const found = (target as unknown as Record<string, ScriptMethod | undefined>)[name];
+  if (!found)
+    throw new Error(`script ${name} is not defined on this Redis client (call defineScripts first)`);
+  return found;
+}
+
+/** Runs a script; bulk replies come back as strings. */
+export function runScript(
+  client: RedisClient,
+  name: ScriptName,
+  keys: string[],
+  args: ScriptArg[],
+): Promise<unknown> {
+  return method(client, commandName(name)).call(client, ...keys, ...args) as Promise<unknown>;
+}
+
+/** Queues a script on a pipeline (same key layout as runScript). */
+export function queueScript(
+  pipeline: ChainableCommander,
+  name: ScriptName,
+  keys: string[],
+  args: ScriptArg[],
+): void {
+  method(pipeline, commandName(name)).call(pipeline, ...keys, ...args);
+}

@@ -1,0 +1,86 @@
+import type { RedisKeys } from './keys.js';
+import { pipelinePerKey, redisCall } from './redis-call.js';
+import type { RedisClient } from './redis-client.js';
+import { defineScripts, queueScript, runScript } from './redis-scripts.js';
+import type { Route, RouteKey, RouteStore } from './route-store.js';
+
+export interface RedisRouteStoreOptions {
+  redis: RedisClient;
+  keys: RedisKeys;
+}
+
+/**
+ * Routes on Redis: one string per online device with a TTL, valued `<session id byte length>:<session
+ * id><node id>`. The length prefix lets Lua compare the session exactly with a prefix test, whatever
+ * characters ids contain, and keeps the value one short string (there is one per online device).
+ */
+export class RedisRouteStore implements RouteStore {
+  private readonly redis: RedisClient;
+  private readonly keys: RedisKeys;
+
+  constructor(options: RedisRouteStoreOptions) {
+    this.redis = options.redis;
+    this.keys = options.keys;
+    defineScripts(this.redis);
+  }
+
+  async set(accessId: number, token: string, route: Route, ttlMs: number): Promise<void> {
+    await redisCall(
+      this.redis.set(this.keys.route(accessId, token), encodeRoute(route), 'PX', wholeMs(ttlMs)),
+    );
+  }
+
+  async get(accessId: number, token: string): Promise<Route | undefined> {
+    return decodeRoute(await redisCall(this.redis.getBuffer(this.keys.route(accessId, token))));
+  }
+
+  async getMany(accessId: number, tokens: string[]): Promise<(Route | undefined)[]> {
+    const replies = await pipelinePerKey(
+      this.redis,
+      tokens.map((token) => this.keys.route(accessId, token)),
+      (pipeline, key) => pipeline.getBuffer(key),
+    );
+    return replies.map((reply) => decodeRoute(reply as Buffer | null));
+  }
+
+  async clear(accessId: number, token: string, sessionId: string): Promise<void> {
+    await redisCall(
+      runScript(this.redis, 'routeClear', [this.keys.route(accessId, token)], [sessionPrefix(sessionId)]),
+    );
+  }
+
+  async refresh(entries: (RouteKey & { sessionId: string })[], ttlMs: number): Promise<void> {
+    const ttl = wholeMs(ttlMs);
+    await pipelinePerKey(
+      this.redis,
+      entries.map(({ accessId, token }) => this.keys.route(accessId, token)),
+      (pipeline, key, i) =>
+        queueScript(pipeline, 'routeRefresh', [key], [sessionPrefix(entries[i]!.sessionId), ttl]),
+    );
+  }
+}
+
+function sessionPrefix(sessionId: string): string {
+  return `${Buffer.byteLength(sessionId, 'utf8')}:${sessionId}`;
+}
+
+function encodeRoute(route: Route): string {
+  return `${sessionPrefix(route.sessionId)}${route.nodeId}`;
+}
+
+function decodeRoute(value: Buffer | null): Route | undefined {
+  if (!value) return undefined;
+  const colon = value.indexOf(0x3a);
+  const length = Number(value.subarray(0, colon).toString('latin1'));
+  if (colon < 1 || !Number.isSafeInteger(length)) return undefined;
+  const start = colon + 1;
+  return {
+    sessionId: value.subarray(start, start + length).toString('utf8'),
+    nodeId: value.subarray(start + length).toString('utf8'),
+  };
+}
+
+/** PX takes whole milliseconds, at least 1 (0 would be an error, not "expire now"). */
+function wholeMs(ttlMs: number): number {
+  return Math.max(1, Math.ceil(ttlMs));
+}

@@ -1,0 +1,70 @@
+import { ManualClock } from '@pushd/common';
+import { describe, expect, it } from 'vitest';
+import { describeAppStoreContract } from './app-store.contract.js';
+import { MemoryAppStore } from './app-store-memory.js';
+import { describeDeviceStoreContract } from './device-store.contract.js';
+import { MemoryDeviceStore } from './device-store-memory.js';
+import { describeInboxStoreContract } from './inbox-store.contract.js';
+import { MemoryInboxStore } from './inbox-store-memory.js';
+import { describePushStoreContract } from './push-store.contract.js';
+import { MemoryPushStore } from './push-store-memory.js';
+import { describeRouteStoreContract } from './route-store.contract.js';
+import { MemoryRouteStore } from './route-store-memory.js';
+import { describeStatsStoreContract } from './stats-store.contract.js';
+import { MemoryStatsStore } from './stats-store-memory.js';
+import { createMemoryStores } from './stores.js';
+import { describeTagStoreContract } from './tag-store.contract.js';
+import { MemoryTagStore } from './tag-store-memory.js';
+
+describeAppStoreContract('memory', () => new MemoryAppStore());
+describeDeviceStoreContract('memory', () => new MemoryDeviceStore());
+describeInboxStoreContract('memory', () => new MemoryInboxStore());
+describePushStoreContract('memory', () => new MemoryPushStore());
+describeRouteStoreContract('memory', () => new MemoryRouteStore());
+describeStatsStoreContract('memory', () => new MemoryStatsStore());
+describeTagStoreContract('memory', () => new MemoryTagStore());
+
+const APP = 1_500_000_001;
+const TOKEN = 'f'.repeat(40);
+
+describe('memory stores with an injected clock', () => {
+  it('expire routes by the clock and refresh from its current time', async () => {
+    const clock = new ManualClock();
+    const routes = new MemoryRouteStore({ clock });
+    await routes.set(APP, TOKEN, { nodeId: 'gw', sessionId: 's' }, 1000);
+    clock.advance(999);
+    await routes.refresh([{ accessId: APP, token: TOKEN, sessionId: 's' }], 1000);
+    clock.advance(999);
+    expect(await routes.get(APP, TOKEN)).toEqual({ nodeId: 'gw', sessionId: 's' });
+    clock.advance(1);
+    expect(await routes.get(APP, TOKEN)).toBeUndefined();
+  });
+
+  it('forget who was counted after the dedup window, but keep the counts', async () => {
+    const clock = new ManualClock();
+    const stats = new MemoryStatsStore({ clock, dedupTtlMs: 1000 });
+    expect(await stats.addSent(APP, '1', [TOKEN])).toBe(1);
+    clock.advance(999);
+    expect(await stats.addSent(APP, '1', [TOKEN])).toBe(0);
+    clock.advance(1000);
+    expect(await stats.addSent(APP, '1', [TOKEN])).toBe(1);
+    expect(await stats.get(APP, '1')).toEqual({ sent: 2, arrived: 0 });
+  });
+
+  it('createMemoryStores shares the clock with the stores that keep time', async () => {
+    const clock = new ManualClock();
+    const stores = createMemoryStores({ clock });
+    await stores.routes.set(APP, TOKEN, { nodeId: 'gw', sessionId: 's' }, 10);
+    clock.advance(10);
+    expect(await stores.routes.get(APP, TOKEN)).toBeUndefined();
+    expect(Object.keys(stores).sort()).toEqual([
+      'apps',
+      'devices',
+      'inboxes',
+      'pushes',
+      'routes',
+      'stats',
+      'tags',
+    ]);
+  });
+});

@@ -1,0 +1,83 @@
+import { type Bus, type EventSource, subjects } from '@pushd/bus';
+import type { Logger } from '@pushd/common';
+import { type Event, EventBatch } from '@pushd/proto';
+import type { Counter } from 'prom-client';
+
+export interface EventBatcherOptions {
+  bus: Bus;
+  source: EventSource;
+  logger: Logger;
+  /** Counts batches that failed to publish (and were retried). */
+  failures: Counter;
+  /** Longest an event waits before its batch is published. Default: 50 ms. */
+  flushIntervalMs?: number;
+  /** A batch is published as soon as it holds this many events. Default: 500. */
+  maxBatch?: number;
+  /**
+   * Events held while the durable stream is unreachable; past this the oldest are dropped (and logged),
+   * so that an outage cannot exhaust the gateway's memory. Default: 200000.
+   */
+  maxBuffered?: number;
+}
+
+/**
+ * Collects delivery events and publishes them in batches to the durable stream, so that counting costs one
+ * publish per batch, not per device. On failure the batch is kept and retried on the next flush.
+ */
+export class EventBatcher {
+  private buffer: Event[] = [];
+  private readonly timer: NodeJS.Timeout;
+  private flushing: Promise<void> | undefined;
+  private readonly maxBatch: number;
+  private readonly maxBuffered: number;
+
+  constructor(private readonly options: EventBatcherOptions) {
+    this.maxBatch = options.maxBatch ?? 500;
+    this.maxBuffered = options.maxBuffered ?? 200_000;
+    this.timer = setInterval(() => void this.flush(), options.flushIntervalMs ?? 50);
+    this.timer.unref();
+  }
+
+  add(event: Event): void {
+    this.buffer.push(event);
+    if (this.buffer.length > this.maxBuffered) {
+      const dropped = this.buffer.length - this.maxBuffered;
+      this.buffer.splice(0, dropped);
+      this.options.logger.error({ dropped }, 'event buffer full: oldest delivery events dropped');
+    }
+    if (this.buffer.length >= this.maxBatch) void this.flush();
+  }
+
+  /** Publishes everything buffered; concurrent calls share one run. */
+  flush(): Promise<void> {
+    this.flushing ??= this.publishAll().finally(() => {
+      this.flushing = undefined;
+    });
+    return this.flushing;
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await this.flush();
+    if (this.buffer.length > 0) {
+      this.options.logger.error({ events: this.buffer.length }, 'stopping with unpublished delivery events');
+    }
+  }
+
+  private async publishAll(): Promise<void> {
+    while (this.buffer.length > 0) {
+      const batch = this.buffer.slice(0, this.maxBatch);
+      try {
+        await this.options.bus.publishDurable(
+          subjects.events(this.options.source),
+          EventBatch.encode({ events: batch }).finish(),
+        );
+      } catch (error) {
+        this.options.failures.inc();
+        this.options.logger.warn({ err: error, events: this.buffer.length }, 'publishing delivery events failed; will retry');
+        return;
+      }
+      this.buffer.splice(0, batch.length);
+    }
+  }
+}

@@ -1,0 +1,690 @@
+import { randomUUID } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { type Bus, type BusSubscription, subjects } from '@pushd/bus';
+import { type Clock, type Logger, PushdError, systemClock, toPushdError } from '@pushd/common';
+import {
+  type ClientFrame,
+  decodeClientFrame,
+  type DispatchServiceService,
+  Event,
+  EventBatch,
+  EventType,
+  encodeServerFrame,
+  encodingOfSubprotocol,
+  type FrameEncoding,
+  NodeDelivery,
+  Platform,
+  type PushMessage,
+  type RegistryServiceService,
+  type ServerFrame,
+} from '@pushd/proto';
+import type { PromiseClient } from '@pushd/rpc';
+import type { RouteStore } from '@pushd/store';
+import { type RawData, type WebSocket, WebSocketServer } from 'ws';
+import { EventBatcher } from './event-batcher.js';
+import { type Handshake, parseHandshake } from './handshake.js';
+import type { GatewayMetrics } from './metrics.js';
+import { Session } from './session.js';
+
+export interface GatewayOptions {
+  /** Identifies this gateway in routes and in its NATS subject; unique in the cluster. */
+  nodeId: string;
+  /** Interface to bind. Default: '0.0.0.0'. */
+  host?: string;
+  /** WebSocket port; 0 picks a free one (see `port` after start). */
+  port: number;
+  /** Path of the device endpoint. Default: '/v1/ws'. */
+  path?: string;
+  /** Registry client authorized with the cluster token. */
+  registry: PromiseClient<typeof RegistryServiceService>;
+  /** Dispatch client authorized with the cluster token. */
+  dispatch: PromiseClient<typeof DispatchServiceService>;
+  routes: RouteStore;
+  bus: Bus;
+  metrics: GatewayMetrics;
+  logger: Logger;
+  /** Default: systemClock. */
+  clock?: Clock;
+  /**
+   * WebSocket ping interval; a connection that answered none of the pings of one interval is terminated.
+   * Mobile networks drop idle NAT mappings after a few minutes, so this stays well under that. Default:
+   * 25000 ms.
+   */
+  heartbeatIntervalMs?: number;
+  /** Largest frame accepted from a device (ws maxPayload; larger closes with 1009). Default: 16384 bytes. */
+  maxFrameBytes?: number;
+  /**
+   * Send-queue cap per connection: a device whose unsent bytes exceed it is disconnected (it gets its
+   * messages from its offline window when it reconnects) instead of growing the gateway's memory.
+   * Default: 1048576 bytes.
+   */
+  maxBufferedBytes?: number;
+  /** Time a registration connection has to send its Register frame. Default: 10000 ms. */
+  registerTimeoutMs?: number;
+  /** Lifetime of a device's route; refreshed at a third of it while connected. Default: 1800000 ms. */
+  routeTtlMs?: number;
+}
+
+/** The ServerFrame of one delivery, encoded at most once per encoding whatever the number of devices. */
+class EncodedFrame {
+  private proto: Uint8Array | undefined;
+  private json: string | undefined;
+
+  constructor(private readonly frame: ServerFrame) {}
+
+  get(encoding: FrameEncoding): Uint8Array | string {
+    if (encoding === 'proto') {
+      this.proto ??= encodeServerFrame(this.frame, 'proto') as Uint8Array;
+      return this.proto;
+    }
+    this.json ??= encodeServerFrame(this.frame, 'json') as string;
+    return this.json;
+  }
+}
+
+const SESSION = Symbol('pushd.session');
+type SocketWithSession = WebSocket & { [SESSION]?: Session };
+
+const MAX_ACK_IDS = 1000;
+
+/**
+ * A gateway node: holds device WebSocket connections, delivers the messages dispatch publishes to its
+ * subject, and reports acknowledgements as arrival events. It keeps no durable state: killed at any
+ * moment, its devices reconnect elsewhere and catch up from their offline windows.
+ */
+export class Gateway {
+  private readonly server: Server;
+  private readonly wss: WebSocketServer;
+  private readonly sessions = new Map<string, Session>();
+  private readonly registering = new Set<Session>();
+  private readonly clock: Clock;
+  private readonly path: string;
+  private readonly heartbeatIntervalMs: number;
+  private readonly maxFrameBytes: number;
+  private readonly maxBufferedBytes: number;
+  private readonly registerTimeoutMs: number;
+  private readonly routeTtlMs: number;
+  private readonly events: EventBatcher;
+  private readonly timers: NodeJS.Timeout[] = [];
+  private subscriptions: BusSubscription[] = [];
+  private shuttingDown = false;
+  private boundPort = 0;
+
+  constructor(private readonly options: GatewayOptions) {
+    this.clock = options.clock ?? systemClock;
+    this.path = options.path ?? '/v1/ws';
+    this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 25_000;
+    this.maxFrameBytes = options.maxFrameBytes ?? 16_384;
+    this.maxBufferedBytes = options.maxBufferedBytes ?? 1_048_576;
+    this.registerTimeoutMs = options.registerTimeoutMs ?? 10_000;
+    this.routeTtlMs = options.routeTtlMs ?? 1_800_000;
+    this.events = new EventBatcher({
+      bus: options.bus,
+      source: 'gateway',
+      logger: options.logger,
+      failures: options.metrics.eventPublishFailures,
+    });
+    this.wss = new WebSocketServer({
+      noServer: true,
+      // Compression costs memory per connection and CPU per frame; push payloads are small.
+      perMessageDeflate: false,
+      maxPayload: this.maxFrameBytes,
+      clientTracking: false,
+      // The same choice as negotiateEncoding: the first offered subprotocol we speak.
+      handleProtocols: (offered) => {
+        for (const name of offered) if (encodingOfSubprotocol(name) !== undefined) return name;
+        return false;
+      },
+    });
+    this.server = createServer((request, response) => {
+      const known = new URL(request.url ?? '/', 'http://gateway').pathname === this.path;
+      const error = known
+        ? new PushdError('INVALID_ARGUMENT', `${this.path} only accepts WebSocket upgrades`)
+        : new PushdError('ENDPOINT_NOT_FOUND', `no endpoint here; devices connect to ${this.path}`);
+      response.writeHead(known ? 426 : error.spec.httpStatus, { 'content-type': 'application/json' });
+      response.end(JSON.stringify({ code: error.code, message: error.message }));
+    });
+    this.server.on('upgrade', (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+      void this.handleUpgrade(request, socket, head);
+    });
+  }
+
+  get port(): number {
+    return this.boundPort;
+  }
+
+  /** Open sessions (devices registered and connected). */
+  get sessionCount(): number {
+    return this.sessions.size;
+  }
+
+  async start(): Promise<void> {
+    const { bus, nodeId } = this.options;
+    this.subscriptions = [
+      bus.subscribe(subjects.nodeDelivery(nodeId), (data) => this.onNodeDelivery(data)),
+      // Unregistrations come on the durable event subject; any gateway may hold the device.
+      bus.subscribe(subjects.events('registry'), (data) => this.onRegistryEvents(data)),
+    ];
+    await bus.flush();
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.options.port, this.options.host ?? '0.0.0.0', () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+    this.boundPort = (this.server.address() as AddressInfo).port;
+    this.timers.push(
+      setInterval(() => this.sweepHeartbeats(), this.heartbeatIntervalMs),
+      setInterval(() => this.sweepRegistrations(), Math.min(1_000, this.registerTimeoutMs)),
+      setInterval(() => void this.refreshRoutes(), Math.max(1_000, Math.floor(this.routeTtlMs / 3))),
+    );
+    for (const timer of this.timers) timer.unref();
+    this.options.logger.info({ nodeId, port: this.boundPort, path: this.path }, 'gateway listening');
+  }
+
+  /**
+   * Stops accepting, tells every device to reconnect elsewhere (4503), removes their routes so dispatch
+   * stops publishing here, and publishes the last arrival events.
+   */
+  async stop(): Promise<void> {
+    this.shuttingDown = true;
+    for (const timer of this.timers) clearInterval(timer);
+    for (const subscription of this.subscriptions) subscription.unsubscribe();
+    const closing = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const shutdown = new PushdError('SHUTTING_DOWN', 'gateway shutting down; reconnect');
+    const routes = [...this.sessions.values()].map((session) =>
+      this.options.routes.clear(session.accessId, session.token, session.id).catch(() => undefined),
+    );
+    const sockets = [...this.sessions.values(), ...this.registering].map((session) => session.socket);
+    for (const session of [...this.sessions.values(), ...this.registering]) this.closeWith(session, shutdown);
+    await Promise.all(routes);
+    // Devices get a moment to answer the close handshake; the rest are cut.
+    const deadline = Date.now() + 2_000;
+    while (sockets.some((socket) => socket.readyState !== socket.CLOSED) && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    for (const socket of sockets) if (socket.readyState !== socket.CLOSED) socket.terminate();
+    this.server.closeAllConnections();
+    await closing;
+    await this.events.stop();
+  }
+
+  // ---- handshake -------------------------------------------------------------------------------------
+
+  private async handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    socket.on('error', () => socket.destroy());
+    const { metrics, registry } = this.options;
+    let handshake: Handshake;
+    try {
+      const url = new URL(request.url ?? '/', 'http://gateway');
+      if (url.pathname !== this.path) {
+        throw new PushdError('ENDPOINT_NOT_FOUND', `no endpoint here; devices connect to ${this.path}`);
+      }
+      if (this.shuttingDown) throw new PushdError('SHUTTING_DOWN', 'gateway shutting down; connect to another');
+      handshake = parseHandshake(request, url);
+      if (handshake.auth.kind === 'session') {
+        const { device } = await registry.authenticateDevice({
+          accessId: handshake.accessId,
+          token: handshake.auth.token,
+          credential: handshake.auth.credential,
+        });
+        if (device === undefined) throw new PushdError('INTERNAL', 'registry returned no device');
+        if (socket.destroyed) return;
+        this.wss.handleUpgrade(request, socket, head, (ws) => {
+          const session = this.newSession(ws, handshake, undefined);
+          session.token = device.token;
+          session.platform = device.platform;
+          metrics.connects.inc({ kind: 'session' });
+          void this.establish(session);
+        });
+      } else {
+        await registry.verifyApp({
+          accessId: handshake.accessId,
+          key: { $case: 'accessKey', value: handshake.auth.accessKey },
+        });
+        if (socket.destroyed) return;
+        const accessKey = handshake.auth.accessKey;
+        this.wss.handleUpgrade(request, socket, head, (ws) => {
+          this.registering.add(this.newSession(ws, handshake, accessKey));
+        });
+      }
+    } catch (error) {
+      const refusal = toPushdError(error);
+      metrics.upgradeFailures.inc({ code: refusal.code });
+      if (refusal.code === 'INTERNAL') this.options.logger.error({ err: error }, 'upgrade failed');
+      rejectUpgrade(socket, refusal);
+    }
+  }
+
+  private newSession(ws: WebSocket, handshake: Handshake, accessKey: string | undefined): Session {
+    const session = new Session(
+      ws,
+      randomUUID(),
+      handshake.accessId,
+      handshake.encoding,
+      this.clock.now(),
+      handshake.lastMsgId,
+      accessKey,
+    );
+    (ws as SocketWithSession)[SESSION] = session;
+    // Shared listeners (`this` is the socket): no closure per connection.
+    ws.on('message', onSocketMessage);
+    ws.on('close', onSocketClose);
+    ws.on('error', onSocketError);
+    ws.on('pong', onSocketPong);
+    gateways.set(ws, this);
+    return session;
+  }
+
+  /**
+   * Makes a session live. The order matters for not losing a message: the route is written before the
+   * offline window is read, and dispatch writes the window before it reads the route. So a push either sees
+   * the route (and is published here, buffered while syncing) or was in the window when it was read.
+   */
+  private async establish(session: Session): Promise<void> {
+    const { routes, dispatch, metrics, nodeId } = this.options;
+    const previous = this.sessions.get(session.key);
+    if (previous !== undefined && previous !== session) {
+      this.closeWith(previous, new PushdError('CONNECTION_REPLACED', 'the device opened a newer connection'));
+    }
+    this.sessions.set(session.key, session);
+    metrics.connections.inc({ platform: platformLabel(session.platform) });
+    try {
+      await routes.set(session.accessId, session.token, { nodeId, sessionId: session.id }, this.routeTtlMs);
+      if (session.state === 'closed') return;
+      this.send(session, {
+        id: 0,
+        body: {
+          $case: 'connected',
+          value: {
+            token: session.token,
+            sessionId: session.id,
+            heartbeatIntervalMs: this.heartbeatIntervalMs,
+            maxFrameBytes: this.maxFrameBytes,
+          },
+        },
+      });
+      await this.catchUp(session);
+    } catch (error) {
+      this.options.logger.warn({ err: error, accessId: session.accessId }, 'session setup failed');
+      this.closeWith(session, new PushdError('UNAVAILABLE', 'the gateway could not set up the session; reconnect'));
+    }
+  }
+
+  /**
+   * Fetches the offline window past what was delivered, writes it, then the live messages buffered
+   * meanwhile. Repeats while live messages reveal a gap. Callers set state to 'syncing' first.
+   */
+  private async catchUp(session: Session): Promise<void> {
+    session.catchingUp = true;
+    try {
+      await this.catchUpLoop(session);
+    } finally {
+      session.catchingUp = false;
+    }
+  }
+
+  private async catchUpLoop(session: Session): Promise<void> {
+    while (session.state === 'syncing') {
+      const { messages, lastMsgId } = await this.options.dispatch.fetchPending({
+        accessId: session.accessId,
+        token: session.token,
+        afterMsgId: session.lastDeliveredMsgId,
+      });
+      if ((session.state as string) === 'closed') return;
+      const fresh = messages.filter((message) => message.msgId > session.lastDeliveredMsgId);
+      if (fresh.length > 0) this.deliver(session, fresh, 'pending');
+      session.chainMsgId = Math.max(session.chainMsgId, lastMsgId);
+      const buffered = session.buffered ?? [];
+      session.buffered = undefined;
+      session.state = 'live';
+      buffered.sort((a, b) => a.message.msgId - b.message.msgId);
+      for (const { message, previousMsgId } of buffered) this.offerLive(session, message, previousMsgId);
+    }
+  }
+
+  // ---- frames from devices ---------------------------------------------------------------------------
+
+  /** @internal called by the shared socket listener. */
+  onFrame(session: Session, data: RawData, isBinary: boolean): void {
+    session.alive = true;
+    let frame: ClientFrame;
+    try {
+      frame = decodeClientFrame(toBytes(data), isBinary, session.encoding);
+    } catch (error) {
+      this.options.metrics.framesIn.inc({ type: 'malformed' });
+      this.closeWith(session, toPushdError(error));
+      return;
+    }
+    const body = frame.body;
+    if (body === undefined) return;
+    this.options.metrics.framesIn.inc({ type: body.$case });
+    switch (body.$case) {
+      case 'ping':
+        this.send(session, { id: frame.id, body: { $case: 'pong', value: { serverTimeMs: this.clock.now() } } });
+        return;
+      case 'ack':
+        this.onAck(session, frame.id, body.value.msgIds);
+        return;
+      case 'register':
+        void this.onRegister(session, frame);
+        return;
+      case 'unregister':
+        void this.onUnregister(session, frame.id);
+        return;
+    }
+  }
+
+  private async onRegister(session: Session, frame: ClientFrame): Promise<void> {
+    if (session.state !== 'registering' || session.accessKey === undefined || frame.body?.$case !== 'register') {
+      this.closeWith(session, new PushdError('PROTOCOL_VIOLATION', 'register is only allowed once, as the first frame of a registration connection'), frame.id);
+      return;
+    }
+    const register = frame.body.value;
+    this.registering.delete(session);
+    session.state = 'syncing';
+    try {
+      const result = await this.options.registry.registerDevice({
+        accessId: session.accessId,
+        accessKey: session.accessKey,
+        deviceId: register.deviceId,
+        platform: register.platform,
+        appVersion: register.appVersion,
+        osVersion: register.osVersion,
+        locale: register.locale,
+        sdkVersion: register.sdkVersion,
+      });
+      if ((session.state as string) === 'closed' || result.device === undefined) return;
+      session.token = result.device.token;
+      session.platform = result.device.platform;
+      this.send(session, {
+        id: frame.id,
+        body: { $case: 'registered', value: { token: session.token, credential: result.credential, created: result.created } },
+      });
+      this.options.metrics.connects.inc({ kind: 'registration' });
+      await this.establish(session);
+    } catch (error) {
+      this.closeWith(session, toPushdError(error), frame.id);
+    }
+  }
+
+  private async onUnregister(session: Session, requestId: number): Promise<void> {
+    if (session.state === 'registering') {
+      this.closeWith(session, new PushdError('PROTOCOL_VIOLATION', 'register before unregistering'), requestId);
+      return;
+    }
+    try {
+      await this.options.registry.unregisterDevice({ accessId: session.accessId, token: session.token });
+      this.send(session, { id: requestId, body: { $case: 'unregistered', value: {} } });
+      this.detach(session);
+      session.socket.close(1000, 'unregistered');
+      this.options.metrics.disconnects.inc({ reason: 'unregistered' });
+    } catch (error) {
+      const failure = toPushdError(error);
+      this.send(session, { id: requestId, body: { $case: 'error', value: { code: failure.code, message: failure.message } } });
+    }
+  }
+
+  private onAck(session: Session, requestId: number, msgIds: number[]): void {
+    if (session.state === 'registering') {
+      this.closeWith(session, new PushdError('PROTOCOL_VIOLATION', 'ack before registering'), requestId);
+      return;
+    }
+    if (msgIds.length > MAX_ACK_IDS) {
+      this.closeWith(session, new PushdError('FRAME_MALFORMED', `an ack may carry at most ${MAX_ACK_IDS} ids`), requestId);
+      return;
+    }
+    const now = this.clock.now();
+    for (const msgId of msgIds) {
+      const pushId = session.unacked?.get(msgId) ?? '';
+      session.unacked?.delete(msgId);
+      this.events.add(
+        Event.create({
+          type: EventType.EVENT_TYPE_ARRIVED,
+          accessId: session.accessId,
+          token: session.token,
+          platform: session.platform,
+          msgId,
+          pushId,
+          atMs: now,
+        }),
+      );
+    }
+    if (session.unacked?.size === 0) session.unacked = undefined;
+  }
+
+  // ---- messages from dispatch ------------------------------------------------------------------------
+
+  private onNodeDelivery(data: Uint8Array): void {
+    let delivery: NodeDelivery;
+    try {
+      delivery = NodeDelivery.decode(data);
+    } catch (error) {
+      this.options.logger.error({ err: error }, 'undecodable node delivery dropped');
+      return;
+    }
+    const message = delivery.message;
+    if (message === undefined) return;
+    delivery.tokens.forEach((token, index) => {
+      const session = this.sessions.get(`${delivery.accessId}:${token}`);
+      if (session !== undefined) this.offerLive(session, message, delivery.previousMsgIds[index] ?? 0);
+    });
+  }
+
+  /** Delivers a live message in chain order, buffers it while syncing, or starts a catch-up on a gap. */
+  private offerLive(session: Session, message: PushMessage, previousMsgId: number): void {
+    if (session.state === 'syncing') {
+      (session.buffered ??= []).push({ message, previousMsgId });
+      return;
+    }
+    if (session.state !== 'live') return;
+    if (message.msgId <= session.chainMsgId || message.msgId <= session.lastDeliveredMsgId) {
+      this.options.metrics.duplicatesDropped.inc();
+      return;
+    }
+    if (previousMsgId > session.chainMsgId) {
+      // A message appended before this one has not reached us (published by another dispatch call that
+      // lost the race to NATS): fetch the window rather than deliver out of order.
+      this.options.metrics.gapRefetches.inc();
+      session.state = 'syncing';
+      session.buffered = [{ message, previousMsgId }];
+      // Inside a running catch-up (replaying its buffer) the loop goes round again by itself.
+      if (session.catchingUp) return;
+      void this.catchUp(session).catch((error: unknown) => {
+        this.options.logger.warn({ err: error }, 'catch-up after a gap failed');
+        this.closeWith(session, new PushdError('UNAVAILABLE', 'the gateway could not fetch missed messages; reconnect'));
+      });
+      return;
+    }
+    session.chainMsgId = message.msgId;
+    this.deliver(session, [message], 'live');
+  }
+
+  private deliver(session: Session, messages: PushMessage[], source: 'live' | 'pending'): void {
+    const frame = new EncodedFrame({ id: 0, body: { $case: 'deliver', value: { messages } } });
+    if (!this.write(session, frame.get(session.encoding), 'deliver')) return;
+    const now = this.clock.now();
+    session.unacked ??= new Map();
+    for (const message of messages) {
+      session.unacked.set(message.msgId, message.pushId);
+      session.lastDeliveredMsgId = Math.max(session.lastDeliveredMsgId, message.msgId);
+      session.chainMsgId = Math.max(session.chainMsgId, message.msgId);
+      this.options.metrics.deliveryLatency.observe(Math.max(0, now - message.sentAtMs) / 1000);
+    }
+    // Unacked entries only serve arrival attribution; a device that never acks must not grow this map.
+    while (session.unacked.size > 64) {
+      const oldest = session.unacked.keys().next().value;
+      if (oldest === undefined) break;
+      session.unacked.delete(oldest);
+    }
+    this.options.metrics.messagesDelivered.inc({ source }, messages.length);
+  }
+
+  private onRegistryEvents(data: Uint8Array): void {
+    let batch: EventBatch;
+    try {
+      batch = EventBatch.decode(data);
+    } catch {
+      return;
+    }
+    for (const event of batch.events) {
+      if (event.type !== EventType.EVENT_TYPE_UNREGISTERED) continue;
+      const session = this.sessions.get(`${event.accessId}:${event.token}`);
+      if (session !== undefined) this.closeWith(session, new PushdError('DEVICE_UNREGISTERED', 'the device was unregistered'));
+    }
+  }
+
+  // ---- writing and closing ---------------------------------------------------------------------------
+
+  private send(session: Session, frame: ServerFrame): void {
+    this.write(session, encodeServerFrame(frame, session.encoding), frame.body?.$case ?? 'empty');
+  }
+
+  /** Writes a frame unless the connection is gone or over its send-queue cap (then drops the device). */
+  private write(session: Session, data: Uint8Array | string, type: string): boolean {
+    const socket = session.socket;
+    if (session.state === 'closed' || socket.readyState !== socket.OPEN) return false;
+    if (socket.bufferedAmount > this.maxBufferedBytes) {
+      this.options.metrics.slowConsumers.inc();
+      this.options.metrics.disconnects.inc({ reason: 'SLOW_CONSUMER' });
+      this.detach(session);
+      socket.terminate();
+      return false;
+    }
+    socket.send(data, { binary: typeof data !== 'string' });
+    this.options.metrics.framesOut.inc({ type });
+    this.options.metrics.bytesOut.inc(typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength);
+    return true;
+  }
+
+  /** Sends an error frame, then closes with the code's WebSocket close code. */
+  private closeWith(session: Session, error: PushdError, requestId = 0): void {
+    if (session.state === 'closed') return;
+    if (error.code === 'INTERNAL') this.options.logger.error({ err: error.cause ?? error }, 'closing session on an internal error');
+    this.send(session, { id: requestId, body: { $case: 'error', value: { code: error.code, message: error.message } } });
+    this.options.metrics.disconnects.inc({ reason: error.code });
+    this.detach(session);
+    // The close reason is limited to 123 bytes by RFC 6455; the error frame carried the full message.
+    session.socket.close(error.spec.wsCloseCode, error.code);
+  }
+
+  /** Forgets the session (idempotent): out of the hub, its route removed if it is still ours. */
+  private detach(session: Session): void {
+    if (session.state === 'closed') return;
+    session.state = 'closed';
+    session.buffered = undefined;
+    this.registering.delete(session);
+    if (session.token !== '' && this.sessions.get(session.key) === session) {
+      this.sessions.delete(session.key);
+      this.options.metrics.connections.dec({ platform: platformLabel(session.platform) });
+      this.options.routes.clear(session.accessId, session.token, session.id).catch((error: unknown) => {
+        this.options.logger.warn({ err: error }, 'removing a route failed; it expires by itself');
+      });
+    }
+  }
+
+  /** @internal called by the shared socket listener. */
+  onClosed(session: Session): void {
+    if (session.state !== 'closed') this.options.metrics.disconnects.inc({ reason: 'closed_by_device' });
+    this.detach(session);
+    gateways.delete(session.socket);
+  }
+
+  // ---- sweeps ----------------------------------------------------------------------------------------
+
+  /** One timer for all connections: terminate the silent, ping the rest. */
+  private sweepHeartbeats(): void {
+    for (const session of this.sessions.values()) {
+      if (!session.alive) {
+        this.options.metrics.disconnects.inc({ reason: 'heartbeat_timeout' });
+        this.detach(session);
+        session.socket.terminate();
+        continue;
+      }
+      session.alive = false;
+      session.socket.ping();
+    }
+  }
+
+  private sweepRegistrations(): void {
+    const deadline = this.clock.now() - this.registerTimeoutMs;
+    for (const session of this.registering) {
+      if (session.openedAtMs <= deadline) {
+        this.closeWith(session, new PushdError('REGISTRATION_TIMEOUT', `no Register frame within ${this.registerTimeoutMs} ms`));
+      }
+    }
+  }
+
+  private async refreshRoutes(): Promise<void> {
+    const entries = [...this.sessions.values()].map((s) => ({ accessId: s.accessId, token: s.token, sessionId: s.id }));
+    if (entries.length === 0) return;
+    try {
+      await this.options.routes.refresh(entries, this.routeTtlMs);
+    } catch (error) {
+      this.options.logger.warn({ err: error, routes: entries.length }, 'refreshing routes failed; will retry');
+    }
+  }
+}
+
+// Shared socket listeners: ws calls them with the socket as `this`.
+const gateways = new WeakMap<WebSocket, Gateway>();
+
+function onSocketMessage(this: SocketWithSession, data: RawData, isBinary: boolean): void {
+  const session = this[SESSION];
+  if (session !== undefined) gateways.get(this)?.onFrame(session, data, isBinary);
+}
+
+function onSocketClose(this: SocketWithSession): void {
+  const session = this[SESSION];
+  if (session !== undefined) gateways.get(this)?.onClosed(session);
+}
+
+function onSocketError(this: SocketWithSession): void {
+  // ws follows every error (a frame over maxPayload, an invalid frame) with close, handled there.
+}
+
+function onSocketPong(this: SocketWithSession): void {
+  const session = this[SESSION];
+  if (session !== undefined) session.alive = true;
+}
+
+function toBytes(data: RawData): Uint8Array {
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return data instanceof ArrayBuffer ? new Uint8Array(data) : data;
+}
+
+function platformLabel(platform: Platform): string {
+  return platform === Platform.PLATFORM_ANDROID ? 'android' : platform === Platform.PLATFORM_IOS ? 'ios' : 'unknown';
+}
+
+/** Answers a refused upgrade with the catalogue's HTTP status and a JSON body, then closes. */
+function rejectUpgrade(socket: Duplex, error: PushdError): void {
+  if (socket.destroyed) return;
+  const body = JSON.stringify({ code: error.code, message: error.message });
+  socket.end(
+    `HTTP/1.1 ${error.spec.httpStatus} ${httpReason(error.spec.httpStatus)}\r\n` +
+      'Connection: close\r\nContent-Type: application/json\r\n' +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+}
+
+function httpReason(status: number): string {
+  const reasons: Record<number, string> = {
+    400: 'Bad Request',
+    401: 'Unauthorized',
+    403: 'Forbidden',
+    404: 'Not Found',
+    408: 'Request Timeout',
+    409: 'Conflict',
+    413: 'Payload Too Large',
+    429: 'Too Many Requests',
+    500: 'Internal Server Error',
+    501: 'Not Implemented',
+    503: 'Service Unavailable',
+    504: 'Gateway Timeout',
+  };
+  return reasons[status] ?? 'Error';
+}

@@ -1,0 +1,93 @@
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+
+export interface GatewayMetrics {
+  connections: Gauge<'platform'>;
+  connects: Counter<'kind'>;
+  disconnects: Counter<'reason'>;
+  upgradeFailures: Counter<'code'>;
+  framesIn: Counter<'type'>;
+  framesOut: Counter<'type'>;
+  bytesOut: Counter;
+  messagesDelivered: Counter<'source'>;
+  duplicatesDropped: Counter;
+  gapRefetches: Counter;
+  slowConsumers: Counter;
+  deliveryLatency: Histogram;
+  eventPublishFailures: Counter;
+}
+
+/** Names follow gateway_<noun>_<unit|total>; labels stay low-cardinality (never a token or an id). */
+export function createGatewayMetrics(registry: Registry): GatewayMetrics {
+  const registers = [registry];
+  return {
+    connections: new Gauge({
+      name: 'gateway_connections',
+      help: 'Device sessions open on this gateway, by platform.',
+      labelNames: ['platform'],
+      registers,
+    }),
+    connects: new Counter({
+      name: 'gateway_connects_total',
+      help: 'Sessions established, by kind (session = reconnect with a credential, registration).',
+      labelNames: ['kind'],
+      registers,
+    }),
+    disconnects: new Counter({
+      name: 'gateway_disconnects_total',
+      help: 'Sessions closed, by reason (the catalogue code, or closed_by_device).',
+      labelNames: ['reason'],
+      registers,
+    }),
+    upgradeFailures: new Counter({
+      name: 'gateway_upgrade_failures_total',
+      help: 'WebSocket upgrades refused, by catalogue code.',
+      labelNames: ['code'],
+      registers,
+    }),
+    framesIn: new Counter({
+      name: 'gateway_frames_in_total',
+      help: 'Frames received from devices, by type (malformed when they could not be decoded).',
+      labelNames: ['type'],
+      registers,
+    }),
+    framesOut: new Counter({
+      name: 'gateway_frames_out_total',
+      help: 'Frames sent to devices, by type.',
+      labelNames: ['type'],
+      registers,
+    }),
+    bytesOut: new Counter({ name: 'gateway_bytes_out_total', help: 'Bytes of frames sent to devices.', registers }),
+    messagesDelivered: new Counter({
+      name: 'gateway_messages_delivered_total',
+      help: 'Messages written to device connections, by source (live, or pending from the offline window).',
+      labelNames: ['source'],
+      registers,
+    }),
+    duplicatesDropped: new Counter({
+      name: 'gateway_duplicates_dropped_total',
+      help: 'Live messages not written because the session had already delivered them.',
+      registers,
+    }),
+    gapRefetches: new Counter({
+      name: 'gateway_gap_refetches_total',
+      help: 'Offline windows fetched again because a live message arrived ahead of one not yet seen.',
+      registers,
+    }),
+    slowConsumers: new Counter({
+      name: 'gateway_send_queue_drops_total',
+      help: 'Connections dropped because their send queue exceeded the cap (slow consumers).',
+      registers,
+    }),
+    deliveryLatency: new Histogram({
+      name: 'gateway_delivery_latency_seconds',
+      help: 'From push acceptance (sent_at) to the message being written to the device connection.',
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    }),
+    eventPublishFailures: new Counter({
+      name: 'gateway_event_publish_failures_total',
+      help: 'Event batches that could not be stored in the durable stream and were retried.',
+      registers,
+    }),
+  };
+}

@@ -1,0 +1,235 @@
+import { createHmac } from 'node:crypto';
+import type { Bus } from '@pushd/bus';
+import { subjects } from '@pushd/bus';
+import {
+  type Clock,
+  hashSecret,
+  invalidArgument,
+  type Logger,
+  PushdError,
+  randomSecret,
+  secretMatchesHash,
+  systemClock,
+} from '@pushd/common';
+import {
+  type App,
+  type Device,
+  Event,
+  EventBatch,
+  EventType,
+  Platform,
+  type RegistryServiceService,
+} from '@pushd/proto';
+import { CallAuthorizer, type ServiceHandlers } from '@pushd/rpc';
+import type { AppRecord, AppStore, DeviceRecord, DeviceStore } from '@pushd/store';
+
+export interface RegistryServiceOptions {
+  apps: AppStore;
+  devices: DeviceStore;
+  /** Carries UNREGISTERED events to gateways (close the connection), dispatch and tag (forget the device). */
+  bus: Bus;
+  /** Shared secret of internal callers and operators. */
+  clusterToken: string;
+  logger: Logger;
+  /** Default: systemClock. */
+  clock?: Clock;
+}
+
+const DEVICE_ID = /^[A-Za-z0-9_-]{16,128}$/;
+const ACCOUNT_MAX_CHARS = 128;
+const DETAIL_MAX_CHARS = 64;
+
+/** Apps, device registration and account binding (proto/pushd/v1/registry.proto). */
+export class RegistryService {
+  private readonly clock: Clock;
+  private readonly authorizer: CallAuthorizer;
+
+  constructor(private readonly options: RegistryServiceOptions) {
+    this.clock = options.clock ?? systemClock;
+    this.authorizer = new CallAuthorizer({
+      clusterToken: options.clusterToken,
+      verifyAppSecret: async (accessId, secretKey) => {
+        const app = await options.apps.get(accessId);
+        return app !== undefined && secretMatchesHash(secretKey, app.secretKeyHash);
+      },
+    });
+  }
+
+  handlers(): ServiceHandlers<typeof RegistryServiceService> {
+    const { apps, devices } = this.options;
+    const auth = this.authorizer;
+    return {
+      createApp: async (request, { metadata }) => {
+        await auth.requireCluster(metadata);
+        const name = request.name.trim();
+        if (name.length < 1 || name.length > 64) throw invalidArgument('name', 'must be 1 to 64 characters');
+        const accessKey = `A${randomSecret(12).replace(/[-_]/g, 'x').toUpperCase()}`;
+        const secretKey = randomSecret(32);
+        const app = await apps.create({
+          name,
+          accessKey,
+          secretKeyHash: hashSecret(secretKey),
+          tokenKey: randomSecret(32),
+          createdAtMs: this.clock.now(),
+        });
+        this.options.logger.info({ accessId: app.accessId, name }, 'app created');
+        return { app: toApp(app), accessKey, secretKey };
+      },
+
+      verifyApp: async (request, { metadata }) => {
+        await auth.requireCluster(metadata);
+        const app = await this.requireApp(request.accessId);
+        const key = request.key;
+        if (key === undefined) throw invalidArgument('key', 'set access_key or secret_key');
+        const valid =
+          key.$case === 'accessKey' ? key.value === app.accessKey : secretMatchesHash(key.value, app.secretKeyHash);
+        if (!valid) throw new PushdError('UNAUTHENTICATED', `wrong ${key.$case === 'accessKey' ? 'access' : 'secret'} key for app ${app.accessId}`);
+        return { app: toApp(app) };
+      },
+
+      registerDevice: async (request, { metadata }) => {
+        await auth.requireCluster(metadata);
+        const app = await this.requireApp(request.accessId);
+        if (request.accessKey !== app.accessKey) {
+          throw new PushdError('UNAUTHENTICATED', `wrong access key for app ${app.accessId}`);
+        }
+        if (!DEVICE_ID.test(request.deviceId)) {
+          throw invalidArgument('device_id', 'must be 16 to 128 characters of A-Z, a-z, 0-9, "_" and "-"');
+        }
+        if (request.platform !== Platform.PLATFORM_ANDROID && request.platform !== Platform.PLATFORM_IOS) {
+          throw invalidArgument('platform', 'must be PLATFORM_ANDROID or PLATFORM_IOS');
+        }
+        const details = {
+          appVersion: detail('app_version', request.appVersion),
+          osVersion: detail('os_version', request.osVersion),
+          locale: detail('locale', request.locale),
+          sdkVersion: detail('sdk_version', request.sdkVersion),
+        };
+        // The token is derived, not stored against the device id: registering again yields the same token
+        // without an index from device ids to tokens (and one Redis slot per device).
+        const token = createHmac('sha256', app.tokenKey).update(request.deviceId).digest('hex').slice(0, 40);
+        const credential = randomSecret(32);
+        const { created, device } = await devices.upsert({
+          accessId: app.accessId,
+          token,
+          platform: request.platform,
+          ...details,
+          credentialHash: hashSecret(credential),
+          registeredAtMs: this.clock.now(),
+        });
+        return { device: toDevice(device), credential, created };
+      },
+
+      authenticateDevice: async (request, { metadata }) => {
+        await auth.requireCluster(metadata);
+        await this.requireApp(request.accessId);
+        const device = await devices.get(request.accessId, request.token);
+        // Unknown token and wrong credential are one answer, so that tokens cannot be probed.
+        if (device === undefined || !secretMatchesHash(request.credential, device.credentialHash)) {
+          throw new PushdError('INVALID_CREDENTIAL', 'unknown token or wrong credential; register again');
+        }
+        return { device: toDevice(device) };
+      },
+
+      getDevice: async (request, { metadata }) => {
+        const accessId = await auth.requireApp(metadata, request.accessId);
+        return { device: toDevice(await this.requireDevice(accessId, request.token)) };
+      },
+
+      unregisterDevice: async (request, { metadata }) => {
+        const accessId = await auth.requireApp(metadata, request.accessId);
+        const removed = await devices.remove(accessId, request.token);
+        if (removed === undefined) throw tokenNotFound(accessId, request.token);
+        const event = Event.create({
+          type: EventType.EVENT_TYPE_UNREGISTERED,
+          accessId,
+          token: removed.token,
+          platform: removed.platform,
+          atMs: this.clock.now(),
+        });
+        // Durable: dispatch and tag must forget the device even if they are down right now. Gateways also
+        // receive it on the same subject and close the device's connection.
+        await this.options.bus.publishDurable(
+          subjects.events('registry'),
+          EventBatch.encode({ events: [event] }).finish(),
+        );
+        return {};
+      },
+
+      bindAccount: async (request, { metadata }) => {
+        const accessId = await auth.requireApp(metadata, request.accessId);
+        const account = request.account;
+        if (account.length < 1 || account.length > ACCOUNT_MAX_CHARS || /\p{Cc}/u.test(account)) {
+          throw invalidArgument('account', `must be 1 to ${ACCOUNT_MAX_CHARS} characters without control characters`);
+        }
+        const result = await devices.setAccount(accessId, request.token, account);
+        if (result === undefined) throw tokenNotFound(accessId, request.token);
+        return { previousAccount: result.previous };
+      },
+
+      unbindAccount: async (request, { metadata }) => {
+        const accessId = await auth.requireApp(metadata, request.accessId);
+        const result = await devices.setAccount(accessId, request.token, '');
+        if (result === undefined) throw tokenNotFound(accessId, request.token);
+        return { previousAccount: result.previous };
+      },
+
+      listAccountTokens: async (request, { metadata }) => {
+        const accessId = await auth.requireApp(metadata, request.accessId);
+        if (request.account === '') throw invalidArgument('account', 'required');
+        return { tokens: await devices.accountTokens(accessId, request.account) };
+      },
+
+      countDevices: async (request, { metadata }) => {
+        const accessId = await auth.requireApp(metadata, request.accessId);
+        await this.requireApp(accessId);
+        return devices.count(accessId);
+      },
+    };
+  }
+
+  private async requireApp(accessId: number): Promise<AppRecord> {
+    if (!accessId) throw invalidArgument('access_id', 'required');
+    const app = await this.options.apps.get(accessId);
+    if (app === undefined) throw new PushdError('APP_NOT_FOUND', `no app has access id ${accessId}`);
+    return app;
+  }
+
+  private async requireDevice(accessId: number, token: string): Promise<DeviceRecord> {
+    if (token === '') throw invalidArgument('token', 'required');
+    const device = await this.options.devices.get(accessId, token);
+    if (device === undefined) throw tokenNotFound(accessId, token);
+    return device;
+  }
+}
+
+function tokenNotFound(accessId: number, token: string): PushdError {
+  return new PushdError('TOKEN_NOT_FOUND', `no registered device has token ${JSON.stringify(token)} in app ${accessId}`, {
+    metadata: { token },
+  });
+}
+
+function detail(field: string, value: string): string {
+  if (value.length > DETAIL_MAX_CHARS || /\p{Cc}/u.test(value)) {
+    throw invalidArgument(field, `must be at most ${DETAIL_MAX_CHARS} characters without control characters`);
+  }
+  return value;
+}
+
+function toApp(app: AppRecord): App {
+  return { accessId: app.accessId, name: app.name, createdAtMs: app.createdAtMs };
+}
+
+function toDevice(device: DeviceRecord): Device {
+  return {
+    accessId: device.accessId,
+    token: device.token,
+    platform: device.platform,
+    appVersion: device.appVersion,
+    osVersion: device.osVersion,
+    locale: device.locale,
+    sdkVersion: device.sdkVersion,
+    account: device.account,
+    registeredAtMs: device.registeredAtMs,
+  };
+}

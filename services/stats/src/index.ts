@@ -1,0 +1,2 @@
+export { statsEnv } from './env.js';
+export { StatsService, type StatsServiceOptions } from './stats-service.js';

@@ -1,0 +1,45 @@
+// The stats process: per-push delivery counts from the durable event stream. Production wiring.
+import { DispatchServiceService, RegistryServiceService, StatsServiceService } from '@pushd/proto';
+import { bindService, GrpcServer } from '@pushd/rpc';
+import { bootstrap, clusterClient, connectNats, connectRedis, run } from '@pushd/runtime';
+import { statsEnv } from './env.js';
+import { StatsService } from './stats-service.js';
+
+const { env, logger, metrics } = bootstrap('stats', statsEnv);
+const redis = connectRedis('stats', env, logger, metrics);
+const nats = await connectNats('stats', env, logger, metrics);
+const registry = clusterClient(RegistryServiceService, env.REGISTRY_ADDR, env.CLUSTER_TOKEN);
+const dispatch = clusterClient(DispatchServiceService, env.DISPATCH_ADDR, env.CLUSTER_TOKEN);
+const service = new StatsService({
+  stats: redis.stores.stats,
+  bus: nats.bus,
+  registry,
+  dispatch,
+  clusterToken: env.CLUSTER_TOKEN,
+  metrics,
+  logger,
+});
+const grpc = new GrpcServer({
+  host: env.HOST,
+  port: env.GRPC_PORT,
+  services: [bindService('pushd.v1.StatsService', StatsServiceService, service.handlers())],
+  logger,
+  registry: metrics,
+  metricPrefix: 'stats',
+});
+await run({
+  logger,
+  metrics,
+  host: env.HOST,
+  opsPort: env.OPS_PORT,
+  checks: [redis.check, nats.check],
+  connections: [
+    redis.component,
+    nats.component,
+    { name: 'clients', stop: async () => (registry.close(), dispatch.close()) },
+  ],
+  components: [
+    { name: 'grpc', start: () => grpc.start(), stop: () => grpc.stop() },
+    { name: 'events', start: async () => service.startConsuming(), stop: () => service.stop() },
+  ],
+});

@@ -1,0 +1,187 @@
+import { createMetricsRegistry, PushdError, silentLogger } from '@pushd/common';
+import { MessageType, Platform, PushMessage } from '@pushd/proto';
+import { createRedisClient, createRedisStores, type RedisClient, RedisKeys, type Stores } from '@pushd/store';
+import {
+  describeAppStoreContract,
+  describeDeviceStoreContract,
+  describeInboxStoreContract,
+  describePushStoreContract,
+  describeRouteStoreContract,
+  describeStatsStoreContract,
+  describeTagStoreContract,
+} from '@pushd/store/contract';
+import { startRedisServer, type TestServer, waitFor } from '@pushd/testkit';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+
+// One redis-server for the file, emptied before every test.
+let server: TestServer;
+let redis: RedisClient;
+const keys = new RedisKeys();
+
+beforeAll(async () => {
+  server = await startRedisServer();
+  redis = createRedisClient({ url: server.url, logger: silentLogger() });
+});
+
+afterAll(async () => {
+  await redis?.quit();
+  await server?.stop();
+});
+
+beforeEach(async () => {
+  await redis.flushall();
+});
+
+const stores = (): Stores => createRedisStores({ redis, keys });
+
+describeAppStoreContract('redis', () => stores().apps);
+describeDeviceStoreContract('redis', () => stores().devices);
+describeInboxStoreContract('redis', () => stores().inboxes);
+describePushStoreContract('redis', () => stores().pushes);
+describeRouteStoreContract('redis', () => stores().routes);
+describeStatsStoreContract('redis', () => stores().stats);
+describeTagStoreContract('redis', () => stores().tags);
+
+const APP = 1_500_000_001;
+const TOKEN = '0123456789abcdef0123456789abcdef01234567';
+const OTHER = 'fedcba9876543210fedcba9876543210fedcba98';
+const NOW = Date.now();
+
+function device(token: string) {
+  return {
+    accessId: APP,
+    token,
+    platform: Platform.PLATFORM_ANDROID,
+    appVersion: '1',
+    osVersion: '14',
+    locale: 'zh-CN',
+    sdkVersion: '0.1.0',
+    credentialHash: 'h',
+    registeredAtMs: NOW,
+  };
+}
+
+describe('Redis stores: layout and recovery', () => {
+  it('lists only tokens whose record still names the account, and repairs the index', async () => {
+    const { devices } = stores();
+    await devices.upsert(device(TOKEN));
+    await devices.upsert(device(OTHER));
+    await devices.setAccount(APP, TOKEN, 'alice');
+    await devices.setAccount(APP, OTHER, 'bob');
+    // What a crash between steps leaves behind: alice's index naming a token bound to bob, and a removed one.
+    const index = keys.accountTokens(APP, 'alice');
+    await redis.hset(index, OTHER, '1', 'f'.repeat(40), '1');
+    expect(await devices.accountTokens(APP, 'alice')).toEqual([TOKEN]);
+    expect(await redis.hkeys(index)).toEqual([TOKEN]);
+    expect(await devices.accountTokens(APP, 'bob')).toEqual([OTHER]);
+  });
+
+  it('does not repair an index entry whose bind is still in flight', async () => {
+    const { devices } = stores();
+    await devices.upsert(device(TOKEN));
+    await devices.setAccount(APP, TOKEN, 'bob');
+    // A bind to alice with a version above the record's has written the index but not yet the record.
+    const index = keys.accountTokens(APP, 'alice');
+    await redis.hset(index, TOKEN, '1000');
+    expect(await devices.accountTokens(APP, 'alice')).toEqual([]);
+    expect(await redis.hkeys(index)).toEqual([TOKEN]);
+  });
+
+  it('keeps inbox payloads only until the newest message expires, and lastMsgId for good', async () => {
+    const { inboxes } = stores();
+    const expiresAtMs = NOW + 3_600_000;
+    await inboxes.append(
+      APP,
+      TOKEN,
+      PushMessage.fromPartial({ msgId: 1, expiresAtMs: NOW + 60_000 }),
+      2,
+      NOW,
+    );
+    await inboxes.append(
+      APP,
+      TOKEN,
+      PushMessage.fromPartial({ msgId: 2, expiresAtMs, message: { type: MessageType.MESSAGE_TYPE_NOTIFY } }),
+      2,
+      NOW,
+    );
+    expect(await redis.pexpiretime(keys.inbox(APP, TOKEN))).toBe(expiresAtMs);
+    expect(await redis.pttl(keys.inboxLast(APP, TOKEN))).toBe(-1);
+    // An already expired window vanishes on its own; lastMsgId stays.
+    await inboxes.clear(APP, OTHER);
+    await inboxes.append(
+      APP,
+      OTHER,
+      PushMessage.fromPartial({ msgId: 3, expiresAtMs: Date.now() + 30 }),
+      2,
+      NOW,
+    );
+    await waitFor(async () => (await redis.exists(keys.inbox(APP, OTHER))) === 0, 'the inbox key to expire');
+    expect((await inboxes.pending(APP, OTHER, 0, NOW)).lastMsgId).toBe(3);
+  });
+
+  it('forgets who was counted after the dedup window but keeps the counts', async () => {
+    const { stats } = createRedisStores({ redis, keys });
+    await stats.addSent(APP, '1', [TOKEN]);
+    expect(await redis.pttl(keys.pushSent(APP, '1'))).toBeGreaterThan(90 * 3_600_000);
+    expect(await redis.pttl(keys.pushCounts(APP, '1'))).toBe(-1);
+  });
+
+  it('keeps deployments with different prefixes apart on one Redis', async () => {
+    const a = createRedisStores({ redis, keys: new RedisKeys({ prefix: 'a' }) });
+    const b = createRedisStores({ redis, keys: new RedisKeys({ prefix: 'b' }) });
+    await a.tags.add(APP, TOKEN, ['x'], 10);
+    expect(await b.tags.list(APP, TOKEN)).toEqual([]);
+    expect(
+      (await a.apps.create({ name: 'n', accessKey: 'k', secretKeyHash: 's', tokenKey: 't', createdAtMs: 1 }))
+        .accessId,
+    ).toBe(APP);
+    expect(
+      (await b.apps.create({ name: 'n', accessKey: 'k', secretKeyHash: 's', tokenKey: 't', createdAtMs: 1 }))
+        .accessId,
+    ).toBe(APP);
+  });
+});
+
+describe('Redis stores when Redis is unavailable', () => {
+  it('fail with UNAVAILABLE instead of hanging, and report it in the metrics', async () => {
+    const doomed = await startRedisServer();
+    const registry = createMetricsRegistry({ service: 'test', processMetrics: false });
+    const client = createRedisClient({
+      url: doomed.url,
+      logger: silentLogger(),
+      registry,
+      metricPrefix: 'test',
+      maxReconnectDelayMs: 100,
+    });
+    try {
+      const gauge = async () =>
+        (await registry.getSingleMetric('test_redis_connected')!.get()).values[0]?.value;
+      const counter = async (name: string) =>
+        (await registry.getSingleMetric(name)!.get()).values.reduce((sum, v) => sum + v.value, 0);
+      const { tags } = createRedisStores({ redis: client, keys });
+      await tags.add(APP, TOKEN, ['x'], 10);
+      await waitFor(async () => (await gauge()) === 1, 'the connected gauge');
+
+      await doomed.stop();
+      const error = await tags.list(APP, TOKEN).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(PushdError);
+      expect((error as PushdError).code).toBe('UNAVAILABLE');
+      expect((error as PushdError).cause).toBeInstanceOf(Error);
+      await waitFor(async () => (await gauge()) === 0, 'the connected gauge to drop');
+      await waitFor(async () => (await counter('test_redis_reconnects_total')) > 0, 'reconnect attempts');
+      await waitFor(async () => (await counter('test_redis_errors_total')) > 0, 'connection errors');
+    } finally {
+      client.disconnect();
+      await doomed.stop();
+    }
+  });
+
+  it('refuses a malformed URL at creation', () => {
+    expect(() => createRedisClient({ url: 'http://localhost:6379', logger: silentLogger() })).toThrow(
+      /redis:\/\//,
+    );
+    expect(() => createRedisClient({ url: 'redis://a:1/2,redis://b:2/3', logger: silentLogger() })).toThrow(
+      /databases/,
+    );
+  });
+});

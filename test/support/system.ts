@@ -1,0 +1,149 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { silentLogger } from '@pushd/common';
+import { startEmbedded } from '@pushd/embedded';
+import { freePort, startNatsServer, startRedisServer, type TestServer, waitFor } from '@pushd/testkit';
+
+export const CLUSTER_TOKEN = 'e2e-cluster-token-0123456789';
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+
+/** Where a running system answers, whichever way it was started. */
+export interface SystemUnderTest {
+  mode: 'embedded' | 'processes';
+  gatewayUrl: string;
+  registry: string;
+  dispatch: string;
+  stats: string;
+  tag: string;
+  opsPorts: number[];
+  stop(): Promise<void>;
+  /** Processes mode: kill one service process (SIGKILL) and start it again with the same settings. */
+  restart?(service: ServiceName): Promise<void>;
+}
+
+export type ServiceName = 'registry' | 'tag' | 'dispatch' | 'stats' | 'gateway';
+
+/** Every service in this test process on the in-memory bus and stores (`pnpm start`'s code path). */
+export async function startEmbeddedSystem(): Promise<SystemUnderTest> {
+  const system = await startEmbedded({
+    host: '127.0.0.1',
+    clusterToken: CLUSTER_TOKEN,
+    logger: silentLogger(),
+    ports: { websocket: 0, ops: 0, registry: 0, tag: 0, dispatch: 0, stats: 0 },
+  });
+  const { ports } = system;
+  return {
+    mode: 'embedded',
+    gatewayUrl: `ws://127.0.0.1:${ports.websocket}/v1/ws`,
+    registry: `127.0.0.1:${ports.registry}`,
+    dispatch: `127.0.0.1:${ports.dispatch}`,
+    stats: `127.0.0.1:${ports.stats}`,
+    tag: `127.0.0.1:${ports.tag}`,
+    opsPorts: [ports.ops],
+    stop: () => system.stop(),
+  };
+}
+
+interface ServiceProcess {
+  name: ServiceName;
+  env: Record<string, string>;
+  opsPort: number;
+  child?: ChildProcess;
+  output: string[];
+}
+
+/**
+ * Production shape: a real nats-server (JetStream) and redis-server on free ports, and each service as
+ * its own Node.js process (`services/<name>/src/main.ts`) configured only through its environment.
+ */
+export async function startProcessSystem(): Promise<SystemUnderTest & { nats: TestServer; redis: TestServer }> {
+  const [nats, redis] = await Promise.all([startNatsServer(), startRedisServer()]);
+  const grpc = { registry: await freePort(), tag: await freePort(), dispatch: await freePort(), stats: await freePort() };
+  const wsPort = await freePort();
+  const common = {
+    CLUSTER_TOKEN,
+    NATS_URL: nats.url,
+    REDIS_URL: redis.url,
+    HOST: '127.0.0.1',
+    LOG_LEVEL: 'warn',
+    REGISTRY_ADDR: `127.0.0.1:${grpc.registry}`,
+    DISPATCH_ADDR: `127.0.0.1:${grpc.dispatch}`,
+  };
+  const services: ServiceProcess[] = [];
+  for (const name of ['registry', 'dispatch', 'tag', 'stats', 'gateway'] as const) {
+    const opsPort = await freePort();
+    const own: Record<string, string> =
+      name === 'gateway' ? { WS_PORT: String(wsPort), NODE_ID: 'gw-e2e-1' } : { GRPC_PORT: String(grpc[name]) };
+    services.push({ name, env: { ...common, ...own, OPS_PORT: String(opsPort) }, opsPort, output: [] });
+  }
+  const byName = new Map(services.map((s) => [s.name, s]));
+  const stopAllServices = async () => {
+    await Promise.all(services.map((s) => stopProcess(s)));
+    await Promise.all([nats.stop(), redis.stop()]);
+  };
+  try {
+    for (const service of services) await startProcess(service);
+  } catch (error) {
+    await stopAllServices();
+    throw error;
+  }
+  return {
+    mode: 'processes',
+    nats,
+    redis,
+    gatewayUrl: `ws://127.0.0.1:${wsPort}/v1/ws`,
+    registry: `127.0.0.1:${grpc.registry}`,
+    dispatch: `127.0.0.1:${grpc.dispatch}`,
+    stats: `127.0.0.1:${grpc.stats}`,
+    tag: `127.0.0.1:${grpc.tag}`,
+    opsPorts: services.map((s) => s.opsPort),
+    stop: stopAllServices,
+    async restart(name) {
+      const service = byName.get(name);
+      if (!service) throw new Error(`no service ${name}`);
+      service.child?.kill('SIGKILL');
+      await new Promise((resolve) => service.child?.once('exit', resolve));
+      await startProcess(service);
+    },
+  };
+}
+
+async function startProcess(service: ServiceProcess): Promise<void> {
+  const child = spawn(process.execPath, ['--import', 'tsx', `services/${service.name}/src/main.ts`], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH ?? '', ...service.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  service.child = child;
+  const keep = (chunk: Buffer) => {
+    service.output.push(chunk.toString());
+    if (service.output.length > 200) service.output.shift();
+  };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  let exited = false;
+  child.once('exit', () => {
+    exited = true;
+  });
+  await waitFor(
+    async () => {
+      if (exited) throw new Error(`${service.name} exited during start:\n${service.output.join('')}`);
+      const response = await fetch(`http://127.0.0.1:${service.opsPort}/readyz`).catch(() => undefined);
+      return response?.status === 200;
+    },
+    `${service.name} to become ready`,
+    30_000,
+  ).catch((error: Error) => {
+    throw new Error(`${error.message}\n--- ${service.name} output ---\n${service.output.join('')}`);
+  });
+}
+
+async function stopProcess(service: ServiceProcess): Promise<void> {
+  const child = service.child;
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+  await exited;
+  clearTimeout(timer);
+}
