@@ -10,6 +10,8 @@ export default defineConfig({
           name: 'unit',
           include: ['packages/*/src/**/*.test.ts', 'services/*/src/**/*.test.ts'],
           testTimeout: 20_000,
+          // Unit tests first: they are fast and point at the broken piece before any server starts.
+          sequence: { groupOrder: 0 },
         },
       },
       {
@@ -20,6 +22,7 @@ export default defineConfig({
           hookTimeout: 60_000,
           // Each file starts its own servers; two at once is what a 2-core CI machine carries.
           maxWorkers: 2,
+          sequence: { groupOrder: 1 },
         },
       },
     ],

@@ -65,8 +65,10 @@ interface BusMetrics {
 
 /**
  * The production Bus: core NATS for fan-out, JetStream (file storage) for durable events. Reconnects
- * forever; while disconnected, `publish` drops (fan-out is at most once and the client would otherwise
- * buffer without bound), `ready()` rejects, and consumers resume by themselves once the server is back.
+ * forever with a jittered wait. While disconnected (the client discards whatever is written meanwhile when
+ * it reconnects): `publish` drops (and counts) the message, `publishDurable` and `ready()` reject at once,
+ * acks are lost (those messages come again after redeliverAfterMs), and consumers resume by themselves
+ * once the server is back.
  */
 export class NatsBus implements Bus {
   private readonly js: JetStreamClient;
@@ -214,6 +216,12 @@ export class NatsBus implements Bus {
   }
 
   async publishDurable(subject: string, data: Uint8Array): Promise<void> {
+    if (!this.connected) {
+      // The client discards what is written while disconnected: waiting for the ack would only time out.
+      throw new PushdError('UNAVAILABLE', `durable publish to '${subject}' failed: NATS is disconnected`, {
+        metadata: { subject },
+      });
+    }
     try {
       await this.js.publish(subject, data, this.publishOptions);
     } catch (error) {
@@ -421,7 +429,9 @@ export class NatsBus implements Bus {
         );
         break;
       case 'update':
-        this.logger.info({ added: status.added, deleted: status.deleted }, 'NATS cluster changed');
+        if (status.added?.length || status.deleted?.length) {
+          this.logger.info({ added: status.added, deleted: status.deleted }, 'NATS cluster changed');
+        }
         break;
       case 'close':
         this.connected = false;

@@ -14,7 +14,9 @@ export interface InboxStore {
   /**
    * Adds a message and keeps only the newest `capacity` messages (by msgId) that have not expired at
    * `nowMs`. The brief's limits: capacity 2 on Android, 1 on iOS. Refused (nothing changes) when
-   * message.msgId <= lastMsgId. Atomic.
+   * message.msgId <= lastMsgId. Atomic. A message with expiresAtMs <= nowMs (including an unset 0) is not
+   * kept, but still becomes lastMsgId, as does one trimmed at once by the capacity. `nowMs` must be close
+   * to real time: the Redis store also lets a window vanish at its newest expiry by the server's clock.
    */
   append(
     accessId: number,

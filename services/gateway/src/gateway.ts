@@ -416,6 +416,9 @@ export class Gateway {
       this.closeWith(session, new PushdError('PROTOCOL_VIOLATION', 'register before unregistering'), requestId);
       return;
     }
+    // The registry's UNREGISTERED event may reach this gateway before the call returns; the device asked,
+    // so it gets Unregistered and a normal close rather than the DEVICE_UNREGISTERED error.
+    session.unregistering = true;
     try {
       await this.options.registry.unregisterDevice({ accessId: session.accessId, token: session.token });
       this.send(session, { id: requestId, body: { $case: 'unregistered', value: {} } });
@@ -423,6 +426,7 @@ export class Gateway {
       session.socket.close(1000, 'unregistered');
       this.options.metrics.disconnects.inc({ reason: 'unregistered' });
     } catch (error) {
+      session.unregistering = false;
       const failure = toPushdError(error);
       this.send(session, { id: requestId, body: { $case: 'error', value: { code: failure.code, message: failure.message } } });
     }
@@ -533,7 +537,9 @@ export class Gateway {
     for (const event of batch.events) {
       if (event.type !== EventType.EVENT_TYPE_UNREGISTERED) continue;
       const session = this.sessions.get(`${event.accessId}:${event.token}`);
-      if (session !== undefined) this.closeWith(session, new PushdError('DEVICE_UNREGISTERED', 'the device was unregistered'));
+      if (session !== undefined && !session.unregistering) {
+        this.closeWith(session, new PushdError('DEVICE_UNREGISTERED', 'the device was unregistered'));
+      }
     }
   }
 

@@ -30,6 +30,8 @@ export class Session {
   buffered: BufferedMessage[] | undefined;
   /** msg_id -> push_id of messages delivered and not yet acknowledged (for arrival events). */
   unacked: Map<number, string> | undefined;
+  /** The device sent Unregister and the registry call is in flight. */
+  unregistering = false;
   /** Cleared by each heartbeat sweep, set by any pong or frame: still false at the next sweep = dead. */
   alive = true;
 
