@@ -4,10 +4,12 @@ import { waitFor } from '@pushd/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientsFor, notifyToken, type TestApp, TestDevice } from '../support/clients.js';
 import { rawConnect, untilClosed } from '../support/raw-socket.js';
-import { startEmbeddedSystem, startProcessSystem, type SystemUnderTest } from '../support/system.js';
+import { type SystemUnderTest, startEmbeddedSystem, startProcessSystem } from '../support/system.js';
 
 function decodeJsonFrames(frames: (Buffer | string)[]): ServerFrame[] {
-  return frames.map((f) => decodeServerFrame(Buffer.from(f), typeof f !== 'string', typeof f === 'string' ? 'json' : 'proto'));
+  return frames.map((f) =>
+    decodeServerFrame(Buffer.from(f), typeof f !== 'string', typeof f === 'string' ? 'json' : 'proto'),
+  );
 }
 
 // Bad input gets a clear error (a stable code and a message naming the problem) and changes nothing.
@@ -43,12 +45,21 @@ describe.each([
   }
 
   it('an unknown app is refused at the upgrade with 404 APP_NOT_FOUND', async () => {
-    const registration = await rawConnect(system.gatewayUrl, { 'x-pushd-access-id': '999999', 'x-pushd-access-key': 'Anything' });
+    const registration = await rawConnect(system.gatewayUrl, {
+      'x-pushd-access-id': '999999',
+      'x-pushd-access-key': 'Anything',
+    });
     expect(registration).toMatchObject({ kind: 'refused', status: 404, body: { code: 'APP_NOT_FOUND' } });
-    const session = await rawConnect(system.gatewayUrl, { 'x-pushd-access-id': '999999', 'x-pushd-token': device.token, 'x-pushd-credential': 'x' });
+    const session = await rawConnect(system.gatewayUrl, {
+      'x-pushd-access-id': '999999',
+      'x-pushd-token': device.token,
+      'x-pushd-credential': 'x',
+    });
     expect(session).toMatchObject({ kind: 'refused', status: 404, body: { code: 'APP_NOT_FOUND' } });
     const { dispatch } = clients.forApp({ ...app, accessId: 999999 });
-    await expect(dispatch.push(notifyToken(999999, device.token, 'a', 'b'))).rejects.toMatchObject({ code: 'UNAUTHENTICATED' });
+    await expect(dispatch.push(notifyToken(999999, device.token, 'a', 'b'))).rejects.toMatchObject({
+      code: 'UNAUTHENTICATED',
+    });
   });
 
   it('a wrong credential, a bare token or a wrong access key is refused with 401 and the device is unaffected', async () => {
@@ -58,11 +69,20 @@ describe.each([
       'x-pushd-credential': 'not-the-credential',
     });
     expect(wrong).toMatchObject({ kind: 'refused', status: 401, body: { code: 'INVALID_CREDENTIAL' } });
-    const bare = await rawConnect(system.gatewayUrl, { 'x-pushd-access-id': String(app.accessId), 'x-pushd-token': device.token });
+    const bare = await rawConnect(system.gatewayUrl, {
+      'x-pushd-access-id': String(app.accessId),
+      'x-pushd-token': device.token,
+    });
     expect(bare).toMatchObject({ kind: 'refused', status: 401, body: { code: 'UNAUTHENTICATED' } });
-    const viaQuery = await rawConnect(`${system.gatewayUrl}?access_id=${app.accessId}&token=${device.token}&credential=nope`, {});
+    const viaQuery = await rawConnect(
+      `${system.gatewayUrl}?access_id=${app.accessId}&token=${device.token}&credential=nope`,
+      {},
+    );
     expect(viaQuery).toMatchObject({ kind: 'refused', status: 401, body: { code: 'INVALID_CREDENTIAL' } });
-    const wrongKey = await rawConnect(system.gatewayUrl, { 'x-pushd-access-id': String(app.accessId), 'x-pushd-access-key': 'wrong' });
+    const wrongKey = await rawConnect(system.gatewayUrl, {
+      'x-pushd-access-id': String(app.accessId),
+      'x-pushd-access-key': 'wrong',
+    });
     expect(wrongKey).toMatchObject({ kind: 'refused', status: 401, body: { code: 'UNAUTHENTICATED' } });
     await deviceStillReceives();
   });
@@ -87,9 +107,19 @@ describe.each([
     for (const [protocol, garbage] of [
       ['pushd.v1.json', '{"ack": {"msgIds": [1]}, "ping": {}}'],
       ['pushd.v1.json', 'not json'],
+      ['pushd.v1.json', '{"ack": {"msgIds": ["x", -1, 1.5]}}'],
+      ['pushd.v1.json', '{"register": {"deviceId": "abcdefghijklmnop", "platform": "PLATFORM_WINDOWS"}}'],
       ['pushd.v1.proto', Buffer.from([0xff, 0xff, 0xff, 0xff])],
     ] as const) {
-      const opened = await rawConnect(system.gatewayUrl, { 'x-pushd-access-id': String(app.accessId), 'x-pushd-token': token, 'x-pushd-credential': credential }, [protocol]);
+      const opened = await rawConnect(
+        system.gatewayUrl,
+        {
+          'x-pushd-access-id': String(app.accessId),
+          'x-pushd-token': token,
+          'x-pushd-credential': credential,
+        },
+        [protocol],
+      );
       if (opened.kind !== 'open') throw new Error(`expected an open socket, got ${JSON.stringify(opened)}`);
       const closed = untilClosed(opened.socket);
       await waitFor(() => opened.socket.readyState === opened.socket.OPEN, 'open');
@@ -105,7 +135,10 @@ describe.each([
   });
 
   it('an oversized frame closes the connection with 1009', async () => {
-    const opened = await rawConnect(system.gatewayUrl, { 'x-pushd-access-id': String(app.accessId), 'x-pushd-access-key': app.accessKey });
+    const opened = await rawConnect(system.gatewayUrl, {
+      'x-pushd-access-id': String(app.accessId),
+      'x-pushd-access-key': app.accessKey,
+    });
     if (opened.kind !== 'open') throw new Error('expected an open socket');
     const closed = untilClosed(opened.socket);
     opened.socket.send(Buffer.alloc(64 * 1024, 1));
@@ -115,14 +148,33 @@ describe.each([
   it('an invalid registration is refused with INVALID_ARGUMENT and registers nothing', async () => {
     const { registry } = clients.forApp(app);
     const before = await registry.countDevices({ accessId: app.accessId });
-    const opened = await rawConnect(system.gatewayUrl, { 'x-pushd-access-id': String(app.accessId), 'x-pushd-access-key': app.accessKey });
+    const opened = await rawConnect(system.gatewayUrl, {
+      'x-pushd-access-id': String(app.accessId),
+      'x-pushd-access-key': app.accessKey,
+    });
     if (opened.kind !== 'open') throw new Error('expected an open socket');
     const closed = untilClosed(opened.socket);
-    const frame = ClientFrame.encode({ id: 7, body: { $case: 'register', value: { deviceId: 'short', platform: Platform.PLATFORM_ANDROID, appVersion: '', osVersion: '', locale: '', sdkVersion: '' } } }).finish();
+    const frame = ClientFrame.encode({
+      id: 7,
+      body: {
+        $case: 'register',
+        value: {
+          deviceId: 'short',
+          platform: Platform.PLATFORM_ANDROID,
+          appVersion: '',
+          osVersion: '',
+          locale: '',
+          sdkVersion: '',
+        },
+      },
+    }).finish();
     opened.socket.send(frame);
     const { code, frames } = await closed;
     expect(code).toBe(4400);
-    expect(decodeJsonFrames(frames)[0]).toMatchObject({ id: 7, body: { $case: 'error', value: { code: 'INVALID_ARGUMENT' } } });
+    expect(decodeJsonFrames(frames)[0]).toMatchObject({
+      id: 7,
+      body: { $case: 'error', value: { code: 'INVALID_ARGUMENT' } },
+    });
     expect(await registry.countDevices({ accessId: app.accessId })).toEqual(before);
   });
 
@@ -132,7 +184,10 @@ describe.each([
     await device.waitForMessages(device.received.length);
     const received = device.received.length;
     const huge = notifyToken(app.accessId, device.token, 'big', '汉'.repeat(1400)); // 4200 UTF-8 bytes
-    await expect(dispatch.push(huge)).rejects.toMatchObject({ code: 'PAYLOAD_TOO_LARGE', metadata: { limit: '4096' } });
+    await expect(dispatch.push(huge)).rejects.toMatchObject({
+      code: 'PAYLOAD_TOO_LARGE',
+      metadata: { limit: '4096' },
+    });
     const next = await dispatch.push(notifyToken(app.accessId, device.token, 'small', 'again'));
     expect(Number(next.pushId)).toBe(Number(first.pushId) + 1);
     await device.waitForMessages(received + 1);
@@ -142,24 +197,41 @@ describe.each([
   it('invalid push fields are refused with INVALID_ARGUMENT naming the field', async () => {
     const { dispatch } = clients.forApp(app);
     const base = notifyToken(app.accessId, device.token, 't', 'c');
-    await expect(dispatch.push({ ...base, message: { ...base.message, content: '' } })).rejects.toMatchObject({
-      code: 'INVALID_ARGUMENT',
-      metadata: { field: 'message.content' },
-    });
-    await expect(dispatch.push({ ...base, message: { ...base.message, type: MessageType.MESSAGE_TYPE_UNSPECIFIED } })).rejects.toMatchObject({
+    await expect(dispatch.push({ ...base, message: { ...base.message, content: '' } })).rejects.toMatchObject(
+      {
+        code: 'INVALID_ARGUMENT',
+        metadata: { field: 'message.content' },
+      },
+    );
+    await expect(
+      dispatch.push({ ...base, message: { ...base.message, type: MessageType.MESSAGE_TYPE_UNSPECIFIED } }),
+    ).rejects.toMatchObject({
       code: 'INVALID_ARGUMENT',
       metadata: { field: 'message.type' },
     });
-    await expect(dispatch.push({ ...base, expireTimeS: 72 * 3600 + 1 })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', metadata: { field: 'expire_time_s' } });
-    await expect(dispatch.push({ ...base, audience: undefined })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await expect(dispatch.push({ ...base, expireTimeS: 72 * 3600 + 1 })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      metadata: { field: 'expire_time_s' },
+    });
+    await expect(dispatch.push({ ...base, audience: undefined })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+    });
   });
 
   it("one app's keys can neither push to nor read another app's devices", async () => {
     const intruder = clients.forApp(other);
-    await expect(intruder.dispatch.push(notifyToken(app.accessId, device.token, 'x', 'y'))).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
-    await expect(intruder.dispatch.push(notifyToken(0, device.token, 'x', 'y'))).rejects.toMatchObject({ code: 'TOKEN_NOT_FOUND' });
-    await expect(intruder.registry.getDevice({ accessId: app.accessId, token: device.token })).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
-    await expect(intruder.registry.createApp({ name: 'nope' })).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+    await expect(
+      intruder.dispatch.push(notifyToken(app.accessId, device.token, 'x', 'y')),
+    ).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+    await expect(intruder.dispatch.push(notifyToken(0, device.token, 'x', 'y'))).rejects.toMatchObject({
+      code: 'TOKEN_NOT_FOUND',
+    });
+    await expect(
+      intruder.registry.getDevice({ accessId: app.accessId, token: device.token }),
+    ).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+    await expect(intruder.registry.createApp({ name: 'nope' })).rejects.toMatchObject({
+      code: 'PERMISSION_DENIED',
+    });
     await deviceStillReceives();
   });
 
@@ -167,13 +239,23 @@ describe.each([
     const victim = await TestDevice.register(system, app);
     const { registry, dispatch } = clients.forApp(app);
     const before = await registry.countDevices({ accessId: app.accessId });
-    const closed = new Promise<number>((resolve) => victim.client.once('close', (event) => resolve(event.code)));
+    const closed = new Promise<number>((resolve) =>
+      victim.client.once('close', (event) => resolve(event.code)),
+    );
     await registry.unregisterDevice({ accessId: app.accessId, token: victim.token });
     expect(await closed).toBe(4410);
     expect((await registry.countDevices({ accessId: app.accessId })).total).toBe(before.total - 1);
-    await expect(dispatch.push(notifyToken(app.accessId, victim.token, 'x', 'y'))).rejects.toMatchObject({ code: 'TOKEN_NOT_FOUND' });
-    await expect(registry.unregisterDevice({ accessId: app.accessId, token: victim.token })).rejects.toMatchObject({ code: 'TOKEN_NOT_FOUND' });
-    const again = new DeviceClient({ url: system.gatewayUrl, accessId: app.accessId, session: { token: victim.token, credential: 'whatever' } });
+    await expect(dispatch.push(notifyToken(app.accessId, victim.token, 'x', 'y'))).rejects.toMatchObject({
+      code: 'TOKEN_NOT_FOUND',
+    });
+    await expect(
+      registry.unregisterDevice({ accessId: app.accessId, token: victim.token }),
+    ).rejects.toMatchObject({ code: 'TOKEN_NOT_FOUND' });
+    const again = new DeviceClient({
+      url: system.gatewayUrl,
+      accessId: app.accessId,
+      session: { token: victim.token, credential: 'whatever' },
+    });
     await expect(again.connect()).rejects.toMatchObject({ code: 'INVALID_CREDENTIAL' });
   });
 
@@ -181,6 +263,8 @@ describe.each([
     const self = await TestDevice.register(system, app, { deviceId: generateDeviceId() });
     const token = self.token;
     await self.client.unregister();
-    await expect(clients.forApp(app).registry.getDevice({ accessId: app.accessId, token })).rejects.toMatchObject({ code: 'TOKEN_NOT_FOUND' });
+    await expect(
+      clients.forApp(app).registry.getDevice({ accessId: app.accessId, token }),
+    ).rejects.toMatchObject({ code: 'TOKEN_NOT_FOUND' });
   });
 });

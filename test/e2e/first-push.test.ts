@@ -3,7 +3,7 @@ import { MessageType, Platform } from '@pushd/proto';
 import { waitFor } from '@pushd/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientsFor, notifyToken, type TestApp, TestDevice } from '../support/clients.js';
-import { startEmbeddedSystem, startProcessSystem, type SystemUnderTest } from '../support/system.js';
+import { type SystemUnderTest, startEmbeddedSystem, startProcessSystem } from '../support/system.js';
 
 // The walking skeleton's scenario, run twice: every service as its own process on real NATS and Redis,
 // and the embedded single process on the in-memory bus and stores. Same code path, same expectations.
@@ -40,7 +40,11 @@ describe.each([
     const [message] = await device.waitForMessages(1);
     expect(message?.pushId).toBe(pushed.pushId);
     expect(message?.msgId).toBe(pushed.msgId);
-    expect(message?.message).toMatchObject({ type: MessageType.MESSAGE_TYPE_NOTIFY, title: 'Hello', content: 'first push' });
+    expect(message?.message).toMatchObject({
+      type: MessageType.MESSAGE_TYPE_NOTIFY,
+      title: 'Hello',
+      content: 'first push',
+    });
 
     await waitFor(
       async () => {

@@ -127,6 +127,9 @@ describe('NatsBus against a nats-server that goes away', () => {
     });
     await bus.publishDurable('ev.gateway', bytes('one'));
     await until(() => expect(seen).toEqual(['one']));
+    // Let the ack reach the server (at least once: an ack lost in the restart means one more delivery).
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    await bus.flush();
 
     await server.restart();
     await until(() => bus.ready());

@@ -1,4 +1,9 @@
-import { DeviceClient, type DeviceClientOptions, generateDeviceId, type PushMessage } from '@pushd/device-sdk';
+import {
+  DeviceClient,
+  type DeviceClientOptions,
+  generateDeviceId,
+  type PushMessage,
+} from '@pushd/device-sdk';
 import {
   DispatchServiceService,
   MessageType,
@@ -24,12 +29,21 @@ export function clientsFor(system: SystemUnderTest) {
     opened.push(client);
     return client;
   };
-  const admin = track(createRpcClient(RegistryServiceService, { address: system.registry, authorization: bearerAuthorization(CLUSTER_TOKEN) }));
+  const admin = track(
+    createRpcClient(RegistryServiceService, {
+      address: system.registry,
+      authorization: bearerAuthorization(CLUSTER_TOKEN),
+    }),
+  );
   return {
     admin,
     async createApp(name = 'e2e'): Promise<TestApp> {
       const created = await admin.createApp({ name });
-      return { accessId: created.app?.accessId ?? 0, accessKey: created.accessKey, secretKey: created.secretKey };
+      return {
+        accessId: created.app?.accessId ?? 0,
+        accessKey: created.accessKey,
+        secretKey: created.secretKey,
+      };
     },
     forApp(app: TestApp) {
       const authorization = basicAuthorization(app.accessId, app.secretKey);
@@ -47,7 +61,13 @@ export function clientsFor(system: SystemUnderTest) {
 }
 
 /** A notification push request to one token. */
-export function notifyToken(accessId: number, token: string, title: string, content: string, expireTimeS = 0) {
+export function notifyToken(
+  accessId: number,
+  token: string,
+  title: string,
+  content: string,
+  expireTimeS = 0,
+) {
   return {
     accessId,
     audience: { target: { $case: 'token' as const, value: token } },
@@ -88,7 +108,11 @@ export class TestDevice {
   }
 
   /** Connects again as the same device with the credential the registration returned. */
-  async reconnect(system: SystemUnderTest, app: TestApp, options: Partial<DeviceClientOptions> = {}): Promise<void> {
+  async reconnect(
+    system: SystemUnderTest,
+    app: TestApp,
+    options: Partial<DeviceClientOptions> = {},
+  ): Promise<void> {
     const token = this.client.token;
     const credential = this.client.credential;
     if (!token || !credential) throw new Error('device never registered');
@@ -113,7 +137,11 @@ export class TestDevice {
   }
 
   async waitForMessages(count: number, timeoutMs = 10_000): Promise<PushMessage[]> {
-    await waitFor(() => this.received.length >= count, `${count} message(s) (have ${this.received.length})`, timeoutMs);
+    await waitFor(
+      () => this.received.length >= count,
+      `${count} message(s) (have ${this.received.length})`,
+      timeoutMs,
+    );
     return this.received;
   }
 }

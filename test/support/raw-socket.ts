@@ -5,7 +5,11 @@ export type RawOutcome =
   | { kind: 'refused'; status: number; body: { code?: string; message?: string } };
 
 /** Opens a WebSocket without the SDK, to send what a well-behaved client never would. */
-export function rawConnect(url: string, headers: Record<string, string>, protocols: string[] = []): Promise<RawOutcome> {
+export function rawConnect(
+  url: string,
+  headers: Record<string, string>,
+  protocols: string[] = [],
+): Promise<RawOutcome> {
   return new Promise((resolve, reject) => {
     const socket = new WebSocket(url, protocols, { headers, perMessageDeflate: false });
     socket.once('open', () => resolve({ kind: 'open', socket, protocol: socket.protocol }));
@@ -27,8 +31,12 @@ export function rawConnect(url: string, headers: Record<string, string>, protoco
 }
 
 /** Collects frames until the socket closes; resolves with them and the close code. */
-export function untilClosed(socket: WebSocket): Promise<{ code: number; reason: string; frames: (Buffer | string)[] }> {
+export function untilClosed(
+  socket: WebSocket,
+): Promise<{ code: number; reason: string; frames: (Buffer | string)[] }> {
   const frames: (Buffer | string)[] = [];
   socket.on('message', (data: Buffer, isBinary: boolean) => frames.push(isBinary ? data : data.toString()));
-  return new Promise((resolve) => socket.once('close', (code, reason) => resolve({ code, reason: reason.toString(), frames })));
+  return new Promise((resolve) =>
+    socket.once('close', (code, reason) => resolve({ code, reason: reason.toString(), frames })),
+  );
 }

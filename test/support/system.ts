@@ -56,9 +56,16 @@ interface ServiceProcess {
  * Production shape: a real nats-server (JetStream) and redis-server on free ports, and each service as
  * its own Node.js process (`services/<name>/src/main.ts`) configured only through its environment.
  */
-export async function startProcessSystem(): Promise<SystemUnderTest & { nats: TestServer; redis: TestServer }> {
+export async function startProcessSystem(): Promise<
+  SystemUnderTest & { nats: TestServer; redis: TestServer }
+> {
   const [nats, redis] = await Promise.all([startNatsServer(), startRedisServer()]);
-  const grpc = { registry: await freePort(), tag: await freePort(), dispatch: await freePort(), stats: await freePort() };
+  const grpc = {
+    registry: await freePort(),
+    tag: await freePort(),
+    dispatch: await freePort(),
+    stats: await freePort(),
+  };
   const wsPort = await freePort();
   const common = {
     CLUSTER_TOKEN,
@@ -73,7 +80,9 @@ export async function startProcessSystem(): Promise<SystemUnderTest & { nats: Te
   for (const name of ['registry', 'dispatch', 'tag', 'stats', 'gateway'] as const) {
     const opsPort = await freePort();
     const own: Record<string, string> =
-      name === 'gateway' ? { WS_PORT: String(wsPort), NODE_ID: 'gw-e2e-1' } : { GRPC_PORT: String(grpc[name]) };
+      name === 'gateway'
+        ? { WS_PORT: String(wsPort), NODE_ID: 'gw-e2e-1' }
+        : { GRPC_PORT: String(grpc[name]) };
     services.push({ name, env: { ...common, ...own, OPS_PORT: String(opsPort) }, opsPort, output: [] });
   }
   const byName = new Map(services.map((s) => [s.name, s]));

@@ -50,6 +50,7 @@ export class MemoryBroker {
 
   // Durable streams.
   private readonly streams = new Map<string, MemoryStream>();
+  private readonly streamList: MemoryStream[] = [];
 
   constructor(options: MemoryBrokerOptions = {}) {
     this.clock = options.clock ?? systemClock;
@@ -69,7 +70,9 @@ export class MemoryBroker {
       existing.maxAgeMs = config.maxAgeMs ?? DEFAULT_MAX_AGE_MS;
       return;
     }
-    this.streams.set(config.name, new MemoryStream(config, this.clock));
+    const stream = new MemoryStream(config, this.clock);
+    this.streams.set(config.name, stream);
+    this.streamList.push(stream);
   }
 
   // ---- core ----
@@ -177,7 +180,9 @@ export class MemoryBroker {
   // ---- durable ----
 
   publishDurable(subject: string, data: Uint8Array): void {
-    for (const stream of this.streams.values()) {
+    const streams = this.streamList;
+    for (let i = 0; i < streams.length; i++) {
+      const stream = streams[i]!;
       if (stream.owns(subject)) {
         stream.append(subject, data);
         // As in NATS, a message a stream stores was published on its subject: core subscribers get it too.
@@ -250,6 +255,7 @@ class MemoryStream {
   private firstSeqValue = 1;
   lastSeq = 0;
   private readonly groups = new Map<string, MemoryConsumerGroup>();
+  private readonly groupList: MemoryConsumerGroup[] = [];
 
   constructor(
     config: DurableStreamConfig,
@@ -275,7 +281,8 @@ class MemoryStream {
     this.expire(now);
     this.lastSeq++;
     this.messages.push({ seq: this.lastSeq, subject, data, time: now });
-    for (const group of this.groups.values()) group.schedule();
+    const groups = this.groupList;
+    for (let i = 0; i < groups.length; i++) groups[i]!.schedule();
   }
 
   /** The stored message with this sequence, or undefined when removed (too old). */
@@ -303,6 +310,7 @@ class MemoryStream {
     if (!group) {
       group = new MemoryConsumerGroup(this, filterSubject);
       this.groups.set(name, group);
+      this.groupList.push(group);
     } else {
       // Like a NATS consumer update: the latest definition wins.
       group.filterSubject = filterSubject;

@@ -393,6 +393,16 @@ export function describeBusContract(name: string, setup: () => Promise<BusHarnes
         await consumer.stop();
       });
 
+      it('also gives a durable message to the core subscribers of its subject, as NATS does', async () => {
+        const [a, b] = await buses(2);
+        const on = collector();
+        b!.subscribe('contract.core.>', on.handler);
+        await b!.flush();
+        await a!.publishDurable('contract.core.gateway', bytes('stored'));
+        await until(() => expect(on.received).toEqual(['stored']));
+        expect(on.subjects).toEqual(['contract.core.gateway']);
+      });
+
       it('rejects publishDurable with UNAVAILABLE, naming the subject, when no stream stores it', async () => {
         const [a] = await buses(1);
         const error = await a!.publishDurable('nostream.events.x', bytes('x')).then(

@@ -25,7 +25,8 @@ export interface Bus {
 
   /**
    * Appends to the durable stream that owns `subject` (see DurableStreamConfig). Resolves once the stream
-   * has stored it; rejects (UNAVAILABLE) otherwise, and the caller must not treat the data as sent.
+   * has stored it; rejects (UNAVAILABLE) otherwise, and the caller must not treat the data as sent. As with
+   * NATS, the current core subscribers of `subject` get the message too.
    */
   publishDurable(subject: string, data: Uint8Array): Promise<void>;
 

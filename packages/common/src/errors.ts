@@ -44,9 +44,21 @@ function spec(
 }
 
 export const ERROR_CATALOGUE = {
-  INVALID_ARGUMENT: spec('a field of the request is missing or invalid', Grpc.INVALID_ARGUMENT, 400, 4400, false),
+  INVALID_ARGUMENT: spec(
+    'a field of the request is missing or invalid',
+    Grpc.INVALID_ARGUMENT,
+    400,
+    4400,
+    false,
+  ),
   UNAUTHENTICATED: spec('no valid credentials were presented', Grpc.UNAUTHENTICATED, 401, 4401, false),
-  INVALID_CREDENTIAL: spec('the device token and credential do not match', Grpc.UNAUTHENTICATED, 401, 4401, false),
+  INVALID_CREDENTIAL: spec(
+    'the device token and credential do not match',
+    Grpc.UNAUTHENTICATED,
+    401,
+    4401,
+    false,
+  ),
   PERMISSION_DENIED: spec('the credentials do not allow this call', Grpc.PERMISSION_DENIED, 403, 4403, false),
   APP_NOT_FOUND: spec('no app has this access id', Grpc.NOT_FOUND, 404, 4404, false),
   TOKEN_NOT_FOUND: spec('no registered device has this token in this app', Grpc.NOT_FOUND, 404, 4404, false),
@@ -55,14 +67,38 @@ export const ERROR_CATALOGUE = {
   PAYLOAD_TOO_LARGE: spec('the message exceeds the 4096-byte limit', Grpc.INVALID_ARGUMENT, 413, 4413, false),
   TAG_LIMIT_EXCEEDED: spec('the call would exceed a tag limit', Grpc.FAILED_PRECONDITION, 409, 4409, false),
   RATE_LIMITED: spec('too many calls of this kind; retry later', Grpc.RESOURCE_EXHAUSTED, 429, 4429, true),
-  UNSUPPORTED_PROTOCOL: spec('no offered WebSocket subprotocol is supported', Grpc.INVALID_ARGUMENT, 400, 4400, false),
+  UNSUPPORTED_PROTOCOL: spec(
+    'no offered WebSocket subprotocol is supported',
+    Grpc.INVALID_ARGUMENT,
+    400,
+    4400,
+    false,
+  ),
   FRAME_MALFORMED: spec('a frame could not be decoded', Grpc.INVALID_ARGUMENT, 400, 4400, false),
   FRAME_TOO_LARGE: spec('a frame exceeds the gateway limit', Grpc.INVALID_ARGUMENT, 413, 1009, false),
-  PROTOCOL_VIOLATION: spec('a frame is not allowed in this state', Grpc.FAILED_PRECONDITION, 400, 4400, false),
+  PROTOCOL_VIOLATION: spec(
+    'a frame is not allowed in this state',
+    Grpc.FAILED_PRECONDITION,
+    400,
+    4400,
+    false,
+  ),
   REGISTRATION_TIMEOUT: spec('no Register frame came in time', Grpc.DEADLINE_EXCEEDED, 408, 4408, true),
-  CONNECTION_REPLACED: spec('the same device opened a newer connection', Grpc.ALREADY_EXISTS, 409, 4409, false),
+  CONNECTION_REPLACED: spec(
+    'the same device opened a newer connection',
+    Grpc.ALREADY_EXISTS,
+    409,
+    4409,
+    false,
+  ),
   DEVICE_UNREGISTERED: spec('the device was unregistered', Grpc.NOT_FOUND, 410, 4410, false),
-  SLOW_CONSUMER: spec('the device did not read its frames fast enough', Grpc.RESOURCE_EXHAUSTED, 429, 4429, true),
+  SLOW_CONSUMER: spec(
+    'the device did not read its frames fast enough',
+    Grpc.RESOURCE_EXHAUSTED,
+    429,
+    4429,
+    true,
+  ),
   SHUTTING_DOWN: spec('the server is shutting down; reconnect', Grpc.UNAVAILABLE, 503, 4503, true),
   UNAVAILABLE: spec('a dependency is unavailable; retry', Grpc.UNAVAILABLE, 503, 4503, true),
   DEADLINE_EXCEEDED: spec('the call did not complete in time', Grpc.DEADLINE_EXCEEDED, 504, 4504, true),
@@ -83,8 +119,15 @@ export class PushdError extends Error {
   /** Extra machine-readable facts (the field, the limit, when to retry...); carried to every edge. */
   readonly metadata: Readonly<Record<string, string>>;
 
-  constructor(code: ErrorCode, message?: string, options?: { cause?: unknown; metadata?: Record<string, string> }) {
-    super(message ?? ERROR_CATALOGUE[code].summary, options?.cause === undefined ? undefined : { cause: options.cause });
+  constructor(
+    code: ErrorCode,
+    message?: string,
+    options?: { cause?: unknown; metadata?: Record<string, string> },
+  ) {
+    super(
+      message ?? ERROR_CATALOGUE[code].summary,
+      options?.cause === undefined ? undefined : { cause: options.cause },
+    );
     this.code = code;
     this.metadata = options?.metadata ?? {};
   }

@@ -10,7 +10,7 @@ export {
   toPushdError,
 } from './errors.js';
 export { type Component, stopAll, stopOnSignals } from './lifecycle.js';
-export { createLogger, type CreateLoggerOptions, type Logger, silentLogger } from './logger.js';
+export { type CreateLoggerOptions, createLogger, type Logger, silentLogger } from './logger.js';
 export { type CreateMetricsRegistryOptions, createMetricsRegistry } from './metrics.js';
 export { OpsServer, type OpsServerOptions, type ReadinessCheck } from './ops-server.js';
 export { hashSecret, randomSecret, safeEqual, secretMatchesHash } from './secrets.js';

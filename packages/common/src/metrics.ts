@@ -13,6 +13,7 @@ export interface CreateMetricsRegistryOptions {
 /** One registry per service, so that metrics of services sharing a process (embedded mode) stay apart. */
 export function createMetricsRegistry(options: CreateMetricsRegistryOptions): Registry {
   const registry = new Registry();
-  if (options.processMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: `${options.service}_` });
+  if (options.processMetrics ?? true)
+    collectDefaultMetrics({ register: registry, prefix: `${options.service}_` });
   return registry;
 }

@@ -64,7 +64,11 @@ export class OpsServer {
     if (path === '/healthz') return text(200, 'ok\n');
     if (path === '/metrics') {
       try {
-        return { status: 200, type: this.options.registry.contentType, body: await this.options.registry.metrics() };
+        return {
+          status: 200,
+          type: this.options.registry.contentType,
+          body: await this.options.registry.metrics(),
+        };
       } catch (error) {
         this.options.logger.error({ err: error }, 'collecting metrics failed');
         return text(500, 'collecting metrics failed\n');

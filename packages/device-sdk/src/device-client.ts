@@ -7,6 +7,7 @@ import {
   decodeServerFrame,
   encodeClientFrame,
   type FrameEncoding,
+  MAX_ACK_IDS,
   Platform,
   type Pong,
   type PushMessage,
@@ -544,7 +545,8 @@ export class DeviceClient extends EventEmitter<DeviceClientEvents> {
               (connected.maxFrameBytes - ACK_FRAME_OVERHEAD_BYTES) / ACK_BYTES_PER_ID[this.encoding],
             ),
           )
-        : Number.POSITIVE_INFINITY;
+        : MAX_ACK_IDS;
+    this.idsPerAck = Math.min(this.idsPerAck, MAX_ACK_IDS);
     if (this.heartbeatMs > 0) this.arm(this.lastHeardAt + this.heartbeatMs);
     const registered = this.registeredNow;
     this.registeredNow = undefined;

@@ -29,7 +29,8 @@ try {
   const committedFiles = new Set(listFiles(committed).map((f) => relative(committed, f)));
   for (const f of freshFiles) {
     if (!committedFiles.has(f)) problems.push(`missing: src/gen/${f}`);
-    else if (!readFileSync(join(fresh, f)).equals(readFileSync(join(committed, f)))) problems.push(`stale: src/gen/${f}`);
+    else if (!readFileSync(join(fresh, f)).equals(readFileSync(join(committed, f))))
+      problems.push(`stale: src/gen/${f}`);
   }
   for (const f of committedFiles) if (!freshFiles.has(f)) problems.push(`extra: src/gen/${f}`);
   if (!readFileSync(join(tmp, 'descriptor.binpb')).equals(readFileSync(join(pkg, 'src/descriptor.binpb')))) {

@@ -10,6 +10,9 @@ export const SUBPROTOCOL_JSON = 'pushd.v1.json';
 
 export type FrameEncoding = 'proto' | 'json';
 
+/** Most msg_ids one Ack frame may carry; a device with more to acknowledge sends several frames. */
+export const MAX_ACK_IDS = 1000;
+
 export function encodingOfSubprotocol(subprotocol: string): FrameEncoding | undefined {
   if (subprotocol === SUBPROTOCOL_PROTO) return 'proto';
   if (subprotocol === SUBPROTOCOL_JSON) return 'json';
@@ -42,7 +45,8 @@ function decodeFrame<T extends { body?: unknown }>(
 ): T {
   let frame: T;
   if (encoding === 'proto') {
-    if (!isBinary) throw malformed('text frame on the binary protocol (pushd.v1.proto expects binary frames)');
+    if (!isBinary)
+      throw malformed('text frame on the binary protocol (pushd.v1.proto expects binary frames)');
     try {
       frame = codec.decode(data);
     } catch (error) {
@@ -56,20 +60,32 @@ function decodeFrame<T extends { body?: unknown }>(
     } catch {
       throw malformed('not valid JSON');
     }
-    if (typeof value !== 'object' || value === null || Array.isArray(value)) throw malformed('not a JSON object');
+    if (typeof value !== 'object' || value === null || Array.isArray(value))
+      throw malformed('not a JSON object');
     const present = Object.keys(value).filter((key) => key !== 'id');
     const unknown = present.filter((key) => !kinds.includes(key));
-    if (unknown.length > 0) throw malformed(`unknown field ${JSON.stringify(unknown[0])}; expected id and one of ${kinds.join(', ')}`);
+    if (unknown.length > 0)
+      throw malformed(
+        `unknown field ${JSON.stringify(unknown[0])}; expected id and one of ${kinds.join(', ')}`,
+      );
     if (present.length > 1) throw malformed(`more than one body (${present.join(', ')}); send one per frame`);
     const body = (value as Record<string, unknown>)[present[0] ?? ''];
     if (present.length === 1 && (typeof body !== 'object' || body === null || Array.isArray(body))) {
       throw malformed(`"${present[0]}" must be an object`);
     }
     const id = (value as Record<string, unknown>).id;
-    if (id !== undefined && !(typeof id === 'number' && Number.isInteger(id) && id >= 0 && id <= 0xffffffff)) {
+    if (
+      id !== undefined &&
+      !(typeof id === 'number' && Number.isInteger(id) && id >= 0 && id <= 0xffffffff)
+    ) {
       throw malformed('"id" must be an integer from 0 to 4294967295');
     }
-    frame = codec.fromJSON(value);
+    try {
+      frame = codec.fromJSON(value);
+    } catch (error) {
+      // ts-proto throws on unknown enum names (e.g. "PLATFORM_WINDOWS"): still the device's malformed input.
+      throw malformed(error instanceof Error ? error.message : String(error));
+    }
   }
   if (frame.body === undefined) throw malformed(`frame has no body; expected one of ${kinds.join(', ')}`);
   return frame;

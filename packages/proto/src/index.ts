@@ -1,5 +1,7 @@
 // Public names of the generated protobuf code (src/gen, from proto/ by `pnpm generate`) and the device
 // frame codec. Listed one by one so that nothing leaks by `export *`.
+
+export { descriptorSetPath } from './descriptor.js';
 export {
   decodeClientFrame,
   decodeServerFrame,
@@ -7,11 +9,11 @@ export {
   encodeServerFrame,
   encodingOfSubprotocol,
   type FrameEncoding,
+  MAX_ACK_IDS,
   SUBPROTOCOL_JSON,
   SUBPROTOCOL_PROTO,
   subprotocolOf,
 } from './device-codec.js';
-export { descriptorSetPath } from './descriptor.js';
 export { Any } from './gen/google/protobuf/any.js';
 export { ErrorInfo, Status } from './gen/google/rpc/status.js';
 export { Event, EventBatch, EventType, NodeDelivery } from './gen/pushd/v1/bus.js';

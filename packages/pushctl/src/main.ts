@@ -87,7 +87,8 @@ function app(): { accessId: number; secretKey: string; accessKey: string } {
   const accessId = Number(values['access-id'] ?? profile.app?.accessId);
   const secretKey = values['secret-key'] ?? profile.app?.secretKey ?? '';
   const accessKey = values['access-key'] ?? profile.app?.accessKey ?? '';
-  if (!Number.isSafeInteger(accessId) || accessId <= 0) fail('no app: run `pushctl app create --name demo` or pass --access-id');
+  if (!Number.isSafeInteger(accessId) || accessId <= 0)
+    fail('no app: run `pushctl app create --name demo` or pass --access-id');
   return { accessId, secretKey, accessKey };
 }
 
@@ -102,16 +103,28 @@ function save(update: Partial<Profile>): void {
 }
 
 function endpointsToSave(): Partial<Profile> {
-  return { registry: endpoints.registry, dispatch: endpoints.dispatch, stats: endpoints.stats, gateway: endpoints.gateway };
+  return {
+    registry: endpoints.registry,
+    dispatch: endpoints.dispatch,
+    stats: endpoints.stats,
+    gateway: endpoints.gateway,
+  };
 }
 
 async function appCreate(): Promise<void> {
   const name = values.name ?? fail('app create needs --name');
-  const registry = createRpcClient(RegistryServiceService, { address: endpoints.registry, authorization: bearerAuthorization(clusterToken) });
+  const registry = createRpcClient(RegistryServiceService, {
+    address: endpoints.registry,
+    authorization: bearerAuthorization(clusterToken),
+  });
   try {
     const created = await registry.createApp({ name });
     const accessId = created.app?.accessId ?? 0;
-    save({ app: { accessId, accessKey: created.accessKey, secretKey: created.secretKey }, device: undefined, lastPushId: undefined });
+    save({
+      app: { accessId, accessKey: created.accessKey, secretKey: created.secretKey },
+      device: undefined,
+      lastPushId: undefined,
+    });
     print(
       `app "${name}" created\n  access id   ${accessId}\n  access key  ${created.accessKey}   (devices)\n  secret key  ${created.secretKey}   (servers; shown once)\nsaved to ${profilePath()}`,
       { accessId, accessKey: created.accessKey, secretKey: created.secretKey },
@@ -123,11 +136,22 @@ async function appCreate(): Promise<void> {
 
 async function device(): Promise<void> {
   const { accessId, accessKey } = app();
-  const platform = values.platform === 'ios' ? Platform.PLATFORM_IOS : values.platform === 'android' ? Platform.PLATFORM_ANDROID : fail('--platform is android or ios');
-  const encoding = values.encoding === 'json' ? 'json' : values.encoding === 'proto' ? 'proto' : fail('--encoding is proto or json');
+  const platform =
+    values.platform === 'ios'
+      ? Platform.PLATFORM_IOS
+      : values.platform === 'android'
+        ? Platform.PLATFORM_ANDROID
+        : fail('--platform is android or ios');
+  const encoding =
+    values.encoding === 'json'
+      ? 'json'
+      : values.encoding === 'proto'
+        ? 'proto'
+        : fail('--encoding is proto or json');
   const limit = values.count === undefined ? Number.POSITIVE_INFINITY : Number(values.count);
   const known = values.new ? undefined : profile.device;
-  const session = known?.token && known.credential ? { token: known.token, credential: known.credential } : undefined;
+  const session =
+    known?.token && known.credential ? { token: known.token, credential: known.credential } : undefined;
   const deviceId = known?.deviceId ?? generateDeviceId();
   if (!session && accessKey === '') fail('no access key: pass --access-key or create the app with pushctl');
   const client = new DeviceClient({
@@ -146,14 +170,27 @@ async function device(): Promise<void> {
       const content = message.message;
       print(
         `message ${message.msgId} (push ${message.pushId}): ${content?.title ? `${content.title}: ` : ''}${content?.content ?? ''}${
-          content && Object.keys(content.customContent).length > 0 ? ` ${JSON.stringify(content.customContent)}` : ''
+          content && Object.keys(content.customContent).length > 0
+            ? ` ${JSON.stringify(content.customContent)}`
+            : ''
         }`,
-        { event: 'message', msgId: message.msgId, pushId: message.pushId, title: content?.title, content: content?.content, customContent: content?.customContent },
+        {
+          event: 'message',
+          msgId: message.msgId,
+          pushId: message.pushId,
+          title: content?.title,
+          content: content?.content,
+          customContent: content?.customContent,
+        },
       );
       if (received >= limit) resolve();
     });
     client.on('close', (event) => {
-      if (event.reconnecting) print(`connection lost (${event.error?.code ?? event.code}); reconnecting`, { event: 'reconnecting', code: event.error?.code });
+      if (event.reconnecting)
+        print(`connection lost (${event.error?.code ?? event.code}); reconnecting`, {
+          event: 'reconnecting',
+          code: event.error?.code,
+        });
       else resolve();
     });
     process.once('SIGINT', () => resolve());
@@ -161,7 +198,15 @@ async function device(): Promise<void> {
   });
   const result = await client.connect();
   if (result.registered) {
-    save({ device: { deviceId, token: result.registered.token, credential: result.registered.credential, lastMsgId: 0, platform: values.platform } });
+    save({
+      device: {
+        deviceId,
+        token: result.registered.token,
+        credential: result.registered.credential,
+        lastMsgId: 0,
+        platform: values.platform,
+      },
+    });
   }
   print(
     `device ${result.registered ? (result.registered.created ? 'registered' : 're-registered') : 'connected'}: token ${result.connected.token}\nwaiting for messages (Ctrl-C to stop)`,
@@ -173,9 +218,15 @@ async function device(): Promise<void> {
 
 async function push(): Promise<void> {
   const { accessId } = app();
-  const token = values.token ?? profile.device?.token ?? fail('push needs --token (or run `pushctl device` first)');
+  const token =
+    values.token ?? profile.device?.token ?? fail('push needs --token (or run `pushctl device` first)');
   const content = values.content ?? fail('push needs --content');
-  const type = values.type === 'message' ? MessageType.MESSAGE_TYPE_MESSAGE : values.type === 'notify' ? MessageType.MESSAGE_TYPE_NOTIFY : fail('--type is notify or message');
+  const type =
+    values.type === 'message'
+      ? MessageType.MESSAGE_TYPE_MESSAGE
+      : values.type === 'notify'
+        ? MessageType.MESSAGE_TYPE_NOTIFY
+        : fail('--type is notify or message');
   const customContent: Record<string, string> = {};
   for (const pair of values.custom) {
     const at = pair.indexOf('=');
@@ -184,7 +235,10 @@ async function push(): Promise<void> {
   }
   const expire = Number(values.expire);
   if (!Number.isInteger(expire) || expire < 0) fail('--expire is a number of seconds');
-  const dispatch = createRpcClient(DispatchServiceService, { address: endpoints.dispatch, authorization: appAuthorization() });
+  const dispatch = createRpcClient(DispatchServiceService, {
+    address: endpoints.dispatch,
+    authorization: appAuthorization(),
+  });
   try {
     const result = await dispatch.push({
       accessId,
@@ -193,7 +247,10 @@ async function push(): Promise<void> {
       expireTimeS: expire,
     });
     save({ lastPushId: result.pushId });
-    print(`push accepted: push_id ${result.pushId} (msg_id ${result.msgId})`, { pushId: result.pushId, msgId: result.msgId });
+    print(`push accepted: push_id ${result.pushId} (msg_id ${result.msgId})`, {
+      pushId: result.pushId,
+      msgId: result.msgId,
+    });
   } finally {
     dispatch.close();
   }
@@ -202,10 +259,17 @@ async function push(): Promise<void> {
 async function stats(): Promise<void> {
   const { accessId } = app();
   const pushId = values['push-id'] ?? profile.lastPushId ?? fail('stats needs --push-id');
-  const client = createRpcClient(StatsServiceService, { address: endpoints.stats, authorization: appAuthorization() });
+  const client = createRpcClient(StatsServiceService, {
+    address: endpoints.stats,
+    authorization: appAuthorization(),
+  });
   try {
     const { stats: counts } = await client.getPushStats({ accessId, pushId });
-    print(`push ${pushId}: sent=${counts?.sent ?? 0} arrived=${counts?.arrived ?? 0}`, { pushId, sent: counts?.sent ?? 0, arrived: counts?.arrived ?? 0 });
+    print(`push ${pushId}: sent=${counts?.sent ?? 0} arrived=${counts?.arrived ?? 0}`, {
+      pushId,
+      sent: counts?.sent ?? 0,
+      arrived: counts?.arrived ?? 0,
+    });
   } finally {
     client.close();
   }
@@ -229,7 +293,8 @@ main().then(
   (error: unknown) => {
     if (error instanceof PushdError) {
       process.stderr.write(`pushctl: ${error.code}: ${error.message}\n`);
-      if (error.code === 'UNAVAILABLE') process.stderr.write('  is pushd running? (`npx --yes pnpm@12.4.2 start`)\n');
+      if (error.code === 'UNAVAILABLE')
+        process.stderr.write('  is pushd running? (`npx --yes pnpm@12.4.2 start`)\n');
     } else if (error instanceof UsageError) {
       process.stderr.write(`pushctl: ${error.message}\n`);
     } else {

@@ -57,7 +57,10 @@ export class CallAuthorizer {
   private async authenticate(metadata: Metadata): Promise<Caller> {
     const header = metadata.get('authorization')[0];
     if (typeof header !== 'string' || header === '') {
-      throw new PushdError('UNAUTHENTICATED', 'missing authorization metadata (Bearer <cluster token> or Basic <app credentials>)');
+      throw new PushdError(
+        'UNAUTHENTICATED',
+        'missing authorization metadata (Bearer <cluster token> or Basic <app credentials>)',
+      );
     }
     const [scheme, value = ''] = header.split(' ', 2);
     if (scheme?.toLowerCase() === 'bearer') {
@@ -70,7 +73,10 @@ export class CallAuthorizer {
       const accessId = Number(decoded.slice(0, separator));
       const secret = decoded.slice(separator + 1);
       if (separator <= 0 || !Number.isSafeInteger(accessId) || accessId <= 0 || secret === '') {
-        throw new PushdError('UNAUTHENTICATED', 'basic credentials must be base64("<access_id>:<secret_key>")');
+        throw new PushdError(
+          'UNAUTHENTICATED',
+          'basic credentials must be base64("<access_id>:<secret_key>")',
+        );
       }
       const cacheKey = `${accessId}:${secret}`;
       const until = this.verified.get(cacheKey);
@@ -116,7 +122,8 @@ export function verifyAppSecretWithRegistry(registry: AppSecretVerifier) {
       await registry.verifyApp({ accessId, key: { $case: 'secretKey', value: secretKey } });
       return true;
     } catch (error) {
-      if (error instanceof PushdError && (error.code === 'UNAUTHENTICATED' || error.code === 'APP_NOT_FOUND')) return false;
+      if (error instanceof PushdError && (error.code === 'UNAUTHENTICATED' || error.code === 'APP_NOT_FOUND'))
+        return false;
       throw error;
     }
   };

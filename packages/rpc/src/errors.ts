@@ -15,7 +15,11 @@ const ERROR_INFO_TYPE = 'type.googleapis.com/google.rpc.ErrorInfo';
  */
 export function toGrpcError(error: unknown): Partial<ServiceError> {
   const pushdError = toPushdError(error);
-  const info = ErrorInfo.create({ reason: pushdError.code, domain: ERROR_DOMAIN, metadata: { ...pushdError.metadata } });
+  const info = ErrorInfo.create({
+    reason: pushdError.code,
+    domain: ERROR_DOMAIN,
+    metadata: { ...pushdError.metadata },
+  });
   const rich = Status.create({
     code: pushdError.spec.grpcStatus,
     message: pushdError.message,
@@ -44,8 +48,14 @@ const GRPC_STATUS_TO_CODE: Partial<Record<number, PushdError['code']>> = {
  */
 export function fromGrpcError(error: ServiceError): PushdError {
   const trailer = error.metadata?.get(ERROR_CODE_TRAILER)[0];
-  const code = typeof trailer === 'string' && isErrorCode(trailer) ? trailer : (GRPC_STATUS_TO_CODE[error.code] ?? 'INTERNAL');
-  return new PushdError(code, error.details || error.message, { cause: error, metadata: readErrorInfo(error) });
+  const code =
+    typeof trailer === 'string' && isErrorCode(trailer)
+      ? trailer
+      : (GRPC_STATUS_TO_CODE[error.code] ?? 'INTERNAL');
+  return new PushdError(code, error.details || error.message, {
+    cause: error,
+    metadata: readErrorInfo(error),
+  });
 }
 
 function readErrorInfo(error: ServiceError): Record<string, string> {

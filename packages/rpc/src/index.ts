@@ -2,12 +2,18 @@ export {
   type AppSecretVerifier,
   basicAuthorization,
   bearerAuthorization,
-  type Caller,
   CallAuthorizer,
   type CallAuthorizerOptions,
+  type Caller,
   verifyAppSecretWithRegistry,
 } from './auth.js';
 export { createRpcClient, type PromiseClient, type RpcClientOptions } from './client.js';
-export type { CallContext, RequestOf, ResponseOf, ServiceDefinitionShape, ServiceHandlers } from './definition.js';
+export type {
+  CallContext,
+  RequestOf,
+  ResponseOf,
+  ServiceDefinitionShape,
+  ServiceHandlers,
+} from './definition.js';
 export { ERROR_CODE_TRAILER, ERROR_DOMAIN, fromGrpcError, toGrpcError } from './errors.js';
 export { bindService, GrpcServer, type GrpcServerOptions, type GrpcServiceBinding } from './server.js';

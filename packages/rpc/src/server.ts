@@ -1,10 +1,10 @@
 import { readFileSync } from 'node:fs';
 import {
-  type sendUnaryData,
   Server,
-  type ServerUnaryCall,
   ServerCredentials,
+  type ServerUnaryCall,
   type ServiceDefinition,
+  type sendUnaryData,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import { loadFileDescriptorSetFromBuffer } from '@grpc/proto-loader';
@@ -75,7 +75,10 @@ export class GrpcServer {
         const handler = service.handlers[methodName];
         if (!handler) throw new Error(`${service.name}: no handler for ${methodName}`);
         const label = method.path.slice(method.path.lastIndexOf('/') + 1);
-        implementation[methodName] = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
+        implementation[methodName] = (
+          call: ServerUnaryCall<unknown, unknown>,
+          callback: sendUnaryData<unknown>,
+        ) => {
           const stop = duration.startTimer({ method: label });
           handler(call.request, { metadata: call.metadata, path: method.path }).then(
             (response) => {
@@ -88,7 +91,8 @@ export class GrpcServer {
               const grpcError = toGrpcError(error);
               const code = grpcError.metadata?.get('pushd-error-code')[0];
               requests.inc({ method: label, code: String(code) });
-              if (code === 'INTERNAL') options.logger.error({ err: error, method: label }, 'gRPC handler failed');
+              if (code === 'INTERNAL')
+                options.logger.error({ err: error, method: label }, 'gRPC handler failed');
               callback(grpcError);
             },
           );
@@ -101,7 +105,9 @@ export class GrpcServer {
     this.health = new HealthImplementation({ '': 'NOT_SERVING', ...statuses });
     this.health.addToServer(this.server);
     const descriptors = loadFileDescriptorSetFromBuffer(readFileSync(descriptorSetPath));
-    new ReflectionService(descriptors, { services: options.services.map((s) => s.name) }).addToServer(this.server);
+    new ReflectionService(descriptors, { services: options.services.map((s) => s.name) }).addToServer(
+      this.server,
+    );
   }
 
   get port(): number {

@@ -1,5 +1,4 @@
-import { streams } from '@pushd/bus';
-import { NatsBus } from '@pushd/bus';
+import { NatsBus, streams } from '@pushd/bus';
 import {
   type Component,
   ConfigError,
@@ -12,7 +11,12 @@ import {
   stopAll,
   stopOnSignals,
 } from '@pushd/common';
-import { bearerAuthorization, createRpcClient, type PromiseClient, type ServiceDefinitionShape } from '@pushd/rpc';
+import {
+  bearerAuthorization,
+  createRpcClient,
+  type PromiseClient,
+  type ServiceDefinitionShape,
+} from '@pushd/rpc';
 import { createRedisClient, createRedisStores, RedisKeys, type Stores } from '@pushd/store';
 import type { Registry } from 'prom-client';
 import type { z } from 'zod';
@@ -75,7 +79,11 @@ export async function connectNats(
     registry: metrics,
     metricPrefix: service,
   });
-  return { bus, check: { name: 'nats', check: () => bus.ready() }, component: { name: 'nats', stop: () => bus.close() } };
+  return {
+    bus,
+    check: { name: 'nats', check: () => bus.ready() },
+    component: { name: 'nats', stop: () => bus.close() },
+  };
 }
 
 /** A client of another service, calling with the cluster token. */
@@ -107,7 +115,13 @@ export async function run(options: {
   components: StartableComponent[];
 }): Promise<void> {
   const { logger } = options;
-  const ops = new OpsServer({ host: options.host, port: options.opsPort, registry: options.metrics, checks: options.checks, logger });
+  const ops = new OpsServer({
+    host: options.host,
+    port: options.opsPort,
+    registry: options.metrics,
+    checks: options.checks,
+    logger,
+  });
   const started: Component[] = [...options.connections];
   try {
     for (const component of options.components) {

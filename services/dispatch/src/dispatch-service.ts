@@ -14,7 +14,12 @@ import {
   PushStatus,
   type RegistryServiceService,
 } from '@pushd/proto';
-import { CallAuthorizer, type PromiseClient, type ServiceHandlers, verifyAppSecretWithRegistry } from '@pushd/rpc';
+import {
+  CallAuthorizer,
+  type PromiseClient,
+  type ServiceHandlers,
+  verifyAppSecretWithRegistry,
+} from '@pushd/rpc';
 import type { InboxStore, PushStore, RouteStore } from '@pushd/store';
 import type { DispatchMetrics } from './metrics.js';
 
@@ -62,7 +67,12 @@ export class DispatchService {
         const accessId = await this.authorizer.requireApp(metadata, request.accessId);
         const stop = this.options.metrics.pushDuration.startTimer();
         try {
-          const result = await this.pushToToken(accessId, request.audience, request.message, request.expireTimeS);
+          const result = await this.pushToToken(
+            accessId,
+            request.audience,
+            request.message,
+            request.expireTimeS,
+          );
           this.options.metrics.pushes.inc({ audience: 'token', outcome: 'accepted' });
           return result;
         } catch (error) {
@@ -79,7 +89,10 @@ export class DispatchService {
         if (request.pushId === '') throw invalidArgument('push_id', 'required');
         const push = await this.options.pushes.get(accessId, request.pushId);
         if (push === undefined) {
-          throw new PushdError('PUSH_NOT_FOUND', `no push has id ${JSON.stringify(request.pushId)} in app ${accessId}`);
+          throw new PushdError(
+            'PUSH_NOT_FOUND',
+            `no push has id ${JSON.stringify(request.pushId)} in app ${accessId}`,
+          );
         }
         return { push };
       },
@@ -109,7 +122,8 @@ export class DispatchService {
       throw invalidArgument('audience.token', 'required');
     }
     const content = validateMessage(message);
-    if (expireTimeS > MAX_EXPIRE_S) throw invalidArgument('expire_time_s', `must be at most ${MAX_EXPIRE_S} (72 hours)`);
+    if (expireTimeS > MAX_EXPIRE_S)
+      throw invalidArgument('expire_time_s', `must be at most ${MAX_EXPIRE_S} (72 hours)`);
     const token = target.value;
     const { device } = await this.options.registry.getDevice({ accessId, token });
     if (device === undefined) throw new PushdError('INTERNAL', 'registry returned no device');
@@ -127,7 +141,13 @@ export class DispatchService {
     // Persist before anything leaves this process. A live publish may be lost (no gateway, a gateway
     // dying); the device then gets the message from its offline window when it reconnects, which is why
     // the window is written before the route is read.
-    const previousMsgId = await this.appendInOrder(accessId, token, pushMessage, OFFLINE_CAPACITY[device.platform], now);
+    const previousMsgId = await this.appendInOrder(
+      accessId,
+      token,
+      pushMessage,
+      OFFLINE_CAPACITY[device.platform],
+      now,
+    );
     const msgId = pushMessage.msgId;
     await this.options.pushes.save({
       accessId,
@@ -174,7 +194,10 @@ export class DispatchService {
       const result = await this.options.inboxes.append(accessId, token, message, capacity, now);
       if (result.appended) return result.previousMsgId;
       if (attempt >= 10) {
-        throw new PushdError('UNAVAILABLE', `could not order message for ${token} after ${attempt} attempts; retry`);
+        throw new PushdError(
+          'UNAVAILABLE',
+          `could not order message for ${token} after ${attempt} attempts; retry`,
+        );
       }
       this.options.metrics.appendRetries.inc();
       message.msgId = await this.options.pushes.nextMsgId(accessId);
@@ -192,9 +215,20 @@ export class DispatchService {
     platform: Platform,
     tokens: string[],
   ): Promise<void> {
-    const event = Event.create({ type: EventType.EVENT_TYPE_SENT, accessId, pushId, msgId, platform, tokens, atMs: this.clock.now() });
+    const event = Event.create({
+      type: EventType.EVENT_TYPE_SENT,
+      accessId,
+      pushId,
+      msgId,
+      platform,
+      tokens,
+      atMs: this.clock.now(),
+    });
     try {
-      await this.options.bus.publishDurable(subjects.events('dispatch'), EventBatch.encode({ events: [event] }).finish());
+      await this.options.bus.publishDurable(
+        subjects.events('dispatch'),
+        EventBatch.encode({ events: [event] }).finish(),
+      );
     } catch (error) {
       this.options.metrics.eventPublishFailures.inc();
       this.options.logger.error({ err: error, accessId, pushId }, 'publishing the sent event failed');
@@ -216,9 +250,13 @@ export function validateMessage(message: Message | undefined): Message {
   }
   const size = Message.encode(message).finish().length;
   if (size > MAX_MESSAGE_BYTES) {
-    throw new PushdError('PAYLOAD_TOO_LARGE', `message is ${size} bytes serialized; the limit is ${MAX_MESSAGE_BYTES}`, {
-      metadata: { limit: String(MAX_MESSAGE_BYTES), size: String(size) },
-    });
+    throw new PushdError(
+      'PAYLOAD_TOO_LARGE',
+      `message is ${size} bytes serialized; the limit is ${MAX_MESSAGE_BYTES}`,
+      {
+        metadata: { limit: String(MAX_MESSAGE_BYTES), size: String(size) },
+      },
+    );
   }
   return message;
 }

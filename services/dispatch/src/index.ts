@@ -1,4 +1,11 @@
-export { DispatchService, type DispatchServiceOptions, MAX_EXPIRE_S, MAX_MESSAGE_BYTES, OFFLINE_CAPACITY, validateMessage } from './dispatch-service.js';
+export {
+  DispatchService,
+  type DispatchServiceOptions,
+  MAX_EXPIRE_S,
+  MAX_MESSAGE_BYTES,
+  OFFLINE_CAPACITY,
+  validateMessage,
+} from './dispatch-service.js';
 export { dispatchEnv } from './env.js';
 export { DispatchEventConsumer, type DispatchEventConsumerOptions } from './event-consumer.js';
 export { createDispatchMetrics, type DispatchMetrics } from './metrics.js';

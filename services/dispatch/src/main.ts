@@ -22,7 +22,12 @@ const service = new DispatchService({
   metrics: dispatchMetrics,
   logger,
 });
-const events = new DispatchEventConsumer({ bus: nats.bus, inboxes: redis.stores.inboxes, metrics: dispatchMetrics, logger });
+const events = new DispatchEventConsumer({
+  bus: nats.bus,
+  inboxes: redis.stores.inboxes,
+  metrics: dispatchMetrics,
+  logger,
+});
 const grpc = new GrpcServer({
   host: env.HOST,
   port: env.GRPC_PORT,
@@ -37,7 +42,11 @@ await run({
   host: env.HOST,
   opsPort: env.OPS_PORT,
   checks: [redis.check, nats.check],
-  connections: [redis.component, nats.component, { name: 'registry-client', stop: async () => registry.close() }],
+  connections: [
+    redis.component,
+    nats.component,
+    { name: 'registry-client', stop: async () => registry.close() },
+  ],
   components: [
     { name: 'grpc', start: () => grpc.start(), stop: () => grpc.stop() },
     { name: 'events', start: async () => events.start(), stop: () => events.stop() },

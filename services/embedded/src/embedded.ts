@@ -1,5 +1,12 @@
 import { MemoryBroker, MemoryBus, streams } from '@pushd/bus';
-import { type Clock, createMetricsRegistry, type Logger, OpsServer, stopAll, systemClock } from '@pushd/common';
+import {
+  type Clock,
+  createMetricsRegistry,
+  type Logger,
+  OpsServer,
+  stopAll,
+  systemClock,
+} from '@pushd/common';
 import { createDispatchMetrics, DispatchEventConsumer, DispatchService } from '@pushd/dispatch';
 import { createGatewayMetrics, Gateway } from '@pushd/gateway';
 import {
@@ -74,7 +81,7 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
     registries.push(registry);
     return registry;
   };
-  const grpcServer = (name: string, service: string, binding: ReturnType<typeof bindService>, port: number) =>
+  const grpcServer = (service: string, binding: ReturnType<typeof bindService>, port: number) =>
     new GrpcServer({
       host,
       port,
@@ -83,7 +90,10 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
       registry: serviceRegistry(service),
       metricPrefix: service,
     });
-  const startComponent = async <T extends { start(): Promise<void>; stop(): Promise<void> }>(name: string, c: T) => {
+  const startComponent = async <T extends { start(): Promise<void>; stop(): Promise<void> }>(
+    name: string,
+    c: T,
+  ) => {
     await c.start();
     started.push({ name, stop: () => c.stop() });
     return c;
@@ -100,7 +110,11 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
     });
     const registryServer = await startComponent(
       'registry',
-      grpcServer('registry', 'registry', bindService('pushd.v1.RegistryService', RegistryServiceService, registryService.handlers()), wanted.registry),
+      grpcServer(
+        'registry',
+        bindService('pushd.v1.RegistryService', RegistryServiceService, registryService.handlers()),
+        wanted.registry,
+      ),
     );
     const registryAddress = `127.0.0.1:${registryServer.port}`;
     const registryClient = clusterClient(RegistryServiceService, registryAddress, clusterToken);
@@ -121,18 +135,41 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
     });
     const dispatchServer = await startComponent(
       'dispatch',
-      grpcServer('dispatch', 'dispatch', bindService('pushd.v1.DispatchService', DispatchServiceService, dispatchService.handlers()), wanted.dispatch),
+      grpcServer(
+        'dispatch',
+        bindService('pushd.v1.DispatchService', DispatchServiceService, dispatchService.handlers()),
+        wanted.dispatch,
+      ),
     );
-    const dispatchEvents = new DispatchEventConsumer({ bus, inboxes: stores.inboxes, metrics: dispatchMetrics, logger: dispatchLogger });
+    const dispatchEvents = new DispatchEventConsumer({
+      bus,
+      inboxes: stores.inboxes,
+      metrics: dispatchMetrics,
+      logger: dispatchLogger,
+    });
     dispatchEvents.start();
     started.push({ name: 'dispatch-events', stop: () => dispatchEvents.stop() });
-    const dispatchClient = clusterClient(DispatchServiceService, `127.0.0.1:${dispatchServer.port}`, clusterToken);
+    const dispatchClient = clusterClient(
+      DispatchServiceService,
+      `127.0.0.1:${dispatchServer.port}`,
+      clusterToken,
+    );
     started.push({ name: 'dispatch-client', stop: async () => dispatchClient.close() });
 
-    const tagService = new TagService({ tags: stores.tags, bus, registry: registryClient, clusterToken, logger: logger.child({ service: 'tag' }) });
+    const tagService = new TagService({
+      tags: stores.tags,
+      bus,
+      registry: registryClient,
+      clusterToken,
+      logger: logger.child({ service: 'tag' }),
+    });
     const tagServer = await startComponent(
       'tag',
-      grpcServer('tag', 'tag', bindService('pushd.v1.TagService', TagServiceService, tagService.handlers()), wanted.tag),
+      grpcServer(
+        'tag',
+        bindService('pushd.v1.TagService', TagServiceService, tagService.handlers()),
+        wanted.tag,
+      ),
     );
     tagService.startConsuming();
     started.push({ name: 'tag-events', stop: () => tagService.stop() });
@@ -148,7 +185,11 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
     });
     const statsServer = await startComponent(
       'stats',
-      grpcServer('stats', 'stats', bindService('pushd.v1.StatsService', StatsServiceService, statsService.handlers()), wanted.stats),
+      grpcServer(
+        'stats',
+        bindService('pushd.v1.StatsService', StatsServiceService, statsService.handlers()),
+        wanted.stats,
+      ),
     );
     statsService.startConsuming();
     started.push({ name: 'stats-events', stop: () => statsService.stop() });
@@ -172,7 +213,13 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
 
     const ops = await startComponent(
       'ops',
-      new OpsServer({ host, port: wanted.ops, registry: Registry.merge(registries), logger, checks: [{ name: 'bus', check: () => bus.ready() }] }),
+      new OpsServer({
+        host,
+        port: wanted.ops,
+        registry: Registry.merge(registries),
+        logger,
+        checks: [{ name: 'bus', check: () => bus.ready() }],
+      }),
     );
 
     const ports: EmbeddedPorts = {

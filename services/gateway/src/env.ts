@@ -13,7 +13,11 @@ export const gatewayEnv = z.object({
   NODE_ID: z
     .string()
     .regex(/^[A-Za-z0-9_-]{1,64}$/, 'letters, digits, "_" or "-", at most 64')
-    .default(hostname().replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 64)),
+    .default(
+      hostname()
+        .replace(/[^A-Za-z0-9_-]/g, '-')
+        .slice(0, 64),
+    ),
   REGISTRY_ADDR: z.string().min(1).default('127.0.0.1:50051'),
   DISPATCH_ADDR: z.string().min(1).default('127.0.0.1:50053'),
   HEARTBEAT_INTERVAL_MS: envField.ms(25_000),

@@ -67,14 +67,23 @@ export class EventBatcher {
   private async publishAll(): Promise<void> {
     while (this.buffer.length > 0) {
       const batch = this.buffer.slice(0, this.maxBatch);
+      let data: Uint8Array;
       try {
-        await this.options.bus.publishDurable(
-          subjects.events(this.options.source),
-          EventBatch.encode({ events: batch }).finish(),
-        );
+        data = EventBatch.encode({ events: batch }).finish();
+      } catch (error) {
+        // Not transient: retrying would block every later event. Callers validate, so this is a bug.
+        this.buffer.splice(0, batch.length);
+        this.options.logger.error({ err: error, events: batch.length }, 'unencodable event batch dropped');
+        continue;
+      }
+      try {
+        await this.options.bus.publishDurable(subjects.events(this.options.source), data);
       } catch (error) {
         this.options.failures.inc();
-        this.options.logger.warn({ err: error, events: this.buffer.length }, 'publishing delivery events failed; will retry');
+        this.options.logger.warn(
+          { err: error, events: this.buffer.length },
+          'publishing delivery events failed; will retry',
+        );
         return;
       }
       this.buffer.splice(0, batch.length);

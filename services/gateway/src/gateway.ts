@@ -6,14 +6,15 @@ import { type Bus, type BusSubscription, subjects } from '@pushd/bus';
 import { type Clock, type Logger, PushdError, systemClock, toPushdError } from '@pushd/common';
 import {
   type ClientFrame,
-  decodeClientFrame,
   type DispatchServiceService,
+  decodeClientFrame,
   Event,
   EventBatch,
   EventType,
   encodeServerFrame,
   encodingOfSubprotocol,
   type FrameEncoding,
+  MAX_ACK_IDS,
   NodeDelivery,
   Platform,
   type PushMessage,
@@ -86,8 +87,6 @@ class EncodedFrame {
 
 const SESSION = Symbol('pushd.session');
 type SocketWithSession = WebSocket & { [SESSION]?: Session };
-
-const MAX_ACK_IDS = 1000;
 
 /**
  * A gateway node: holds device WebSocket connections, delivers the messages dispatch publishes to its
@@ -223,7 +222,8 @@ export class Gateway {
       if (url.pathname !== this.path) {
         throw new PushdError('ENDPOINT_NOT_FOUND', `no endpoint here; devices connect to ${this.path}`);
       }
-      if (this.shuttingDown) throw new PushdError('SHUTTING_DOWN', 'gateway shutting down; connect to another');
+      if (this.shuttingDown)
+        throw new PushdError('SHUTTING_DOWN', 'gateway shutting down; connect to another');
       handshake = parseHandshake(request, url);
       if (handshake.auth.kind === 'session') {
         const { device } = await registry.authenticateDevice({
@@ -285,7 +285,7 @@ export class Gateway {
    * the route (and is published here, buffered while syncing) or was in the window when it was read.
    */
   private async establish(session: Session): Promise<void> {
-    const { routes, dispatch, metrics, nodeId } = this.options;
+    const { routes, metrics, nodeId } = this.options;
     const previous = this.sessions.get(session.key);
     if (previous !== undefined && previous !== session) {
       this.closeWith(previous, new PushdError('CONNECTION_REPLACED', 'the device opened a newer connection'));
@@ -310,7 +310,10 @@ export class Gateway {
       await this.catchUp(session);
     } catch (error) {
       this.options.logger.warn({ err: error, accessId: session.accessId }, 'session setup failed');
-      this.closeWith(session, new PushdError('UNAVAILABLE', 'the gateway could not set up the session; reconnect'));
+      this.closeWith(
+        session,
+        new PushdError('UNAVAILABLE', 'the gateway could not set up the session; reconnect'),
+      );
     }
   }
 
@@ -364,7 +367,10 @@ export class Gateway {
     this.options.metrics.framesIn.inc({ type: body.$case });
     switch (body.$case) {
       case 'ping':
-        this.send(session, { id: frame.id, body: { $case: 'pong', value: { serverTimeMs: this.clock.now() } } });
+        this.send(session, {
+          id: frame.id,
+          body: { $case: 'pong', value: { serverTimeMs: this.clock.now() } },
+        });
         return;
       case 'ack':
         this.onAck(session, frame.id, body.value.msgIds);
@@ -379,8 +385,19 @@ export class Gateway {
   }
 
   private async onRegister(session: Session, frame: ClientFrame): Promise<void> {
-    if (session.state !== 'registering' || session.accessKey === undefined || frame.body?.$case !== 'register') {
-      this.closeWith(session, new PushdError('PROTOCOL_VIOLATION', 'register is only allowed once, as the first frame of a registration connection'), frame.id);
+    if (
+      session.state !== 'registering' ||
+      session.accessKey === undefined ||
+      frame.body?.$case !== 'register'
+    ) {
+      this.closeWith(
+        session,
+        new PushdError(
+          'PROTOCOL_VIOLATION',
+          'register is only allowed once, as the first frame of a registration connection',
+        ),
+        frame.id,
+      );
       return;
     }
     const register = frame.body.value;
@@ -402,7 +419,10 @@ export class Gateway {
       session.platform = result.device.platform;
       this.send(session, {
         id: frame.id,
-        body: { $case: 'registered', value: { token: session.token, credential: result.credential, created: result.created } },
+        body: {
+          $case: 'registered',
+          value: { token: session.token, credential: result.credential, created: result.created },
+        },
       });
       this.options.metrics.connects.inc({ kind: 'registration' });
       await this.establish(session);
@@ -413,7 +433,11 @@ export class Gateway {
 
   private async onUnregister(session: Session, requestId: number): Promise<void> {
     if (session.state === 'registering') {
-      this.closeWith(session, new PushdError('PROTOCOL_VIOLATION', 'register before unregistering'), requestId);
+      this.closeWith(
+        session,
+        new PushdError('PROTOCOL_VIOLATION', 'register before unregistering'),
+        requestId,
+      );
       return;
     }
     // The registry's UNREGISTERED event may reach this gateway before the call returns; the device asked,
@@ -428,7 +452,10 @@ export class Gateway {
     } catch (error) {
       session.unregistering = false;
       const failure = toPushdError(error);
-      this.send(session, { id: requestId, body: { $case: 'error', value: { code: failure.code, message: failure.message } } });
+      this.send(session, {
+        id: requestId,
+        body: { $case: 'error', value: { code: failure.code, message: failure.message } },
+      });
     }
   }
 
@@ -438,7 +465,11 @@ export class Gateway {
       return;
     }
     if (msgIds.length > MAX_ACK_IDS) {
-      this.closeWith(session, new PushdError('FRAME_MALFORMED', `an ack may carry at most ${MAX_ACK_IDS} ids`), requestId);
+      this.closeWith(
+        session,
+        new PushdError('FRAME_MALFORMED', `an ack may carry at most ${MAX_ACK_IDS} ids`),
+        requestId,
+      );
       return;
     }
     const now = this.clock.now();
@@ -481,7 +512,8 @@ export class Gateway {
   /** Delivers a live message in chain order, buffers it while syncing, or starts a catch-up on a gap. */
   private offerLive(session: Session, message: PushMessage, previousMsgId: number): void {
     if (session.state === 'syncing') {
-      (session.buffered ??= []).push({ message, previousMsgId });
+      session.buffered ??= [];
+      session.buffered.push({ message, previousMsgId });
       return;
     }
     if (session.state !== 'live') return;
@@ -499,7 +531,10 @@ export class Gateway {
       if (session.catchingUp) return;
       void this.catchUp(session).catch((error: unknown) => {
         this.options.logger.warn({ err: error }, 'catch-up after a gap failed');
-        this.closeWith(session, new PushdError('UNAVAILABLE', 'the gateway could not fetch missed messages; reconnect'));
+        this.closeWith(
+          session,
+          new PushdError('UNAVAILABLE', 'the gateway could not fetch missed messages; reconnect'),
+        );
       });
       return;
     }
@@ -569,8 +604,12 @@ export class Gateway {
   /** Sends an error frame, then closes with the code's WebSocket close code. */
   private closeWith(session: Session, error: PushdError, requestId = 0): void {
     if (session.state === 'closed') return;
-    if (error.code === 'INTERNAL') this.options.logger.error({ err: error.cause ?? error }, 'closing session on an internal error');
-    this.send(session, { id: requestId, body: { $case: 'error', value: { code: error.code, message: error.message } } });
+    if (error.code === 'INTERNAL')
+      this.options.logger.error({ err: error.cause ?? error }, 'closing session on an internal error');
+    this.send(session, {
+      id: requestId,
+      body: { $case: 'error', value: { code: error.code, message: error.message } },
+    });
     this.options.metrics.disconnects.inc({ reason: error.code });
     this.detach(session);
     // The close reason is limited to 123 bytes by RFC 6455; the error frame carried the full message.
@@ -619,18 +658,28 @@ export class Gateway {
     const deadline = this.clock.now() - this.registerTimeoutMs;
     for (const session of this.registering) {
       if (session.openedAtMs <= deadline) {
-        this.closeWith(session, new PushdError('REGISTRATION_TIMEOUT', `no Register frame within ${this.registerTimeoutMs} ms`));
+        this.closeWith(
+          session,
+          new PushdError('REGISTRATION_TIMEOUT', `no Register frame within ${this.registerTimeoutMs} ms`),
+        );
       }
     }
   }
 
   private async refreshRoutes(): Promise<void> {
-    const entries = [...this.sessions.values()].map((s) => ({ accessId: s.accessId, token: s.token, sessionId: s.id }));
+    const entries = [...this.sessions.values()].map((s) => ({
+      accessId: s.accessId,
+      token: s.token,
+      sessionId: s.id,
+    }));
     if (entries.length === 0) return;
     try {
       await this.options.routes.refresh(entries, this.routeTtlMs);
     } catch (error) {
-      this.options.logger.warn({ err: error, routes: entries.length }, 'refreshing routes failed; will retry');
+      this.options.logger.warn(
+        { err: error, routes: entries.length },
+        'refreshing routes failed; will retry',
+      );
     }
   }
 }
@@ -663,7 +712,11 @@ function toBytes(data: RawData): Uint8Array {
 }
 
 function platformLabel(platform: Platform): string {
-  return platform === Platform.PLATFORM_ANDROID ? 'android' : platform === Platform.PLATFORM_IOS ? 'ios' : 'unknown';
+  return platform === Platform.PLATFORM_ANDROID
+    ? 'android'
+    : platform === Platform.PLATFORM_IOS
+      ? 'ios'
+      : 'unknown';
 }
 
 /** Answers a refused upgrade with the catalogue's HTTP status and a JSON body, then closes. */

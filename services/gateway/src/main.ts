@@ -35,7 +35,13 @@ await run({
   connections: [
     redis.component,
     nats.component,
-    { name: 'clients', stop: async () => (registry.close(), dispatch.close()) },
+    {
+      name: 'clients',
+      stop: async () => {
+        registry.close();
+        dispatch.close();
+      },
+    },
   ],
   components: [{ name: 'gateway', start: () => gateway.start(), stop: () => gateway.stop() }],
 });

@@ -56,7 +56,11 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
       labelNames: ['type'],
       registers,
     }),
-    bytesOut: new Counter({ name: 'gateway_bytes_out_total', help: 'Bytes of frames sent to devices.', registers }),
+    bytesOut: new Counter({
+      name: 'gateway_bytes_out_total',
+      help: 'Bytes of frames sent to devices.',
+      registers,
+    }),
     messagesDelivered: new Counter({
       name: 'gateway_messages_delivered_total',
       help: 'Messages written to device connections, by source (live, or pending from the offline window).',

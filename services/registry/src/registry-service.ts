@@ -82,8 +82,14 @@ export class RegistryService {
         const key = request.key;
         if (key === undefined) throw invalidArgument('key', 'set access_key or secret_key');
         const valid =
-          key.$case === 'accessKey' ? key.value === app.accessKey : secretMatchesHash(key.value, app.secretKeyHash);
-        if (!valid) throw new PushdError('UNAUTHENTICATED', `wrong ${key.$case === 'accessKey' ? 'access' : 'secret'} key for app ${app.accessId}`);
+          key.$case === 'accessKey'
+            ? key.value === app.accessKey
+            : secretMatchesHash(key.value, app.secretKeyHash);
+        if (!valid)
+          throw new PushdError(
+            'UNAUTHENTICATED',
+            `wrong ${key.$case === 'accessKey' ? 'access' : 'secret'} key for app ${app.accessId}`,
+          );
         return { app: toApp(app) };
       },
 
@@ -160,7 +166,10 @@ export class RegistryService {
         const accessId = await auth.requireApp(metadata, request.accessId);
         const account = request.account;
         if (account.length < 1 || account.length > ACCOUNT_MAX_CHARS || /\p{Cc}/u.test(account)) {
-          throw invalidArgument('account', `must be 1 to ${ACCOUNT_MAX_CHARS} characters without control characters`);
+          throw invalidArgument(
+            'account',
+            `must be 1 to ${ACCOUNT_MAX_CHARS} characters without control characters`,
+          );
         }
         const result = await devices.setAccount(accessId, request.token, account);
         if (result === undefined) throw tokenNotFound(accessId, request.token);
@@ -204,9 +213,13 @@ export class RegistryService {
 }
 
 function tokenNotFound(accessId: number, token: string): PushdError {
-  return new PushdError('TOKEN_NOT_FOUND', `no registered device has token ${JSON.stringify(token)} in app ${accessId}`, {
-    metadata: { token },
-  });
+  return new PushdError(
+    'TOKEN_NOT_FOUND',
+    `no registered device has token ${JSON.stringify(token)} in app ${accessId}`,
+    {
+      metadata: { token },
+    },
+  );
 }
 
 function detail(field: string, value: string): string {

@@ -36,7 +36,13 @@ await run({
   connections: [
     redis.component,
     nats.component,
-    { name: 'clients', stop: async () => (registry.close(), dispatch.close()) },
+    {
+      name: 'clients',
+      stop: async () => {
+        registry.close();
+        dispatch.close();
+      },
+    },
   ],
   components: [
     { name: 'grpc', start: () => grpc.start(), stop: () => grpc.stop() },

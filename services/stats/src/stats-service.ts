@@ -1,7 +1,18 @@
 import { type Bus, type DurableConsumer, streams } from '@pushd/bus';
 import { invalidArgument, type Logger } from '@pushd/common';
-import { type DispatchServiceService, EventBatch, EventType, type RegistryServiceService, type StatsServiceService } from '@pushd/proto';
-import { CallAuthorizer, type PromiseClient, type ServiceHandlers, verifyAppSecretWithRegistry } from '@pushd/rpc';
+import {
+  type DispatchServiceService,
+  EventBatch,
+  EventType,
+  type RegistryServiceService,
+  type StatsServiceService,
+} from '@pushd/proto';
+import {
+  CallAuthorizer,
+  type PromiseClient,
+  type ServiceHandlers,
+  verifyAppSecretWithRegistry,
+} from '@pushd/rpc';
 import type { StatsStore } from '@pushd/store';
 import { Counter, type Registry } from 'prom-client';
 
@@ -81,7 +92,8 @@ export class StatsService {
         this.eventsApplied.inc({ type: 'arrived' });
       }
     }
-    for (const entry of arrived.values()) work.push(this.options.stats.addArrived(entry.accessId, entry.pushId, entry.tokens));
+    for (const entry of arrived.values())
+      work.push(this.options.stats.addArrived(entry.accessId, entry.pushId, entry.tokens));
     await Promise.all(work);
   }
 }

@@ -30,7 +30,11 @@ await run({
   host: env.HOST,
   opsPort: env.OPS_PORT,
   checks: [redis.check, nats.check],
-  connections: [redis.component, nats.component, { name: 'registry-client', stop: async () => registry.close() }],
+  connections: [
+    redis.component,
+    nats.component,
+    { name: 'registry-client', stop: async () => registry.close() },
+  ],
   components: [
     { name: 'grpc', start: () => grpc.start(), stop: () => grpc.stop() },
     { name: 'events', start: async () => service.startConsuming(), stop: () => service.stop() },

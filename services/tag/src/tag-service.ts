@@ -1,7 +1,12 @@
 import { type Bus, type DurableConsumer, streams } from '@pushd/bus';
 import { invalidArgument, type Logger, PushdError } from '@pushd/common';
 import { EventBatch, EventType, type RegistryServiceService, type TagServiceService } from '@pushd/proto';
-import { CallAuthorizer, type PromiseClient, type ServiceHandlers, verifyAppSecretWithRegistry } from '@pushd/rpc';
+import {
+  CallAuthorizer,
+  type PromiseClient,
+  type ServiceHandlers,
+  verifyAppSecretWithRegistry,
+} from '@pushd/rpc';
 import type { TagStore } from '@pushd/store';
 
 /** The brief's limit: at most 100 tags per device. */
@@ -73,7 +78,8 @@ export class TagService {
       consumer: 'tag',
       handler: async (data) => {
         for (const event of EventBatch.decode(data).events) {
-          if (event.type === EventType.EVENT_TYPE_UNREGISTERED) await this.options.tags.clear(event.accessId, event.token);
+          if (event.type === EventType.EVENT_TYPE_UNREGISTERED)
+            await this.options.tags.clear(event.accessId, event.token);
         }
       },
     });
@@ -92,10 +98,16 @@ export function validateTags(tags: string[]): string[] {
   }
   for (const tag of tags) {
     if (tag.length < 1 || tag.length > TAG_MAX_CHARS || /[\s\p{Cc}]/u.test(tag)) {
-      throw invalidArgument('tags', `${JSON.stringify(tag)} must be 1 to ${TAG_MAX_CHARS} characters without whitespace`);
+      throw invalidArgument(
+        'tags',
+        `${JSON.stringify(tag)} must be 1 to ${TAG_MAX_CHARS} characters without whitespace`,
+      );
     }
     if (tag.startsWith(RESERVED_TAG_PREFIX)) {
-      throw invalidArgument('tags', `${JSON.stringify(tag)} uses the reserved prefix "${RESERVED_TAG_PREFIX}"`);
+      throw invalidArgument(
+        'tags',
+        `${JSON.stringify(tag)} uses the reserved prefix "${RESERVED_TAG_PREFIX}"`,
+      );
     }
   }
   return [...new Set(tags)];
