@@ -86,7 +86,7 @@ const externalsPlugin = {
                 `bundled workspace modules import two different copies of ${name}:\n` +
                 `  ${relative(serviceDir, seen.root)} (from ${[...seen.importers].join(', ')})\n` +
                 `  ${relative(serviceDir, root)} (from ${args.importer})\n` +
-                'align the version in the packages.json of the workspace packages',
+                'align the versions in the package.json files of the workspace packages',
             },
           ],
         };
@@ -114,8 +114,8 @@ const result = await esbuild
     // Class and function names survive bundling (esbuild renames clashing top-level names otherwise), so
     // that logs and errors name what the source names.
     keepNames: true,
-    // An ESM bundle has no `require`; esbuild's shim for a require() left in bundled code (a CommonJS
-    // module reached through a workspace package) calls this one instead of throwing "Dynamic require".
+    // An ESM bundle has no `require`: should bundled workspace code call require() (say, for an optional
+    // CommonJS package), esbuild's shim calls this one instead of throwing "Dynamic require".
     banner: {
       js: "import { createRequire as __pushdCreateRequire } from 'node:module';\nconst require = __pushdCreateRequire(import.meta.url);",
     },
@@ -147,7 +147,8 @@ function addAsset(source, sourceModule) {
 
 for (const input of Object.keys(result.metafile.inputs)) {
   const file = resolve(input);
-  if (file.split(sep).includes('node_modules') || !/\.[cm]?[jt]s$/.test(file)) continue;
+  // Workspace sources only; npm packages are external and esbuild's virtual inputs are not files.
+  if (file.split(sep).includes('node_modules') || !/\.[cm]?[jt]s$/.test(file) || !existsSync(file)) continue;
   // Transformed, so that comments and types do not count; the calls stay as written.
   const { code } = await esbuild.transform(readFileSync(file, 'utf8'), {
     loader: file.endsWith('.ts') ? 'ts' : 'js',

@@ -2,7 +2,6 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { dispatchEnv } from '@pushd/dispatch';
-import { embeddedEnv } from '@pushd/embedded';
 import { gatewayEnv } from '@pushd/gateway';
 import { registryEnv } from '@pushd/registry';
 import { statsEnv } from '@pushd/stats';
@@ -29,7 +28,6 @@ const schemas: Record<string, { shape: Record<string, FieldSchema> }> = {
   dispatch: dispatchEnv,
   stats: statsEnv,
   gateway: gatewayEnv,
-  embedded: embeddedEnv,
 };
 
 /** Which container port carries the port a variable sets (names used by every manifest here). */
@@ -56,7 +54,8 @@ function readYaml(file: string): unknown[] {
 }
 
 type Obj = Record<string, unknown>;
-const isObj = (value: unknown): value is Obj => typeof value === 'object' && value !== null && !Array.isArray(value);
+const isObj = (value: unknown): value is Obj =>
+  typeof value === 'object' && value !== null && !Array.isArray(value);
 const obj = (value: unknown): Obj => (isObj(value) ? value : {});
 const list = (value: unknown): unknown[] => (Array.isArray(value) ? value : []);
 const str = (value: unknown): string | undefined => (typeof value === 'string' ? value : undefined);
@@ -136,13 +135,16 @@ function effective(service: string, key: string, set: Record<string, string>): u
 
 // ---- the Kubernetes objects -----------------------------------------------------------------------------
 
-const kubernetesFiles = filesUnder(kubernetesDir, /\.ya?ml$/).filter((f) => !f.endsWith('kustomization.yaml'));
+const kubernetesFiles = filesUnder(kubernetesDir, /\.ya?ml$/).filter(
+  (f) => !f.endsWith('kustomization.yaml'),
+);
 const objects = kubernetesFiles.flatMap((file) =>
   readYaml(file)
     .filter((document) => document !== null)
     .map((document) => ({ file: relative(root, file), object: obj(document) })),
 );
-const ofKind = (kind: string) => objects.filter(({ object }) => object.kind === kind).map(({ object }) => object);
+const ofKind = (kind: string) =>
+  objects.filter(({ object }) => object.kind === kind).map(({ object }) => object);
 const nameOf = (object: Obj) => String(obj(object.metadata).name);
 const configMaps = new Map(ofKind('ConfigMap').map((o) => [nameOf(o), obj(o.data)]));
 const secrets = new Map(ofKind('Secret').map((o) => [nameOf(o), { ...obj(o.data), ...obj(o.stringData) }]));
@@ -183,7 +185,9 @@ function containerEnv(container: Obj): { names: string[]; values: Record<string,
     if (secretRef.name !== undefined) {
       const secret = secrets.get(String(secretRef.name));
       if (!secret || !(String(secretRef.key) in secret)) {
-        throw new Error(`${name} comes from secret ${secretRef.name}/${secretRef.key}, which no manifest defines`);
+        throw new Error(
+          `${name} comes from secret ${secretRef.name}/${secretRef.key}, which no manifest defines`,
+        );
       }
     }
   }
@@ -191,7 +195,11 @@ function containerEnv(container: Obj): { names: string[]; values: Record<string,
 }
 
 function containerPorts(container: Obj): Map<string, number> {
-  return new Map(list(container.ports).map(obj).map((p) => [String(p.name), Number(p.containerPort)]));
+  return new Map(
+    list(container.ports)
+      .map(obj)
+      .map((p) => [String(p.name), Number(p.containerPort)]),
+  );
 }
 
 /** `dns:///registry:50051` or `registry:50051` -> host and port. */
@@ -238,55 +246,68 @@ describe('Kubernetes manifests', () => {
     const labels = templateLabels(deployment);
 
     it('selects its own pods', () => {
-      expect(selects(obj(obj(deployment.spec).selector).matchLabels, labels)).toBe(true);
+      expect(selects(obj(obj(obj(deployment.spec).selector).matchLabels), labels)).toBe(true);
     });
 
-    it.each(containersOf(deployment).map((c) => [String(c.name), c] as const))('container %s', (_c, container) => {
-      const service = serviceOf(container.args) ?? serviceOf(container.command);
-      expect(service, 'args name services/<name>/dist/main.js').toBeDefined();
-      const schema = schemaOf(service as string);
-      const { names, values } = containerEnv(container);
+    it.each(containersOf(deployment).map((c) => [String(c.name), c] as const))(
+      'container %s',
+      (_c, container) => {
+        const service = serviceOf(container.args) ?? serviceOf(container.command);
+        expect(service, 'args name services/<name>/dist/main.js').toBeDefined();
+        const schema = schemaOf(service as string);
+        const { names, values } = containerEnv(container);
 
-      // Every variable is one the service reads.
-      for (const name of names) expect(Object.keys(schema.shape), `${service} reads ${name}`).toContain(name);
-      expect(new Set(names).size, 'no variable set twice').toBe(names.length);
-      // Without a cluster token a service exits at start: it must come from the Secret.
-      expect(names).toContain('CLUSTER_TOKEN');
+        // Every variable is one the service reads.
+        for (const name of names)
+          expect(Object.keys(schema.shape), `${service} reads ${name}`).toContain(name);
+        expect(new Set(names).size, 'no variable set twice').toBe(names.length);
+        // Without a cluster token a service exits at start: it must come from the Secret.
+        expect(names).toContain('CLUSTER_TOKEN');
 
-      // The ports the container declares are the ones the service listens on, and the other way round.
-      const ports = containerPorts(container);
-      for (const [variable, portName] of Object.entries(PORT_NAMES)) {
-        if (!(variable in schema.shape)) continue;
-        expect(ports.get(portName), `${portName} port`).toBe(Number(effective(service as string, variable, values)));
-      }
+        // The ports the container declares are the ones the service listens on, and the other way round.
+        const ports = containerPorts(container);
+        for (const [variable, portName] of Object.entries(PORT_NAMES)) {
+          if (!(variable in schema.shape)) continue;
+          expect(ports.get(portName), `${portName} port`).toBe(
+            Number(effective(service as string, variable, values)),
+          );
+        }
 
-      // Probes name declared ports.
-      for (const probe of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
-        const port = obj(obj(container[probe]).httpGet).port;
-        if (port === undefined) continue;
-        if (typeof port === 'number') expect([...ports.values()], probe).toContain(port);
-        else expect([...ports.keys()], probe).toContain(port);
-      }
-      expect(obj(obj(container.readinessProbe).httpGet).path).toBe('/readyz');
-      expect(obj(obj(container.livenessProbe).httpGet).path).toBe('/healthz');
+        // Probes name declared ports.
+        for (const probe of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
+          const port = obj(obj(container[probe]).httpGet).port;
+          if (port === undefined) continue;
+          if (typeof port === 'number') expect([...ports.values()], probe).toContain(port);
+          else expect([...ports.keys()], probe).toContain(port);
+        }
+        expect(obj(obj(container.readinessProbe).httpGet).path).toBe('/readyz');
+        expect(obj(obj(container.livenessProbe).httpGet).path).toBe('/healthz');
 
-      // Prometheus scrapes the ops port.
-      const annotations = obj(obj(obj(obj(deployment.spec).template).metadata).annotations);
-      expect(annotations['prometheus.io/scrape']).toBe('true');
-      expect(Number(annotations['prometheus.io/port'])).toBe(ports.get('ops'));
+        // Prometheus scrapes the ops port.
+        const annotations = obj(obj(obj(obj(deployment.spec).template).metadata).annotations);
+        expect(annotations['prometheus.io/scrape']).toBe('true');
+        expect(Number(annotations['prometheus.io/port'])).toBe(ports.get('ops'));
 
-      // Addresses of other services name a Service port that reaches their gRPC port.
-      for (const name of names.filter((n) => n.endsWith('_ADDR'))) {
-        const { host, port } = parseTarget(values[name] ?? '');
-        const target = services.find((s) => nameOf(s) === host);
-        expect(target, `${name}: a Service named ${host}`).toBeDefined();
-        const servicePort = list(obj(target?.spec).ports).map(obj).find((p) => Number(p.port) === port);
-        expect(servicePort, `${name}: Service ${host} has port ${port}`).toBeDefined();
-        const backend = deployments.find((d) => selects(obj(obj(target?.spec).selector), templateLabels(d)));
-        const backendPorts = containersOf(backend ?? {}).map(containerPorts);
-        expect(backendPorts.some((p) => p.get('grpc') === port), `${name}: ${host} serves gRPC on ${port}`).toBe(true);
-      }
-    });
+        // Addresses of other services name a Service port that reaches their gRPC port.
+        for (const name of names.filter((n) => n.endsWith('_ADDR'))) {
+          const { host, port } = parseTarget(values[name] ?? '');
+          const target = services.find((s) => nameOf(s) === host);
+          expect(target, `${name}: a Service named ${host}`).toBeDefined();
+          const servicePort = list(obj(target?.spec).ports)
+            .map(obj)
+            .find((p) => Number(p.port) === port);
+          expect(servicePort, `${name}: Service ${host} has port ${port}`).toBeDefined();
+          const backend = deployments.find((d) =>
+            selects(obj(obj(target?.spec).selector), templateLabels(d)),
+          );
+          const backendPorts = containersOf(backend ?? {}).map(containerPorts);
+          expect(
+            backendPorts.some((p) => p.get('grpc') === port),
+            `${name}: ${host} serves gRPC on ${port}`,
+          ).toBe(true);
+        }
+      },
+    );
   });
 
   describe.each(services.map((s) => [nameOf(s), s] as const))('Service %s', (_name, service) => {
@@ -297,7 +318,8 @@ describe('Kubernetes manifests', () => {
       const ports = containersOf(backends[0] as Obj).map(containerPorts);
       for (const port of list(spec.ports).map(obj)) {
         const target = port.targetPort ?? port.port;
-        const number = typeof target === 'number' ? target : ports.map((p) => p.get(String(target))).find(Boolean);
+        const number =
+          typeof target === 'number' ? target : ports.map((p) => p.get(String(target))).find(Boolean);
         expect(number, `targetPort ${String(target)}`).toBeDefined();
         // A headless Service's DNS hands out pod addresses: callers use the port as written, unmapped.
         if (spec.clusterIP === 'None') expect(port.port).toBe(number);
@@ -309,7 +331,9 @@ describe('Kubernetes manifests', () => {
     const gateway = deployments.find((d) => containersOf(d).some((c) => serviceOf(c.args) === 'gateway'));
     expect(gateway).toBeDefined();
     const container = containersOf(gateway as Obj)[0] as Obj;
-    const nodeId = list(container.env).map(obj).find((v) => v.name === 'NODE_ID');
+    const nodeId = list(container.env)
+      .map(obj)
+      .find((v) => v.name === 'NODE_ID');
     expect(obj(obj(nodeId?.valueFrom).fieldRef).fieldPath).toBe('metadata.name');
 
     // preStop sleep, then the process's own shutdown deadline (stopOnSignals: 25 s), before SIGKILL.
@@ -318,9 +342,13 @@ describe('Kubernetes manifests', () => {
     expect(Number(podSpec(gateway as Obj).terminationGracePeriodSeconds)).toBeGreaterThan(sleepSeconds + 25);
 
     const labels = templateLabels(gateway as Obj);
-    const pdb = ofKind('PodDisruptionBudget').find((p) => selects(obj(obj(p.spec).selector).matchLabels, labels));
+    const pdb = ofKind('PodDisruptionBudget').find((p) =>
+      selects(obj(obj(obj(p.spec).selector).matchLabels), labels),
+    );
     expect(pdb).toBeDefined();
-    const hpa = ofKind('HorizontalPodAutoscaler').find((h) => obj(obj(h.spec).scaleTargetRef).name === nameOf(gateway as Obj));
+    const hpa = ofKind('HorizontalPodAutoscaler').find(
+      (h) => obj(obj(h.spec).scaleTargetRef).name === nameOf(gateway as Obj),
+    );
     expect(hpa).toBeDefined();
     // The autoscaler owns the replica count; a fixed one would be reapplied on every `kubectl apply`.
     expect(obj((gateway as Obj).spec).replicas).toBeUndefined();
@@ -344,32 +372,45 @@ describe('compose.yaml', () => {
   }
 
   it('runs each pushd service once', () => {
-    expect(pushdServices.map((s) => s.service).sort()).toEqual(['dispatch', 'gateway', 'registry', 'stats', 'tag']);
+    expect(pushdServices.map((s) => s.service).sort()).toEqual([
+      'dispatch',
+      'gateway',
+      'registry',
+      'stats',
+      'tag',
+    ]);
   });
 
-  it.each(pushdServices.map((s) => [s.name, s] as const))('%s sets only variables its service reads', (_n, s) => {
-    const environment = environmentOf(s.spec);
-    const schema = schemaOf(s.service);
-    for (const name of Object.keys(environment)) expect(Object.keys(schema.shape), `${s.service} reads ${name}`).toContain(name);
-    expect(Object.keys(environment)).toContain('CLUSTER_TOKEN');
+  it.each(pushdServices.map((s) => [s.name, s] as const))(
+    '%s sets only variables its service reads',
+    (_n, s) => {
+      const environment = environmentOf(s.spec);
+      const schema = schemaOf(s.service);
+      for (const name of Object.keys(environment))
+        expect(Object.keys(schema.shape), `${s.service} reads ${name}`).toContain(name);
+      expect(Object.keys(environment)).toContain('CLUSTER_TOKEN');
 
-    // Addresses name a compose service and the port it listens on.
-    for (const [name, value] of Object.entries(environment).filter(([n]) => n.endsWith('_ADDR'))) {
-      const { host, port } = parseTarget(value);
-      const target = pushdServices.find((t) => t.name === host);
-      expect(target, `${name}: a service named ${host}`).toBeDefined();
-      const targetService = target as { spec: Obj; service: string };
-      expect(Number(effective(targetService.service, 'GRPC_PORT', environmentOf(targetService.spec))), name).toBe(port);
-    }
+      // Addresses name a compose service and the port it listens on.
+      for (const [name, value] of Object.entries(environment).filter(([n]) => n.endsWith('_ADDR'))) {
+        const { host, port } = parseTarget(value);
+        const target = pushdServices.find((t) => t.name === host);
+        expect(target, `${name}: a service named ${host}`).toBeDefined();
+        const targetService = target as { spec: Obj; service: string };
+        expect(
+          Number(effective(targetService.service, 'GRPC_PORT', environmentOf(targetService.spec))),
+          name,
+        ).toBe(port);
+      }
 
-    // Published ports are ports the service listens on.
-    const listening = Object.keys(PORT_NAMES)
-      .filter((variable) => variable in schema.shape)
-      .map((variable) => Number(effective(s.service, variable, environment)));
-    for (const published of list(s.spec.ports).map(String)) {
-      expect(listening, published).toContain(Number(published.split(':').at(-1)));
-    }
-  });
+      // Published ports are ports the service listens on.
+      const listening = Object.keys(PORT_NAMES)
+        .filter((variable) => variable in schema.shape)
+        .map((variable) => Number(effective(s.service, variable, environment)));
+      for (const published of list(s.spec.ports).map(String)) {
+        expect(listening, published).toContain(Number(published.split(':').at(-1)));
+      }
+    },
+  );
 
   it('builds from the repository root with the Dockerfile here', () => {
     for (const s of pushdServices) {
@@ -390,14 +431,21 @@ describe('Dockerfile', () => {
   const isIgnored = (path: string) =>
     ignored.some((pattern) => {
       const name = pattern.replace(/^\*\*\//, '');
-      return pattern.startsWith('**/') ? path.split('/').includes(name) : path === name || path.startsWith(`${name}/`);
+      return pattern.startsWith('**/')
+        ? path.split('/').includes(name)
+        : path === name || path.startsWith(`${name}/`);
     });
 
   it('copies from the build context only paths that exist and are not ignored', () => {
-    const copies = dockerfile.filter((i) => (i.keyword === 'COPY' || i.keyword === 'ADD') && !/--from=/.test(i.args));
+    const copies = dockerfile.filter(
+      (i) => (i.keyword === 'COPY' || i.keyword === 'ADD') && !/--from=/.test(i.args),
+    );
     expect(copies.length).toBeGreaterThan(0);
     for (const { args } of copies) {
-      const sources = args.split(/\s+/).filter((part) => !part.startsWith('--')).slice(0, -1);
+      const sources = args
+        .split(/\s+/)
+        .filter((part) => !part.startsWith('--'))
+        .slice(0, -1);
       for (const source of sources) {
         if (source === '.') continue;
         expect(existsSync(join(root, source)), source).toBe(true);
@@ -413,7 +461,9 @@ describe('Dockerfile', () => {
       .flatMap((glob) =>
         glob.endsWith('/*')
           ? readdirSync(join(root, glob.slice(0, -2)), { withFileTypes: true })
-              .filter((e) => e.isDirectory() && existsSync(join(root, glob.slice(0, -2), e.name, 'package.json')))
+              .filter(
+                (e) => e.isDirectory() && existsSync(join(root, glob.slice(0, -2), e.name, 'package.json')),
+              )
               .map((e) => `${glob.slice(0, -2)}/${e.name}`)
           : [glob],
       );
@@ -425,7 +475,11 @@ describe('Dockerfile', () => {
     const cmd = dockerfile.filter((i) => i.keyword === 'CMD' && i.stage === finalStage).at(-1);
     const service = serviceOf(JSON.parse(cmd?.args ?? '[]'));
     expect(service).toBeDefined();
-    for (const name of Object.keys(schemas)) {
+    const built = readdirSync(join(root, 'services')).filter((name) =>
+      existsSync(join(root, 'services', name, 'package.json')),
+    );
+    expect(built).toContain(service);
+    for (const name of built) {
       const manifest = JSON.parse(readFileSync(join(root, 'services', name, 'package.json'), 'utf8'));
       expect(manifest.scripts.build, name).toBe('node ../../scripts/build-service.mjs');
       expect(existsSync(join(root, 'services', name, 'src', 'main.ts')), name).toBe(true);

@@ -52,6 +52,8 @@ export function commonEnvShape(defaults: { opsPort: number }) {
     CLUSTER_TOKEN: envField.clusterToken(),
     /** NATS servers, comma-separated for a cluster. */
     NATS_URL: envField.url(['nats', 'tls']).default('nats://127.0.0.1:4222'),
+    /** Replicas of the durable JetStream streams: 1 on one server, 3 on a NATS cluster. */
+    NATS_STREAM_REPLICAS: z.coerce.number().int().min(1).max(5).default(1),
     /** Redis URL; several comma-separated redis:// seeds mean Redis Cluster. */
     REDIS_URL: envField.url(['redis', 'rediss']).default('redis://127.0.0.1:6379'),
     /** Prefix of every Redis key, so that several deployments can share one Redis. */

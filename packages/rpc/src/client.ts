@@ -16,7 +16,7 @@ export interface RpcClientOptions {
   authorization: string;
   /** Deadline of each call. Default: 5000 ms. */
   deadlineMs?: number;
-  /** Extra grpc-js channel options. Default: keepalive every 30 s. */
+  /** Extra grpc-js channel options. Default: keepalive every 30 s, round-robin over resolved addresses. */
   channelOptions?: ChannelOptions;
 }
 
@@ -40,6 +40,9 @@ export function createRpcClient<Definition extends ServiceDefinitionShape>(
     'grpc.keepalive_time_ms': 30_000,
     'grpc.keepalive_timeout_ms': 10_000,
     'grpc.max_receive_message_length': 16 * 1024 * 1024,
+    // grpc-js defaults to pick_first (one backend per client); round robin spreads calls over every
+    // address a dns:/// target resolves to (headless Kubernetes Services).
+    'grpc.service_config': JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
     ...options.channelOptions,
   });
   const defaultDeadlineMs = options.deadlineMs ?? 5_000;

@@ -50,7 +50,12 @@ export interface GrpcServerOptions {
  * grpcurl and grpc_health_probe can discover and probe it. Handler errors become catalogue statuses.
  */
 export class GrpcServer {
-  private readonly server = new Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
+  private readonly server = new Server({
+    'grpc.max_receive_message_length': 4 * 1024 * 1024,
+    // Clients reconnect (and re-resolve DNS) every few minutes, so new replicas get traffic after a scale-up.
+    'grpc.max_connection_age_ms': 300_000,
+    'grpc.max_connection_age_grace_ms': 30_000,
+  });
   private readonly health: HealthImplementation;
   private boundPort = 0;
 

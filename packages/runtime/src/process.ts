@@ -67,14 +67,14 @@ export function connectRedis(
 /** NATS with the durable streams the system uses, with client metrics under `<service>_nats_*`. */
 export async function connectNats(
   service: string,
-  env: { NATS_URL: string },
+  env: { NATS_URL: string; NATS_STREAM_REPLICAS: number },
   logger: Logger,
   metrics: Registry,
 ): Promise<{ bus: NatsBus; check: ReadinessCheck; component: Component }> {
   const bus = await NatsBus.connect({
     servers: env.NATS_URL,
     name: service,
-    streams: [streams.events],
+    streams: [{ ...streams.events, replicas: env.NATS_STREAM_REPLICAS }],
     logger,
     registry: metrics,
     metricPrefix: service,

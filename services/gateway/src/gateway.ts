@@ -460,14 +460,25 @@ export class Gateway {
   }
 
   private onAck(session: Session, requestId: number, msgIds: number[]): void {
-    if (session.state === 'registering') {
+    // Until Registered, the session has no token to attribute acks to.
+    if (session.state === 'registering' || session.token === '') {
       this.closeWith(session, new PushdError('PROTOCOL_VIOLATION', 'ack before registering'), requestId);
       return;
     }
     if (msgIds.length > MAX_ACK_IDS) {
       this.closeWith(
         session,
-        new PushdError('FRAME_MALFORMED', `an ack may carry at most ${MAX_ACK_IDS} ids`),
+        new PushdError('FRAME_MALFORMED', `malformed frame: an ack may carry at most ${MAX_ACK_IDS} ids`),
+        requestId,
+      );
+      return;
+    }
+    // JSON lets a device put anything where an id belongs; an event that cannot be encoded must never
+    // reach the batcher.
+    if (!msgIds.every((id) => Number.isSafeInteger(id) && id > 0)) {
+      this.closeWith(
+        session,
+        new PushdError('FRAME_MALFORMED', 'malformed frame: ack msg_ids must be positive integers'),
         requestId,
       );
       return;
