@@ -67,12 +67,16 @@ describe('pushctl against the embedded system', () => {
       buffered = parts.pop() ?? '';
       for (const part of parts) if (part.trim()) lines.push(JSON.parse(part));
     });
+    let stderr = '';
+    device.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
     const exited = new Promise<number | null>((resolve) => device.once('exit', resolve));
     await waitFor(() => lines.some((l) => l.event === 'connected'), 'the device to connect', 20_000);
 
     const [pushed] = await pushctl('push', '--title', 'Hello', '--content', 'first push', '--custom', 'k=v');
     expect(pushed).toMatchObject({ pushId: expect.any(String) });
-    expect(await exited).toBe(0);
+    expect({ status: await exited, stderr }).toEqual({ status: 0, stderr: '' });
     expect(lines.find((l) => l.event === 'message')).toMatchObject({
       pushId: pushed?.pushId,
       title: 'Hello',

@@ -1,4 +1,4 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 
 /**
@@ -29,6 +29,10 @@ export function loadProfile(): Profile {
   }
 }
 
+/** Writes through a temporary file and a rename: a device and a push running at once never read half a file. */
 export function saveProfile(profile: Profile): void {
-  writeFileSync(profilePath(), `${JSON.stringify(profile, null, 2)}\n`, { mode: 0o600 });
+  const path = profilePath();
+  const temporary = `${path}.${process.pid}.tmp`;
+  writeFileSync(temporary, `${JSON.stringify(profile, null, 2)}\n`, { mode: 0o600 });
+  renameSync(temporary, path);
 }
