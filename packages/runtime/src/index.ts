@@ -1,5 +1,6 @@
 export {
   bootstrap,
+  clientsComponent,
   clusterClient,
   connectNats,
   connectRedis,

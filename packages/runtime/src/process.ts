@@ -14,6 +14,8 @@ import {
 import {
   bearerAuthorization,
   createRpcClient,
+  GrpcServer,
+  type GrpcServiceBinding,
   type PromiseClient,
   type ServiceDefinitionShape,
 } from '@pushd/rpc';
@@ -95,6 +97,16 @@ export function clusterClient<Definition extends ServiceDefinitionShape>(
   return createRpcClient(definition, { address, authorization: bearerAuthorization(clusterToken) });
 }
 
+/** Closes gRPC clients on shutdown (after the servers that use them stopped). */
+export function clientsComponent(...clients: { close(): void }[]): Component {
+  return {
+    name: 'grpc-clients',
+    stop: async () => {
+      for (const client of clients) client.close();
+    },
+  };
+}
+
 /** Something main.ts starts; started in order, stopped in reverse. */
 export interface StartableComponent extends Component {
   start(): Promise<void>;
@@ -105,26 +117,44 @@ export interface StartableComponent extends Component {
  * /healthz and /readyz, and stops everything in reverse order on SIGTERM/SIGINT.
  */
 export async function run(options: {
+  /** Service name: the `<name>_` prefix of its gRPC metrics. */
+  name: string;
   logger: Logger;
   metrics: Registry;
-  host: string;
-  opsPort: number;
+  env: { HOST: string; OPS_PORT: number; GRPC_PORT?: number };
+  /** The gRPC service this process serves on GRPC_PORT (with health and reflection), if any. */
+  grpc?: GrpcServiceBinding;
   checks: ReadinessCheck[];
-  /** Connections made before (Redis, NATS): stopped last. */
+  /** Connections made before (Redis, NATS, gRPC clients): stopped last. */
   connections: Component[];
-  components: StartableComponent[];
+  /** Started after the gRPC server, stopped before it. Default: none. */
+  components?: StartableComponent[];
 }): Promise<void> {
-  const { logger } = options;
+  const { logger, env } = options;
+  const components: StartableComponent[] = [];
+  if (options.grpc !== undefined) {
+    if (env.GRPC_PORT === undefined) throw new Error(`${options.name}: a gRPC service needs GRPC_PORT`);
+    const grpc = new GrpcServer({
+      host: env.HOST,
+      port: env.GRPC_PORT,
+      services: [options.grpc],
+      logger,
+      registry: options.metrics,
+      metricPrefix: options.name,
+    });
+    components.push({ name: 'grpc', start: () => grpc.start(), stop: () => grpc.stop() });
+  }
+  components.push(...(options.components ?? []));
   const ops = new OpsServer({
-    host: options.host,
-    port: options.opsPort,
+    host: env.HOST,
+    port: env.OPS_PORT,
     registry: options.metrics,
     checks: options.checks,
     logger,
   });
   const started: Component[] = [...options.connections];
   try {
-    for (const component of options.components) {
+    for (const component of components) {
       await component.start();
       started.push(component);
     }

@@ -16,8 +16,8 @@ import {
   TagServiceService,
 } from '@pushd/proto';
 import { RegistryService } from '@pushd/registry';
-import { bindService, GrpcServer } from '@pushd/rpc';
-import { clusterClient } from '@pushd/runtime';
+import { bindService, GrpcServer, type GrpcServiceBinding } from '@pushd/rpc';
+import { clientsComponent, clusterClient } from '@pushd/runtime';
 import { StatsService } from '@pushd/stats';
 import { createMemoryStores, type Stores } from '@pushd/store';
 import { TagService } from '@pushd/tag';
@@ -81,22 +81,32 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
     registries.push(registry);
     return registry;
   };
-  const grpcServer = (service: string, binding: ReturnType<typeof bindService>, port: number) =>
-    new GrpcServer({
-      host,
-      port,
-      services: [binding],
-      logger: logger.child({ service }),
-      registry: serviceRegistry(service),
-      metricPrefix: service,
-    });
   const startComponent = async <T extends { start(): Promise<void>; stop(): Promise<void> }>(
     name: string,
-    c: T,
+    component: T,
   ) => {
-    await c.start();
-    started.push({ name, stop: () => c.stop() });
-    return c;
+    await component.start();
+    started.push({ name, stop: () => component.stop() });
+    return component;
+  };
+  /** Serves one service's gRPC API on loopback-reachable `port`; returns its address for the others. */
+  const serveGrpc = async (service: string, binding: GrpcServiceBinding, port: number) => {
+    const server = await startComponent(
+      service,
+      new GrpcServer({
+        host,
+        port,
+        services: [binding],
+        logger: logger.child({ service }),
+        registry: serviceRegistry(service),
+        metricPrefix: service,
+      }),
+    );
+    return { port: server.port, address: `127.0.0.1:${server.port}` };
+  };
+  const consumer = (name: string, component: { start(): void; stop(): Promise<void> }) => {
+    component.start();
+    started.push({ name, stop: () => component.stop() });
   };
 
   try {
@@ -108,17 +118,12 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
       logger: logger.child({ service: 'registry' }),
       clock,
     });
-    const registryServer = await startComponent(
+    const registry = await serveGrpc(
       'registry',
-      grpcServer(
-        'registry',
-        bindService('pushd.v1.RegistryService', RegistryServiceService, registryService.handlers()),
-        wanted.registry,
-      ),
+      bindService('pushd.v1.RegistryService', RegistryServiceService, registryService.handlers()),
+      wanted.registry,
     );
-    const registryAddress = `127.0.0.1:${registryServer.port}`;
-    const registryClient = clusterClient(RegistryServiceService, registryAddress, clusterToken);
-    started.push({ name: 'registry-client', stop: async () => registryClient.close() });
+    const registryClient = clusterClient(RegistryServiceService, registry.address, clusterToken);
 
     const dispatchLogger = logger.child({ service: 'dispatch' });
     const dispatchMetrics = createDispatchMetrics(serviceRegistry('dispatch'));
@@ -133,28 +138,22 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
       logger: dispatchLogger,
       clock,
     });
-    const dispatchServer = await startComponent(
+    const dispatch = await serveGrpc(
       'dispatch',
-      grpcServer(
-        'dispatch',
-        bindService('pushd.v1.DispatchService', DispatchServiceService, dispatchService.handlers()),
-        wanted.dispatch,
-      ),
+      bindService('pushd.v1.DispatchService', DispatchServiceService, dispatchService.handlers()),
+      wanted.dispatch,
     );
-    const dispatchEvents = new DispatchEventConsumer({
-      bus,
-      inboxes: stores.inboxes,
-      metrics: dispatchMetrics,
-      logger: dispatchLogger,
-    });
-    dispatchEvents.start();
-    started.push({ name: 'dispatch-events', stop: () => dispatchEvents.stop() });
-    const dispatchClient = clusterClient(
-      DispatchServiceService,
-      `127.0.0.1:${dispatchServer.port}`,
-      clusterToken,
+    consumer(
+      'dispatch-events',
+      new DispatchEventConsumer({
+        bus,
+        inboxes: stores.inboxes,
+        metrics: dispatchMetrics,
+        logger: dispatchLogger,
+      }),
     );
-    started.push({ name: 'dispatch-client', stop: async () => dispatchClient.close() });
+    const dispatchClient = clusterClient(DispatchServiceService, dispatch.address, clusterToken);
+    started.push(clientsComponent(registryClient, dispatchClient));
 
     const tagService = new TagService({
       tags: stores.tags,
@@ -163,16 +162,12 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
       clusterToken,
       logger: logger.child({ service: 'tag' }),
     });
-    const tagServer = await startComponent(
+    const tag = await serveGrpc(
       'tag',
-      grpcServer(
-        'tag',
-        bindService('pushd.v1.TagService', TagServiceService, tagService.handlers()),
-        wanted.tag,
-      ),
+      bindService('pushd.v1.TagService', TagServiceService, tagService.handlers()),
+      wanted.tag,
     );
-    tagService.startConsuming();
-    started.push({ name: 'tag-events', stop: () => tagService.stop() });
+    consumer('tag-events', { start: () => tagService.startConsuming(), stop: () => tagService.stop() });
 
     const statsService = new StatsService({
       stats: stores.stats,
@@ -183,16 +178,12 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
       metrics: serviceRegistry('stats'),
       logger: logger.child({ service: 'stats' }),
     });
-    const statsServer = await startComponent(
+    const stats = await serveGrpc(
       'stats',
-      grpcServer(
-        'stats',
-        bindService('pushd.v1.StatsService', StatsServiceService, statsService.handlers()),
-        wanted.stats,
-      ),
+      bindService('pushd.v1.StatsService', StatsServiceService, statsService.handlers()),
+      wanted.stats,
     );
-    statsService.startConsuming();
-    started.push({ name: 'stats-events', stop: () => statsService.stop() });
+    consumer('stats-events', { start: () => statsService.startConsuming(), stop: () => statsService.stop() });
 
     const gateway = await startComponent(
       'gateway',
@@ -225,10 +216,10 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
     const ports: EmbeddedPorts = {
       websocket: gateway.port,
       ops: ops.port,
-      registry: registryServer.port,
-      tag: tagServer.port,
-      dispatch: dispatchServer.port,
-      stats: statsServer.port,
+      registry: registry.port,
+      tag: tag.port,
+      dispatch: dispatch.port,
+      stats: stats.port,
     };
     return { ports, stores, stop: () => stopAll(started, logger) };
   } catch (error) {

@@ -1,6 +1,6 @@
 // A gateway process: device WebSocket connections on NATS. Production wiring (routes in Redis).
 import { DispatchServiceService, RegistryServiceService } from '@pushd/proto';
-import { bootstrap, clusterClient, connectNats, connectRedis, run } from '@pushd/runtime';
+import { bootstrap, clientsComponent, clusterClient, connectNats, connectRedis, run } from '@pushd/runtime';
 import { gatewayEnv } from './env.js';
 import { Gateway } from './gateway.js';
 import { createGatewayMetrics } from './metrics.js';
@@ -27,21 +27,11 @@ const gateway = new Gateway({
   routeTtlMs: env.ROUTE_TTL_MS,
 });
 await run({
+  name: 'gateway',
   logger,
   metrics,
-  host: env.HOST,
-  opsPort: env.OPS_PORT,
+  env,
   checks: [redis.check, nats.check],
-  connections: [
-    redis.component,
-    nats.component,
-    {
-      name: 'clients',
-      stop: async () => {
-        registry.close();
-        dispatch.close();
-      },
-    },
-  ],
+  connections: [redis.component, nats.component, clientsComponent(registry, dispatch)],
   components: [{ name: 'gateway', start: () => gateway.start(), stop: () => gateway.stop() }],
 });

@@ -1,6 +1,6 @@
 // The registry process: apps, device registration, account binding. Production wiring on Redis and NATS.
 import { RegistryServiceService } from '@pushd/proto';
-import { bindService, GrpcServer } from '@pushd/rpc';
+import { bindService } from '@pushd/rpc';
 import { bootstrap, connectNats, connectRedis, run } from '@pushd/runtime';
 import { registryEnv } from './env.js';
 import { RegistryService } from './registry-service.js';
@@ -15,20 +15,12 @@ const service = new RegistryService({
   clusterToken: env.CLUSTER_TOKEN,
   logger,
 });
-const grpc = new GrpcServer({
-  host: env.HOST,
-  port: env.GRPC_PORT,
-  services: [bindService('pushd.v1.RegistryService', RegistryServiceService, service.handlers())],
-  logger,
-  registry: metrics,
-  metricPrefix: 'registry',
-});
 await run({
+  name: 'registry',
   logger,
   metrics,
-  host: env.HOST,
-  opsPort: env.OPS_PORT,
+  env,
+  grpc: bindService('pushd.v1.RegistryService', RegistryServiceService, service.handlers()),
   checks: [redis.check, nats.check],
   connections: [redis.component, nats.component],
-  components: [{ name: 'grpc', start: () => grpc.start(), stop: () => grpc.stop() }],
 });

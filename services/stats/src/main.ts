@@ -1,7 +1,7 @@
 // The stats process: per-push delivery counts from the durable event stream. Production wiring.
 import { DispatchServiceService, RegistryServiceService, StatsServiceService } from '@pushd/proto';
-import { bindService, GrpcServer } from '@pushd/rpc';
-import { bootstrap, clusterClient, connectNats, connectRedis, run } from '@pushd/runtime';
+import { bindService } from '@pushd/rpc';
+import { bootstrap, clientsComponent, clusterClient, connectNats, connectRedis, run } from '@pushd/runtime';
 import { statsEnv } from './env.js';
 import { StatsService } from './stats-service.js';
 
@@ -19,33 +19,13 @@ const service = new StatsService({
   metrics,
   logger,
 });
-const grpc = new GrpcServer({
-  host: env.HOST,
-  port: env.GRPC_PORT,
-  services: [bindService('pushd.v1.StatsService', StatsServiceService, service.handlers())],
-  logger,
-  registry: metrics,
-  metricPrefix: 'stats',
-});
 await run({
+  name: 'stats',
   logger,
   metrics,
-  host: env.HOST,
-  opsPort: env.OPS_PORT,
+  env,
+  grpc: bindService('pushd.v1.StatsService', StatsServiceService, service.handlers()),
   checks: [redis.check, nats.check],
-  connections: [
-    redis.component,
-    nats.component,
-    {
-      name: 'clients',
-      stop: async () => {
-        registry.close();
-        dispatch.close();
-      },
-    },
-  ],
-  components: [
-    { name: 'grpc', start: () => grpc.start(), stop: () => grpc.stop() },
-    { name: 'events', start: async () => service.startConsuming(), stop: () => service.stop() },
-  ],
+  connections: [redis.component, nats.component, clientsComponent(registry, dispatch)],
+  components: [{ name: 'events', start: async () => service.startConsuming(), stop: () => service.stop() }],
 });

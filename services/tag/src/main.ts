@@ -1,7 +1,7 @@
 // The tag process: tags of devices. Production wiring on Redis and NATS.
 import { RegistryServiceService, TagServiceService } from '@pushd/proto';
-import { bindService, GrpcServer } from '@pushd/rpc';
-import { bootstrap, clusterClient, connectNats, connectRedis, run } from '@pushd/runtime';
+import { bindService } from '@pushd/rpc';
+import { bootstrap, clientsComponent, clusterClient, connectNats, connectRedis, run } from '@pushd/runtime';
 import { tagEnv } from './env.js';
 import { TagService } from './tag-service.js';
 
@@ -16,27 +16,13 @@ const service = new TagService({
   clusterToken: env.CLUSTER_TOKEN,
   logger,
 });
-const grpc = new GrpcServer({
-  host: env.HOST,
-  port: env.GRPC_PORT,
-  services: [bindService('pushd.v1.TagService', TagServiceService, service.handlers())],
-  logger,
-  registry: metrics,
-  metricPrefix: 'tag',
-});
 await run({
+  name: 'tag',
   logger,
   metrics,
-  host: env.HOST,
-  opsPort: env.OPS_PORT,
+  env,
+  grpc: bindService('pushd.v1.TagService', TagServiceService, service.handlers()),
   checks: [redis.check, nats.check],
-  connections: [
-    redis.component,
-    nats.component,
-    { name: 'registry-client', stop: async () => registry.close() },
-  ],
-  components: [
-    { name: 'grpc', start: () => grpc.start(), stop: () => grpc.stop() },
-    { name: 'events', start: async () => service.startConsuming(), stop: () => service.stop() },
-  ],
+  connections: [redis.component, nats.component, clientsComponent(registry)],
+  components: [{ name: 'events', start: async () => service.startConsuming(), stop: () => service.stop() }],
 });
