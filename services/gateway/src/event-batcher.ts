@@ -86,7 +86,10 @@ export class EventBatcher {
         );
         return;
       }
-      this.buffer.splice(0, batch.length);
+      // While the publish was in flight, an overflow may have dropped part of this batch from the front
+      // (add() only appends, overflow only drops the oldest): remove up to its last event, not its length.
+      const last = batch[batch.length - 1];
+      this.buffer.splice(0, last === undefined ? 0 : this.buffer.indexOf(last) + 1);
     }
   }
 }
