@@ -3,6 +3,7 @@ import { MessageType, Platform, PushMessage } from '@pushd/proto';
 import { createRedisClient, createRedisStores, type RedisClient, RedisKeys, type Stores } from '@pushd/store';
 import {
   describeAppStoreContract,
+  describeAudienceIndexContract,
   describeDeviceStoreContract,
   describeInboxStoreContract,
   describePushStoreContract,
@@ -35,6 +36,7 @@ beforeEach(async () => {
 const stores = (): Stores => createRedisStores({ redis, keys });
 
 describeAppStoreContract('redis', () => stores().apps);
+describeAudienceIndexContract('redis', () => stores().audience);
 describeDeviceStoreContract('redis', () => stores().devices);
 describeInboxStoreContract('redis', () => stores().inboxes);
 describePushStoreContract('redis', () => stores().pushes);
@@ -129,7 +131,7 @@ describe('Redis stores: layout and recovery', () => {
   it('keeps deployments with different prefixes apart on one Redis', async () => {
     const a = createRedisStores({ redis, keys: new RedisKeys({ prefix: 'a' }) });
     const b = createRedisStores({ redis, keys: new RedisKeys({ prefix: 'b' }) });
-    await a.tags.add(APP, TOKEN, ['x'], 10);
+    await a.tags.add(APP, [{ token: TOKEN, index: 0 }], ['x'], { perDevice: 10, perApp: 10 });
     expect(await b.tags.list(APP, TOKEN)).toEqual([]);
     expect(
       (await a.apps.create({ name: 'n', accessKey: 'k', secretKeyHash: 's', tokenKey: 't', createdAtMs: 1 }))
@@ -139,6 +141,111 @@ describe('Redis stores: layout and recovery', () => {
       (await b.apps.create({ name: 'n', accessKey: 'k', secretKeyHash: 's', tokenKey: 't', createdAtMs: 1 }))
         .accessId,
     ).toBe(APP);
+  });
+});
+
+describe('Redis audience index and tags: layout and recovery', () => {
+  const NOW_MS = Date.now();
+  const DAY = 86_400_000;
+
+  it('keeps every audience key and the tag counts in the app slot', async () => {
+    const { audience, tags } = stores();
+    await audience.setRegistered(APP, 3, Platform.PLATFORM_IOS, true);
+    await audience.setTags(APP, 3, ['vip', '地区:广东'], []);
+    await audience.setOnline(APP, 3, true);
+    await audience.markSeen(APP, 3, NOW_MS);
+    await tags.add(APP, [{ token: TOKEN, index: 3 }], ['vip'], { perDevice: 10, perApp: 10 });
+    const appKeys = (await redis.keys('pushd:{a:*')).sort();
+    expect(appKeys).toEqual(
+      [
+        keys.audienceRegistered(APP),
+        keys.audiencePlatform(APP, Platform.PLATFORM_IOS),
+        keys.audienceTag(APP, 'vip'),
+        keys.audienceTag(APP, '地区:广东'),
+        keys.audienceOnline(APP),
+        keys.audienceDay(APP, Math.floor(NOW_MS / DAY)),
+        keys.tagCounts(APP),
+      ].sort(),
+    );
+    expect(new Set(appKeys.map((key) => key.slice(key.indexOf('{'), key.indexOf('}') + 1)))).toEqual(
+      new Set([`{a:${APP}}`]),
+    );
+    expect(await redis.getbit(keys.audienceTag(APP, 'vip'), 3)).toBe(1);
+  });
+
+  it('expires day buckets after 31 days, deletes count temporaries and empty tag bitmaps', async () => {
+    const { audience } = stores();
+    const day = Math.floor(NOW_MS / DAY);
+    await audience.markSeen(APP, 1, NOW_MS);
+    expect(await redis.pexpiretime(keys.audienceDay(APP, day))).toBe((day + 31) * DAY);
+    await audience.setRegistered(APP, 1, Platform.PLATFORM_ANDROID, true);
+    await audience.setTags(APP, 1, ['vip'], []);
+    const count = await audience.count(
+      APP,
+      {
+        kind: 'and',
+        terms: [
+          { kind: 'tag', tag: 'pushd:active:7d' },
+          {
+            kind: 'not',
+            term: {
+              kind: 'or',
+              terms: [
+                { kind: 'tag', tag: 'x' },
+                { kind: 'tag', tag: 'y' },
+              ],
+            },
+          },
+          { kind: 'tag', tag: 'vip' },
+        ],
+      },
+      NOW_MS,
+    );
+    expect(count).toEqual({ matched: 1, online: 0 });
+    expect(await redis.keys('*aud:tmp*')).toEqual([]);
+    await audience.setTags(APP, 1, [], ['vip']);
+    expect(await redis.exists(keys.audienceTag(APP, 'vip'))).toBe(0);
+    // Clearing a bit of a bitmap that does not exist creates nothing.
+    await audience.setOnline(APP, 1_000_000, false);
+    expect(await redis.exists(keys.audienceOnline(APP))).toBe(0);
+  });
+
+  it('never writes a device without an index; a lost counter step only leaves a gap', async () => {
+    const { devices } = stores();
+    expect((await devices.upsert(device(TOKEN))).device.index).toBe(0);
+    // A registry that crashed after taking number 1 from the counter, before writing the record.
+    await redis.hincrby(keys.deviceCounts(APP), 'x', 1);
+    expect((await devices.upsert(device(OTHER))).device.index).toBe(2);
+    // A record without an index (written before indexes existed) gets one at its next registration.
+    await redis.hdel(keys.device(APP, TOKEN), 'x');
+    expect((await devices.get(APP, TOKEN))?.index).toBe(-1);
+    const again = await devices.upsert(device(TOKEN));
+    expect(again).toMatchObject({ created: false, device: { index: 3 } });
+    expect(await devices.count(APP)).toEqual({ total: 2, android: 2, ios: 0 });
+  });
+
+  it('errs on the side of refusing when a crash left a reservation behind', async () => {
+    const { tags } = stores();
+    const limits = { perDevice: 10, perApp: 2 };
+    await tags.add(APP, [{ token: TOKEN, index: 0 }], ['a'], limits);
+    // A call that crashed after reserving 'b' and before its device step: 'b' counts, nobody holds it.
+    await redis.hincrby(keys.tagCounts(APP), 'b', 1);
+    expect(await tags.add(APP, [{ token: OTHER, index: 1 }], ['c'], limits)).toEqual({
+      ok: false,
+      limit: 'per_app',
+      wouldHave: 3,
+    });
+    expect(await tags.list(APP, OTHER)).toEqual([]);
+    expect((await tags.appTags(APP, { limit: 10 })).total).toBe(2);
+  });
+
+  it('keeps the marker of an unregistered device as long as events about it can arrive', async () => {
+    const { tags } = stores();
+    await tags.add(APP, [{ token: TOKEN, index: 4 }], ['a'], { perDevice: 10, perApp: 10 });
+    await tags.unregister(APP, TOKEN, 4);
+    expect(await redis.exists(keys.tags(APP, TOKEN))).toBe(0);
+    expect(await redis.pttl(keys.tagMeta(APP, TOKEN))).toBeGreaterThan(6 * DAY);
+    expect(await redis.hlen(keys.tagCounts(APP))).toBe(0);
   });
 });
 
@@ -159,7 +266,7 @@ describe('Redis stores when Redis is unavailable', () => {
       const counter = async (name: string) =>
         (await registry.getSingleMetric(name)!.get()).values.reduce((sum, v) => sum + v.value, 0);
       const { tags } = createRedisStores({ redis: client, keys });
-      await tags.add(APP, TOKEN, ['x'], 10);
+      await tags.add(APP, [{ token: TOKEN, index: 0 }], ['x'], { perDevice: 10, perApp: 10 });
       await waitFor(async () => (await gauge()) === 1, 'the connected gauge');
 
       await doomed.stop();

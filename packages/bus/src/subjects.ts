@@ -4,7 +4,8 @@ import type { DurableStreamConfig } from './bus.js';
  * Every NATS subject the system uses is built here and nowhere else. Layout (docs/architecture.md):
  *
  *   pushd.node.<node_id>.deliver   dispatch -> one gateway node: messages for devices it holds
- *   pushd.events.<source>          durable (stream PUSHD_EVENTS): events from gateways, dispatch and registry
+ *   pushd.events.<source>          durable (stream PUSHD_EVENTS): events from gateways (arrivals; presence:
+ *                                  connects and disconnects), dispatch and registry
  */
 
 const TOKEN = /^[A-Za-z0-9_-]{1,64}$/;
@@ -15,7 +16,11 @@ function token(kind: string, value: string): string {
   return value;
 }
 
-export type EventSource = 'gateway' | 'dispatch' | 'registry';
+/**
+ * Who publishes on `pushd.events.<source>`: gateways publish arrivals on 'gateway' and connects and
+ * disconnects on 'presence' (apart, so that consumers of either can filter out the other's volume).
+ */
+export type EventSource = 'gateway' | 'presence' | 'dispatch' | 'registry';
 
 export const subjects = {
   nodeDelivery: (nodeId: string): string => `pushd.node.${token('node id', nodeId)}.deliver`,
@@ -24,7 +29,10 @@ export const subjects = {
 } as const;
 
 export const streams: { readonly events: DurableStreamConfig } = {
-  /** Delivery and registry events (sent, arrived, unregistered), consumed by stats, dispatch and tag. */
+  /**
+   * Delivery, presence and registry events (sent, arrived, connected, disconnected, registered,
+   * unregistered), consumed by stats, dispatch and tag.
+   */
   events: {
     name: 'PUSHD_EVENTS',
     subjects: ['pushd.events.>'],

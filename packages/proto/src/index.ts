@@ -16,6 +16,7 @@ export {
 } from './device-codec.js';
 export { Any } from './gen/google/protobuf/any.js';
 export { ErrorInfo, Status } from './gen/google/rpc/status.js';
+export { TagExpression, TagItem, TagList, TagRule, TagRuleSet } from './gen/pushd/v1/audience.js';
 export { Event, EventBatch, EventType, NodeDelivery } from './gen/pushd/v1/bus.js';
 export { Message, MessageType, Platform, platformFromJSON, platformToJSON } from './gen/pushd/v1/common.js';
 export {
@@ -61,6 +62,8 @@ export {
   Device,
   GetDeviceRequest,
   GetDeviceResponse,
+  GetDevicesRequest,
+  GetDevicesResponse,
   ListAccountTokensRequest,
   ListAccountTokensResponse,
   RegisterDeviceRequest,
@@ -86,10 +89,23 @@ export {
 export {
   AddTagsRequest,
   AddTagsResponse,
+  AppTag,
+  BatchAddTagsRequest,
+  BatchAddTagsResponse,
+  BatchRemoveTagsRequest,
+  BatchRemoveTagsResponse,
+  ClearTagsRequest,
+  ClearTagsResponse,
+  CountAudienceRequest,
+  CountAudienceResponse,
+  ListAppTagsRequest,
+  ListAppTagsResponse,
   ListTagsRequest,
   ListTagsResponse,
   RemoveTagsRequest,
   RemoveTagsResponse,
+  SetTagsRequest,
+  SetTagsResponse,
   TagServiceClient,
   type TagServiceServer,
   TagServiceService,

@@ -6,17 +6,21 @@ interface AppDevices {
   /** account -> tokens bound to it. */
   accounts: Map<string, Set<string>>;
   counts: DeviceCounts;
+  /** Device indexes handed out; the next device gets this one. */
+  nextIndex: number;
 }
 
 /** Devices in process memory. Every method completes in one synchronous step, so each is atomic. */
 export class MemoryDeviceStore implements DeviceStore {
   private readonly apps = new Map<number, AppDevices>();
 
-  async upsert(device: Omit<DeviceRecord, 'account'>): Promise<{ created: boolean; device: DeviceRecord }> {
+  async upsert(
+    device: Omit<DeviceRecord, 'account' | 'index'>,
+  ): Promise<{ created: boolean; device: DeviceRecord }> {
     const app = this.app(device.accessId);
     const existing = app.devices.get(device.token);
     if (!existing) {
-      const record: DeviceRecord = { ...device, account: '' };
+      const record: DeviceRecord = { ...device, account: '', index: app.nextIndex++ };
       app.devices.set(device.token, record);
       count(app.counts, record.platform, 1, true);
       return { created: true, device: { ...record } };
@@ -29,6 +33,7 @@ export class MemoryDeviceStore implements DeviceStore {
       ...device,
       account: existing.account,
       registeredAtMs: existing.registeredAtMs,
+      index: existing.index,
     };
     app.devices.set(device.token, record);
     return { created: false, device: { ...record } };
@@ -37,6 +42,14 @@ export class MemoryDeviceStore implements DeviceStore {
   async get(accessId: number, token: string): Promise<DeviceRecord | undefined> {
     const record = this.apps.get(accessId)?.devices.get(token);
     return record ? { ...record } : undefined;
+  }
+
+  async getMany(accessId: number, tokens: string[]): Promise<(DeviceRecord | undefined)[]> {
+    const devices = this.apps.get(accessId)?.devices;
+    return tokens.map((token) => {
+      const record = devices?.get(token);
+      return record ? { ...record } : undefined;
+    });
   }
 
   async remove(accessId: number, token: string): Promise<DeviceRecord | undefined> {
@@ -83,7 +96,12 @@ export class MemoryDeviceStore implements DeviceStore {
   private app(accessId: number): AppDevices {
     let app = this.apps.get(accessId);
     if (!app) {
-      app = { devices: new Map(), accounts: new Map(), counts: { total: 0, android: 0, ios: 0 } };
+      app = {
+        devices: new Map(),
+        accounts: new Map(),
+        counts: { total: 0, android: 0, ios: 0 },
+        nextIndex: 0,
+      };
       this.apps.set(accessId, app);
     }
     return app;

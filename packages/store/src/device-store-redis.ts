@@ -11,8 +11,8 @@ export interface RedisDeviceStoreOptions {
   keys: RedisKeys;
 }
 
-/** Device hash fields (short: there is one hash per registered device). */
-const FIELDS = ['p', 'av', 'ov', 'lo', 'sv', 'a', 'ch', 'r'] as const;
+/** Device hash fields (short: there is one hash per registered device). `x` is the device index. */
+const FIELDS = ['p', 'av', 'ov', 'lo', 'sv', 'a', 'ch', 'r', 'x'] as const;
 
 /** Concurrent binds of one token are rare; each retry takes a higher version, so this is generous. */
 const MAX_BIND_ATTEMPTS = 8;
@@ -32,6 +32,12 @@ const MAX_BIND_ATTEMPTS = 8;
  *   transition that step observed atomically (created, platform changed, removed), so concurrent calls
  *   count each transition once. A crash between the two steps leaves a counter off by that one device
  *   (retrying the call does not repeat the transition); the device hashes remain the truth to recount from.
+ * - Device indexes come from the app's counter (`x` in `{a:...}:devices`) in the app's slot, while the
+ *   record is in the device's. The upsert script never writes a record without an index: for a new device
+ *   (or a record that has none) it asks for one, the store takes the next number from the counter and runs
+ *   the script again with it; the script keeps an index the record already has. A crash between the
+ *   counter and the record, or a concurrent first registration of the same device, only leaves a number
+ *   unused (a zero bit in every bitmap).
  */
 export class RedisDeviceStore implements DeviceStore {
   private readonly redis: RedisClient;
@@ -43,24 +49,34 @@ export class RedisDeviceStore implements DeviceStore {
     defineScripts(this.redis);
   }
 
-  async upsert(device: Omit<DeviceRecord, 'account'>): Promise<{ created: boolean; device: DeviceRecord }> {
-    const reply = (await redisCall(
-      runScript(
-        this.redis,
-        'deviceUpsert',
-        [this.keys.device(device.accessId, device.token)],
-        [
-          device.platform,
-          device.appVersion,
-          device.osVersion,
-          device.locale,
-          device.sdkVersion,
-          device.credentialHash,
-          device.registeredAtMs,
-        ],
-      ),
-    )) as [number, string, string, string];
-    const [created, previousPlatform, registeredAtMs, account] = reply;
+  async upsert(
+    device: Omit<DeviceRecord, 'account' | 'index'>,
+  ): Promise<{ created: boolean; device: DeviceRecord }> {
+    const run = (candidate: string) =>
+      redisCall(
+        runScript(
+          this.redis,
+          'deviceUpsert',
+          [this.keys.device(device.accessId, device.token)],
+          [
+            device.platform,
+            device.appVersion,
+            device.osVersion,
+            device.locale,
+            device.sdkVersion,
+            device.credentialHash,
+            device.registeredAtMs,
+            candidate,
+          ],
+        ),
+      ) as Promise<[number, string?, string?, string?, string?]>;
+    // Re-registrations (the common case) have an index: one round trip. A new device takes three.
+    let reply = await run('');
+    if (reply[0] === 2) {
+      const taken = await redisCall(this.redis.hincrby(this.keys.deviceCounts(device.accessId), 'x', 1));
+      reply = await run(String(taken - 1));
+    }
+    const [created, previousPlatform = '', registeredAtMs = '0', account = '', index = '-1'] = reply;
     const platform = String(device.platform);
     const deltas: (string | number)[] = [];
     if (created === 1) deltas.push('t', 1, `p${platform}`, 1);
@@ -72,8 +88,20 @@ export class RedisDeviceStore implements DeviceStore {
     }
     return {
       created: created === 1,
-      device: { ...device, account, registeredAtMs: Number(registeredAtMs) },
+      device: { ...device, account, registeredAtMs: Number(registeredAtMs), index: Number(index) },
     };
+  }
+
+  async getMany(accessId: number, tokens: string[]): Promise<(DeviceRecord | undefined)[]> {
+    const replies = await pipelinePerKey(
+      this.redis,
+      tokens.map((token) => this.keys.device(accessId, token)),
+      (pipeline, key) => pipeline.hmget(key, ...FIELDS),
+    );
+    return tokens.map((token, i) => {
+      const values = replies[i] as (string | null)[];
+      return toRecord(accessId, token, Object.fromEntries(FIELDS.map((field, f) => [field, values[f]])));
+    });
   }
 
   async get(accessId: number, token: string): Promise<DeviceRecord | undefined> {
@@ -216,5 +244,7 @@ function toRecord(
     account: fields.a ?? '',
     credentialHash: fields.ch ?? '',
     registeredAtMs: Number(fields.r),
+    // The upsert script writes `x` with the record; -1 would only be a record from before indexes existed.
+    index: fields.x == null ? -1 : Number(fields.x),
   };
 }

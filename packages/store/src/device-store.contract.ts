@@ -11,8 +11,8 @@ function token(n: number): string {
 
 function device(
   n: number,
-  overrides: Partial<Omit<DeviceRecord, 'account'>> = {},
-): Omit<DeviceRecord, 'account'> {
+  overrides: Partial<Omit<DeviceRecord, 'account' | 'index'>> = {},
+): Omit<DeviceRecord, 'account' | 'index'> {
   return {
     accessId: APP,
     token: token(n),
@@ -40,8 +40,8 @@ export function describeDeviceStoreContract(
 
     it('creates a token once and counts it as covered', async () => {
       const first = await store.upsert(device(1));
-      expect(first).toEqual({ created: true, device: { ...device(1), account: '' } });
-      expect(await store.get(APP, token(1))).toEqual({ ...device(1), account: '' });
+      expect(first).toEqual({ created: true, device: { ...device(1), account: '', index: 0 } });
+      expect(await store.get(APP, token(1))).toEqual({ ...device(1), account: '', index: 0 });
       expect(await store.count(APP)).toEqual({ total: 1, android: 1, ios: 0 });
       const again = await store.upsert(device(1));
       expect(again.created).toBe(false);
@@ -57,6 +57,7 @@ export function describeDeviceStoreContract(
       const expected = {
         ...device(1, { credentialHash: 'new-hash', appVersion: '2.0.0', locale: 'en-US' }),
         account: 'alice',
+        index: 0,
       };
       expect(again).toEqual({ created: false, device: expected });
       expect(await store.get(APP, token(1))).toEqual(expected);
@@ -83,7 +84,7 @@ export function describeDeviceStoreContract(
       await store.upsert(device(2, { platform: Platform.PLATFORM_IOS }));
       await store.setAccount(APP, token(1), 'alice');
       const removed = await store.remove(APP, token(1));
-      expect(removed).toEqual({ ...device(1), account: 'alice' });
+      expect(removed).toEqual({ ...device(1), account: 'alice', index: 0 });
       expect(await store.get(APP, token(1))).toBeUndefined();
       expect(await store.accountTokens(APP, 'alice')).toEqual([]);
       expect(await store.count(APP)).toEqual({ total: 1, android: 0, ios: 1 });
@@ -96,7 +97,11 @@ export function describeDeviceStoreContract(
       await store.setAccount(APP, token(1), 'alice');
       await store.remove(APP, token(1));
       const again = await store.upsert(device(1, { registeredAtMs: 5 }));
-      expect(again).toEqual({ created: true, device: { ...device(1, { registeredAtMs: 5 }), account: '' } });
+      // A new registration: a new index, so that late events about the old one cannot touch it.
+      expect(again).toEqual({
+        created: true,
+        device: { ...device(1, { registeredAtMs: 5 }), account: '', index: 1 },
+      });
       expect(await store.accountTokens(APP, 'alice')).toEqual([]);
       expect(await store.count(APP)).toEqual({ total: 1, android: 1, ios: 0 });
     });
@@ -169,7 +174,34 @@ export function describeDeviceStoreContract(
       created.account = 'mallory';
       const got = await store.get(APP, token(1));
       if (got) got.credentialHash = 'changed';
-      expect(await store.get(APP, token(1))).toEqual({ ...device(1), account: '' });
+      expect(await store.get(APP, token(1))).toEqual({ ...device(1), account: '', index: 0 });
+    });
+
+    it('numbers the devices of each app densely from 0 and keeps the number on re-registration', async () => {
+      for (const n of [1, 2, 3]) expect((await store.upsert(device(n))).device.index).toBe(n - 1);
+      expect((await store.upsert(device(1, { accessId: OTHER_APP }))).device.index).toBe(0);
+      expect((await store.upsert(device(2, { platform: Platform.PLATFORM_IOS }))).device.index).toBe(1);
+      expect((await store.get(APP, token(3)))?.index).toBe(2);
+      await store.remove(APP, token(1));
+      expect((await store.upsert(device(4))).device.index).toBe(3);
+    });
+
+    it('gives concurrent new devices distinct indexes and one device one index', async () => {
+      const results = await Promise.all([1, 2, 3, 4, 5, 6].map((n) => store.upsert(device(n))));
+      expect(new Set(results.map((r) => r.device.index)).size).toBe(6);
+      const same = await Promise.all([1, 2, 3].map(() => store.upsert(device(7))));
+      expect(new Set(same.map((r) => r.device.index)).size).toBe(1);
+      expect((await store.get(APP, token(7)))?.index).toBe(same[0]?.device.index);
+    });
+
+    it('reads several devices at once, undefined for unknown tokens', async () => {
+      await store.upsert(device(1));
+      await store.upsert(device(2));
+      await store.upsert(device(3, { accessId: OTHER_APP }));
+      const found = await store.getMany(APP, [token(2), token(3), token(1), token(2)]);
+      expect(found.map((d) => d?.token)).toEqual([token(2), undefined, token(1), token(2)]);
+      expect(found[0]).toEqual({ ...device(2), account: '', index: 1 });
+      expect(await store.getMany(APP, [])).toEqual([]);
     });
   });
 }

@@ -15,6 +15,13 @@ export interface DeviceRecord {
   /** SHA-256 of the device's current credential. */
   credentialHash: string;
   registeredAtMs: number;
+  /**
+   * The device's number in its app (0, 1, 2, ...), given at its first registration and kept while it stays
+   * registered: its bit position in the audience bitmaps (audience-index.ts). A token that unregisters and
+   * registers again gets a new one. Numbers are dense except for the few a crash or concurrent first
+   * registrations of one device leave unused.
+   */
+  index: number;
 }
 
 export interface DeviceCounts {
@@ -25,13 +32,18 @@ export interface DeviceCounts {
 
 export interface DeviceStore {
   /**
-   * Stores a registration. A new token is created (created: true, covered-device counts grow); an existing
-   * one keeps its registeredAtMs and account and takes the new credential hash and device details
-   * (created: false). Atomic per token.
+   * Stores a registration. A new token is created with the app's next device index (created: true,
+   * covered-device counts grow); an existing one keeps its registeredAtMs, account and index and takes the
+   * new credential hash and device details (created: false). Atomic per token.
    */
-  upsert(device: Omit<DeviceRecord, 'account'>): Promise<{ created: boolean; device: DeviceRecord }>;
+  upsert(
+    device: Omit<DeviceRecord, 'account' | 'index'>,
+  ): Promise<{ created: boolean; device: DeviceRecord }>;
 
   get(accessId: number, token: string): Promise<DeviceRecord | undefined>;
+
+  /** Several devices at once: the record of each token, in order, undefined for unknown ones. */
+  getMany(accessId: number, tokens: string[]): Promise<(DeviceRecord | undefined)[]>;
 
   /** Deletes the registration and its account binding; returns what was removed, undefined if nothing. */
   remove(accessId: number, token: string): Promise<DeviceRecord | undefined>;

@@ -3,6 +3,25 @@
 export { type AppRecord, type AppStore, FIRST_ACCESS_ID } from './app-store.js';
 export { MemoryAppStore } from './app-store-memory.js';
 export { RedisAppStore, type RedisAppStoreOptions } from './app-store-redis.js';
+export {
+  type AudienceCount,
+  type AudienceIndex,
+  activeDays,
+  DAY_MS,
+  dayOf,
+  type IndexedSet,
+  indexedSet,
+  MAX_ACTIVE_DAYS,
+  platformTag,
+  SEEN_DAYS_KEPT,
+} from './audience-index.js';
+export { MemoryAudienceIndex } from './audience-index-memory.js';
+export {
+  type CountProgram,
+  compileCount,
+  RedisAudienceIndex,
+  type RedisAudienceIndexOptions,
+} from './audience-index-redis.js';
 export type { DeviceCounts, DeviceRecord, DeviceStore } from './device-store.js';
 export { MemoryDeviceStore } from './device-store-memory.js';
 export { RedisDeviceStore, type RedisDeviceStoreOptions } from './device-store-redis.js';
@@ -27,6 +46,15 @@ export {
   createRedisStores,
   type Stores,
 } from './stores.js';
-export type { TagStore } from './tag-store.js';
+export type {
+  AppTag,
+  DeviceTagState,
+  RegistrationAttributes,
+  TagChange,
+  TagDevice,
+  TagLimits,
+  TagStore,
+  TagWrite,
+} from './tag-store.js';
 export { MemoryTagStore } from './tag-store-memory.js';
 export { RedisTagStore, type RedisTagStoreOptions } from './tag-store-redis.js';

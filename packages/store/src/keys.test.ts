@@ -19,9 +19,21 @@ describe('RedisKeys', () => {
       keys.inboxLast(1, token),
       keys.route(1, token),
       keys.tags(1, token),
+      keys.tagMeta(1, token),
     ];
     expect(new Set(device.map(hashTag))).toEqual(new Set([`d:1:${token}`]));
-    const app = [keys.app(1), keys.deviceCounts(1), keys.idSeq(1)];
+    const app = [
+      keys.app(1),
+      keys.deviceCounts(1),
+      keys.idSeq(1),
+      keys.tagCounts(1),
+      keys.audienceRegistered(1),
+      keys.audiencePlatform(1, 2),
+      keys.audienceTag(1, 'a}{b:c'),
+      keys.audienceOnline(1),
+      keys.audienceDay(1, 20_000),
+      keys.audienceTemp(1, 'ab12', 3),
+    ];
     expect(new Set(app.map(hashTag))).toEqual(new Set(['a:1']));
     const push = [
       keys.push(1, '9'),
@@ -31,6 +43,8 @@ describe('RedisKeys', () => {
     ];
     expect(new Set(push.map(hashTag))).toEqual(new Set(['p:1:9']));
     expect(keys.device(1, token)).toBe(`pushd:{d:1:${token}}:dev`);
+    expect(keys.audienceTag(1, 'vip')).toBe('pushd:{a:1}:aud:t:vip');
+    expect(keys.audienceTag(1, 'pushd:locale:zh-CN')).not.toBe(keys.audienceTag(1, 'pushd_locale_zh-CN'));
     expect(keys.accountTokens(1, 'alice')).toBe('pushd:{c:1:alice}:tokens');
   });
 

@@ -9,12 +9,21 @@ import { ConfigError, invalidArgument } from '@pushd/common';
  * | P:app-seq                        | string | counter; access id = 1500000000 + value                   | registry |
  * | P:{a:a}:app                      | hash   | n name, ak access key, sk secret hash, tk token key, c ms | registry |
  * | P:{a:a}:devices                  | hash   | t total, p<platform number> per platform (covered devices)| registry |
+ * |                                  |        | x device indexes handed out (next index = x)              |          |
  * | P:{a:a}:seq                      | hash   | m last msg id, p last push id                             | dispatch |
+ * | P:{a:a}:tagcount                 | hash   | user tag -> devices holding it (+ reservations in flight) | tag      |
+ * | P:{a:a}:aud:reg                  | string | bitmap by device index: registered                        | tag      |
+ * | P:{a:a}:aud:pf:<platform number> | string | bitmap: registered on that platform                       | tag      |
+ * | P:{a:a}:aud:t:enc(tag)           | string | bitmap: holds the tag (user tags, built-in value tags)    | tag      |
+ * | P:{a:a}:aud:on                   | string | bitmap: connected to a gateway now                        | tag      |
+ * | P:{a:a}:aud:d:<UTC day number>   | string | bitmap: connected that day (days since epoch), 31-day TTL | tag      |
+ * | P:{a:a}:aud:tmp:<nonce>:<n>      | string | temporaries of one audience count, deleted by its script  | tag      |
  * | P:{d:a:enc(t)}:dev               | hash   | device record (see device-store-redis.ts)                 | registry |
  * | P:{d:a:enc(t)}:inbox             | zset   | score msg id, member 8-byte expiry + PushMessage bytes    | dispatch |
  * | P:{d:a:enc(t)}:last              | string | highest msg id ever appended to the inbox                 | dispatch |
  * | P:{d:a:enc(t)}:route             | string | `<session id length>:<session id><node id>`, with a TTL    | gateway  |
  * | P:{d:a:enc(t)}:tags              | set    | the device's tags                                         | tag      |
+ * | P:{d:a:enc(t)}:tagmeta           | hash   | tag service's view of the device (tag-store-redis.ts)     | tag      |
  * | P:{c:a:enc(c)}:tokens            | hash   | token -> bind version (account index, read-repaired)      | registry |
  * | P:{p:a:enc(id)}:push             | hash   | r PushRecord bytes, s status, n target                    | dispatch |
  * | P:{p:a:enc(id)}:counts           | hash   | s sent, a arrived                                         | stats    |
@@ -95,6 +104,43 @@ export class RedisKeys {
     return `${this.deviceTag(accessId, token)}:tags`;
   }
 
+  /** The device's index in the audience bitmaps and what the tag service applied for it. */
+  tagMeta(accessId: number, token: string): string {
+    return `${this.deviceTag(accessId, token)}:tagmeta`;
+  }
+
+  /** Per app: user tag -> number of devices holding it; its length is the app's distinct tag count. */
+  tagCounts(accessId: number): string {
+    return `${this.appTag(accessId)}:tagcount`;
+  }
+
+  /** Audience bitmaps (offset = device index) all sit in the app's slot, so one script combines them. */
+  audienceRegistered(accessId: number): string {
+    return `${this.appTag(accessId)}:aud:reg`;
+  }
+
+  audiencePlatform(accessId: number, platform: number): string {
+    return `${this.appTag(accessId)}:aud:pf:${id(platform, 'platform')}`;
+  }
+
+  audienceTag(accessId: number, tag: string): string {
+    return `${this.appTag(accessId)}:aud:t:${encodePart(tag)}`;
+  }
+
+  audienceOnline(accessId: number): string {
+    return `${this.appTag(accessId)}:aud:on`;
+  }
+
+  /** Devices seen on one UTC day; `day` is days since the Unix epoch. */
+  audienceDay(accessId: number, day: number): string {
+    return `${this.appTag(accessId)}:aud:d:${id(day, 'day')}`;
+  }
+
+  /** Temporary result `n` of one count; `nonce` keeps concurrent counts apart. */
+  audienceTemp(accessId: number, nonce: string, n: number): string {
+    return `${this.appTag(accessId)}:aud:tmp:${encodePart(nonce)}:${id(n, 'n')}`;
+  }
+
   accountTokens(accessId: number, account: string): string {
     return `${this.prefix}:{c:${id(accessId)}:${encodePart(account)}}:tokens`;
   }
@@ -128,10 +174,10 @@ export class RedisKeys {
   }
 }
 
-/** Access ids are integers; anything else would make keys that no reader finds again. */
-function id(accessId: number): string {
-  if (!Number.isSafeInteger(accessId) || accessId < 0) {
-    throw invalidArgument('access_id', `must be a non-negative integer (got ${accessId})`);
+/** Access ids (and other numbers in keys) are integers; anything else would make keys no reader finds. */
+function id(value: number, field = 'access_id'): string {
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw invalidArgument(field, `must be a non-negative integer (got ${value})`);
   }
-  return String(accessId);
+  return String(value);
 }

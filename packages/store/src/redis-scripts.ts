@@ -3,12 +3,15 @@ import type { ChainableCommander } from 'ioredis';
 import type { RedisClient } from './redis-client.js';
 
 /**
- * The Lua scripts of the Redis stores (files in ./scripts), with their number of keys. Each touches the
- * keys of one hash slot only, all passed in KEYS, so that they run unchanged on Redis Cluster.
+ * The Lua scripts of the Redis stores (files in ./scripts), with their number of keys (null: as many as
+ * the caller passes). Each touches the keys of one hash slot only, all passed in KEYS, so that they run
+ * unchanged on Redis Cluster.
  */
 const SCRIPTS = {
   accountDelete: { file: 'account-delete', keys: 1 },
   accountPut: { file: 'account-put', keys: 1 },
+  audienceBits: { file: 'audience-bits', keys: null },
+  audienceCount: { file: 'audience-count', keys: null },
   deviceBind: { file: 'device-bind', keys: 1 },
   deviceRemove: { file: 'device-remove', keys: 1 },
   deviceUpsert: { file: 'device-upsert', keys: 1 },
@@ -20,9 +23,10 @@ const SCRIPTS = {
   routeClear: { file: 'route-clear', keys: 1 },
   routeRefresh: { file: 'route-refresh', keys: 1 },
   statsAdd: { file: 'stats-add', keys: 2 },
-  tagAdd: { file: 'tag-add', keys: 1 },
-  tagRemove: { file: 'tag-remove', keys: 1 },
-} as const;
+  tagDevice: { file: 'tag-device', keys: 2 },
+  tagRelease: { file: 'tag-release', keys: 1 },
+  tagReserve: { file: 'tag-reserve', keys: 1 },
+} satisfies Record<string, { file: string; keys: number | null }>;
 
 export type ScriptName = keyof typeof SCRIPTS;
 export type ScriptArg = string | number | Buffer;
@@ -59,7 +63,9 @@ function commandName(name: ScriptName): string {
 export function defineScripts(client: RedisClient): void {
   if (clientsWithScripts.has(client)) return;
   for (const [name, lua] of scriptSources()) {
-    client.defineCommand(commandName(name), { numberOfKeys: SCRIPTS[name].keys, lua });
+    const keys = SCRIPTS[name].keys;
+    // Without numberOfKeys, ioredis takes the number of keys as the first argument (see runScript).
+    client.defineCommand(commandName(name), keys === null ? { lua } : { numberOfKeys: keys, lua });
   }
   clientsWithScripts.add(client);
 }
@@ -78,7 +84,7 @@ export function runScript(
   keys: string[],
   args: ScriptArg[],
 ): Promise<unknown> {
-  return method(client, commandName(name)).call(client, ...keys, ...args) as Promise<unknown>;
+  return method(client, commandName(name)).call(client, ...keyArgs(name, keys), ...args) as Promise<unknown>;
 }
 
 /** Queues a script on a pipeline (same key layout as runScript). */
@@ -88,5 +94,9 @@ export function queueScript(
   keys: string[],
   args: ScriptArg[],
 ): void {
-  method(pipeline, commandName(name)).call(pipeline, ...keys, ...args);
+  method(pipeline, commandName(name)).call(pipeline, ...keyArgs(name, keys), ...args);
+}
+
+function keyArgs(name: ScriptName, keys: string[]): ScriptArg[] {
+  return SCRIPTS[name].keys === null ? [keys.length, ...keys] : keys;
 }

@@ -2,6 +2,8 @@ import { ManualClock } from '@pushd/common';
 import { describe, expect, it } from 'vitest';
 import { describeAppStoreContract } from './app-store.contract.js';
 import { MemoryAppStore } from './app-store-memory.js';
+import { describeAudienceIndexContract } from './audience-index.contract.js';
+import { MemoryAudienceIndex } from './audience-index-memory.js';
 import { describeDeviceStoreContract } from './device-store.contract.js';
 import { MemoryDeviceStore } from './device-store-memory.js';
 import { describeInboxStoreContract } from './inbox-store.contract.js';
@@ -17,6 +19,7 @@ import { describeTagStoreContract } from './tag-store.contract.js';
 import { MemoryTagStore } from './tag-store-memory.js';
 
 describeAppStoreContract('memory', () => new MemoryAppStore());
+describeAudienceIndexContract('memory', () => new MemoryAudienceIndex());
 describeDeviceStoreContract('memory', () => new MemoryDeviceStore());
 describeInboxStoreContract('memory', () => new MemoryInboxStore());
 describePushStoreContract('memory', () => new MemoryPushStore());
@@ -59,6 +62,7 @@ describe('memory stores with an injected clock', () => {
     expect(await stores.routes.get(APP, TOKEN)).toBeUndefined();
     expect(Object.keys(stores).sort()).toEqual([
       'apps',
+      'audience',
       'devices',
       'inboxes',
       'pushes',

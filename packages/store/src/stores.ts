@@ -2,6 +2,9 @@ import type { Clock } from '@pushd/common';
 import type { AppStore } from './app-store.js';
 import { MemoryAppStore } from './app-store-memory.js';
 import { RedisAppStore } from './app-store-redis.js';
+import type { AudienceIndex } from './audience-index.js';
+import { MemoryAudienceIndex } from './audience-index-memory.js';
+import { RedisAudienceIndex } from './audience-index-redis.js';
 import type { DeviceStore } from './device-store.js';
 import { MemoryDeviceStore } from './device-store-memory.js';
 import { RedisDeviceStore } from './device-store-redis.js';
@@ -26,6 +29,7 @@ import { RedisTagStore } from './tag-store-redis.js';
 /** Every store, as the services see them. */
 export interface Stores {
   apps: AppStore;
+  audience: AudienceIndex;
   devices: DeviceStore;
   inboxes: InboxStore;
   pushes: PushStore;
@@ -47,6 +51,7 @@ export function createMemoryStores(options: CreateMemoryStoresOptions = {}): Sto
   const clock = options.clock === undefined ? {} : { clock: options.clock };
   return {
     apps: new MemoryAppStore(),
+    audience: new MemoryAudienceIndex(),
     devices: new MemoryDeviceStore(),
     inboxes: new MemoryInboxStore(),
     pushes: new MemoryPushStore(),
@@ -67,6 +72,7 @@ export function createRedisStores(options: CreateRedisStoresOptions): Stores {
   const context = { redis: options.redis, keys: options.keys ?? new RedisKeys() };
   return {
     apps: new RedisAppStore(context),
+    audience: new RedisAudienceIndex(context),
     devices: new RedisDeviceStore(context),
     inboxes: new RedisInboxStore(context),
     pushes: new RedisPushStore(context),

@@ -1,43 +1,256 @@
-import type { TagStore } from './tag-store.js';
+import type { Platform } from '@pushd/proto';
+import type {
+  AppTag,
+  DeviceTagState,
+  RegistrationAttributes,
+  TagChange,
+  TagDevice,
+  TagLimits,
+  TagStore,
+  TagWrite,
+} from './tag-store.js';
 
-/** Tags in process memory. Every method completes in one synchronous step, so `add` is all-or-nothing. */
+interface DeviceState {
+  index: number;
+  unregistered: boolean;
+  tags: Set<string>;
+  platform: Platform;
+  builtin: string[];
+  registeredAtMs: number;
+  sessionId: string;
+  sessionAtMs: number;
+  online: boolean;
+}
+
+/**
+ * Tags in process memory, with the semantics of the Redis store (tag-store.ts). Every method completes in
+ * one synchronous step, so calls are all-or-nothing without reservations and counts are always exact.
+ * Markers of unregistered devices are kept for the life of the process.
+ */
 export class MemoryTagStore implements TagStore {
-  private readonly devices = new Map<string, Set<string>>();
+  private readonly devices = new Map<string, DeviceState>();
+  /** Per app: tag -> devices holding it. */
+  private readonly counts = new Map<number, Map<string, number>>();
 
-  async add(
+  async add(accessId: number, devices: TagDevice[], tags: string[], limits: TagLimits): Promise<TagWrite> {
+    const targets = distinctDevices(devices);
+    const live = targets.filter((device) => !this.obsolete(accessId, device));
+    const stale = targets.filter((device) => !live.includes(device)).map((device) => device.token);
+    if (live.length === 0) return { ok: true, changes: [], stale };
+    const counts = this.appCounts(accessId);
+    const fresh = tags.filter((tag) => !counts.has(tag)).length;
+    if (fresh > 0 && counts.size + fresh > limits.perApp) {
+      return { ok: false, limit: 'per_app', wouldHave: counts.size + fresh };
+    }
+    for (const device of live) {
+      const held = this.current(accessId, device)?.tags;
+      const after = (held?.size ?? 0) + tags.filter((tag) => !held?.has(tag)).length;
+      if (after > limits.perDevice) {
+        return { ok: false, limit: 'per_device', token: device.token, wouldHave: after };
+      }
+    }
+    const changes = live.map((device) => {
+      const state = this.claim(accessId, device);
+      const added = tags.filter((tag) => !state.tags.has(tag));
+      for (const tag of added) state.tags.add(tag);
+      this.adjust(accessId, added, 1);
+      return { token: device.token, count: state.tags.size, added, removed: [] };
+    });
+    return { ok: true, changes, stale };
+  }
+
+  async remove(
+    accessId: number,
+    devices: TagDevice[],
+    tags: string[],
+  ): Promise<{ changes: TagChange[]; stale: string[] }> {
+    const changes: TagChange[] = [];
+    const stale: string[] = [];
+    for (const device of distinctDevices(devices)) {
+      if (this.obsolete(accessId, device)) {
+        stale.push(device.token);
+        continue;
+      }
+      const state = this.claim(accessId, device);
+      const removed = tags.filter((tag) => state.tags.delete(tag)).sort();
+      this.adjust(accessId, removed, -1);
+      changes.push({ token: device.token, count: state.tags.size, added: [], removed });
+    }
+    return { changes, stale };
+  }
+
+  async replace(accessId: number, device: TagDevice, tags: string[], limits: TagLimits): Promise<TagWrite> {
+    if (tags.length > limits.perDevice) {
+      return { ok: false, limit: 'per_device', token: device.token, wouldHave: tags.length };
+    }
+    if (this.obsolete(accessId, device)) return { ok: true, changes: [], stale: [device.token] };
+    const counts = this.appCounts(accessId);
+    const fresh = tags.filter((tag) => !counts.has(tag)).length;
+    // Checked before the device's old tags are given up, as the Redis store reserves before it releases:
+    // swapping a tag only this device holds for a new one is refused when the app is at its limit.
+    if (fresh > 0 && counts.size + fresh > limits.perApp) {
+      return { ok: false, limit: 'per_app', wouldHave: counts.size + fresh };
+    }
+    const state = this.claim(accessId, device);
+    const added = tags.filter((tag) => !state.tags.has(tag));
+    const removed = [...state.tags].filter((tag) => !tags.includes(tag)).sort();
+    state.tags = new Set(tags);
+    this.adjust(accessId, added, 1);
+    this.adjust(accessId, removed, -1);
+    return { ok: true, changes: [{ token: device.token, count: tags.length, added, removed }], stale: [] };
+  }
+
+  async clear(accessId: number, device: TagDevice): Promise<{ changes: TagChange[]; stale: string[] }> {
+    return this.remove(accessId, [device], [...(this.current(accessId, device)?.tags ?? [])]);
+  }
+
+  async list(accessId: number, token: string, index?: number): Promise<string[]> {
+    const state = this.devices.get(deviceKey(accessId, token));
+    if (!state || state.unregistered || (index !== undefined && state.index !== index)) return [];
+    return [...state.tags].sort();
+  }
+
+  async appTags(
+    accessId: number,
+    page: { after?: string; limit: number },
+  ): Promise<{ tags: AppTag[]; total: number }> {
+    const all = [...(this.counts.get(accessId) ?? [])]
+      .map(([tag, devices]) => ({ tag, devices }))
+      .sort((a, b) => (a.tag < b.tag ? -1 : a.tag > b.tag ? 1 : 0));
+    const after = page.after;
+    const start = after === undefined ? 0 : all.findIndex((entry) => entry.tag > after);
+    return { tags: start < 0 ? [] : all.slice(start, start + page.limit), total: all.length };
+  }
+
+  async state(accessId: number, token: string): Promise<DeviceTagState | undefined> {
+    const state = this.devices.get(deviceKey(accessId, token));
+    if (!state) return undefined;
+    return {
+      index: state.index,
+      unregistered: state.unregistered,
+      platform: state.platform,
+      builtin: [...state.builtin],
+      registeredAtMs: state.registeredAtMs,
+    };
+  }
+
+  async commitRegistration(
     accessId: number,
     token: string,
-    tags: string[],
-    maxPerDevice: number,
-  ): Promise<{ ok: true; count: number } | { ok: false; wouldHave: number }> {
-    const key = deviceKey(accessId, token);
-    const current = this.devices.get(key);
-    const fresh = new Set(tags.filter((tag) => !current?.has(tag)));
-    const after = (current?.size ?? 0) + fresh.size;
-    if (after > maxPerDevice) return { ok: false, wouldHave: after };
-    if (fresh.size > 0) {
-      if (current) for (const tag of fresh) current.add(tag);
-      else this.devices.set(key, fresh);
+    attributes: RegistrationAttributes,
+    expected: string[],
+  ): Promise<'applied' | 'changed' | 'obsolete'> {
+    const device = { token, index: attributes.index };
+    if (this.obsolete(accessId, device)) return 'obsolete';
+    const state = this.claim(accessId, device);
+    if (state.registeredAtMs > attributes.atMs) return 'obsolete';
+    if (state.builtin.join('\n') !== expected.join('\n')) return 'changed';
+    state.platform = attributes.platform;
+    state.builtin = [...attributes.builtin];
+    state.registeredAtMs = attributes.atMs;
+    return 'applied';
+  }
+
+  async presence(
+    accessId: number,
+    token: string,
+    index: number,
+    event: { sessionId: string; atMs: number; connected: boolean },
+  ): Promise<{ online: boolean } | undefined> {
+    const device = { token, index };
+    if (this.obsolete(accessId, device)) return undefined;
+    const state = this.claim(accessId, device);
+    if (event.connected) {
+      if (event.atMs >= state.sessionAtMs) {
+        state.sessionId = event.sessionId;
+        state.sessionAtMs = event.atMs;
+        state.online = true;
+      }
+    } else if (state.sessionId === event.sessionId) {
+      state.online = false;
     }
-    return { ok: true, count: after };
+    return { online: state.online };
   }
 
-  async remove(accessId: number, token: string, tags: string[]): Promise<number> {
+  async unregister(
+    accessId: number,
+    token: string,
+    index: number,
+  ): Promise<{ tags: string[]; builtin: string[]; platform: Platform } | undefined> {
     const key = deviceKey(accessId, token);
-    const current = this.devices.get(key);
-    if (!current) return 0;
-    for (const tag of tags) current.delete(tag);
-    if (current.size === 0) this.devices.delete(key);
-    return current.size;
+    const state = this.devices.get(key);
+    if (state && (state.index > index || (state.index === index && state.unregistered))) return undefined;
+    const own = state?.index === index;
+    const tags = [...(state?.tags ?? [])].sort();
+    this.adjust(accessId, tags, -1);
+    this.devices.set(key, { ...blank(index), unregistered: true });
+    return own && state
+      ? { tags, builtin: state.builtin, platform: state.platform }
+      : { tags: [], builtin: [], platform: 0 as Platform };
   }
 
-  async list(accessId: number, token: string): Promise<string[]> {
-    return [...(this.devices.get(deviceKey(accessId, token)) ?? [])].sort();
+  /** The call's index is older than the state's, or its registration unregistered. */
+  private obsolete(accessId: number, device: TagDevice): boolean {
+    const state = this.devices.get(deviceKey(accessId, device.token));
+    return (
+      state !== undefined &&
+      (state.index > device.index || (state.index === device.index && state.unregistered))
+    );
   }
 
-  async clear(accessId: number, token: string): Promise<void> {
-    this.devices.delete(deviceKey(accessId, token));
+  /** The state of this registration, if any (not an older one's). */
+  private current(accessId: number, device: TagDevice): DeviceState | undefined {
+    const state = this.devices.get(deviceKey(accessId, device.token));
+    return state?.index === device.index ? state : undefined;
   }
+
+  /** The state of this registration, replacing (and uncounting) an older registration's. */
+  private claim(accessId: number, device: TagDevice): DeviceState {
+    const key = deviceKey(accessId, device.token);
+    const state = this.devices.get(key);
+    if (state?.index === device.index) return state;
+    if (state) this.adjust(accessId, [...state.tags], -1);
+    const fresh = blank(device.index);
+    this.devices.set(key, fresh);
+    return fresh;
+  }
+
+  private appCounts(accessId: number): Map<string, number> {
+    let counts = this.counts.get(accessId);
+    if (!counts) {
+      counts = new Map();
+      this.counts.set(accessId, counts);
+    }
+    return counts;
+  }
+
+  private adjust(accessId: number, tags: string[], delta: number): void {
+    const counts = this.appCounts(accessId);
+    for (const tag of tags) {
+      const next = (counts.get(tag) ?? 0) + delta;
+      if (next > 0) counts.set(tag, next);
+      else counts.delete(tag);
+    }
+  }
+}
+
+function blank(index: number): DeviceState {
+  return {
+    index,
+    unregistered: false,
+    tags: new Set(),
+    platform: 0 as Platform,
+    builtin: [],
+    registeredAtMs: 0,
+    sessionId: '',
+    sessionAtMs: -1,
+    online: false,
+  };
+}
+
+function distinctDevices(devices: TagDevice[]): TagDevice[] {
+  const seen = new Set<string>();
+  return devices.filter((device) => !seen.has(device.token) && seen.add(device.token));
 }
 
 function deviceKey(accessId: number, token: string): string {

@@ -1,22 +1,150 @@
-/** Tags of devices. Owned by the tag service. */
+import type { Platform } from '@pushd/proto';
+
+/** The brief's tag limits (MISSION rule 3), passed per call so that tests can use small ones. */
+export interface TagLimits {
+  /** User tags one device may hold (the brief: 100). */
+  perDevice: number;
+  /** Distinct user tags one app may use over all its devices (the brief: 10,000). */
+  perApp: number;
+}
+
+/** A device as the tag store addresses it: its token and its index (DeviceRecord.index). */
+export interface TagDevice {
+  token: string;
+  index: number;
+}
+
+/** What one call did to one device's user tags. */
+export interface TagChange {
+  token: string;
+  /** User tags the device holds after the call. */
+  count: number;
+  /** Tags the call gave the device that it did not hold before. */
+  added: string[];
+  /** Tags the call took from the device. */
+  removed: string[];
+}
+
+/** The outcome of a call that may refuse: applied whole, or refused whole naming the limit. */
+export type TagWrite =
+  | {
+      ok: true;
+      changes: TagChange[];
+      /**
+       * Tokens skipped because they registered again (a new index) since the caller looked them up:
+       * nothing was written for them.
+       */
+      stale: string[];
+    }
+  | { ok: false; limit: 'per_device'; token: string; wouldHave: number }
+  | { ok: false; limit: 'per_app'; wouldHave: number };
+
+/** A user tag of an app and how many devices hold it. */
+export interface AppTag {
+  tag: string;
+  devices: number;
+}
+
+/** What the tag service applied to the audience index for a device (its built-in attributes). */
+export interface DeviceTagState {
+  /** The registration (device index) this state belongs to. */
+  index: number;
+  /** That registration ended: the state is kept for a while so that late events about it are ignored. */
+  unregistered: boolean;
+  platform: Platform;
+  /** Built-in value tags set for the index (`pushd:app_version:2.1.0`, ...). */
+  builtin: string[];
+  /** at_ms of the registration event applied last, 0 if none. */
+  registeredAtMs: number;
+}
+
+/** A registration event's attributes, as commitRegistration stores them. */
+export interface RegistrationAttributes {
+  index: number;
+  platform: Platform;
+  builtin: string[];
+  atMs: number;
+}
+
+/**
+ * Tags of devices and their app-wide counts. Owned by the tag service.
+ *
+ * Each device's user tags belong to one registration of its token (one device index): a write for a newer
+ * index first forgets the tags of the older one (whose UNREGISTERED event has not been applied yet), and a
+ * write with an older index than the state's is skipped (`stale`), so that a call or an event that raced a
+ * re-registration cannot leak tags into the new one.
+ *
+ * Per app, the store counts the devices holding each user tag; the number of tags with a count above zero
+ * is the app's distinct tag count that `perApp` limits. Calls that add tags are all-or-nothing over every
+ * device and tag they name: either the whole call is applied, or it is refused (naming the limit) and
+ * nothing of it is. Implementations may refuse a call that would fit when a crash left counts too high;
+ * they never let an app exceed the limits (see tag-store-redis.ts for the steps).
+ */
 export interface TagStore {
+  /** Adds `tags` (distinct) to every device. */
+  add(accessId: number, devices: TagDevice[], tags: string[], limits: TagLimits): Promise<TagWrite>;
+
+  /** Removes `tags` from every device (tags a device does not hold are ignored). */
+  remove(
+    accessId: number,
+    devices: TagDevice[],
+    tags: string[],
+  ): Promise<{ changes: TagChange[]; stale: string[] }>;
+
+  /** Replaces all user tags of the device by `tags` (distinct; empty clears). */
+  replace(accessId: number, device: TagDevice, tags: string[], limits: TagLimits): Promise<TagWrite>;
+
+  /** Removes every user tag of the device. */
+  clear(accessId: number, device: TagDevice): Promise<{ changes: TagChange[]; stale: string[] }>;
+
   /**
-   * Adds tags to a device. When the device would then hold more than `maxPerDevice` tags, nothing is
-   * changed and `{ ok: false }` is returned with the count the device would have had.
+   * The device's user tags, sorted. With `index`, only the tags of that registration (none if the state
+   * belongs to another one).
    */
-  add(
+  list(accessId: number, token: string, index?: number): Promise<string[]>;
+
+  /** The app's user tags with a device count, sorted, `limit` of them after `after`; `total` counts all. */
+  appTags(
+    accessId: number,
+    page: { after?: string; limit: number },
+  ): Promise<{ tags: AppTag[]; total: number }>;
+
+  /** The device's built-in state, undefined if the tag service never saw it. */
+  state(accessId: number, token: string): Promise<DeviceTagState | undefined>;
+
+  /**
+   * Records a registration event's attributes, as applied to the audience index, provided the built-in
+   * tags stored for that index are still `expected` (the caller's read; [] when none). 'changed' means
+   * they are not (read the state again); 'obsolete' that a newer registration or a newer registration
+   * event owns the state, or this registration unregistered (the event must not be applied).
+   */
+  commitRegistration(
     accessId: number,
     token: string,
-    tags: string[],
-    maxPerDevice: number,
-  ): Promise<{ ok: true; count: number } | { ok: false; wouldHave: number }>;
+    attributes: RegistrationAttributes,
+    expected: string[],
+  ): Promise<'applied' | 'changed' | 'obsolete'>;
 
-  /** Removes tags; returns how many the device has left. */
-  remove(accessId: number, token: string, tags: string[]): Promise<number>;
+  /**
+   * Records that session `sessionId` of the device connected or disconnected at `atMs`; returns whether the
+   * device is online afterwards (a disconnect of a session that another one replaced changes nothing), or
+   * undefined when the event is obsolete (a newer registration, or this one unregistered).
+   */
+  presence(
+    accessId: number,
+    token: string,
+    index: number,
+    event: { sessionId: string; atMs: number; connected: boolean },
+  ): Promise<{ online: boolean } | undefined>;
 
-  /** The device's tags, sorted. */
-  list(accessId: number, token: string): Promise<string[]>;
-
-  /** Removes every tag of the device (it unregistered). */
-  clear(accessId: number, token: string): Promise<void>;
+  /**
+   * Forgets the device's tags and state for registration `index` (it unregistered), keeping a marker
+   * that makes later events about that registration obsolete. Returns what the registration held, or
+   * undefined when a newer registration owns the state or this one was already forgotten.
+   */
+  unregister(
+    accessId: number,
+    token: string,
+    index: number,
+  ): Promise<{ tags: string[]; builtin: string[]; platform: Platform } | undefined>;
 }

@@ -157,10 +157,12 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
 
     const tagService = new TagService({
       tags: stores.tags,
+      audience: stores.audience,
       bus,
       registry: registryClient,
       clusterToken,
       logger: logger.child({ service: 'tag' }),
+      clock,
     });
     const tag = await serveGrpc(
       'tag',

@@ -106,6 +106,8 @@ export class Gateway {
   private readonly registerTimeoutMs: number;
   private readonly routeTtlMs: number;
   private readonly events: EventBatcher;
+  /** Connects and disconnects, on their own subject (the tag service keeps online counts from them). */
+  private readonly presence: EventBatcher;
   private readonly timers: NodeJS.Timeout[] = [];
   private subscriptions: BusSubscription[] = [];
   private shuttingDown = false;
@@ -122,6 +124,12 @@ export class Gateway {
     this.events = new EventBatcher({
       bus: options.bus,
       source: 'gateway',
+      logger: options.logger,
+      failures: options.metrics.eventPublishFailures,
+    });
+    this.presence = new EventBatcher({
+      bus: options.bus,
+      source: 'presence',
       logger: options.logger,
       failures: options.metrics.eventPublishFailures,
     });
@@ -208,7 +216,8 @@ export class Gateway {
     for (const socket of sockets) if (socket.readyState !== socket.CLOSED) socket.terminate();
     this.server.closeAllConnections();
     await closing;
-    await this.events.stop();
+    // After the sessions were detached: their DISCONNECTED events are in the batch.
+    await Promise.all([this.events.stop(), this.presence.stop()]);
   }
 
   // ---- handshake -------------------------------------------------------------------------------------
@@ -237,6 +246,7 @@ export class Gateway {
           const session = this.newSession(ws, handshake, undefined);
           session.token = device.token;
           session.platform = device.platform;
+          session.index = device.index;
           metrics.connects.inc({ kind: 'session' });
           void this.establish(session);
         });
@@ -292,6 +302,7 @@ export class Gateway {
     }
     this.sessions.set(session.key, session);
     metrics.connections.inc({ platform: platformLabel(session.platform) });
+    this.announcePresence(session, EventType.EVENT_TYPE_CONNECTED);
     try {
       await routes.set(session.accessId, session.token, { nodeId, sessionId: session.id }, this.routeTtlMs);
       if (session.state === 'closed') return;
@@ -417,6 +428,7 @@ export class Gateway {
       if ((session.state as string) === 'closed' || result.device === undefined) return;
       session.token = result.device.token;
       session.platform = result.device.platform;
+      session.index = result.device.index;
       this.send(session, {
         id: frame.id,
         body: {
@@ -636,10 +648,30 @@ export class Gateway {
     if (session.token !== '' && this.sessions.get(session.key) === session) {
       this.sessions.delete(session.key);
       this.options.metrics.connections.dec({ platform: platformLabel(session.platform) });
+      this.announcePresence(session, EventType.EVENT_TYPE_DISCONNECTED);
       this.options.routes.clear(session.accessId, session.token, session.id).catch((error: unknown) => {
         this.options.logger.warn({ err: error }, 'removing a route failed; it expires by itself');
       });
     }
+  }
+
+  /**
+   * Connects and disconnects of live sessions (the ones in the hub), batched like arrivals. The tag service
+   * follows the newest session of each device, so a disconnect of a session the device already replaced
+   * elsewhere does not mark it offline.
+   */
+  private announcePresence(session: Session, type: EventType): void {
+    this.presence.add(
+      Event.create({
+        type,
+        accessId: session.accessId,
+        token: session.token,
+        platform: session.platform,
+        atMs: this.clock.now(),
+        deviceIndex: session.index,
+        sessionId: session.id,
+      }),
+    );
   }
 
   /** @internal called by the shared socket listener. */

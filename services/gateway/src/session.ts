@@ -17,6 +17,8 @@ export class Session {
   state: SessionState;
   token = '';
   platform = 0 as Platform;
+  /** The device's index (audience index bit), from the registry; undefined for a device without one. */
+  index: number | undefined;
   /** Highest msg_id written to this connection (or reported processed by the device at connect). */
   lastDeliveredMsgId: number;
   /**

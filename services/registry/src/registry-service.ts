@@ -26,7 +26,10 @@ import type { AppRecord, AppStore, DeviceRecord, DeviceStore } from '@pushd/stor
 export interface RegistryServiceOptions {
   apps: AppStore;
   devices: DeviceStore;
-  /** Carries UNREGISTERED events to gateways (close the connection), dispatch and tag (forget the device). */
+  /**
+   * Carries UNREGISTERED events to gateways (close the connection), dispatch and tag (forget the device),
+   * and REGISTERED events to tag (the audience index).
+   */
   bus: Bus;
   /** Shared secret of internal callers and operators. */
   clusterToken: string;
@@ -36,6 +39,8 @@ export interface RegistryServiceOptions {
 }
 
 const DEVICE_ID = /^[A-Za-z0-9_-]{16,128}$/;
+/** Tokens one GetDevices call may name (the tag service's batch calls take up to 1,000). */
+const MAX_TOKENS_PER_LOOKUP = 1_000;
 const ACCOUNT_MAX_CHARS = 128;
 const DETAIL_MAX_CHARS = 64;
 
@@ -115,14 +120,31 @@ export class RegistryService {
         // without an index from device ids to tokens (and one Redis slot per device).
         const token = createHmac('sha256', app.tokenKey).update(request.deviceId).digest('hex').slice(0, 40);
         const credential = randomSecret(32);
+        const now = this.clock.now();
         const { created, device } = await devices.upsert({
           accessId: app.accessId,
           token,
           platform: request.platform,
           ...details,
           credentialHash: hashSecret(credential),
-          registeredAtMs: this.clock.now(),
+          registeredAtMs: now,
         });
+        // Durable and before the reply: a registration the device was told about is in the index
+        // eventually; if the event cannot be stored, the call fails and the device registers again
+        // (the same token and index: the upsert above is idempotent).
+        await this.announce(
+          Event.create({
+            type: EventType.EVENT_TYPE_REGISTERED,
+            accessId: device.accessId,
+            token: device.token,
+            platform: device.platform,
+            atMs: now,
+            appVersion: device.appVersion,
+            osVersion: device.osVersion,
+            locale: device.locale,
+            deviceIndex: indexOf(device),
+          }),
+        );
         return { device: toDevice(device), credential, created };
       },
 
@@ -142,23 +164,39 @@ export class RegistryService {
         return { device: toDevice(await this.requireDevice(accessId, request.token)) };
       },
 
+      getDevices: async (request, { metadata }) => {
+        const accessId = await auth.requireApp(metadata, request.accessId);
+        if (request.tokens.length > MAX_TOKENS_PER_LOOKUP) {
+          throw invalidArgument('tokens', `at most ${MAX_TOKENS_PER_LOOKUP} tokens per call`);
+        }
+        const tokens = [...new Set(request.tokens.filter((token) => token !== ''))];
+        const found = await devices.getMany(accessId, tokens);
+        return { devices: found.filter((device) => device !== undefined).map(toDevice) };
+      },
+
       unregisterDevice: async (request, { metadata }) => {
         const accessId = await auth.requireApp(metadata, request.accessId);
-        const removed = await devices.remove(accessId, request.token);
-        if (removed === undefined) throw tokenNotFound(accessId, request.token);
-        const event = Event.create({
-          type: EventType.EVENT_TYPE_UNREGISTERED,
-          accessId,
-          token: removed.token,
-          platform: removed.platform,
-          atMs: this.clock.now(),
-        });
-        // Durable: dispatch and tag must forget the device even if they are down right now. Gateways also
-        // receive it on the same subject and close the device's connection.
-        await this.options.bus.publishDurable(
-          subjects.events('registry'),
-          EventBatch.encode({ events: [event] }).finish(),
+        const device = await this.requireDevice(accessId, request.token);
+        // Announce first, remove second. Durable: dispatch and tag must forget the device even if they are
+        // down right now; gateways also receive it on the same subject and close the device's connection.
+        // If the announcement cannot be stored the device stays registered and a retry does it all again;
+        // if the removal fails after it, a retry finds the device and announces again (consumers apply
+        // the event idempotently). The other order would leave a removed device whose retry finds nothing
+        // to announce, so its offline window and tags would outlive it.
+        await this.announce(
+          Event.create({
+            type: EventType.EVENT_TYPE_UNREGISTERED,
+            accessId,
+            token: device.token,
+            platform: device.platform,
+            atMs: this.clock.now(),
+            deviceIndex: indexOf(device),
+          }),
         );
+        if ((await devices.remove(accessId, request.token)) === undefined) {
+          // Removed by a concurrent call in between: that call's announcement and ours say the same.
+          this.options.logger.debug({ accessId }, 'device already removed by a concurrent unregister');
+        }
         return {};
       },
 
@@ -195,6 +233,13 @@ export class RegistryService {
         return devices.count(accessId);
       },
     };
+  }
+
+  private async announce(event: Event): Promise<void> {
+    await this.options.bus.publishDurable(
+      subjects.events('registry'),
+      EventBatch.encode({ events: [event] }).finish(),
+    );
   }
 
   private async requireApp(accessId: number): Promise<AppRecord> {
@@ -244,5 +289,11 @@ function toDevice(device: DeviceRecord): Device {
     sdkVersion: device.sdkVersion,
     account: device.account,
     registeredAtMs: device.registeredAtMs,
+    index: indexOf(device),
   };
+}
+
+/** The device index, absent for a record stored before indexes existed (DeviceRecord.index -1). */
+function indexOf(device: DeviceRecord): number | undefined {
+  return device.index >= 0 ? device.index : undefined;
 }

@@ -1,4 +1,4 @@
-// The tag process: tags of devices. Production wiring on Redis and NATS.
+// The tag process: tags of devices and the audience index. Production wiring on Redis and NATS.
 import { RegistryServiceService, TagServiceService } from '@pushd/proto';
 import { bindService } from '@pushd/rpc';
 import { bootstrap, clientsComponent, clusterClient, connectNats, connectRedis, run } from '@pushd/runtime';
@@ -11,6 +11,7 @@ const nats = await connectNats('tag', env, logger, metrics);
 const registry = clusterClient(RegistryServiceService, env.REGISTRY_ADDR, env.CLUSTER_TOKEN);
 const service = new TagService({
   tags: redis.stores.tags,
+  audience: redis.stores.audience,
   bus: nats.bus,
   registry,
   clusterToken: env.CLUSTER_TOKEN,

@@ -23,9 +23,21 @@ export enum EventType {
   EVENT_TYPE_ARRIVED = 2,
   /**
    * EVENT_TYPE_UNREGISTERED - A device unregistered: gateways close its connection, dispatch forgets its offline messages, the tag
-   * service its tags.
+   * service its tags and its bits in the audience index.
    */
   EVENT_TYPE_UNREGISTERED = 3,
+  /**
+   * EVENT_TYPE_REGISTERED - A device registered or registered again (registry, on every successful registration): the tag
+   * service sets its bits in the audience index (registered, platform, built-in attribute tags).
+   */
+  EVENT_TYPE_REGISTERED = 4,
+  /** EVENT_TYPE_CONNECTED - A device opened a session on a gateway (session_id), after registering or reconnecting. */
+  EVENT_TYPE_CONNECTED = 5,
+  /**
+   * EVENT_TYPE_DISCONNECTED - That session ended, however it ended (the device closed it, a heartbeat timeout, a newer session, the
+   * gateway stopping). A gateway that dies sends none: the device's next session replaces it.
+   */
+  EVENT_TYPE_DISCONNECTED = 6,
 }
 
 export function eventTypeFromJSON(object: any): EventType {
@@ -42,6 +54,15 @@ export function eventTypeFromJSON(object: any): EventType {
     case 3:
     case "EVENT_TYPE_UNREGISTERED":
       return EventType.EVENT_TYPE_UNREGISTERED;
+    case 4:
+    case "EVENT_TYPE_REGISTERED":
+      return EventType.EVENT_TYPE_REGISTERED;
+    case 5:
+    case "EVENT_TYPE_CONNECTED":
+      return EventType.EVENT_TYPE_CONNECTED;
+    case 6:
+    case "EVENT_TYPE_DISCONNECTED":
+      return EventType.EVENT_TYPE_DISCONNECTED;
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum EventType");
   }
@@ -57,6 +78,12 @@ export function eventTypeToJSON(object: EventType): string {
       return "EVENT_TYPE_ARRIVED";
     case EventType.EVENT_TYPE_UNREGISTERED:
       return "EVENT_TYPE_UNREGISTERED";
+    case EventType.EVENT_TYPE_REGISTERED:
+      return "EVENT_TYPE_REGISTERED";
+    case EventType.EVENT_TYPE_CONNECTED:
+      return "EVENT_TYPE_CONNECTED";
+    case EventType.EVENT_TYPE_DISCONNECTED:
+      return "EVENT_TYPE_DISCONNECTED";
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum EventType");
   }
@@ -85,12 +112,28 @@ export interface Event {
   accessId: number;
   pushId: string;
   msgId: number;
-  /** The device of an ARRIVED or UNREGISTERED event. */
+  /** The device of an ARRIVED, UNREGISTERED, REGISTERED, CONNECTED or DISCONNECTED event. */
   token: string;
   platform: Platform;
   atMs: number;
   /** The devices of a SENT event: one event per push and batch, not one per device. */
   tokens: string[];
+  /** REGISTERED: the device's details, which become built-in tags (pushd:app_version:<v>, ...). */
+  appVersion?: string | undefined;
+  osVersion?: string | undefined;
+  locale?:
+    | string
+    | undefined;
+  /**
+   * REGISTERED, UNREGISTERED, CONNECTED, DISCONNECTED: the device's index (Device.index), its bit in the
+   * audience index. Events name the registration they are about, so late ones cannot touch a newer one.
+   * Absent: the device has no index yet (stored before indexes existed); the tag service skips the event.
+   */
+  deviceIndex?:
+    | number
+    | undefined;
+  /** CONNECTED, DISCONNECTED: the gateway session. */
+  sessionId?: string | undefined;
 }
 
 /** Events travel in batches (one durable stream message per batch) so that counting does not slow fan-out. */
@@ -240,7 +283,21 @@ export const NodeDelivery: MessageFns<NodeDelivery> = {
 };
 
 function createBaseEvent(): Event {
-  return { type: 0, accessId: 0, pushId: "", msgId: 0, token: "", platform: 0, atMs: 0, tokens: [] };
+  return {
+    type: 0,
+    accessId: 0,
+    pushId: "",
+    msgId: 0,
+    token: "",
+    platform: 0,
+    atMs: 0,
+    tokens: [],
+    appVersion: undefined,
+    osVersion: undefined,
+    locale: undefined,
+    deviceIndex: undefined,
+    sessionId: undefined,
+  };
 }
 
 export const Event: MessageFns<Event> = {
@@ -268,6 +325,21 @@ export const Event: MessageFns<Event> = {
     }
     for (const v of message.tokens) {
       writer.uint32(66).string(v!);
+    }
+    if (message.appVersion !== undefined) {
+      writer.uint32(74).string(message.appVersion);
+    }
+    if (message.osVersion !== undefined) {
+      writer.uint32(82).string(message.osVersion);
+    }
+    if (message.locale !== undefined) {
+      writer.uint32(90).string(message.locale);
+    }
+    if (message.deviceIndex !== undefined) {
+      writer.uint32(96).int64(message.deviceIndex);
+    }
+    if (message.sessionId !== undefined) {
+      writer.uint32(106).string(message.sessionId);
     }
     return writer;
   },
@@ -349,6 +421,46 @@ export const Event: MessageFns<Event> = {
             message.tokens.push(reader.string());
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.appVersion = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.osVersion = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.locale = reader.string();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.deviceIndex = longToNumber(reader.int64());
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.sessionId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -389,6 +501,27 @@ export const Event: MessageFns<Event> = {
       tokens: globalThis.Array.isArray(object?.tokens)
         ? object.tokens.map((e: any) => globalThis.String(e))
         : [],
+      appVersion: isSet(object.appVersion)
+        ? globalThis.String(object.appVersion)
+        : isSet(object.app_version)
+        ? globalThis.String(object.app_version)
+        : undefined,
+      osVersion: isSet(object.osVersion)
+        ? globalThis.String(object.osVersion)
+        : isSet(object.os_version)
+        ? globalThis.String(object.os_version)
+        : undefined,
+      locale: isSet(object.locale) ? globalThis.String(object.locale) : undefined,
+      deviceIndex: isSet(object.deviceIndex)
+        ? globalThis.Number(object.deviceIndex)
+        : isSet(object.device_index)
+        ? globalThis.Number(object.device_index)
+        : undefined,
+      sessionId: isSet(object.sessionId)
+        ? globalThis.String(object.sessionId)
+        : isSet(object.session_id)
+        ? globalThis.String(object.session_id)
+        : undefined,
     };
   },
 
@@ -418,6 +551,21 @@ export const Event: MessageFns<Event> = {
     if (message.tokens?.length) {
       obj.tokens = message.tokens;
     }
+    if (message.appVersion !== undefined) {
+      obj.appVersion = message.appVersion;
+    }
+    if (message.osVersion !== undefined) {
+      obj.osVersion = message.osVersion;
+    }
+    if (message.locale !== undefined) {
+      obj.locale = message.locale;
+    }
+    if (message.deviceIndex !== undefined) {
+      obj.deviceIndex = Math.round(message.deviceIndex);
+    }
+    if (message.sessionId !== undefined) {
+      obj.sessionId = message.sessionId;
+    }
     return obj;
   },
 
@@ -434,6 +582,11 @@ export const Event: MessageFns<Event> = {
     message.platform = object.platform ?? 0;
     message.atMs = object.atMs ?? 0;
     message.tokens = object.tokens?.map((e) => e) || [];
+    message.appVersion = object.appVersion ?? undefined;
+    message.osVersion = object.osVersion ?? undefined;
+    message.locale = object.locale ?? undefined;
+    message.deviceIndex = object.deviceIndex ?? undefined;
+    message.sessionId = object.sessionId ?? undefined;
     return message;
   },
 };

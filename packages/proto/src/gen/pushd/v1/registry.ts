@@ -74,6 +74,12 @@ export interface Device {
   /** Empty when the token is bound to no account. */
   account: string;
   registeredAtMs: number;
+  /**
+   * The device's number in its app (0, 1, 2, ...), given at its first registration and kept until it
+   * unregisters (registering again afterwards gives a new one): its bit in the audience index. Absent only
+   * for a device stored before indexes existed, until it registers again.
+   */
+  index?: number | undefined;
 }
 
 export interface RegisterDeviceRequest {
@@ -110,6 +116,16 @@ export interface GetDeviceRequest {
 
 export interface GetDeviceResponse {
   device?: Device | undefined;
+}
+
+export interface GetDevicesRequest {
+  accessId: number;
+  tokens: string[];
+}
+
+export interface GetDevicesResponse {
+  /** The registered devices among the tokens, in request order, each once. */
+  devices: Device[];
 }
 
 export interface UnregisterDeviceRequest {
@@ -649,6 +665,7 @@ function createBaseDevice(): Device {
     sdkVersion: "",
     account: "",
     registeredAtMs: 0,
+    index: undefined,
   };
 }
 
@@ -680,6 +697,9 @@ export const Device: MessageFns<Device> = {
     }
     if (message.registeredAtMs !== 0) {
       writer.uint32(72).int64(message.registeredAtMs);
+    }
+    if (message.index !== undefined) {
+      writer.uint32(80).int64(message.index);
     }
     return writer;
   },
@@ -769,6 +789,14 @@ export const Device: MessageFns<Device> = {
             message.registeredAtMs = longToNumber(reader.int64());
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.index = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -812,6 +840,7 @@ export const Device: MessageFns<Device> = {
         : isSet(object.registered_at_ms)
         ? globalThis.Number(object.registered_at_ms)
         : 0,
+      index: isSet(object.index) ? globalThis.Number(object.index) : undefined,
     };
   },
 
@@ -844,6 +873,9 @@ export const Device: MessageFns<Device> = {
     if (message.registeredAtMs !== 0) {
       obj.registeredAtMs = Math.round(message.registeredAtMs);
     }
+    if (message.index !== undefined) {
+      obj.index = Math.round(message.index);
+    }
     return obj;
   },
 
@@ -861,6 +893,7 @@ export const Device: MessageFns<Device> = {
     message.sdkVersion = object.sdkVersion ?? "";
     message.account = object.account ?? "";
     message.registeredAtMs = object.registeredAtMs ?? 0;
+    message.index = object.index ?? undefined;
     return message;
   },
 };
@@ -1510,6 +1543,164 @@ export const GetDeviceResponse: MessageFns<GetDeviceResponse> = {
     message.device = (object.device !== undefined && object.device !== null)
       ? Device.fromPartial(object.device)
       : undefined;
+    return message;
+  },
+};
+
+function createBaseGetDevicesRequest(): GetDevicesRequest {
+  return { accessId: 0, tokens: [] };
+}
+
+export const GetDevicesRequest: MessageFns<GetDevicesRequest> = {
+  encode(message: GetDevicesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accessId !== 0) {
+      writer.uint32(8).uint64(message.accessId);
+    }
+    for (const v of message.tokens) {
+      writer.uint32(18).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDevicesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDevicesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accessId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.tokens.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDevicesRequest {
+    return {
+      accessId: isSet(object.accessId)
+        ? globalThis.Number(object.accessId)
+        : isSet(object.access_id)
+        ? globalThis.Number(object.access_id)
+        : 0,
+      tokens: globalThis.Array.isArray(object?.tokens) ? object.tokens.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: GetDevicesRequest): unknown {
+    const obj: any = {};
+    if (message.accessId !== 0) {
+      obj.accessId = Math.round(message.accessId);
+    }
+    if (message.tokens?.length) {
+      obj.tokens = message.tokens;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDevicesRequest>, I>>(base?: I): GetDevicesRequest {
+    return GetDevicesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDevicesRequest>, I>>(object: I): GetDevicesRequest {
+    const message = createBaseGetDevicesRequest();
+    message.accessId = object.accessId ?? 0;
+    message.tokens = object.tokens?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseGetDevicesResponse(): GetDevicesResponse {
+  return { devices: [] };
+}
+
+export const GetDevicesResponse: MessageFns<GetDevicesResponse> = {
+  encode(message: GetDevicesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.devices) {
+      Device.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDevicesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDevicesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.devices.push(Device.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDevicesResponse {
+    return {
+      devices: globalThis.Array.isArray(object?.devices) ? object.devices.map((e: any) => Device.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: GetDevicesResponse): unknown {
+    const obj: any = {};
+    if (message.devices?.length) {
+      obj.devices = message.devices.map((e) => Device.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDevicesResponse>, I>>(base?: I): GetDevicesResponse {
+    return GetDevicesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDevicesResponse>, I>>(object: I): GetDevicesResponse {
+    const message = createBaseGetDevicesResponse();
+    message.devices = object.devices?.map((e) => Device.fromPartial(e)) || [];
     return message;
   },
 };
@@ -2383,6 +2574,16 @@ export const RegistryServiceService = {
     responseSerialize: (value: GetDeviceResponse): Buffer => Buffer.from(GetDeviceResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetDeviceResponse => GetDeviceResponse.decode(value),
   },
+  /** Several devices at once (up to 1,000 tokens); unknown tokens are left out of the reply. */
+  getDevices: {
+    path: "/pushd.v1.RegistryService/GetDevices" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDevicesRequest): Buffer => Buffer.from(GetDevicesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDevicesRequest => GetDevicesRequest.decode(value),
+    responseSerialize: (value: GetDevicesResponse): Buffer => Buffer.from(GetDevicesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDevicesResponse => GetDevicesResponse.decode(value),
+  },
   unregisterDevice: {
     path: "/pushd.v1.RegistryService/UnregisterDevice" as const,
     requestStream: false as const,
@@ -2424,7 +2625,10 @@ export const RegistryServiceService = {
       Buffer.from(ListAccountTokensResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListAccountTokensResponse => ListAccountTokensResponse.decode(value),
   },
-  /** Covered devices: devices currently registered (the upper bound of a broadcast's audience). */
+  /**
+   * Covered devices: devices currently registered (the upper bound of a broadcast's audience), from the
+   * registry's own counters. TagService.CountAudience answers the same from the audience index.
+   */
   countDevices: {
     path: "/pushd.v1.RegistryService/CountDevices" as const,
     requestStream: false as const,
@@ -2448,11 +2652,16 @@ export interface RegistryServiceServer extends UntypedServiceImplementation {
   authenticateDevice: handleUnaryCall<AuthenticateDeviceRequest, AuthenticateDeviceResponse>;
   /** Cluster token or the app's own credentials for the rest. */
   getDevice: handleUnaryCall<GetDeviceRequest, GetDeviceResponse>;
+  /** Several devices at once (up to 1,000 tokens); unknown tokens are left out of the reply. */
+  getDevices: handleUnaryCall<GetDevicesRequest, GetDevicesResponse>;
   unregisterDevice: handleUnaryCall<UnregisterDeviceRequest, UnregisterDeviceResponse>;
   bindAccount: handleUnaryCall<BindAccountRequest, BindAccountResponse>;
   unbindAccount: handleUnaryCall<UnbindAccountRequest, UnbindAccountResponse>;
   listAccountTokens: handleUnaryCall<ListAccountTokensRequest, ListAccountTokensResponse>;
-  /** Covered devices: devices currently registered (the upper bound of a broadcast's audience). */
+  /**
+   * Covered devices: devices currently registered (the upper bound of a broadcast's audience), from the
+   * registry's own counters. TagService.CountAudience answers the same from the audience index.
+   */
   countDevices: handleUnaryCall<CountDevicesRequest, CountDevicesResponse>;
 }
 
@@ -2537,6 +2746,22 @@ export interface RegistryServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetDeviceResponse) => void,
   ): ClientUnaryCall;
+  /** Several devices at once (up to 1,000 tokens); unknown tokens are left out of the reply. */
+  getDevices(
+    request: GetDevicesRequest,
+    callback: (error: ServiceError | null, response: GetDevicesResponse) => void,
+  ): ClientUnaryCall;
+  getDevices(
+    request: GetDevicesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDevicesResponse) => void,
+  ): ClientUnaryCall;
+  getDevices(
+    request: GetDevicesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDevicesResponse) => void,
+  ): ClientUnaryCall;
   unregisterDevice(
     request: UnregisterDeviceRequest,
     callback: (error: ServiceError | null, response: UnregisterDeviceResponse) => void,
@@ -2597,7 +2822,10 @@ export interface RegistryServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListAccountTokensResponse) => void,
   ): ClientUnaryCall;
-  /** Covered devices: devices currently registered (the upper bound of a broadcast's audience). */
+  /**
+   * Covered devices: devices currently registered (the upper bound of a broadcast's audience), from the
+   * registry's own counters. TagService.CountAudience answers the same from the audience index.
+   */
   countDevices(
     request: CountDevicesRequest,
     callback: (error: ServiceError | null, response: CountDevicesResponse) => void,

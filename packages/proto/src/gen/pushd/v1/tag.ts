@@ -18,20 +18,31 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { TagExpression } from "./audience.js";
+import { Platform, platformFromJSON, platformToJSON } from "./common.js";
 
 export const protobufPackage = "pushd.v1";
 
 export const protobufFileName = "pushd/v1/tag.proto";
 
-/** Tags of devices. Authorization as in registry.proto: cluster token or the app's own credentials. */
+/**
+ * Tags of devices and audience counts. Authorization as in registry.proto: cluster token or the app's own
+ * credentials.
+ *
+ * User tags are 1 to 50 characters, no whitespace or control characters, and may not start with "pushd:"
+ * (reserved for built-in attribute tags, which pushd keeps current by itself: pushd:platform:android|ios,
+ * pushd:app_version:<v>, pushd:os_version:<v>, pushd:locale:<l>, pushd:active:1d|7d|30d). Built-in tags
+ * may appear in expressions (CountAudience) but never be set or removed by a call.
+ *
+ * Limits (MISSION rule 3): at most 100 tags per device, at most 10,000 distinct tags per app. A call that
+ * would exceed either is refused whole with TAG_LIMIT_EXCEEDED and changes nothing; the error's metadata
+ * names the limit (limit: "per_device" or "per_app"), its value (max) and what the call would have led to
+ * (would_have; and token for per_device).
+ */
 
 export interface AddTagsRequest {
   accessId: number;
   token: string;
-  /**
-   * 1 to 50 characters each, no whitespace or control characters; may not start with "pushd:"
-   * (reserved for built-in tags).
-   */
   tags: string[];
 }
 
@@ -57,6 +68,91 @@ export interface ListTagsRequest {
 
 export interface ListTagsResponse {
   tags: string[];
+}
+
+export interface SetTagsRequest {
+  accessId: number;
+  token: string;
+  tags: string[];
+}
+
+export interface SetTagsResponse {
+  count: number;
+}
+
+export interface ClearTagsRequest {
+  accessId: number;
+  token: string;
+}
+
+export interface ClearTagsResponse {
+  /** How many tags the device had. */
+  removed: number;
+}
+
+export interface BatchAddTagsRequest {
+  accessId: number;
+  tokens: string[];
+  tags: string[];
+}
+
+export interface BatchAddTagsResponse {
+  /** Tokens not registered in the app (or registered again during the call): nothing was done for them. */
+  unknownTokens: string[];
+  /** Devices that gained at least one tag. */
+  changed: number;
+}
+
+export interface BatchRemoveTagsRequest {
+  accessId: number;
+  tokens: string[];
+  tags: string[];
+}
+
+export interface BatchRemoveTagsResponse {
+  unknownTokens: string[];
+  /** Devices that lost at least one tag. */
+  changed: number;
+}
+
+export interface ListAppTagsRequest {
+  accessId: number;
+  /** 1 to 1,000; 0 means 100. */
+  pageSize: number;
+  /** next_page_token of the previous page; empty for the first. */
+  pageToken: string;
+}
+
+export interface AppTag {
+  tag: string;
+  /**
+   * Devices holding it. Counted as tags are written; may run briefly ahead of the devices (a call in
+   * flight, or one interrupted by a crash), never behind.
+   */
+  devices: number;
+}
+
+export interface ListAppTagsResponse {
+  tags: AppTag[];
+  /** Empty on the last page. */
+  nextPageToken: string;
+  /** Distinct user tags of the app (counted toward the 10,000 limit). */
+  total: number;
+}
+
+export interface CountAudienceRequest {
+  accessId: number;
+  /** Absent: every registered device (the covered devices). */
+  expression?:
+    | TagExpression
+    | undefined;
+  /** PLATFORM_UNSPECIFIED counts both platforms; otherwise only devices of that platform. */
+  platform: Platform;
+}
+
+export interface CountAudienceResponse {
+  matched: number;
+  online: number;
 }
 
 function createBaseAddTagsRequest(): AddTagsRequest {
@@ -559,9 +655,1220 @@ export const ListTagsResponse: MessageFns<ListTagsResponse> = {
   },
 };
 
+function createBaseSetTagsRequest(): SetTagsRequest {
+  return { accessId: 0, token: "", tags: [] };
+}
+
+export const SetTagsRequest: MessageFns<SetTagsRequest> = {
+  encode(message: SetTagsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accessId !== 0) {
+      writer.uint32(8).uint64(message.accessId);
+    }
+    if (message.token !== "") {
+      writer.uint32(18).string(message.token);
+    }
+    for (const v of message.tags) {
+      writer.uint32(26).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetTagsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetTagsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accessId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.tags.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetTagsRequest {
+    return {
+      accessId: isSet(object.accessId)
+        ? globalThis.Number(object.accessId)
+        : isSet(object.access_id)
+        ? globalThis.Number(object.access_id)
+        : 0,
+      token: isSet(object.token) ? globalThis.String(object.token) : "",
+      tags: globalThis.Array.isArray(object?.tags) ? object.tags.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: SetTagsRequest): unknown {
+    const obj: any = {};
+    if (message.accessId !== 0) {
+      obj.accessId = Math.round(message.accessId);
+    }
+    if (message.token !== "") {
+      obj.token = message.token;
+    }
+    if (message.tags?.length) {
+      obj.tags = message.tags;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetTagsRequest>, I>>(base?: I): SetTagsRequest {
+    return SetTagsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetTagsRequest>, I>>(object: I): SetTagsRequest {
+    const message = createBaseSetTagsRequest();
+    message.accessId = object.accessId ?? 0;
+    message.token = object.token ?? "";
+    message.tags = object.tags?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseSetTagsResponse(): SetTagsResponse {
+  return { count: 0 };
+}
+
+export const SetTagsResponse: MessageFns<SetTagsResponse> = {
+  encode(message: SetTagsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.count !== 0) {
+      writer.uint32(8).uint32(message.count);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetTagsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetTagsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.count = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetTagsResponse {
+    return { count: isSet(object.count) ? globalThis.Number(object.count) : 0 };
+  },
+
+  toJSON(message: SetTagsResponse): unknown {
+    const obj: any = {};
+    if (message.count !== 0) {
+      obj.count = Math.round(message.count);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetTagsResponse>, I>>(base?: I): SetTagsResponse {
+    return SetTagsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetTagsResponse>, I>>(object: I): SetTagsResponse {
+    const message = createBaseSetTagsResponse();
+    message.count = object.count ?? 0;
+    return message;
+  },
+};
+
+function createBaseClearTagsRequest(): ClearTagsRequest {
+  return { accessId: 0, token: "" };
+}
+
+export const ClearTagsRequest: MessageFns<ClearTagsRequest> = {
+  encode(message: ClearTagsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accessId !== 0) {
+      writer.uint32(8).uint64(message.accessId);
+    }
+    if (message.token !== "") {
+      writer.uint32(18).string(message.token);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClearTagsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClearTagsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accessId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClearTagsRequest {
+    return {
+      accessId: isSet(object.accessId)
+        ? globalThis.Number(object.accessId)
+        : isSet(object.access_id)
+        ? globalThis.Number(object.access_id)
+        : 0,
+      token: isSet(object.token) ? globalThis.String(object.token) : "",
+    };
+  },
+
+  toJSON(message: ClearTagsRequest): unknown {
+    const obj: any = {};
+    if (message.accessId !== 0) {
+      obj.accessId = Math.round(message.accessId);
+    }
+    if (message.token !== "") {
+      obj.token = message.token;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClearTagsRequest>, I>>(base?: I): ClearTagsRequest {
+    return ClearTagsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClearTagsRequest>, I>>(object: I): ClearTagsRequest {
+    const message = createBaseClearTagsRequest();
+    message.accessId = object.accessId ?? 0;
+    message.token = object.token ?? "";
+    return message;
+  },
+};
+
+function createBaseClearTagsResponse(): ClearTagsResponse {
+  return { removed: 0 };
+}
+
+export const ClearTagsResponse: MessageFns<ClearTagsResponse> = {
+  encode(message: ClearTagsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.removed !== 0) {
+      writer.uint32(8).uint32(message.removed);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClearTagsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClearTagsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.removed = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClearTagsResponse {
+    return { removed: isSet(object.removed) ? globalThis.Number(object.removed) : 0 };
+  },
+
+  toJSON(message: ClearTagsResponse): unknown {
+    const obj: any = {};
+    if (message.removed !== 0) {
+      obj.removed = Math.round(message.removed);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClearTagsResponse>, I>>(base?: I): ClearTagsResponse {
+    return ClearTagsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClearTagsResponse>, I>>(object: I): ClearTagsResponse {
+    const message = createBaseClearTagsResponse();
+    message.removed = object.removed ?? 0;
+    return message;
+  },
+};
+
+function createBaseBatchAddTagsRequest(): BatchAddTagsRequest {
+  return { accessId: 0, tokens: [], tags: [] };
+}
+
+export const BatchAddTagsRequest: MessageFns<BatchAddTagsRequest> = {
+  encode(message: BatchAddTagsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accessId !== 0) {
+      writer.uint32(8).uint64(message.accessId);
+    }
+    for (const v of message.tokens) {
+      writer.uint32(18).string(v!);
+    }
+    for (const v of message.tags) {
+      writer.uint32(26).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BatchAddTagsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBatchAddTagsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accessId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.tokens.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.tags.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BatchAddTagsRequest {
+    return {
+      accessId: isSet(object.accessId)
+        ? globalThis.Number(object.accessId)
+        : isSet(object.access_id)
+        ? globalThis.Number(object.access_id)
+        : 0,
+      tokens: globalThis.Array.isArray(object?.tokens) ? object.tokens.map((e: any) => globalThis.String(e)) : [],
+      tags: globalThis.Array.isArray(object?.tags) ? object.tags.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: BatchAddTagsRequest): unknown {
+    const obj: any = {};
+    if (message.accessId !== 0) {
+      obj.accessId = Math.round(message.accessId);
+    }
+    if (message.tokens?.length) {
+      obj.tokens = message.tokens;
+    }
+    if (message.tags?.length) {
+      obj.tags = message.tags;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BatchAddTagsRequest>, I>>(base?: I): BatchAddTagsRequest {
+    return BatchAddTagsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BatchAddTagsRequest>, I>>(object: I): BatchAddTagsRequest {
+    const message = createBaseBatchAddTagsRequest();
+    message.accessId = object.accessId ?? 0;
+    message.tokens = object.tokens?.map((e) => e) || [];
+    message.tags = object.tags?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseBatchAddTagsResponse(): BatchAddTagsResponse {
+  return { unknownTokens: [], changed: 0 };
+}
+
+export const BatchAddTagsResponse: MessageFns<BatchAddTagsResponse> = {
+  encode(message: BatchAddTagsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.unknownTokens) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.changed !== 0) {
+      writer.uint32(16).uint32(message.changed);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BatchAddTagsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBatchAddTagsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.unknownTokens.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.changed = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BatchAddTagsResponse {
+    return {
+      unknownTokens: globalThis.Array.isArray(object?.unknownTokens)
+        ? object.unknownTokens.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.unknown_tokens)
+        ? object.unknown_tokens.map((e: any) => globalThis.String(e))
+        : [],
+      changed: isSet(object.changed) ? globalThis.Number(object.changed) : 0,
+    };
+  },
+
+  toJSON(message: BatchAddTagsResponse): unknown {
+    const obj: any = {};
+    if (message.unknownTokens?.length) {
+      obj.unknownTokens = message.unknownTokens;
+    }
+    if (message.changed !== 0) {
+      obj.changed = Math.round(message.changed);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BatchAddTagsResponse>, I>>(base?: I): BatchAddTagsResponse {
+    return BatchAddTagsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BatchAddTagsResponse>, I>>(object: I): BatchAddTagsResponse {
+    const message = createBaseBatchAddTagsResponse();
+    message.unknownTokens = object.unknownTokens?.map((e) => e) || [];
+    message.changed = object.changed ?? 0;
+    return message;
+  },
+};
+
+function createBaseBatchRemoveTagsRequest(): BatchRemoveTagsRequest {
+  return { accessId: 0, tokens: [], tags: [] };
+}
+
+export const BatchRemoveTagsRequest: MessageFns<BatchRemoveTagsRequest> = {
+  encode(message: BatchRemoveTagsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accessId !== 0) {
+      writer.uint32(8).uint64(message.accessId);
+    }
+    for (const v of message.tokens) {
+      writer.uint32(18).string(v!);
+    }
+    for (const v of message.tags) {
+      writer.uint32(26).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BatchRemoveTagsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBatchRemoveTagsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accessId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.tokens.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.tags.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BatchRemoveTagsRequest {
+    return {
+      accessId: isSet(object.accessId)
+        ? globalThis.Number(object.accessId)
+        : isSet(object.access_id)
+        ? globalThis.Number(object.access_id)
+        : 0,
+      tokens: globalThis.Array.isArray(object?.tokens) ? object.tokens.map((e: any) => globalThis.String(e)) : [],
+      tags: globalThis.Array.isArray(object?.tags) ? object.tags.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: BatchRemoveTagsRequest): unknown {
+    const obj: any = {};
+    if (message.accessId !== 0) {
+      obj.accessId = Math.round(message.accessId);
+    }
+    if (message.tokens?.length) {
+      obj.tokens = message.tokens;
+    }
+    if (message.tags?.length) {
+      obj.tags = message.tags;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BatchRemoveTagsRequest>, I>>(base?: I): BatchRemoveTagsRequest {
+    return BatchRemoveTagsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BatchRemoveTagsRequest>, I>>(object: I): BatchRemoveTagsRequest {
+    const message = createBaseBatchRemoveTagsRequest();
+    message.accessId = object.accessId ?? 0;
+    message.tokens = object.tokens?.map((e) => e) || [];
+    message.tags = object.tags?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseBatchRemoveTagsResponse(): BatchRemoveTagsResponse {
+  return { unknownTokens: [], changed: 0 };
+}
+
+export const BatchRemoveTagsResponse: MessageFns<BatchRemoveTagsResponse> = {
+  encode(message: BatchRemoveTagsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.unknownTokens) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.changed !== 0) {
+      writer.uint32(16).uint32(message.changed);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BatchRemoveTagsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBatchRemoveTagsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.unknownTokens.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.changed = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BatchRemoveTagsResponse {
+    return {
+      unknownTokens: globalThis.Array.isArray(object?.unknownTokens)
+        ? object.unknownTokens.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.unknown_tokens)
+        ? object.unknown_tokens.map((e: any) => globalThis.String(e))
+        : [],
+      changed: isSet(object.changed) ? globalThis.Number(object.changed) : 0,
+    };
+  },
+
+  toJSON(message: BatchRemoveTagsResponse): unknown {
+    const obj: any = {};
+    if (message.unknownTokens?.length) {
+      obj.unknownTokens = message.unknownTokens;
+    }
+    if (message.changed !== 0) {
+      obj.changed = Math.round(message.changed);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BatchRemoveTagsResponse>, I>>(base?: I): BatchRemoveTagsResponse {
+    return BatchRemoveTagsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BatchRemoveTagsResponse>, I>>(object: I): BatchRemoveTagsResponse {
+    const message = createBaseBatchRemoveTagsResponse();
+    message.unknownTokens = object.unknownTokens?.map((e) => e) || [];
+    message.changed = object.changed ?? 0;
+    return message;
+  },
+};
+
+function createBaseListAppTagsRequest(): ListAppTagsRequest {
+  return { accessId: 0, pageSize: 0, pageToken: "" };
+}
+
+export const ListAppTagsRequest: MessageFns<ListAppTagsRequest> = {
+  encode(message: ListAppTagsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accessId !== 0) {
+      writer.uint32(8).uint64(message.accessId);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(16).uint32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(26).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListAppTagsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListAppTagsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accessId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pageSize = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListAppTagsRequest {
+    return {
+      accessId: isSet(object.accessId)
+        ? globalThis.Number(object.accessId)
+        : isSet(object.access_id)
+        ? globalThis.Number(object.access_id)
+        : 0,
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListAppTagsRequest): unknown {
+    const obj: any = {};
+    if (message.accessId !== 0) {
+      obj.accessId = Math.round(message.accessId);
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListAppTagsRequest>, I>>(base?: I): ListAppTagsRequest {
+    return ListAppTagsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListAppTagsRequest>, I>>(object: I): ListAppTagsRequest {
+    const message = createBaseListAppTagsRequest();
+    message.accessId = object.accessId ?? 0;
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseAppTag(): AppTag {
+  return { tag: "", devices: 0 };
+}
+
+export const AppTag: MessageFns<AppTag> = {
+  encode(message: AppTag, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tag !== "") {
+      writer.uint32(10).string(message.tag);
+    }
+    if (message.devices !== 0) {
+      writer.uint32(16).uint64(message.devices);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AppTag {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAppTag();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tag = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.devices = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AppTag {
+    return {
+      tag: isSet(object.tag) ? globalThis.String(object.tag) : "",
+      devices: isSet(object.devices) ? globalThis.Number(object.devices) : 0,
+    };
+  },
+
+  toJSON(message: AppTag): unknown {
+    const obj: any = {};
+    if (message.tag !== "") {
+      obj.tag = message.tag;
+    }
+    if (message.devices !== 0) {
+      obj.devices = Math.round(message.devices);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AppTag>, I>>(base?: I): AppTag {
+    return AppTag.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AppTag>, I>>(object: I): AppTag {
+    const message = createBaseAppTag();
+    message.tag = object.tag ?? "";
+    message.devices = object.devices ?? 0;
+    return message;
+  },
+};
+
+function createBaseListAppTagsResponse(): ListAppTagsResponse {
+  return { tags: [], nextPageToken: "", total: 0 };
+}
+
+export const ListAppTagsResponse: MessageFns<ListAppTagsResponse> = {
+  encode(message: ListAppTagsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.tags) {
+      AppTag.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    if (message.total !== 0) {
+      writer.uint32(24).uint32(message.total);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListAppTagsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListAppTagsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tags.push(AppTag.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.total = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListAppTagsResponse {
+    return {
+      tags: globalThis.Array.isArray(object?.tags) ? object.tags.map((e: any) => AppTag.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+      total: isSet(object.total) ? globalThis.Number(object.total) : 0,
+    };
+  },
+
+  toJSON(message: ListAppTagsResponse): unknown {
+    const obj: any = {};
+    if (message.tags?.length) {
+      obj.tags = message.tags.map((e) => AppTag.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    if (message.total !== 0) {
+      obj.total = Math.round(message.total);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListAppTagsResponse>, I>>(base?: I): ListAppTagsResponse {
+    return ListAppTagsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListAppTagsResponse>, I>>(object: I): ListAppTagsResponse {
+    const message = createBaseListAppTagsResponse();
+    message.tags = object.tags?.map((e) => AppTag.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    message.total = object.total ?? 0;
+    return message;
+  },
+};
+
+function createBaseCountAudienceRequest(): CountAudienceRequest {
+  return { accessId: 0, expression: undefined, platform: 0 };
+}
+
+export const CountAudienceRequest: MessageFns<CountAudienceRequest> = {
+  encode(message: CountAudienceRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accessId !== 0) {
+      writer.uint32(8).uint64(message.accessId);
+    }
+    if (message.expression !== undefined) {
+      TagExpression.encode(message.expression, writer.uint32(18).fork()).join();
+    }
+    if (message.platform !== 0) {
+      writer.uint32(24).int32(message.platform);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CountAudienceRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCountAudienceRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accessId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.expression = TagExpression.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.platform = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CountAudienceRequest {
+    return {
+      accessId: isSet(object.accessId)
+        ? globalThis.Number(object.accessId)
+        : isSet(object.access_id)
+        ? globalThis.Number(object.access_id)
+        : 0,
+      expression: isSet(object.expression) ? TagExpression.fromJSON(object.expression) : undefined,
+      platform: isSet(object.platform) ? platformFromJSON(object.platform) : 0,
+    };
+  },
+
+  toJSON(message: CountAudienceRequest): unknown {
+    const obj: any = {};
+    if (message.accessId !== 0) {
+      obj.accessId = Math.round(message.accessId);
+    }
+    if (message.expression !== undefined) {
+      obj.expression = TagExpression.toJSON(message.expression);
+    }
+    if (message.platform !== 0) {
+      obj.platform = platformToJSON(message.platform);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CountAudienceRequest>, I>>(base?: I): CountAudienceRequest {
+    return CountAudienceRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CountAudienceRequest>, I>>(object: I): CountAudienceRequest {
+    const message = createBaseCountAudienceRequest();
+    message.accessId = object.accessId ?? 0;
+    message.expression = (object.expression !== undefined && object.expression !== null)
+      ? TagExpression.fromPartial(object.expression)
+      : undefined;
+    message.platform = object.platform ?? 0;
+    return message;
+  },
+};
+
+function createBaseCountAudienceResponse(): CountAudienceResponse {
+  return { matched: 0, online: 0 };
+}
+
+export const CountAudienceResponse: MessageFns<CountAudienceResponse> = {
+  encode(message: CountAudienceResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.matched !== 0) {
+      writer.uint32(8).uint64(message.matched);
+    }
+    if (message.online !== 0) {
+      writer.uint32(16).uint64(message.online);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CountAudienceResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCountAudienceResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.matched = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.online = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CountAudienceResponse {
+    return {
+      matched: isSet(object.matched) ? globalThis.Number(object.matched) : 0,
+      online: isSet(object.online) ? globalThis.Number(object.online) : 0,
+    };
+  },
+
+  toJSON(message: CountAudienceResponse): unknown {
+    const obj: any = {};
+    if (message.matched !== 0) {
+      obj.matched = Math.round(message.matched);
+    }
+    if (message.online !== 0) {
+      obj.online = Math.round(message.online);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CountAudienceResponse>, I>>(base?: I): CountAudienceResponse {
+    return CountAudienceResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CountAudienceResponse>, I>>(object: I): CountAudienceResponse {
+    const message = createBaseCountAudienceResponse();
+    message.matched = object.matched ?? 0;
+    message.online = object.online ?? 0;
+    return message;
+  },
+};
+
 export type TagServiceService = typeof TagServiceService;
 export const TagServiceService = {
-  /** Adds tags to a device. At most 100 tags per device: a call that would exceed it is refused whole. */
+  /** Adds tags to a device (1 to 100 per call). */
   addTags: {
     path: "/pushd.v1.TagService/AddTags" as const,
     requestStream: false as const,
@@ -589,17 +1896,101 @@ export const TagServiceService = {
     responseSerialize: (value: ListTagsResponse): Buffer => Buffer.from(ListTagsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListTagsResponse => ListTagsResponse.decode(value),
   },
+  /** Replaces all user tags of a device (0 to 100 tags: none clears them). */
+  setTags: {
+    path: "/pushd.v1.TagService/SetTags" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetTagsRequest): Buffer => Buffer.from(SetTagsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetTagsRequest => SetTagsRequest.decode(value),
+    responseSerialize: (value: SetTagsResponse): Buffer => Buffer.from(SetTagsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetTagsResponse => SetTagsResponse.decode(value),
+  },
+  clearTags: {
+    path: "/pushd.v1.TagService/ClearTags" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ClearTagsRequest): Buffer => Buffer.from(ClearTagsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ClearTagsRequest => ClearTagsRequest.decode(value),
+    responseSerialize: (value: ClearTagsResponse): Buffer => Buffer.from(ClearTagsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ClearTagsResponse => ClearTagsResponse.decode(value),
+  },
+  /**
+   * Adds the same tags (1 to 100) to many devices (1 to 1,000 tokens). Tokens that are not registered are
+   * listed in the reply and skipped; a limit that any device or the app would exceed refuses the whole call.
+   */
+  batchAddTags: {
+    path: "/pushd.v1.TagService/BatchAddTags" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: BatchAddTagsRequest): Buffer => Buffer.from(BatchAddTagsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): BatchAddTagsRequest => BatchAddTagsRequest.decode(value),
+    responseSerialize: (value: BatchAddTagsResponse): Buffer =>
+      Buffer.from(BatchAddTagsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): BatchAddTagsResponse => BatchAddTagsResponse.decode(value),
+  },
+  batchRemoveTags: {
+    path: "/pushd.v1.TagService/BatchRemoveTags" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: BatchRemoveTagsRequest): Buffer =>
+      Buffer.from(BatchRemoveTagsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): BatchRemoveTagsRequest => BatchRemoveTagsRequest.decode(value),
+    responseSerialize: (value: BatchRemoveTagsResponse): Buffer =>
+      Buffer.from(BatchRemoveTagsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): BatchRemoveTagsResponse => BatchRemoveTagsResponse.decode(value),
+  },
+  /** The app's distinct user tags, sorted, with how many devices hold each. */
+  listAppTags: {
+    path: "/pushd.v1.TagService/ListAppTags" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListAppTagsRequest): Buffer => Buffer.from(ListAppTagsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListAppTagsRequest => ListAppTagsRequest.decode(value),
+    responseSerialize: (value: ListAppTagsResponse): Buffer => Buffer.from(ListAppTagsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListAppTagsResponse => ListAppTagsResponse.decode(value),
+  },
+  /**
+   * Dry run of an audience: how many registered devices an expression matches, and how many of them are
+   * connected now, answered from the audience index without sending anything.
+   */
+  countAudience: {
+    path: "/pushd.v1.TagService/CountAudience" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CountAudienceRequest): Buffer => Buffer.from(CountAudienceRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CountAudienceRequest => CountAudienceRequest.decode(value),
+    responseSerialize: (value: CountAudienceResponse): Buffer =>
+      Buffer.from(CountAudienceResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CountAudienceResponse => CountAudienceResponse.decode(value),
+  },
 } as const;
 
 export interface TagServiceServer extends UntypedServiceImplementation {
-  /** Adds tags to a device. At most 100 tags per device: a call that would exceed it is refused whole. */
+  /** Adds tags to a device (1 to 100 per call). */
   addTags: handleUnaryCall<AddTagsRequest, AddTagsResponse>;
   removeTags: handleUnaryCall<RemoveTagsRequest, RemoveTagsResponse>;
   listTags: handleUnaryCall<ListTagsRequest, ListTagsResponse>;
+  /** Replaces all user tags of a device (0 to 100 tags: none clears them). */
+  setTags: handleUnaryCall<SetTagsRequest, SetTagsResponse>;
+  clearTags: handleUnaryCall<ClearTagsRequest, ClearTagsResponse>;
+  /**
+   * Adds the same tags (1 to 100) to many devices (1 to 1,000 tokens). Tokens that are not registered are
+   * listed in the reply and skipped; a limit that any device or the app would exceed refuses the whole call.
+   */
+  batchAddTags: handleUnaryCall<BatchAddTagsRequest, BatchAddTagsResponse>;
+  batchRemoveTags: handleUnaryCall<BatchRemoveTagsRequest, BatchRemoveTagsResponse>;
+  /** The app's distinct user tags, sorted, with how many devices hold each. */
+  listAppTags: handleUnaryCall<ListAppTagsRequest, ListAppTagsResponse>;
+  /**
+   * Dry run of an audience: how many registered devices an expression matches, and how many of them are
+   * connected now, answered from the audience index without sending anything.
+   */
+  countAudience: handleUnaryCall<CountAudienceRequest, CountAudienceResponse>;
 }
 
 export interface TagServiceClient extends Client {
-  /** Adds tags to a device. At most 100 tags per device: a call that would exceed it is refused whole. */
+  /** Adds tags to a device (1 to 100 per call). */
   addTags(
     request: AddTagsRequest,
     callback: (error: ServiceError | null, response: AddTagsResponse) => void,
@@ -644,6 +2035,106 @@ export interface TagServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListTagsResponse) => void,
+  ): ClientUnaryCall;
+  /** Replaces all user tags of a device (0 to 100 tags: none clears them). */
+  setTags(
+    request: SetTagsRequest,
+    callback: (error: ServiceError | null, response: SetTagsResponse) => void,
+  ): ClientUnaryCall;
+  setTags(
+    request: SetTagsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetTagsResponse) => void,
+  ): ClientUnaryCall;
+  setTags(
+    request: SetTagsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetTagsResponse) => void,
+  ): ClientUnaryCall;
+  clearTags(
+    request: ClearTagsRequest,
+    callback: (error: ServiceError | null, response: ClearTagsResponse) => void,
+  ): ClientUnaryCall;
+  clearTags(
+    request: ClearTagsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ClearTagsResponse) => void,
+  ): ClientUnaryCall;
+  clearTags(
+    request: ClearTagsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ClearTagsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Adds the same tags (1 to 100) to many devices (1 to 1,000 tokens). Tokens that are not registered are
+   * listed in the reply and skipped; a limit that any device or the app would exceed refuses the whole call.
+   */
+  batchAddTags(
+    request: BatchAddTagsRequest,
+    callback: (error: ServiceError | null, response: BatchAddTagsResponse) => void,
+  ): ClientUnaryCall;
+  batchAddTags(
+    request: BatchAddTagsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: BatchAddTagsResponse) => void,
+  ): ClientUnaryCall;
+  batchAddTags(
+    request: BatchAddTagsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: BatchAddTagsResponse) => void,
+  ): ClientUnaryCall;
+  batchRemoveTags(
+    request: BatchRemoveTagsRequest,
+    callback: (error: ServiceError | null, response: BatchRemoveTagsResponse) => void,
+  ): ClientUnaryCall;
+  batchRemoveTags(
+    request: BatchRemoveTagsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: BatchRemoveTagsResponse) => void,
+  ): ClientUnaryCall;
+  batchRemoveTags(
+    request: BatchRemoveTagsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: BatchRemoveTagsResponse) => void,
+  ): ClientUnaryCall;
+  /** The app's distinct user tags, sorted, with how many devices hold each. */
+  listAppTags(
+    request: ListAppTagsRequest,
+    callback: (error: ServiceError | null, response: ListAppTagsResponse) => void,
+  ): ClientUnaryCall;
+  listAppTags(
+    request: ListAppTagsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListAppTagsResponse) => void,
+  ): ClientUnaryCall;
+  listAppTags(
+    request: ListAppTagsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListAppTagsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Dry run of an audience: how many registered devices an expression matches, and how many of them are
+   * connected now, answered from the audience index without sending anything.
+   */
+  countAudience(
+    request: CountAudienceRequest,
+    callback: (error: ServiceError | null, response: CountAudienceResponse) => void,
+  ): ClientUnaryCall;
+  countAudience(
+    request: CountAudienceRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CountAudienceResponse) => void,
+  ): ClientUnaryCall;
+  countAudience(
+    request: CountAudienceRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CountAudienceResponse) => void,
   ): ClientUnaryCall;
 }
 

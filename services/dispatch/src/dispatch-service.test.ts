@@ -1,0 +1,669 @@
+import { Metadata } from '@grpc/grpc-js';
+import { type Bus, MemoryBus, streams, subjects } from '@pushd/bus';
+import { ManualClock, PushdError, silentLogger } from '@pushd/common';
+import {
+  type Event,
+  EventBatch,
+  EventType,
+  type Message,
+  MessageType,
+  NodeDelivery,
+  Platform,
+  type PushRequest,
+  PushStatus,
+  RegistryServiceService,
+} from '@pushd/proto';
+import { RegistryService } from '@pushd/registry';
+import {
+  basicAuthorization,
+  bearerAuthorization,
+  type CallContext,
+  type PromiseClient,
+  type ServiceDefinitionShape,
+  type ServiceHandlers,
+} from '@pushd/rpc';
+import {
+  createMemoryStores,
+  type InboxStore,
+  type PushStore,
+  type Route,
+  type RouteStore,
+  type Stores,
+} from '@pushd/store';
+import { waitFor } from '@pushd/testkit';
+import { Registry } from 'prom-client';
+import { describe, expect, it } from 'vitest';
+import { DispatchService, MAX_EXPIRE_S, MAX_MESSAGE_BYTES, validateMessage } from './dispatch-service.js';
+import { DispatchEventConsumer } from './event-consumer.js';
+import { createDispatchMetrics, type DispatchMetrics } from './metrics.js';
+
+const CLUSTER_TOKEN = 'dispatch-unit-test-cluster-token';
+const NODE_ID = 'gw-test';
+const HOUR_MS = 3_600_000;
+
+function call(authorization?: string, path = '/pushd.v1.DispatchService/Test'): CallContext {
+  const metadata = new Metadata();
+  if (authorization !== undefined) metadata.set('authorization', authorization);
+  return { metadata, path };
+}
+const cluster = () => call(bearerAuthorization(CLUSTER_TOKEN));
+
+/**
+ * A client of another service that calls its real handlers in process: only `methods` exist (calling any
+ * other fails loudly), each request and response goes through the method's protobuf serializers as over
+ * the wire, and every call carries `authorization`.
+ */
+function inProcessClient<D extends ServiceDefinitionShape>(
+  definition: D,
+  handlers: ServiceHandlers<D>,
+  authorization: string,
+  methods: (keyof D & string)[],
+): PromiseClient<D> {
+  const client: Record<string, unknown> = { close: () => {} };
+  for (const name of methods) {
+    const method = definition[name]!;
+    client[name] = async (request: unknown) => {
+      const decoded = method.requestDeserialize(method.requestSerialize(request));
+      const response = await handlers[name](decoded, call(authorization, method.path));
+      return method.responseDeserialize(method.responseSerialize(response));
+    };
+  }
+  return client as PromiseClient<D>;
+}
+
+type RegistryClient = PromiseClient<typeof RegistryServiceService>;
+
+interface SetupOptions {
+  /** Replaces the registry client dispatch gets (default: the real registry's handlers). */
+  registry?: (real: RegistryClient) => RegistryClient;
+  /** Wraps the stores dispatch gets. */
+  pushes?: (real: PushStore) => PushStore;
+  routes?: (real: RouteStore) => RouteStore;
+  bus?: (real: MemoryBus) => Bus;
+}
+
+async function setup(options: SetupOptions = {}) {
+  const clock = new ManualClock();
+  const stores: Stores = createMemoryStores({ clock });
+  const memoryBus = new MemoryBus({ streams: [streams.events], clock });
+  const registryService = new RegistryService({
+    apps: stores.apps,
+    devices: stores.devices,
+    bus: memoryBus,
+    clusterToken: CLUSTER_TOKEN,
+    logger: silentLogger(),
+    clock,
+  });
+  const registryHandlers = registryService.handlers();
+  const realRegistry = inProcessClient(
+    RegistryServiceService,
+    registryHandlers,
+    bearerAuthorization(CLUSTER_TOKEN),
+    ['getDevice', 'verifyApp'],
+  );
+  const metricsRegistry = new Registry();
+  const metrics = createDispatchMetrics(metricsRegistry);
+  const service = new DispatchService({
+    pushes: options.pushes?.(stores.pushes) ?? stores.pushes,
+    inboxes: stores.inboxes,
+    routes: options.routes?.(stores.routes) ?? stores.routes,
+    bus: options.bus?.(memoryBus) ?? memoryBus,
+    registry: options.registry?.(realRegistry) ?? realRegistry,
+    clusterToken: CLUSTER_TOKEN,
+    metrics,
+    logger: silentLogger(),
+    clock,
+  });
+  const h = service.handlers();
+
+  const created = await registryHandlers.createApp({ name: 'demo' }, cluster());
+  const app = {
+    accessId: created.app?.accessId ?? 0,
+    accessKey: created.accessKey,
+    auth: () => call(basicAuthorization(created.app?.accessId ?? 0, created.secretKey)),
+  };
+  let devices = 0;
+  const registerDevice = async (platform = Platform.PLATFORM_ANDROID) => {
+    const registered = await registryHandlers.registerDevice(
+      {
+        accessId: app.accessId,
+        accessKey: app.accessKey,
+        deviceId: `device_${String(++devices).padStart(12, '0')}`,
+        platform,
+        appVersion: '',
+        osVersion: '',
+        locale: '',
+        sdkVersion: '',
+      },
+      cluster(),
+    );
+    return registered.device?.token ?? '';
+  };
+
+  const push = (token: string, fields: Partial<PushRequest> = {}) =>
+    h.push(notify(token, fields), app.auth());
+  const pending = async (token: string, afterMsgId = 0) =>
+    h.fetchPending({ accessId: app.accessId, token, afterMsgId }, cluster());
+  const pendingIds = async (token: string, afterMsgId = 0) =>
+    (await pending(token, afterMsgId)).messages.map((m) => m.msgId);
+
+  /** Routes `token` to the test node and records the NodeDeliveries published there. */
+  const routeToNode = async (token: string) => {
+    await stores.routes.set(app.accessId, token, { nodeId: NODE_ID, sessionId: 'session-1' }, HOUR_MS);
+  };
+  const deliveries: NodeDelivery[] = [];
+  memoryBus.subscribe(subjects.nodeDelivery(NODE_ID), (data) => deliveries.push(NodeDelivery.decode(data)));
+  const sentEvents: Event[] = [];
+  memoryBus.subscribe(subjects.events('dispatch'), (data) =>
+    sentEvents.push(...EventBatch.decode(data).events),
+  );
+
+  return {
+    clock,
+    stores,
+    bus: memoryBus,
+    h,
+    app,
+    metrics,
+    registryHandlers,
+    registerDevice,
+    push,
+    pending,
+    pendingIds,
+    routeToNode,
+    deliveries,
+    sentEvents,
+  };
+}
+
+function notify(token: string, fields: Partial<PushRequest> = {}): PushRequest {
+  return {
+    accessId: 0,
+    audience: { target: { $case: 'token', value: token } },
+    message: { type: MessageType.MESSAGE_TYPE_NOTIFY, title: 'Hello', content: 'World', customContent: {} },
+    expireTimeS: 0,
+    ...fields,
+  };
+}
+
+async function counterValue(
+  metric: DispatchMetrics[keyof DispatchMetrics],
+  labels: Record<string, string> = {},
+) {
+  const { values } = await metric.get();
+  return values
+    .filter((v) => {
+      const actual: Record<string, string | number | undefined> = v.labels;
+      return Object.entries(labels).every(([key, value]) => actual[key] === value);
+    })
+    .reduce((sum, v) => sum + v.value, 0);
+}
+
+const message = (fields: Partial<Message>): Message => ({
+  type: MessageType.MESSAGE_TYPE_NOTIFY,
+  title: '',
+  content: '',
+  customContent: {},
+  ...fields,
+});
+
+describe('validateMessage', () => {
+  it('requires a message of a known type', () => {
+    expect(() => validateMessage(undefined)).toThrow(
+      expect.objectContaining({ code: 'INVALID_ARGUMENT', metadata: { field: 'message' } }),
+    );
+    for (const type of [MessageType.MESSAGE_TYPE_UNSPECIFIED, 9 as MessageType]) {
+      expect(() => validateMessage(message({ type, content: 'x' }))).toThrow(
+        expect.objectContaining({ code: 'INVALID_ARGUMENT', metadata: { field: 'message.type' } }),
+      );
+    }
+  });
+
+  it('requires content for a notification', () => {
+    expect(() =>
+      validateMessage(message({ type: MessageType.MESSAGE_TYPE_NOTIFY, customContent: { k: 'v' } })),
+    ).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT', metadata: { field: 'message.content' } }));
+    const ok = message({ type: MessageType.MESSAGE_TYPE_NOTIFY, content: 'hi' });
+    expect(validateMessage(ok)).toEqual(ok);
+  });
+
+  it('accepts a pass-through message with only custom_content, and refuses one with neither', () => {
+    const only = message({ type: MessageType.MESSAGE_TYPE_MESSAGE, customContent: { sync: 'inbox' } });
+    expect(validateMessage(only)).toEqual(only);
+    const contentOnly = message({ type: MessageType.MESSAGE_TYPE_MESSAGE, content: 'data' });
+    expect(validateMessage(contentOnly)).toEqual(contentOnly);
+    expect(() => validateMessage(message({ type: MessageType.MESSAGE_TYPE_MESSAGE, title: 'x' }))).toThrow(
+      expect.objectContaining({ code: 'INVALID_ARGUMENT', metadata: { field: 'message' } }),
+    );
+  });
+
+  it('limits the serialized message to 4096 UTF-8 bytes, not characters', () => {
+    expect(MAX_MESSAGE_BYTES).toBe(4096);
+    // 1366 CJK characters are far fewer than 4096 characters but 4098 bytes of UTF-8.
+    const cjk = '推'.repeat(1366);
+    expect(cjk.length).toBeLessThan(4096);
+    let thrown: unknown;
+    try {
+      validateMessage(message({ content: cjk }));
+    } catch (error) {
+      thrown = error;
+    }
+    expect(thrown).toBeInstanceOf(PushdError);
+    expect(thrown).toMatchObject({ code: 'PAYLOAD_TOO_LARGE', metadata: { limit: '4096' } });
+    expect(Number((thrown as PushdError).metadata.size)).toBeGreaterThan(4096);
+
+    // Exactly at the limit: type (2 bytes) + content tag (1) + length (2) + 4091 ASCII bytes = 4096.
+    expect(() => validateMessage(message({ content: 'a'.repeat(4091) }))).not.toThrow();
+    expect(() => validateMessage(message({ content: 'a'.repeat(4092) }))).toThrow(
+      expect.objectContaining({ code: 'PAYLOAD_TOO_LARGE', metadata: { limit: '4096', size: '4097' } }),
+    );
+  });
+
+  it('counts title and custom_content in the size', () => {
+    expect(() => validateMessage(message({ content: 'x', title: 't'.repeat(4100) }))).toThrow(
+      expect.objectContaining({ code: 'PAYLOAD_TOO_LARGE' }),
+    );
+    expect(() =>
+      validateMessage(
+        message({ type: MessageType.MESSAGE_TYPE_MESSAGE, customContent: { blob: 'b'.repeat(4100) } }),
+      ),
+    ).toThrow(expect.objectContaining({ code: 'PAYLOAD_TOO_LARGE' }));
+  });
+});
+
+describe('DispatchService.push validation', () => {
+  it('refuses invalid input before anything is stored or sent', async () => {
+    const { push, registerDevice, pending, sentEvents, deliveries, routeToNode, h, app, bus } = await setup();
+    const token = await registerDevice();
+    await routeToNode(token);
+    const refusals: [Partial<PushRequest>, string, string | undefined][] = [
+      [{ message: undefined }, 'INVALID_ARGUMENT', 'message'],
+      [{ message: message({ content: '' }) }, 'INVALID_ARGUMENT', 'message.content'],
+      [{ message: message({ content: '中'.repeat(1366) }) }, 'PAYLOAD_TOO_LARGE', undefined],
+      [{ expireTimeS: MAX_EXPIRE_S + 1 }, 'INVALID_ARGUMENT', 'expire_time_s'],
+      [{ audience: undefined }, 'INVALID_ARGUMENT', 'audience.token'],
+      [{ audience: { target: { $case: 'token', value: '' } } }, 'INVALID_ARGUMENT', 'audience.token'],
+    ];
+    for (const [fields, code, field] of refusals) {
+      const refused = push(token, fields);
+      await expect(refused, JSON.stringify(fields).slice(0, 80)).rejects.toMatchObject(
+        field === undefined ? { code } : { code, metadata: { field } },
+      );
+    }
+    await expect(push('f'.repeat(40))).rejects.toMatchObject({ code: 'TOKEN_NOT_FOUND' });
+
+    await bus.flush();
+    expect(await pending(token)).toEqual({ messages: [], lastMsgId: 0 });
+    expect(deliveries).toEqual([]);
+    expect(sentEvents).toEqual([]);
+    await expect(h.getPush({ accessId: 0, pushId: '1' }, app.auth())).rejects.toMatchObject({
+      code: 'PUSH_NOT_FOUND',
+    });
+  });
+
+  it('keeps a message 72 hours by default and accepts expire_time_s up to 259200', async () => {
+    const { push, registerDevice, pending, clock } = await setup();
+    const token = await registerDevice();
+    await push(token);
+    await push(token, { expireTimeS: MAX_EXPIRE_S });
+    const { messages } = await pending(token);
+    expect(MAX_EXPIRE_S).toBe(259_200);
+    expect(messages.map((m) => m.expiresAtMs - m.sentAtMs)).toEqual([72 * HOUR_MS, 72 * HOUR_MS]);
+    expect(messages.every((m) => m.sentAtMs === clock.now())).toBe(true);
+  });
+});
+
+describe('DispatchService.push', () => {
+  it('persists the message before routing it: the window holds it when the route is read', async () => {
+    const windowsWhenRouteRead: number[][] = [];
+    let inboxes: InboxStore | undefined;
+    const { push, registerDevice, pendingIds, app, stores, h, clock } = await setup({
+      routes: (real) => ({
+        set: (...args) => real.set(...args),
+        getMany: (...args) => real.getMany(...args),
+        clear: (...args) => real.clear(...args),
+        refresh: (...args) => real.refresh(...args),
+        get: async (accessId: number, token: string): Promise<Route | undefined> => {
+          const window = await inboxes!.pending(accessId, token, 0, clock.now());
+          windowsWhenRouteRead.push(window.messages.map((m) => m.msgId));
+          return real.get(accessId, token);
+        },
+      }),
+    });
+    inboxes = stores.inboxes;
+    const token = await registerDevice();
+
+    // No route: the device is offline, and its window keeps the message.
+    const result = await push(token, {
+      message: message({ title: 'Order shipped', content: 'On its way', customContent: { order: '1234' } }),
+    });
+    expect(result).toEqual({ pushId: '1', msgId: 1 });
+    expect(windowsWhenRouteRead).toEqual([[1]]);
+    const { messages, lastMsgId } = await h.fetchPending(
+      { accessId: app.accessId, token, afterMsgId: 0 },
+      cluster(),
+    );
+    expect(lastMsgId).toBe(1);
+    expect(messages).toEqual([
+      {
+        msgId: 1,
+        pushId: '1',
+        message: message({ title: 'Order shipped', content: 'On its way', customContent: { order: '1234' } }),
+        sentAtMs: clock.now(),
+        expiresAtMs: clock.now() + 72 * HOUR_MS,
+      },
+    ]);
+    expect(await pendingIds(token)).toEqual([1]);
+
+    // The push record is saved and done.
+    await expect(h.getPush({ accessId: 0, pushId: '1' }, app.auth())).resolves.toEqual({
+      push: {
+        accessId: app.accessId,
+        pushId: '1',
+        msgId: 1,
+        status: PushStatus.PUSH_STATUS_DONE,
+        audience: { target: { $case: 'token', value: token } },
+        message: message({ title: 'Order shipped', content: 'On its way', customContent: { order: '1234' } }),
+        createdAtMs: clock.now(),
+        expiresAtMs: clock.now() + 72 * HOUR_MS,
+        target: 1,
+      },
+    });
+  });
+
+  it('publishes a NodeDelivery to the gateway holding the route, chained by previousMsgIds', async () => {
+    const { push, registerDevice, routeToNode, deliveries, pendingIds, app, bus, metrics } = await setup();
+    const token = await registerDevice();
+    const offline = await push(token);
+    expect(await counterValue(metrics.routed, { route: 'offline' })).toBe(1);
+    await routeToNode(token);
+    const first = await push(token, { message: message({ content: 'one' }) });
+    const second = await push(token, { message: message({ content: 'two' }) });
+    await waitFor(() => deliveries.length >= 2, 'two node deliveries');
+    await bus.flush();
+
+    expect(deliveries).toHaveLength(2);
+    expect(deliveries[0]).toMatchObject({
+      accessId: app.accessId,
+      tokens: [token],
+      message: { msgId: first.msgId, pushId: first.pushId, message: { content: 'one' } },
+      previousMsgIds: [offline.msgId],
+    });
+    expect(deliveries[1]).toMatchObject({
+      tokens: [token],
+      message: { msgId: second.msgId, pushId: second.pushId, message: { content: 'two' } },
+      previousMsgIds: [first.msgId],
+    });
+    // Routed or not, every message went through the window (Android keeps 2).
+    expect(await pendingIds(token)).toEqual([first.msgId, second.msgId]);
+    expect(await counterValue(metrics.routed, { route: 'online' })).toBe(2);
+  });
+
+  it('keeps the newest 2 messages of an offline Android device and the newest 1 of an iOS device, oldest first', async () => {
+    const { push, registerDevice, pending, pendingIds } = await setup();
+    const android = await registerDevice(Platform.PLATFORM_ANDROID);
+    const ios = await registerDevice(Platform.PLATFORM_IOS);
+    const toAndroid: number[] = [];
+    const toIos: number[] = [];
+    for (let n = 1; n <= 5; n++) {
+      toAndroid.push((await push(android, { message: message({ content: `a${n}` }) })).msgId);
+      toIos.push((await push(ios, { message: message({ content: `i${n}` }) })).msgId);
+    }
+    const androidWindow = await pending(android);
+    expect(androidWindow.messages.map((m) => m.msgId)).toEqual(toAndroid.slice(3));
+    expect(androidWindow.messages.map((m) => m.message?.content)).toEqual(['a4', 'a5']);
+    expect(androidWindow.lastMsgId).toBe(toAndroid[4]);
+    const iosWindow = await pending(ios);
+    expect(iosWindow.messages.map((m) => m.message?.content)).toEqual(['i5']);
+    expect(iosWindow.lastMsgId).toBe(toIos[4]);
+    // After a msg id the device already has.
+    expect(await pendingIds(android, toAndroid[3])).toEqual([toAndroid[4]]);
+    expect(await pendingIds(android, toAndroid[4])).toEqual([]);
+  });
+
+  it('stops offering a message once its expire time has passed', async () => {
+    const { push, registerDevice, pending, pendingIds, clock } = await setup();
+    const token = await registerDevice();
+    const short = await push(token, { expireTimeS: 60 });
+    const long = await push(token);
+    clock.advance(59_999);
+    expect(await pendingIds(token)).toEqual([short.msgId, long.msgId]);
+    clock.advance(2);
+    expect(await pendingIds(token)).toEqual([long.msgId]);
+    clock.advance(72 * HOUR_MS);
+    const expired = await pending(token);
+    expect(expired.messages).toEqual([]);
+    // The window still knows the last id, which chains the next message.
+    expect(expired.lastMsgId).toBe(long.msgId);
+  });
+
+  it('gives concurrent pushes to one device strictly increasing msg ids and one unbroken chain', async () => {
+    // Message ids are taken in one order and appended in another: the reversed delays make the last id
+    // reach the window first, so the earlier ones are refused and must take fresh ids.
+    const count = 40;
+    let calls = 0;
+    const { push, registerDevice, routeToNode, deliveries, pending, metrics, h, app } = await setup({
+      pushes: (real) => ({
+        nextIds: async (accessId) => {
+          const ids = await real.nextIds(accessId);
+          const delayMs = count - calls++;
+          await new Promise((resolve) => setTimeout(resolve, delayMs));
+          return ids;
+        },
+        nextMsgId: (accessId) => real.nextMsgId(accessId),
+        save: (record) => real.save(record),
+        get: (accessId, pushId) => real.get(accessId, pushId),
+        setStatus: (...args) => real.setStatus(...args),
+      }),
+    });
+    const token = await registerDevice();
+    await routeToNode(token);
+
+    const results = await Promise.all(
+      Array.from({ length: count }, (_, n) => push(token, { message: message({ content: `m${n}` }) })),
+    );
+    await waitFor(() => deliveries.length >= count, `${count} node deliveries`);
+
+    expect(await counterValue(metrics.appendRetries)).toBeGreaterThan(0);
+    expect(new Set(results.map((r) => r.msgId)).size).toBe(count);
+    expect(new Set(results.map((r) => r.pushId)).size).toBe(count);
+
+    // Sorted by msg id, each delivery names the one before it as its predecessor: one chain, no fork.
+    const chain = [...deliveries].sort((a, b) => (a.message?.msgId ?? 0) - (b.message?.msgId ?? 0));
+    expect(chain[0]?.previousMsgIds).toEqual([0]);
+    for (let i = 1; i < chain.length; i++) {
+      expect(chain[i]?.previousMsgIds, `delivery ${i}`).toEqual([chain[i - 1]?.message?.msgId]);
+    }
+    // What each call returned is what was delivered and recorded.
+    for (const result of results) {
+      const delivered = deliveries.find((d) => d.message?.pushId === result.pushId);
+      expect(delivered?.message?.msgId).toBe(result.msgId);
+      const { push: record } = await h.getPush({ accessId: 0, pushId: result.pushId }, app.auth());
+      expect(record?.msgId).toBe(result.msgId);
+    }
+    const window = await pending(token);
+    const highest = [...results.map((r) => r.msgId)].sort((a, b) => a - b).slice(-2);
+    expect(window.messages.map((m) => m.msgId)).toEqual(highest);
+    expect(window.lastMsgId).toBe(highest[1]);
+  });
+
+  it('publishes a SENT event to the durable stream', async () => {
+    const { push, registerDevice, bus, app, clock } = await setup();
+    const token = await registerDevice(Platform.PLATFORM_IOS);
+    const result = await push(token);
+    // A consumer that starts only now still finds the event: it was stored, not just published.
+    const stored: Event[] = [];
+    const consumer = bus.consume({
+      stream: streams.events.name,
+      consumer: 'test-sent',
+      filterSubject: subjects.events('dispatch'),
+      handler: async (data) => {
+        stored.push(...EventBatch.decode(data).events);
+      },
+    });
+    try {
+      await waitFor(() => stored.length >= 1, 'the SENT event in the stream');
+      expect(stored).toEqual([
+        expect.objectContaining({
+          type: EventType.EVENT_TYPE_SENT,
+          accessId: app.accessId,
+          pushId: result.pushId,
+          msgId: result.msgId,
+          platform: Platform.PLATFORM_IOS,
+          tokens: [token],
+          atMs: clock.now(),
+        }),
+      ]);
+    } finally {
+      await consumer.stop();
+    }
+  });
+
+  it('still accepts the push when the SENT event cannot be published, and counts the failure', async () => {
+    const { push, registerDevice, pendingIds, metrics, h, app } = await setup({
+      bus: (real) => ({
+        publish: (subject, data) => real.publish(subject, data),
+        subscribe: (subject, handler, options) => real.subscribe(subject, handler, options),
+        publishDurable: async () => {
+          throw new PushdError('UNAVAILABLE', 'stream unreachable (test)');
+        },
+        consume: (options) => real.consume(options),
+        ready: () => real.ready(),
+        flush: () => real.flush(),
+        close: () => real.close(),
+      }),
+    });
+    const token = await registerDevice();
+    const result = await push(token);
+    expect(await pendingIds(token)).toEqual([result.msgId]);
+    expect(await counterValue(metrics.eventPublishFailures)).toBe(1);
+    await expect(h.getPush({ accessId: 0, pushId: result.pushId }, app.auth())).resolves.toMatchObject({
+      push: { status: PushStatus.PUSH_STATUS_DONE },
+    });
+  });
+
+  it('fails the push and stores nothing when the registry is unavailable', async () => {
+    const { push, registerDevice, routeToNode, pending, deliveries, sentEvents, h, app, bus, metrics } =
+      await setup({
+        registry: (real) => ({
+          ...real,
+          getDevice: async () => {
+            throw new PushdError('UNAVAILABLE', 'registry unreachable (test)');
+          },
+        }),
+      });
+    const token = await registerDevice();
+    await routeToNode(token);
+    const refused = push(token);
+    await expect(refused).rejects.toBeInstanceOf(PushdError);
+    await expect(refused).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+
+    await bus.flush();
+    expect(await pending(token)).toEqual({ messages: [], lastMsgId: 0 });
+    expect(deliveries).toEqual([]);
+    expect(sentEvents).toEqual([]);
+    await expect(h.getPush({ accessId: 0, pushId: '1' }, app.auth())).rejects.toMatchObject({
+      code: 'PUSH_NOT_FOUND',
+    });
+    expect(await counterValue(metrics.pushes, { outcome: 'UNAVAILABLE' })).toBe(1);
+    expect(await counterValue(metrics.pushes, { outcome: 'accepted' })).toBe(0);
+  });
+
+  it('keeps apps apart: another app cannot push to a token, read a push or name another access id', async () => {
+    const { push, registerDevice, registryHandlers, h, pendingIds } = await setup();
+    const token = await registerDevice();
+    const result = await push(token);
+    const other = await registryHandlers.createApp({ name: 'other' }, cluster());
+    const asOther = () => call(basicAuthorization(other.app?.accessId ?? 0, other.secretKey));
+
+    await expect(h.push(notify(token), asOther())).rejects.toMatchObject({ code: 'TOKEN_NOT_FOUND' });
+    await expect(
+      h.push(notify(token, { accessId: other.app!.accessId - 1 }), asOther()),
+    ).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+    await expect(h.getPush({ accessId: 0, pushId: result.pushId }, asOther())).rejects.toMatchObject({
+      code: 'PUSH_NOT_FOUND',
+    });
+    await expect(
+      h.fetchPending({ accessId: other.app!.accessId, token, afterMsgId: 0 }, asOther()),
+    ).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+    await expect(h.push(notify(token), call())).rejects.toMatchObject({ code: 'UNAUTHENTICATED' });
+    await expect(h.push(notify(token), call(basicAuthorization(1, 'nope')))).rejects.toMatchObject({
+      code: 'UNAUTHENTICATED',
+    });
+    expect(await pendingIds(token)).toEqual([result.msgId]);
+  });
+
+  it('lets the cluster token push to any app by access id', async () => {
+    const { h, registerDevice, app, pendingIds } = await setup();
+    const token = await registerDevice();
+    const result = await h.push(notify(token, { accessId: app.accessId }), cluster());
+    expect(await pendingIds(token)).toEqual([result.msgId]);
+    await expect(h.getPush({ accessId: app.accessId, pushId: '' }, cluster())).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      metadata: { field: 'push_id' },
+    });
+    await expect(
+      h.fetchPending({ accessId: app.accessId, token: '', afterMsgId: 0 }, cluster()),
+    ).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', metadata: { field: 'token' } });
+  });
+});
+
+describe('DispatchEventConsumer', () => {
+  it('removes acknowledged messages from windows and clears the window of an unregistered device', async () => {
+    const { push, registerDevice, pending, pendingIds, bus, app, metrics, stores, registryHandlers } =
+      await setup();
+    const consumer = new DispatchEventConsumer({
+      bus,
+      inboxes: stores.inboxes,
+      metrics,
+      logger: silentLogger(),
+    });
+    consumer.start();
+    try {
+      const token = await registerDevice();
+      const other = await registerDevice();
+      const first = await push(token);
+      const second = await push(token);
+      const others = await push(other);
+
+      // The gateway reports that the device received the first message.
+      const arrived = (msgId: number, pushId: string, forToken = token): Event => ({
+        type: EventType.EVENT_TYPE_ARRIVED,
+        accessId: app.accessId,
+        pushId,
+        msgId,
+        token: forToken,
+        platform: Platform.PLATFORM_ANDROID,
+        atMs: 0,
+        tokens: [],
+      });
+      await bus.publishDurable(
+        subjects.events('gateway'),
+        EventBatch.encode({ events: [arrived(first.msgId, first.pushId)] }).finish(),
+      );
+      await waitFor(async () => (await pendingIds(token)).length === 1, 'the acked message to leave');
+      expect(await pendingIds(token)).toEqual([second.msgId]);
+      expect(await pendingIds(other)).toEqual([others.msgId]);
+
+      // Applying the same ack again (a redelivery) is harmless; an ack of an unknown id is ignored.
+      await bus.publishDurable(
+        subjects.events('gateway'),
+        EventBatch.encode({ events: [arrived(first.msgId, first.pushId), arrived(999, '')] }).finish(),
+      );
+      await waitFor(
+        async () => (await counterValue(metrics.eventsConsumed, { type: 'arrived' })) >= 2,
+        'the second ack batch to be applied',
+      );
+      expect(await pendingIds(token)).toEqual([second.msgId]);
+
+      // The registry announces that the device unregistered: its whole window goes.
+      await registryHandlers.unregisterDevice({ accessId: app.accessId, token }, cluster());
+      await waitFor(async () => (await pending(token)).lastMsgId === 0, 'the window to be cleared');
+      expect(await pending(token)).toEqual({ messages: [], lastMsgId: 0 });
+      expect(await pendingIds(other)).toEqual([others.msgId]);
+      expect(await counterValue(metrics.eventsConsumed, { type: 'unregistered' })).toBe(1);
+    } finally {
+      await consumer.stop();
+    }
+  });
+});

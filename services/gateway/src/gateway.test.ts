@@ -1,0 +1,853 @@
+import type { Socket } from 'node:net';
+import { Metadata } from '@grpc/grpc-js';
+import { MemoryBus, streams, subjects } from '@pushd/bus';
+import { silentLogger } from '@pushd/common';
+import { DeviceClient, type DeviceCloseEvent, generateDeviceId } from '@pushd/device-sdk';
+import { createDispatchMetrics, DispatchEventConsumer, DispatchService } from '@pushd/dispatch';
+import {
+  type ClientFrame,
+  DispatchServiceService,
+  decodeServerFrame,
+  type Event,
+  EventBatch,
+  EventType,
+  encodeClientFrame,
+  MessageType,
+  NodeDelivery,
+  Platform,
+  type PushMessage,
+  RegistryServiceService,
+  type ServerFrame,
+} from '@pushd/proto';
+import { RegistryService } from '@pushd/registry';
+import {
+  basicAuthorization,
+  bearerAuthorization,
+  type CallContext,
+  type PromiseClient,
+  type ServiceDefinitionShape,
+  type ServiceHandlers,
+} from '@pushd/rpc';
+import { createMemoryStores } from '@pushd/store';
+import { waitFor } from '@pushd/testkit';
+import { Registry } from 'prom-client';
+import { afterEach, describe, expect, it } from 'vitest';
+import { WebSocket } from 'ws';
+import { Gateway, type GatewayOptions } from './gateway.js';
+import { createGatewayMetrics } from './metrics.js';
+
+const CLUSTER_TOKEN = 'gateway-unit-test-cluster-token';
+const NODE_ID = 'gw-unit';
+const HOUR_MS = 3_600_000;
+
+function call(authorization?: string, path = '/pushd.v1.Test/Test'): CallContext {
+  const metadata = new Metadata();
+  if (authorization !== undefined) metadata.set('authorization', authorization);
+  return { metadata, path };
+}
+const cluster = () => call(bearerAuthorization(CLUSTER_TOKEN));
+
+/** Another service's client calling its real handlers in process, through the protobuf serializers. */
+function inProcessClient<D extends ServiceDefinitionShape>(
+  definition: D,
+  handlers: ServiceHandlers<D>,
+  authorization: string,
+  methods: (keyof D & string)[],
+): PromiseClient<D> {
+  const client: Record<string, unknown> = { close: () => {} };
+  for (const name of methods) {
+    const method = definition[name]!;
+    client[name] = async (request: unknown) => {
+      const decoded = method.requestDeserialize(method.requestSerialize(request));
+      const response = await handlers[name](decoded, call(authorization, method.path));
+      return method.responseDeserialize(method.responseSerialize(response));
+    };
+  }
+  return client as PromiseClient<D>;
+}
+
+type DispatchClient = PromiseClient<typeof DispatchServiceService>;
+
+// Everything a test opened, closed after it whatever happened.
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+interface StartOptions {
+  gateway?: Partial<GatewayOptions>;
+  /** Wraps the dispatch client the gateway gets (default: DispatchService's handlers). */
+  dispatch?: (real: DispatchClient) => DispatchClient;
+}
+
+/**
+ * A gateway on 127.0.0.1:0 with a MemoryBus and memory stores, whose registry and dispatch clients call a
+ * real RegistryService and DispatchService sharing those stores.
+ */
+async function startGateway(options: StartOptions = {}) {
+  const stores = createMemoryStores();
+  const bus = new MemoryBus({ streams: [streams.events] });
+  cleanups.push(() => bus.close());
+  const bearer = bearerAuthorization(CLUSTER_TOKEN);
+  const registry = new RegistryService({
+    apps: stores.apps,
+    devices: stores.devices,
+    bus,
+    clusterToken: CLUSTER_TOKEN,
+    logger: silentLogger(),
+  }).handlers();
+  const dispatchMetrics = createDispatchMetrics(new Registry());
+  const dispatch = new DispatchService({
+    pushes: stores.pushes,
+    inboxes: stores.inboxes,
+    routes: stores.routes,
+    bus,
+    registry: inProcessClient(RegistryServiceService, registry, bearer, ['getDevice', 'verifyApp']),
+    clusterToken: CLUSTER_TOKEN,
+    metrics: dispatchMetrics,
+    logger: silentLogger(),
+  }).handlers();
+  const realDispatch = inProcessClient(DispatchServiceService, dispatch, bearer, ['fetchPending']);
+  const metrics = new Registry();
+  const gateway = new Gateway({
+    nodeId: NODE_ID,
+    host: '127.0.0.1',
+    port: 0,
+    registry: inProcessClient(RegistryServiceService, registry, bearer, [
+      'verifyApp',
+      'registerDevice',
+      'authenticateDevice',
+      'unregisterDevice',
+    ]),
+    dispatch: options.dispatch?.(realDispatch) ?? realDispatch,
+    routes: stores.routes,
+    bus,
+    metrics: createGatewayMetrics(metrics),
+    logger: silentLogger(),
+    ...options.gateway,
+  });
+  await gateway.start();
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    await gateway.stop();
+  };
+  cleanups.push(stop);
+
+  const created = await registry.createApp({ name: 'demo' }, cluster());
+  const app = {
+    accessId: created.app?.accessId ?? 0,
+    accessKey: created.accessKey,
+    auth: () => call(basicAuthorization(created.app?.accessId ?? 0, created.secretKey)),
+  };
+  const origin = `ws://127.0.0.1:${gateway.port}`;
+  const url = `${origin}/v1/ws`;
+
+  /** Registers a device directly with the registry (as if it had registered earlier). */
+  const registerDevice = async (platform = Platform.PLATFORM_ANDROID, deviceId = generateDeviceId()) => {
+    const registered = await registry.registerDevice(
+      {
+        accessId: app.accessId,
+        accessKey: app.accessKey,
+        deviceId,
+        platform,
+        appVersion: '',
+        osVersion: '',
+        locale: '',
+        sdkVersion: '',
+      },
+      cluster(),
+    );
+    return { token: registered.device?.token ?? '', credential: registered.credential };
+  };
+  const sessionHeaders = (device: { token: string; credential: string }, lastMsgId = 0) => ({
+    'x-pushd-access-id': String(app.accessId),
+    'x-pushd-token': device.token,
+    'x-pushd-credential': device.credential,
+    ...(lastMsgId > 0 ? { 'x-pushd-last-msg-id': String(lastMsgId) } : {}),
+  });
+  const push = (token: string, content: string) =>
+    dispatch.push(
+      {
+        accessId: 0,
+        audience: { target: { $case: 'token', value: token } },
+        message: { type: MessageType.MESSAGE_TYPE_NOTIFY, title: '', content, customContent: {} },
+        expireTimeS: 0,
+      },
+      app.auth(),
+    );
+  const route = (token: string) => stores.routes.get(app.accessId, token);
+  const metric = async (name: string, labels: Record<string, string> = {}) => {
+    const values = (await metrics.getSingleMetric(name)?.get())?.values ?? [];
+    return values
+      .filter((v) => Object.entries(labels).every(([key, value]) => v.labels[key] === value))
+      .reduce((sum, v) => sum + v.value, 0);
+  };
+  /** A DeviceClient on this gateway, closed after the test. */
+  const client = (fields: Partial<ConstructorParameters<typeof DeviceClient>[0]> = {}) => {
+    const device = new DeviceClient({
+      url,
+      accessId: app.accessId,
+      ...(fields.session === undefined
+        ? {
+            registration: {
+              accessKey: app.accessKey,
+              deviceId: generateDeviceId(),
+              platform: 'android',
+            },
+          }
+        : {}),
+      ...fields,
+    });
+    const received: PushMessage[] = [];
+    const closes: DeviceCloseEvent[] = [];
+    device.on('message', (message) => received.push(message));
+    device.on('close', (event) => closes.push(event));
+    device.on('error', () => undefined);
+    cleanups.push(() => device.close());
+    return { device, received, closes };
+  };
+
+  return {
+    gateway,
+    stores,
+    bus,
+    registry,
+    dispatch,
+    dispatchMetrics,
+    app,
+    origin,
+    url,
+    registerDevice,
+    sessionHeaders,
+    push,
+    route,
+    metric,
+    client,
+    stop,
+  };
+}
+
+/** A WebSocket without the SDK: records every frame exactly as the gateway sent it. */
+interface RawDevice {
+  socket: WebSocket;
+  frames: ServerFrame[];
+  /** Whether each frame came as a binary WebSocket message. */
+  binary: boolean[];
+  /** msg ids of every Deliver frame, in arrival order, duplicates included. */
+  delivered: number[];
+  closed: Promise<{ code: number; reason: string }>;
+  send(frame: ClientFrame): void;
+  /** Sends a Ping frame and waits for its Pong: every frame the gateway wrote before it has arrived. */
+  roundTrip(): Promise<void>;
+}
+
+type RawOutcome =
+  | { kind: 'open'; device: RawDevice }
+  | { kind: 'refused'; status: number; body: { code?: string; message?: string } };
+
+let nextPingId = 100;
+
+function rawConnect(
+  url: string,
+  headers: Record<string, string>,
+  options: { protocols?: string[]; autoPong?: boolean } = {},
+): Promise<RawOutcome> {
+  return new Promise((resolve, reject) => {
+    const socket = new WebSocket(url, options.protocols ?? [], {
+      headers,
+      perMessageDeflate: false,
+      autoPong: options.autoPong ?? true,
+    });
+    cleanups.push(() => socket.terminate());
+    // Errors (a reset after the gateway terminated us) are followed by close, which the tests observe.
+    socket.on('error', () => undefined);
+    const frames: ServerFrame[] = [];
+    const binary: boolean[] = [];
+    const delivered: number[] = [];
+    const closed = new Promise<{ code: number; reason: string }>((done) =>
+      socket.once('close', (code, reason) => done({ code, reason: reason.toString() })),
+    );
+    socket.on('message', (data: Buffer, isBinary: boolean) => {
+      const encoding = socket.protocol === 'pushd.v1.json' ? 'json' : 'proto';
+      const frame = decodeServerFrame(new Uint8Array(data), isBinary, encoding);
+      frames.push(frame);
+      binary.push(isBinary);
+      if (frame.body?.$case === 'deliver') delivered.push(...frame.body.value.messages.map((m) => m.msgId));
+    });
+    const device: RawDevice = {
+      socket,
+      frames,
+      binary,
+      delivered,
+      closed,
+      send: (frame) =>
+        socket.send(encodeClientFrame(frame, socket.protocol === 'pushd.v1.json' ? 'json' : 'proto')),
+      roundTrip: async () => {
+        const id = nextPingId++;
+        device.send({ id, body: { $case: 'ping', value: {} } });
+        await waitFor(
+          () => frames.some((f) => f.id === id && f.body?.$case === 'pong'),
+          `the pong of ping ${id}`,
+        );
+      },
+    };
+    socket.once('open', () => resolve({ kind: 'open', device }));
+    socket.once('unexpected-response', (_request, response) => {
+      let text = '';
+      response.on('data', (chunk: Buffer) => {
+        text += chunk.toString();
+      });
+      response.on('end', () => {
+        let body: { code?: string; message?: string } = {};
+        try {
+          body = JSON.parse(text);
+        } catch {}
+        resolve({ kind: 'refused', status: response.statusCode ?? 0, body });
+      });
+    });
+    socket.once('error', reject);
+  });
+}
+
+async function openRaw(
+  url: string,
+  headers: Record<string, string>,
+  options: { protocols?: string[]; autoPong?: boolean } = {},
+): Promise<RawDevice> {
+  const outcome = await rawConnect(url, headers, options);
+  if (outcome.kind !== 'open') throw new Error(`refused: ${outcome.status} ${JSON.stringify(outcome.body)}`);
+  return outcome.device;
+}
+
+/** Waits for the Connected frame of a session. */
+async function connected(device: RawDevice) {
+  await waitFor(() => device.frames.some((f) => f.body?.$case === 'connected'), 'Connected');
+  const frame = device.frames.find((f) => f.body?.$case === 'connected');
+  if (frame?.body?.$case !== 'connected') throw new Error('no Connected frame');
+  return frame.body.value;
+}
+
+const pushMessage = (msgId: number, content = `m${msgId}`): PushMessage => ({
+  msgId,
+  pushId: `p${msgId}`,
+  message: { type: MessageType.MESSAGE_TYPE_NOTIFY, title: '', content, customContent: {} },
+  sentAtMs: Date.now(),
+  expiresAtMs: Date.now() + HOUR_MS,
+});
+
+describe('Gateway handshake', () => {
+  it('refuses upgrades with the catalogue HTTP status and code, before any session exists', async () => {
+    const system = await startGateway();
+    const device = await system.registerDevice();
+    const id = String(system.app.accessId);
+    const registration = { 'x-pushd-access-id': id, 'x-pushd-access-key': system.app.accessKey };
+    const session = system.sessionHeaders(device);
+    const cases: {
+      what: string;
+      status: number;
+      code: string;
+      path?: string;
+      headers: Record<string, string>;
+      protocols?: string[];
+    }[] = [
+      { what: 'wrong path', status: 404, code: 'ENDPOINT_NOT_FOUND', path: '/v2/ws', headers: registration },
+      { what: 'no access id', status: 400, code: 'INVALID_ARGUMENT', headers: { 'x-pushd-access-key': 'k' } },
+      {
+        what: 'access id not a number',
+        status: 400,
+        code: 'INVALID_ARGUMENT',
+        headers: { ...registration, 'x-pushd-access-id': 'app' },
+      },
+      {
+        what: 'bad last_msg_id',
+        status: 400,
+        code: 'INVALID_ARGUMENT',
+        headers: { ...session, 'x-pushd-last-msg-id': '-3' },
+      },
+      { what: 'no credentials', status: 401, code: 'UNAUTHENTICATED', headers: { 'x-pushd-access-id': id } },
+      {
+        what: 'token only',
+        status: 401,
+        code: 'UNAUTHENTICATED',
+        headers: { 'x-pushd-access-id': id, 'x-pushd-token': device.token },
+      },
+      {
+        what: 'wrong access key',
+        status: 401,
+        code: 'UNAUTHENTICATED',
+        headers: { ...registration, 'x-pushd-access-key': 'AWRONG' },
+      },
+      {
+        what: 'unknown app',
+        status: 404,
+        code: 'APP_NOT_FOUND',
+        headers: { ...registration, 'x-pushd-access-id': '1999999999' },
+      },
+      {
+        what: 'wrong credential',
+        status: 401,
+        code: 'INVALID_CREDENTIAL',
+        headers: { ...session, 'x-pushd-credential': 'forged' },
+      },
+      {
+        what: 'unknown token',
+        status: 401,
+        code: 'INVALID_CREDENTIAL',
+        headers: { ...session, 'x-pushd-token': 'f'.repeat(40) },
+      },
+      {
+        what: 'no known subprotocol',
+        status: 400,
+        code: 'UNSUPPORTED_PROTOCOL',
+        headers: session,
+        protocols: ['mqtt', 'pushd.v2'],
+      },
+    ];
+    for (const { what, status, code, path = '/v1/ws', headers, protocols } of cases) {
+      const outcome = await rawConnect(`${system.origin}${path}`, headers, { protocols });
+      expect(outcome, what).toMatchObject({
+        kind: 'refused',
+        status,
+        body: { code },
+      });
+    }
+    expect(await system.metric('gateway_upgrade_failures_total', { code: 'INVALID_CREDENTIAL' })).toBe(2);
+    expect(await system.metric('gateway_upgrade_failures_total')).toBe(cases.length);
+    expect(system.gateway.sessionCount).toBe(0);
+    expect(await system.route(device.token)).toBeUndefined();
+
+    // Plain HTTP: 426 on the device path, 404 elsewhere, JSON bodies either way.
+    const plain = await fetch(`http://127.0.0.1:${system.gateway.port}/v1/ws`);
+    expect(plain.status).toBe(426);
+    expect(await plain.json()).toMatchObject({ code: 'INVALID_ARGUMENT' });
+    const elsewhere = await fetch(`http://127.0.0.1:${system.gateway.port}/metrics`);
+    expect(elsewhere.status).toBe(404);
+    expect(await elsewhere.json()).toMatchObject({ code: 'ENDPOINT_NOT_FOUND' });
+  });
+
+  it('speaks binary protobuf when no subprotocol is offered', async () => {
+    const system = await startGateway();
+    const device = await system.registerDevice();
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    expect(raw.socket.protocol).toBe('');
+    const hello = await connected(raw);
+    expect(hello.token).toBe(device.token);
+    expect(raw.binary).toEqual([true]);
+  });
+
+  it('registers over the query string and JSON, choosing the first offered subprotocol it speaks', async () => {
+    const system = await startGateway();
+    const query = `?access_id=${system.app.accessId}&access_key=${encodeURIComponent(system.app.accessKey)}`;
+    const raw = await openRaw(
+      `${system.url}${query}`,
+      {},
+      { protocols: ['chat.v9', 'pushd.v1.json', 'pushd.v1.proto'] },
+    );
+    expect(raw.socket.protocol).toBe('pushd.v1.json');
+    raw.send({
+      id: 1,
+      body: {
+        $case: 'register',
+        value: {
+          deviceId: generateDeviceId(),
+          platform: Platform.PLATFORM_IOS,
+          appVersion: '1.0',
+          osVersion: '17',
+          locale: 'en',
+          sdkVersion: 'raw',
+        },
+      },
+    });
+    const hello = await connected(raw);
+    expect(raw.frames.map((f) => [f.id, f.body?.$case])).toEqual([
+      [1, 'registered'],
+      [0, 'connected'],
+    ]);
+    // Text frames: the JSON encoding.
+    expect(raw.binary).toEqual([false, false]);
+    const registered = raw.frames[0]?.body;
+    if (registered?.$case !== 'registered') throw new Error('no Registered frame');
+    expect(registered.value).toMatchObject({ token: hello.token, created: true });
+    expect(registered.value.credential.length).toBeGreaterThan(20);
+    expect(await system.route(hello.token)).toEqual({ nodeId: NODE_ID, sessionId: hello.sessionId });
+    // The device is registered as what it said.
+    await expect(
+      system.registry.getDevice({ accessId: 0, token: hello.token }, system.app.auth()),
+    ).resolves.toMatchObject({ device: { platform: Platform.PLATFORM_IOS, appVersion: '1.0' } });
+  });
+
+  it('answers a failed registration with an error to the Register frame and a close, registering nothing', async () => {
+    const system = await startGateway();
+    const headers = {
+      'x-pushd-access-id': String(system.app.accessId),
+      'x-pushd-access-key': system.app.accessKey,
+    };
+    const bad = await openRaw(system.url, headers);
+    bad.send({
+      id: 1,
+      body: {
+        $case: 'register',
+        value: {
+          deviceId: 'short',
+          platform: Platform.PLATFORM_ANDROID,
+          appVersion: '',
+          osVersion: '',
+          locale: '',
+          sdkVersion: '',
+        },
+      },
+    });
+    expect(await bad.closed).toMatchObject({ code: 4400 });
+    expect(bad.frames).toEqual([
+      { id: 1, body: { $case: 'error', value: expect.objectContaining({ code: 'INVALID_ARGUMENT' }) } },
+    ]);
+    await expect(system.registry.countDevices({ accessId: 0 }, system.app.auth())).resolves.toMatchObject({
+      total: 0,
+    });
+
+    // Ack before Register is a protocol violation.
+    const early = await openRaw(system.url, headers);
+    early.send({ id: 5, body: { $case: 'ack', value: { msgIds: [1] } } });
+    expect(await early.closed).toMatchObject({ code: 4400 });
+    expect(early.frames).toEqual([
+      { id: 5, body: { $case: 'error', value: expect.objectContaining({ code: 'PROTOCOL_VIOLATION' }) } },
+    ]);
+  });
+});
+
+describe('Gateway sessions', () => {
+  it('closes the older connection of a device with 4409 CONNECTION_REPLACED when a newer one opens', async () => {
+    const system = await startGateway();
+    const first = system.client();
+    await first.device.connect();
+    const token = first.device.token ?? '';
+    const credential = first.device.credential ?? '';
+    const second = system.client({ session: { token, credential } });
+    const { connected: hello } = await second.device.connect();
+
+    await waitFor(() => first.closes.length > 0, 'the first connection to close');
+    expect(first.closes[0]).toMatchObject({ code: 4409, error: { code: 'CONNECTION_REPLACED' } });
+    expect(second.device.state).toBe('open');
+    expect(system.gateway.sessionCount).toBe(1);
+    // The route is the newer session's: the older one closing did not remove it.
+    expect(await system.route(token)).toEqual({ nodeId: NODE_ID, sessionId: hello.sessionId });
+
+    const { msgId } = await system.push(token, 'to the newer connection');
+    await waitFor(() => second.received.length > 0, 'the push on the newer connection');
+    expect(second.received.map((m) => m.msgId)).toEqual([msgId]);
+    expect(first.received).toEqual([]);
+    expect(await system.metric('gateway_disconnects_total', { reason: 'CONNECTION_REPLACED' })).toBe(1);
+  });
+
+  it('closes a registration connection that sends no Register in time with 4408', async () => {
+    const system = await startGateway({ gateway: { registerTimeoutMs: 200 } });
+    const silent = await openRaw(system.url, {
+      'x-pushd-access-id': String(system.app.accessId),
+      'x-pushd-access-key': system.app.accessKey,
+    });
+    expect(await silent.closed).toMatchObject({ code: 4408 });
+    expect(silent.frames).toEqual([
+      { id: 0, body: { $case: 'error', value: expect.objectContaining({ code: 'REGISTRATION_TIMEOUT' }) } },
+    ]);
+    // A device that registers at once is not affected by the timeout.
+    const prompt = system.client();
+    await prompt.device.connect();
+    await waitFor(
+      async () => (await system.metric('gateway_disconnects_total', { reason: 'REGISTRATION_TIMEOUT' })) >= 1,
+      'the timeout metric',
+    );
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(prompt.device.state).toBe('open');
+    expect(prompt.closes).toEqual([]);
+  });
+
+  it('terminates a peer that answers no pings at the heartbeat sweep, and keeps one that does', async () => {
+    const system = await startGateway({ gateway: { heartbeatIntervalMs: 300 } });
+    const silentDevice = await system.registerDevice();
+    const liveDevice = await system.registerDevice();
+    const silent = await openRaw(system.url, system.sessionHeaders(silentDevice), { autoPong: false });
+    const live = await openRaw(system.url, system.sessionHeaders(liveDevice));
+    await connected(silent);
+    await connected(live);
+    let pings = 0;
+    live.socket.on('ping', () => pings++);
+
+    // Terminated, not closed: no close frame, so the peer sees an abnormal closure.
+    expect(await silent.closed).toMatchObject({ code: 1006 });
+    expect(await system.metric('gateway_disconnects_total', { reason: 'heartbeat_timeout' })).toBe(1);
+    expect(await system.route(silentDevice.token)).toBeUndefined();
+
+    await waitFor(() => pings >= 3, 'three pings on the answering connection', 15_000);
+    expect(live.socket.readyState).toBe(WebSocket.OPEN);
+    expect(system.gateway.sessionCount).toBe(1);
+    expect(await system.route(liveDevice.token)).toMatchObject({ nodeId: NODE_ID });
+  });
+
+  it('drops a connection whose send queue exceeds maxBufferedBytes and counts it', async () => {
+    const system = await startGateway({ gateway: { maxBufferedBytes: 64 * 1024 } });
+    const device = await system.registerDevice();
+    const slow = await openRaw(system.url, system.sessionHeaders(device));
+    await connected(slow);
+    // The device stops reading: the gateway's writes pile up in its send queue.
+    const transport = (slow.socket as unknown as { _socket: Socket })._socket;
+    transport.pause();
+
+    const big = 'x'.repeat(256 * 1024);
+    let next = 1;
+    await waitFor(
+      async () => {
+        for (let i = 0; i < 8; i++, next++) {
+          system.bus.publish(
+            subjects.nodeDelivery(NODE_ID),
+            NodeDelivery.encode({
+              accessId: system.app.accessId,
+              tokens: [device.token],
+              message: pushMessage(next, big),
+              previousMsgIds: [next - 1],
+            }).finish(),
+          );
+        }
+        await system.bus.flush();
+        return (await system.metric('gateway_send_queue_drops_total')) > 0;
+      },
+      'the slow consumer to be dropped',
+      30_000,
+    );
+    expect(await system.metric('gateway_send_queue_drops_total')).toBe(1);
+    expect(await system.metric('gateway_disconnects_total', { reason: 'SLOW_CONSUMER' })).toBe(1);
+    expect(system.gateway.sessionCount).toBe(0);
+    expect(await system.route(device.token)).toBeUndefined();
+
+    transport.resume();
+    expect(await slow.closed).toMatchObject({ code: 1006 });
+  });
+
+  it('closes the connection of a device unregistered through the API with 4410', async () => {
+    const system = await startGateway();
+    const { device, closes } = system.client();
+    await device.connect();
+    const token = device.token ?? '';
+    await system.registry.unregisterDevice({ accessId: 0, token }, system.app.auth());
+    await waitFor(() => closes.length > 0, 'the close');
+    expect(closes[0]).toMatchObject({ code: 4410, error: { code: 'DEVICE_UNREGISTERED' } });
+    expect(system.gateway.sessionCount).toBe(0);
+    expect(await system.route(token)).toBeUndefined();
+  });
+
+  it('unregisters a device that asks to, and closes normally', async () => {
+    const system = await startGateway();
+    const { device, closes } = system.client();
+    await device.connect();
+    const token = device.token ?? '';
+    await device.unregister();
+    expect(device.token).toBeUndefined();
+    await waitFor(() => closes.length > 0, 'the close');
+    expect(closes[0]).toMatchObject({ code: 1000 });
+    expect(closes[0]?.error).toBeUndefined();
+    await expect(system.registry.getDevice({ accessId: 0, token }, system.app.auth())).rejects.toMatchObject({
+      code: 'TOKEN_NOT_FOUND',
+    });
+    expect(await system.route(token)).toBeUndefined();
+  });
+
+  it('stop() closes every session with 4503 SHUTTING_DOWN and removes their routes', async () => {
+    const system = await startGateway();
+    const a = system.client();
+    const b = system.client({
+      registration: { accessKey: system.app.accessKey, deviceId: generateDeviceId(), platform: 'ios' },
+    });
+    await a.device.connect();
+    await b.device.connect();
+    const tokens = [a.device.token ?? '', b.device.token ?? ''];
+    for (const token of tokens) expect(await system.route(token)).toMatchObject({ nodeId: NODE_ID });
+
+    await system.stop();
+    await waitFor(() => a.closes.length > 0 && b.closes.length > 0, 'both closes');
+    for (const { closes } of [a, b]) {
+      expect(closes[0]).toMatchObject({ code: 4503, error: { code: 'SHUTTING_DOWN' } });
+    }
+    for (const token of tokens) expect(await system.route(token)).toBeUndefined();
+    expect(system.gateway.sessionCount).toBe(0);
+  });
+});
+
+describe('Gateway delivery', () => {
+  it('delivers live messages in msg id order when they arrive out of order, fetching the gap', async () => {
+    const system = await startGateway();
+    const device = await system.registerDevice();
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await connected(raw);
+    const { accessId } = system.app;
+    const publish = (message: PushMessage, previousMsgId: number) =>
+      system.bus.publish(
+        subjects.nodeDelivery(NODE_ID),
+        NodeDelivery.encode({
+          accessId,
+          tokens: [device.token],
+          message,
+          previousMsgIds: [previousMsgId],
+        }).finish(),
+      );
+
+    // Dispatch's order: append to the window, then publish. Message 1 arrives in order.
+    await system.stores.inboxes.append(accessId, device.token, pushMessage(1), 2, Date.now());
+    publish(pushMessage(1), 0);
+    await waitFor(() => raw.delivered.length === 1, 'message 1');
+
+    // Messages 2 and 3 are in the window, but 3 overtakes 2 on the bus.
+    await system.stores.inboxes.append(accessId, device.token, pushMessage(2), 2, Date.now());
+    await system.stores.inboxes.append(accessId, device.token, pushMessage(3), 2, Date.now());
+    publish(pushMessage(3), 2);
+    publish(pushMessage(2), 1);
+
+    await waitFor(() => raw.delivered.length >= 3, 'messages 2 and 3');
+    // The late copies are recognised as already delivered; then nothing more is on its way.
+    await waitFor(
+      async () => (await system.metric('gateway_duplicates_dropped_total')) >= 2,
+      'the late live copies to be dropped',
+    );
+    await raw.roundTrip();
+    expect(raw.delivered).toEqual([1, 2, 3]);
+    expect(await system.metric('gateway_gap_refetches_total')).toBe(1);
+    const contents = raw.frames.flatMap((f) =>
+      f.body?.$case === 'deliver' ? f.body.value.messages.map((m) => m.message?.content) : [],
+    );
+    expect(contents).toEqual(['m1', 'm2', 'm3']);
+  });
+
+  it('delivers a message published twice only once', async () => {
+    const system = await startGateway();
+    const device = await system.registerDevice();
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await connected(raw);
+    const delivery = (msgId: number, previousMsgId: number) =>
+      NodeDelivery.encode({
+        accessId: system.app.accessId,
+        tokens: [device.token],
+        message: pushMessage(msgId),
+        previousMsgIds: [previousMsgId],
+      }).finish();
+    const subject = subjects.nodeDelivery(NODE_ID);
+    system.bus.publish(subject, delivery(1, 0));
+    system.bus.publish(subject, delivery(1, 0));
+    system.bus.publish(subject, delivery(2, 1));
+    system.bus.publish(subject, delivery(1, 0));
+    system.bus.publish(subject, delivery(2, 1));
+    await waitFor(() => raw.delivered.length >= 2, 'two messages');
+    await waitFor(
+      async () => (await system.metric('gateway_duplicates_dropped_total')) >= 3,
+      'the three copies to be dropped',
+    );
+    await raw.roundTrip();
+    expect(raw.delivered).toEqual([1, 2]);
+    expect(await system.metric('gateway_gap_refetches_total')).toBe(0);
+  });
+
+  it('delivers what was pushed while the device was offline first, in order, then live messages', async () => {
+    // The gateway's fetch of the window is held until a live push has reached it, so the live message is
+    // certainly buffered behind the fetch.
+    let holdFetch: Promise<void> | undefined;
+    let release: () => void = () => {};
+    let fetched = false;
+    const system = await startGateway({
+      dispatch: (real) => ({
+        ...real,
+        fetchPending: async (request) => {
+          const response = await real.fetchPending(request);
+          fetched = true;
+          await holdFetch;
+          return response;
+        },
+      }),
+    });
+    const device = await system.registerDevice();
+    const offline1 = await system.push(device.token, 'offline 1');
+    const offline2 = await system.push(device.token, 'offline 2');
+    expect(await system.route(device.token)).toBeUndefined();
+
+    holdFetch = new Promise((resolve) => {
+      release = resolve;
+    });
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await connected(raw);
+    await waitFor(() => fetched, 'the window fetch');
+    // The route is written before the window is read, so this push is published to the gateway live.
+    const live = await system.push(device.token, 'live');
+    await system.bus.flush();
+    expect(raw.delivered).toEqual([]);
+    release();
+
+    await waitFor(() => raw.delivered.length >= 3, 'three messages');
+    await raw.roundTrip();
+    expect(raw.delivered).toEqual([offline1.msgId, offline2.msgId, live.msgId]);
+    // Offline messages come together in one Deliver read from the window, the live one after it.
+    const deliverFrames = raw.frames.filter((f) => f.body?.$case === 'deliver');
+    expect(
+      deliverFrames.map((f) => (f.body?.$case === 'deliver' ? f.body.value.messages.length : 0)),
+    ).toEqual([2, 1]);
+    expect(await system.metric('gateway_messages_delivered_total', { source: 'pending' })).toBe(2);
+    expect(await system.metric('gateway_messages_delivered_total', { source: 'live' })).toBe(1);
+  });
+
+  it('skips window messages the device says it already processed', async () => {
+    const system = await startGateway();
+    const device = await system.registerDevice();
+    const first = await system.push(device.token, 'seen');
+    const second = await system.push(device.token, 'new');
+    const raw = await openRaw(system.url, system.sessionHeaders(device, first.msgId));
+    await connected(raw);
+    await waitFor(() => raw.delivered.length >= 1, 'the unseen message');
+    await raw.roundTrip();
+    expect(raw.delivered).toEqual([second.msgId]);
+  });
+
+  it('turns acks into ARRIVED events carrying the push id, and dispatch then empties the window', async () => {
+    const system = await startGateway();
+    const events: Event[] = [];
+    system.bus.subscribe(subjects.events('gateway'), (data) =>
+      events.push(...EventBatch.decode(data).events),
+    );
+    const consumer = new DispatchEventConsumer({
+      bus: system.bus,
+      inboxes: system.stores.inboxes,
+      metrics: system.dispatchMetrics,
+      logger: silentLogger(),
+    });
+    consumer.start();
+    cleanups.push(() => consumer.stop());
+
+    const registered = await system.registerDevice(Platform.PLATFORM_IOS);
+    const offline = await system.push(registered.token, 'while offline');
+    const { device, received } = system.client({ session: registered });
+    await device.connect();
+    // iOS keeps one message: push the next only once the first was delivered from the window.
+    await waitFor(() => received.length >= 1, 'the offline message');
+    const live = await system.push(registered.token, 'while online');
+    await waitFor(() => received.length >= 2, 'both messages');
+    expect(received.map((m) => m.msgId)).toEqual([offline.msgId, live.msgId]);
+
+    await waitFor(() => events.length >= 2, 'two ARRIVED events');
+    const byMsgId = new Map(events.map((e) => [e.msgId, e]));
+    for (const result of [offline, live]) {
+      expect(byMsgId.get(result.msgId)).toMatchObject({
+        type: EventType.EVENT_TYPE_ARRIVED,
+        accessId: system.app.accessId,
+        token: registered.token,
+        platform: Platform.PLATFORM_IOS,
+        msgId: result.msgId,
+        pushId: result.pushId,
+      });
+    }
+    const pending = () =>
+      system.dispatch.fetchPending(
+        { accessId: system.app.accessId, token: registered.token, afterMsgId: 0 },
+        cluster(),
+      );
+    await waitFor(
+      async () => (await pending()).messages.length === 0,
+      'the acked messages to leave the window',
+    );
+  });
+});
