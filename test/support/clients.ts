@@ -73,6 +73,7 @@ export function notifyToken(
     audience: { target: { $case: 'token' as const, value: token } },
     message: { type: MessageType.MESSAGE_TYPE_NOTIFY, title, content, customContent: {} },
     expireTimeS,
+    platform: Platform.PLATFORM_UNSPECIFIED,
   };
 }
 

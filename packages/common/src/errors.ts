@@ -62,6 +62,7 @@ export const ERROR_CATALOGUE = {
   PERMISSION_DENIED: spec('the credentials do not allow this call', Grpc.PERMISSION_DENIED, 403, 4403, false),
   APP_NOT_FOUND: spec('no app has this access id', Grpc.NOT_FOUND, 404, 4404, false),
   TOKEN_NOT_FOUND: spec('no registered device has this token in this app', Grpc.NOT_FOUND, 404, 4404, false),
+  ACCOUNT_NOT_FOUND: spec('no device is bound to this account in this app', Grpc.NOT_FOUND, 404, 4404, false),
   PUSH_NOT_FOUND: spec('no push has this push id in this app', Grpc.NOT_FOUND, 404, 4404, false),
   ENDPOINT_NOT_FOUND: spec('no endpoint at this path', Grpc.UNIMPLEMENTED, 404, 4404, false),
   PAYLOAD_TOO_LARGE: spec('the message exceeds the 4096-byte limit', Grpc.INVALID_ARGUMENT, 413, 4413, false),

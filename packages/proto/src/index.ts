@@ -35,6 +35,7 @@ export {
   Unregistered,
 } from './gen/pushd/v1/device.js';
 export {
+  AccountList,
   Audience,
   DispatchServiceClient,
   type DispatchServiceServer,
@@ -48,6 +49,7 @@ export {
   PushResponse,
   PushStatus,
   pushStatusToJSON,
+  TokenList,
 } from './gen/pushd/v1/dispatch.js';
 export {
   App,

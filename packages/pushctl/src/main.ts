@@ -245,6 +245,7 @@ async function push(): Promise<void> {
       audience: { target: { $case: 'token', value: token } },
       message: { type, title: values.title, content, customContent },
       expireTimeS: expire,
+      platform: Platform.PLATFORM_UNSPECIFIED,
     });
     save({ lastPushId: result.pushId });
     print(`push accepted: push_id ${result.pushId} (msg_id ${result.msgId})`, {

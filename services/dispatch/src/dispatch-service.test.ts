@@ -99,7 +99,7 @@ async function setup(options: SetupOptions = {}) {
     RegistryServiceService,
     registryHandlers,
     bearerAuthorization(CLUSTER_TOKEN),
-    ['getDevice', 'verifyApp'],
+    ['getDevice', 'getDevices', 'listAccountTokens', 'verifyApp'],
   );
   const metricsRegistry = new Registry();
   const metrics = createDispatchMetrics(metricsRegistry);
@@ -182,6 +182,7 @@ function notify(token: string, fields: Partial<PushRequest> = {}): PushRequest {
     audience: { target: { $case: 'token', value: token } },
     message: { type: MessageType.MESSAGE_TYPE_NOTIFY, title: 'Hello', content: 'World', customContent: {} },
     expireTimeS: 0,
+    platform: Platform.PLATFORM_UNSPECIFIED,
     ...fields,
   };
 }
@@ -281,7 +282,7 @@ describe('DispatchService.push validation', () => {
       [{ message: message({ content: '' }) }, 'INVALID_ARGUMENT', 'message.content'],
       [{ message: message({ content: '中'.repeat(1366) }) }, 'PAYLOAD_TOO_LARGE', undefined],
       [{ expireTimeS: MAX_EXPIRE_S + 1 }, 'INVALID_ARGUMENT', 'expire_time_s'],
-      [{ audience: undefined }, 'INVALID_ARGUMENT', 'audience.token'],
+      [{ audience: undefined }, 'INVALID_ARGUMENT', 'audience'],
       [{ audience: { target: { $case: 'token', value: '' } } }, 'INVALID_ARGUMENT', 'audience.token'],
     ];
     for (const [fields, code, field] of refusals) {
@@ -320,13 +321,15 @@ describe('DispatchService.push', () => {
     const { push, registerDevice, pendingIds, app, stores, h, clock } = await setup({
       routes: (real) => ({
         set: (...args) => real.set(...args),
-        getMany: (...args) => real.getMany(...args),
+        get: (...args) => real.get(...args),
         clear: (...args) => real.clear(...args),
         refresh: (...args) => real.refresh(...args),
-        get: async (accessId: number, token: string): Promise<Route | undefined> => {
-          const window = await inboxes!.pending(accessId, token, 0, clock.now());
-          windowsWhenRouteRead.push(window.messages.map((m) => m.msgId));
-          return real.get(accessId, token);
+        getMany: async (accessId: number, tokens: string[]): Promise<(Route | undefined)[]> => {
+          for (const token of tokens) {
+            const window = await inboxes!.pending(accessId, token, 0, clock.now());
+            windowsWhenRouteRead.push(window.messages.map((m) => m.msgId));
+          }
+          return real.getMany(accessId, tokens);
         },
       }),
     });
@@ -337,7 +340,7 @@ describe('DispatchService.push', () => {
     const result = await push(token, {
       message: message({ title: 'Order shipped', content: 'On its way', customContent: { order: '1234' } }),
     });
-    expect(result).toEqual({ pushId: '1', msgId: 1 });
+    expect(result).toEqual({ pushId: '1', msgId: 1, invalidTokens: [], unknownAccounts: [], target: 1 });
     expect(windowsWhenRouteRead).toEqual([[1]]);
     const { messages, lastMsgId } = await h.fetchPending(
       { accessId: app.accessId, token, afterMsgId: 0 },
@@ -665,5 +668,60 @@ describe('DispatchEventConsumer', () => {
     } finally {
       await consumer.stop();
     }
+  });
+});
+
+describe('DispatchService.push to several devices', () => {
+  it('publishes once per gateway node for a token list, with each device chained, and lists unknown tokens', async () => {
+    const { push, registerDevice, routeToNode, deliveries, sentEvents, pendingIds } = await setup();
+    const online = [
+      await registerDevice(),
+      await registerDevice(Platform.PLATFORM_IOS),
+      await registerDevice(),
+    ];
+    const offline = await registerDevice();
+    for (const token of online) await routeToNode(token);
+    const unknown = 'f'.repeat(40);
+    const result = await push(online[0] ?? '', {
+      audience: { target: { $case: 'tokenList', value: { tokens: [...online, offline, unknown, offline] } } },
+    });
+    expect(result).toMatchObject({ invalidTokens: [unknown], unknownAccounts: [], target: 4 });
+    await waitFor(() => deliveries.length >= 1, 'the node delivery');
+    await waitFor(() => sentEvents.length >= 2, 'SENT events per platform');
+    expect(deliveries).toHaveLength(1);
+    expect(deliveries[0]?.tokens.sort()).toEqual([...online].sort());
+    expect(deliveries[0]?.previousMsgIds).toEqual([0, 0, 0]);
+    expect(sentEvents.flatMap((e) => e.tokens).sort()).toEqual([...online, offline].sort());
+    expect(await pendingIds(offline)).toEqual([result.msgId]);
+  });
+
+  it('restricts to a platform and refuses a list with no registered device, changing nothing', async () => {
+    const { push, registerDevice, pendingIds } = await setup();
+    const android = await registerDevice();
+    const ios = await registerDevice(Platform.PLATFORM_IOS);
+    const result = await push(android, {
+      audience: { target: { $case: 'tokenList', value: { tokens: [android, ios] } } },
+      platform: Platform.PLATFORM_IOS,
+    });
+    expect(result.target).toBe(1);
+    expect(await pendingIds(android)).toEqual([]);
+    expect(await pendingIds(ios)).toEqual([result.msgId]);
+    await expect(
+      push(android, { audience: { target: { $case: 'tokenList', value: { tokens: ['a'.repeat(40)] } } } }),
+    ).rejects.toMatchObject({ code: 'TOKEN_NOT_FOUND' });
+    await expect(
+      push(android, {
+        audience: {
+          target: { $case: 'tokenList', value: { tokens: Array.from({ length: 1001 }, (_, i) => `t${i}`) } },
+        },
+      }),
+    ).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', metadata: { field: 'audience.token_list.tokens' } });
+    await expect(push(android, { platform: 7 as Platform })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      metadata: { field: 'platform' },
+    });
+    // The refused calls took no ids: the next push is the next push id.
+    const next = await push(android);
+    expect(Number(next.pushId)).toBe(Number(result.pushId) + 1);
   });
 });

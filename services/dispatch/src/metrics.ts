@@ -2,7 +2,7 @@ import { Counter, Histogram, type Registry } from 'prom-client';
 
 export interface DispatchMetrics {
   pushes: Counter<'audience' | 'outcome'>;
-  pushDuration: Histogram;
+  pushDuration: Histogram<'audience'>;
   routed: Counter<'route'>;
   eventPublishFailures: Counter;
   eventsConsumed: Counter<'type'>;
@@ -19,7 +19,8 @@ export function createDispatchMetrics(registry: Registry): DispatchMetrics {
     }),
     pushDuration: new Histogram({
       name: 'dispatch_push_duration_seconds',
-      help: 'Time to accept a push: validate, persist, route.',
+      help: 'Time to accept a push (validate, persist, route), by audience type.',
+      labelNames: ['audience'],
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
       registers: [registry],
     }),

@@ -174,6 +174,7 @@ async function startGateway(options: StartOptions = {}) {
         audience: { target: { $case: 'token', value: token } },
         message: { type: MessageType.MESSAGE_TYPE_NOTIFY, title: '', content, customContent: {} },
         expireTimeS: 0,
+        platform: Platform.PLATFORM_UNSPECIFIED,
       },
       app.auth(),
     );

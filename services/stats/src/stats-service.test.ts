@@ -125,6 +125,7 @@ async function setup() {
           audience: { target: { $case: 'token', value: token } },
           message: { type: MessageType.MESSAGE_TYPE_NOTIFY, title: '', content: 'hi', customContent: {} },
           expireTimeS: 0,
+          platform: Platform.PLATFORM_UNSPECIFIED,
         },
         auth(),
       );

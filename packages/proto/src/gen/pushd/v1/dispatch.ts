@@ -18,7 +18,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { Message } from "./common.js";
+import { Message, Platform, platformFromJSON, platformToJSON } from "./common.js";
 import { PushMessage } from "./device.js";
 
 export const protobufPackage = "pushd.v1";
@@ -83,12 +83,36 @@ export function pushStatusToJSON(object: PushStatus): string {
   }
 }
 
+/** Who receives a push. Every kind can be restricted to one platform with PushRequest.platform. */
 export interface Audience {
   target?:
     | //
-    /** One device. */
+    /** One device. An unknown or unregistered token fails the call with TOKEN_NOT_FOUND. */
     { $case: "token"; value: string }
+    | //
+    /**
+     * Up to 1,000 devices. Unknown or unregistered tokens are listed in PushResponse.invalid_tokens; the
+     * call fails (TOKEN_NOT_FOUND) only when none is registered.
+     */
+    { $case: "tokenList"; value: TokenList }
+    | //
+    /** Every device bound to the account. ACCOUNT_NOT_FOUND when no device is bound to it. */
+    { $case: "account"; value: string }
+    | //
+    /**
+     * Every device bound to any of up to 1,000 accounts. Accounts without a device are listed in
+     * PushResponse.unknown_accounts; ACCOUNT_NOT_FOUND only when none has one.
+     */
+    { $case: "accountList"; value: AccountList }
     | undefined;
+}
+
+export interface TokenList {
+  tokens: string[];
+}
+
+export interface AccountList {
+  accounts: string[];
 }
 
 export interface PushRequest {
@@ -102,11 +126,23 @@ export interface PushRequest {
    * 72 hours.
    */
   expireTimeS: number;
+  /** Only devices of this platform; PLATFORM_UNSPECIFIED (the default) means Android and iOS. */
+  platform: Platform;
 }
 
 export interface PushResponse {
   pushId: string;
+  /**
+   * The message id the devices receive (a device whose window took a later message concurrently receives
+   * this push under a higher id: ids order each device's messages).
+   */
   msgId: number;
+  /** Tokens of a token_list that are unknown or unregistered (nothing was sent to them). */
+  invalidTokens: string[];
+  /** Accounts of an account_list with no device bound. */
+  unknownAccounts: string[];
+  /** Devices the push was addressed to (after the platform restriction). */
+  target: number;
 }
 
 export interface PushRecord {
@@ -153,6 +189,15 @@ export const Audience: MessageFns<Audience> = {
       case "token":
         writer.uint32(10).string(message.target.value);
         break;
+      case "tokenList":
+        TokenList.encode(message.target.value, writer.uint32(18).fork()).join();
+        break;
+      case "account":
+        writer.uint32(26).string(message.target.value);
+        break;
+      case "accountList":
+        AccountList.encode(message.target.value, writer.uint32(34).fork()).join();
+        break;
     }
     return writer;
   },
@@ -178,6 +223,30 @@ export const Audience: MessageFns<Audience> = {
             message.target = { $case: "token", value: reader.string() };
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.target = { $case: "tokenList", value: TokenList.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.target = { $case: "account", value: reader.string() };
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.target = { $case: "accountList", value: AccountList.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -191,13 +260,33 @@ export const Audience: MessageFns<Audience> = {
   },
 
   fromJSON(object: any): Audience {
-    return { target: isSet(object.token) ? { $case: "token", value: globalThis.String(object.token) } : undefined };
+    return {
+      target: isSet(object.token)
+        ? { $case: "token", value: globalThis.String(object.token) }
+        : isSet(object.tokenList)
+        ? { $case: "tokenList", value: TokenList.fromJSON(object.tokenList) }
+        : isSet(object.token_list)
+        ? { $case: "tokenList", value: TokenList.fromJSON(object.token_list) }
+        : isSet(object.account)
+        ? { $case: "account", value: globalThis.String(object.account) }
+        : isSet(object.accountList)
+        ? { $case: "accountList", value: AccountList.fromJSON(object.accountList) }
+        : isSet(object.account_list)
+        ? { $case: "accountList", value: AccountList.fromJSON(object.account_list) }
+        : undefined,
+    };
   },
 
   toJSON(message: Audience): unknown {
     const obj: any = {};
     if (message.target?.$case === "token") {
       obj.token = message.target.value;
+    } else if (message.target?.$case === "tokenList") {
+      obj.tokenList = TokenList.toJSON(message.target.value);
+    } else if (message.target?.$case === "account") {
+      obj.account = message.target.value;
+    } else if (message.target?.$case === "accountList") {
+      obj.accountList = AccountList.toJSON(message.target.value);
     }
     return obj;
   },
@@ -214,13 +303,169 @@ export const Audience: MessageFns<Audience> = {
         }
         break;
       }
+      case "tokenList": {
+        if (object.target?.value !== undefined && object.target?.value !== null) {
+          message.target = { $case: "tokenList", value: TokenList.fromPartial(object.target.value) };
+        }
+        break;
+      }
+      case "account": {
+        if (object.target?.value !== undefined && object.target?.value !== null) {
+          message.target = { $case: "account", value: object.target.value };
+        }
+        break;
+      }
+      case "accountList": {
+        if (object.target?.value !== undefined && object.target?.value !== null) {
+          message.target = { $case: "accountList", value: AccountList.fromPartial(object.target.value) };
+        }
+        break;
+      }
     }
     return message;
   },
 };
 
+function createBaseTokenList(): TokenList {
+  return { tokens: [] };
+}
+
+export const TokenList: MessageFns<TokenList> = {
+  encode(message: TokenList, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.tokens) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TokenList {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTokenList();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tokens.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TokenList {
+    return {
+      tokens: globalThis.Array.isArray(object?.tokens) ? object.tokens.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: TokenList): unknown {
+    const obj: any = {};
+    if (message.tokens?.length) {
+      obj.tokens = message.tokens;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TokenList>, I>>(base?: I): TokenList {
+    return TokenList.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TokenList>, I>>(object: I): TokenList {
+    const message = createBaseTokenList();
+    message.tokens = object.tokens?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseAccountList(): AccountList {
+  return { accounts: [] };
+}
+
+export const AccountList: MessageFns<AccountList> = {
+  encode(message: AccountList, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.accounts) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AccountList {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAccountList();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.accounts.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AccountList {
+    return {
+      accounts: globalThis.Array.isArray(object?.accounts) ? object.accounts.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: AccountList): unknown {
+    const obj: any = {};
+    if (message.accounts?.length) {
+      obj.accounts = message.accounts;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AccountList>, I>>(base?: I): AccountList {
+    return AccountList.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AccountList>, I>>(object: I): AccountList {
+    const message = createBaseAccountList();
+    message.accounts = object.accounts?.map((e) => e) || [];
+    return message;
+  },
+};
+
 function createBasePushRequest(): PushRequest {
-  return { accessId: 0, audience: undefined, message: undefined, expireTimeS: 0 };
+  return { accessId: 0, audience: undefined, message: undefined, expireTimeS: 0, platform: 0 };
 }
 
 export const PushRequest: MessageFns<PushRequest> = {
@@ -236,6 +481,9 @@ export const PushRequest: MessageFns<PushRequest> = {
     }
     if (message.expireTimeS !== 0) {
       writer.uint32(32).uint32(message.expireTimeS);
+    }
+    if (message.platform !== 0) {
+      writer.uint32(40).int32(message.platform);
     }
     return writer;
   },
@@ -285,6 +533,14 @@ export const PushRequest: MessageFns<PushRequest> = {
             message.expireTimeS = reader.uint32();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.platform = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -311,6 +567,7 @@ export const PushRequest: MessageFns<PushRequest> = {
         : isSet(object.expire_time_s)
         ? globalThis.Number(object.expire_time_s)
         : 0,
+      platform: isSet(object.platform) ? platformFromJSON(object.platform) : 0,
     };
   },
 
@@ -328,6 +585,9 @@ export const PushRequest: MessageFns<PushRequest> = {
     if (message.expireTimeS !== 0) {
       obj.expireTimeS = Math.round(message.expireTimeS);
     }
+    if (message.platform !== 0) {
+      obj.platform = platformToJSON(message.platform);
+    }
     return obj;
   },
 
@@ -344,12 +604,13 @@ export const PushRequest: MessageFns<PushRequest> = {
       ? Message.fromPartial(object.message)
       : undefined;
     message.expireTimeS = object.expireTimeS ?? 0;
+    message.platform = object.platform ?? 0;
     return message;
   },
 };
 
 function createBasePushResponse(): PushResponse {
-  return { pushId: "", msgId: 0 };
+  return { pushId: "", msgId: 0, invalidTokens: [], unknownAccounts: [], target: 0 };
 }
 
 export const PushResponse: MessageFns<PushResponse> = {
@@ -359,6 +620,15 @@ export const PushResponse: MessageFns<PushResponse> = {
     }
     if (message.msgId !== 0) {
       writer.uint32(16).uint64(message.msgId);
+    }
+    for (const v of message.invalidTokens) {
+      writer.uint32(26).string(v!);
+    }
+    for (const v of message.unknownAccounts) {
+      writer.uint32(34).string(v!);
+    }
+    if (message.target !== 0) {
+      writer.uint32(40).uint64(message.target);
     }
     return writer;
   },
@@ -392,6 +662,30 @@ export const PushResponse: MessageFns<PushResponse> = {
             message.msgId = longToNumber(reader.uint64());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.invalidTokens.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.unknownAccounts.push(reader.string());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.target = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -416,6 +710,17 @@ export const PushResponse: MessageFns<PushResponse> = {
         : isSet(object.msg_id)
         ? globalThis.Number(object.msg_id)
         : 0,
+      invalidTokens: globalThis.Array.isArray(object?.invalidTokens)
+        ? object.invalidTokens.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.invalid_tokens)
+        ? object.invalid_tokens.map((e: any) => globalThis.String(e))
+        : [],
+      unknownAccounts: globalThis.Array.isArray(object?.unknownAccounts)
+        ? object.unknownAccounts.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.unknown_accounts)
+        ? object.unknown_accounts.map((e: any) => globalThis.String(e))
+        : [],
+      target: isSet(object.target) ? globalThis.Number(object.target) : 0,
     };
   },
 
@@ -427,6 +732,15 @@ export const PushResponse: MessageFns<PushResponse> = {
     if (message.msgId !== 0) {
       obj.msgId = Math.round(message.msgId);
     }
+    if (message.invalidTokens?.length) {
+      obj.invalidTokens = message.invalidTokens;
+    }
+    if (message.unknownAccounts?.length) {
+      obj.unknownAccounts = message.unknownAccounts;
+    }
+    if (message.target !== 0) {
+      obj.target = Math.round(message.target);
+    }
     return obj;
   },
 
@@ -437,6 +751,9 @@ export const PushResponse: MessageFns<PushResponse> = {
     const message = createBasePushResponse();
     message.pushId = object.pushId ?? "";
     message.msgId = object.msgId ?? 0;
+    message.invalidTokens = object.invalidTokens?.map((e) => e) || [];
+    message.unknownAccounts = object.unknownAccounts?.map((e) => e) || [];
+    message.target = object.target ?? 0;
     return message;
   },
 };
