@@ -22,8 +22,9 @@ Commands:
   device [--new] [--platform android|ios] [--json] [--count N]
                                   connect as a simulated device of the app, register on first use,
                                   print each message it receives and acknowledge it
-  push [--token T] --content TEXT [--title TEXT] [--type notify|message] [--custom k=v]... [--expire SECONDS]
-                                  push to one device (default: the simulated device), print the push id
+  push [--token T | --tokens T1,T2 | --account A | --accounts A1,A2] [--only android|ios]
+       --content TEXT [--title TEXT] [--type notify|message] [--custom k=v]... [--expire SECONDS]
+                                  push to devices (default: the simulated device), print the push id
   stats [--push-id P]             sent and arrived counts of a push (default: the last one)
 
 Options for every command:
@@ -42,6 +43,10 @@ const { values, positionals } = parseArgs({
     name: { type: 'string' },
     new: { type: 'boolean', default: false },
     platform: { type: 'string', default: 'android' },
+    tokens: { type: 'string' },
+    account: { type: 'string' },
+    accounts: { type: 'string' },
+    only: { type: 'string' },
     json: { type: 'boolean', default: false },
     count: { type: 'string' },
     token: { type: 'string' },
@@ -218,8 +223,33 @@ async function device(): Promise<void> {
 
 async function push(): Promise<void> {
   const { accessId } = app();
-  const token =
-    values.token ?? profile.device?.token ?? fail('push needs --token (or run `pushctl device` first)');
+  const list = (text: string) =>
+    text
+      .split(',')
+      .map((entry) => entry.trim())
+      .filter((entry) => entry !== '');
+  const target =
+    values.tokens !== undefined
+      ? { $case: 'tokenList' as const, value: { tokens: list(values.tokens) } }
+      : values.account !== undefined
+        ? { $case: 'account' as const, value: values.account }
+        : values.accounts !== undefined
+          ? { $case: 'accountList' as const, value: { accounts: list(values.accounts) } }
+          : {
+              $case: 'token' as const,
+              value:
+                values.token ??
+                profile.device?.token ??
+                fail('push needs --token (or run `pushctl device` first)'),
+            };
+  const platform =
+    values.only === undefined
+      ? Platform.PLATFORM_UNSPECIFIED
+      : values.only === 'android'
+        ? Platform.PLATFORM_ANDROID
+        : values.only === 'ios'
+          ? Platform.PLATFORM_IOS
+          : fail('--only is android or ios');
   const content = values.content ?? fail('push needs --content');
   const type =
     values.type === 'message'
@@ -242,16 +272,25 @@ async function push(): Promise<void> {
   try {
     const result = await dispatch.push({
       accessId,
-      audience: { target: { $case: 'token', value: token } },
+      audience: { target },
       message: { type, title: values.title, content, customContent },
       expireTimeS: expire,
-      platform: Platform.PLATFORM_UNSPECIFIED,
+      platform,
     });
     save({ lastPushId: result.pushId });
-    print(`push accepted: push_id ${result.pushId} (msg_id ${result.msgId})`, {
-      pushId: result.pushId,
-      msgId: result.msgId,
-    });
+    const skipped = [...result.invalidTokens, ...result.unknownAccounts];
+    print(
+      `push accepted: push_id ${result.pushId} (msg_id ${result.msgId}) to ${result.target} device(s)${
+        skipped.length > 0 ? `; not registered or without devices: ${skipped.join(', ')}` : ''
+      }`,
+      {
+        pushId: result.pushId,
+        msgId: result.msgId,
+        target: result.target,
+        invalidTokens: result.invalidTokens,
+        unknownAccounts: result.unknownAccounts,
+      },
+    );
   } finally {
     dispatch.close();
   }
