@@ -574,7 +574,7 @@ export class Gateway {
       session.unacked.set(message.msgId, message.pushId);
       session.lastDeliveredMsgId = Math.max(session.lastDeliveredMsgId, message.msgId);
       session.chainMsgId = Math.max(session.chainMsgId, message.msgId);
-      this.options.metrics.deliveryLatency.observe(Math.max(0, now - message.sentAtMs) / 1000);
+      this.options.metrics.deliveryLatency.observe({ source }, Math.max(0, now - message.sentAtMs) / 1000);
     }
     // Unacked entries only serve arrival attribution; a device that never acks must not grow this map.
     while (session.unacked.size > 64) {

@@ -12,7 +12,7 @@ export interface GatewayMetrics {
   duplicatesDropped: Counter;
   gapRefetches: Counter;
   slowConsumers: Counter;
-  deliveryLatency: Histogram;
+  deliveryLatency: Histogram<'source'>;
   eventPublishFailures: Counter;
 }
 
@@ -84,7 +84,8 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     }),
     deliveryLatency: new Histogram({
       name: 'gateway_delivery_latency_seconds',
-      help: 'From push acceptance (sent_at) to the message being written to the device connection.',
+      help: 'From push acceptance (sent_at) to the message being written to the device connection, by source (live; pending = kept while the device was offline, so as long as it was away).',
+      labelNames: ['source'],
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers,
     }),
