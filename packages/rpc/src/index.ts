@@ -16,4 +16,5 @@ export type {
   ServiceHandlers,
 } from './definition.js';
 export { ERROR_CODE_TRAILER, ERROR_DOMAIN, fromGrpcError, toGrpcError } from './errors.js';
+export { callContext, inProcessClient } from './in-process.js';
 export { bindService, GrpcServer, type GrpcServerOptions, type GrpcServiceBinding } from './server.js';

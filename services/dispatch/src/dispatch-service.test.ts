@@ -1,4 +1,3 @@
-import { Metadata } from '@grpc/grpc-js';
 import { type Bus, MemoryBus, streams, subjects } from '@pushd/bus';
 import { ManualClock, PushdError, silentLogger } from '@pushd/common';
 import {
@@ -17,10 +16,9 @@ import { RegistryService } from '@pushd/registry';
 import {
   basicAuthorization,
   bearerAuthorization,
-  type CallContext,
+  callContext,
+  inProcessClient,
   type PromiseClient,
-  type ServiceDefinitionShape,
-  type ServiceHandlers,
 } from '@pushd/rpc';
 import {
   createMemoryStores,
@@ -41,35 +39,13 @@ const CLUSTER_TOKEN = 'dispatch-unit-test-cluster-token';
 const NODE_ID = 'gw-test';
 const HOUR_MS = 3_600_000;
 
-function call(authorization?: string, path = '/pushd.v1.DispatchService/Test'): CallContext {
-  const metadata = new Metadata();
-  if (authorization !== undefined) metadata.set('authorization', authorization);
-  return { metadata, path };
-}
-const cluster = () => call(bearerAuthorization(CLUSTER_TOKEN));
+const cluster = () => callContext(bearerAuthorization(CLUSTER_TOKEN));
 
 /**
  * A client of another service that calls its real handlers in process: only `methods` exist (calling any
  * other fails loudly), each request and response goes through the method's protobuf serializers as over
  * the wire, and every call carries `authorization`.
  */
-function inProcessClient<D extends ServiceDefinitionShape>(
-  definition: D,
-  handlers: ServiceHandlers<D>,
-  authorization: string,
-  methods: (keyof D & string)[],
-): PromiseClient<D> {
-  const client: Record<string, unknown> = { close: () => {} };
-  for (const name of methods) {
-    const method = definition[name]!;
-    client[name] = async (request: unknown) => {
-      const decoded = method.requestDeserialize(method.requestSerialize(request));
-      const response = await handlers[name](decoded, call(authorization, method.path));
-      return method.responseDeserialize(method.responseSerialize(response));
-    };
-  }
-  return client as PromiseClient<D>;
-}
 
 type RegistryClient = PromiseClient<typeof RegistryServiceService>;
 
@@ -99,7 +75,6 @@ async function setup(options: SetupOptions = {}) {
     RegistryServiceService,
     registryHandlers,
     bearerAuthorization(CLUSTER_TOKEN),
-    ['getDevice', 'getDevices', 'listAccountTokens', 'verifyApp'],
   );
   const metricsRegistry = new Registry();
   const metrics = createDispatchMetrics(metricsRegistry);
@@ -120,7 +95,7 @@ async function setup(options: SetupOptions = {}) {
   const app = {
     accessId: created.app?.accessId ?? 0,
     accessKey: created.accessKey,
-    auth: () => call(basicAuthorization(created.app?.accessId ?? 0, created.secretKey)),
+    auth: () => callContext(basicAuthorization(created.app?.accessId ?? 0, created.secretKey)),
   };
   let devices = 0;
   const registerDevice = async (platform = Platform.PLATFORM_ANDROID) => {
@@ -577,7 +552,7 @@ describe('DispatchService.push', () => {
     const token = await registerDevice();
     const result = await push(token);
     const other = await registryHandlers.createApp({ name: 'other' }, cluster());
-    const asOther = () => call(basicAuthorization(other.app?.accessId ?? 0, other.secretKey));
+    const asOther = () => callContext(basicAuthorization(other.app?.accessId ?? 0, other.secretKey));
 
     await expect(h.push(notify(token), asOther())).rejects.toMatchObject({ code: 'TOKEN_NOT_FOUND' });
     await expect(
@@ -589,8 +564,8 @@ describe('DispatchService.push', () => {
     await expect(
       h.fetchPending({ accessId: other.app!.accessId, token, afterMsgId: 0 }, asOther()),
     ).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
-    await expect(h.push(notify(token), call())).rejects.toMatchObject({ code: 'UNAUTHENTICATED' });
-    await expect(h.push(notify(token), call(basicAuthorization(1, 'nope')))).rejects.toMatchObject({
+    await expect(h.push(notify(token), callContext())).rejects.toMatchObject({ code: 'UNAUTHENTICATED' });
+    await expect(h.push(notify(token), callContext(basicAuthorization(1, 'nope')))).rejects.toMatchObject({
       code: 'UNAUTHENTICATED',
     });
     expect(await pendingIds(token)).toEqual([result.msgId]);

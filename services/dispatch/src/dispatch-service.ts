@@ -429,7 +429,7 @@ function distinctList(field: string, values: string[]): string[] {
   if (values.length === 0) throw invalidArgument(field, 'at least one is required');
   if (values.length > MAX_LIST_ENTRIES)
     throw invalidArgument(field, `at most ${MAX_LIST_ENTRIES} per call (got ${values.length})`);
-  const empty = values.findIndex((value) => value === '');
+  const empty = values.indexOf('');
   if (empty >= 0) throw invalidArgument(`${field}[${empty}]`, 'must not be empty');
   return [...new Set(values)];
 }

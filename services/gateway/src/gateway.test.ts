@@ -1,5 +1,4 @@
 import type { Socket } from 'node:net';
-import { Metadata } from '@grpc/grpc-js';
 import { MemoryBus, streams, subjects } from '@pushd/bus';
 import { silentLogger } from '@pushd/common';
 import { DeviceClient, type DeviceCloseEvent, generateDeviceId } from '@pushd/device-sdk';
@@ -23,10 +22,9 @@ import { RegistryService } from '@pushd/registry';
 import {
   basicAuthorization,
   bearerAuthorization,
-  type CallContext,
+  callContext,
+  inProcessClient,
   type PromiseClient,
-  type ServiceDefinitionShape,
-  type ServiceHandlers,
 } from '@pushd/rpc';
 import { createMemoryStores } from '@pushd/store';
 import { waitFor } from '@pushd/testkit';
@@ -40,31 +38,7 @@ const CLUSTER_TOKEN = 'gateway-unit-test-cluster-token';
 const NODE_ID = 'gw-unit';
 const HOUR_MS = 3_600_000;
 
-function call(authorization?: string, path = '/pushd.v1.Test/Test'): CallContext {
-  const metadata = new Metadata();
-  if (authorization !== undefined) metadata.set('authorization', authorization);
-  return { metadata, path };
-}
-const cluster = () => call(bearerAuthorization(CLUSTER_TOKEN));
-
-/** Another service's client calling its real handlers in process, through the protobuf serializers. */
-function inProcessClient<D extends ServiceDefinitionShape>(
-  definition: D,
-  handlers: ServiceHandlers<D>,
-  authorization: string,
-  methods: (keyof D & string)[],
-): PromiseClient<D> {
-  const client: Record<string, unknown> = { close: () => {} };
-  for (const name of methods) {
-    const method = definition[name]!;
-    client[name] = async (request: unknown) => {
-      const decoded = method.requestDeserialize(method.requestSerialize(request));
-      const response = await handlers[name](decoded, call(authorization, method.path));
-      return method.responseDeserialize(method.responseSerialize(response));
-    };
-  }
-  return client as PromiseClient<D>;
-}
+const cluster = () => callContext(bearerAuthorization(CLUSTER_TOKEN));
 
 type DispatchClient = PromiseClient<typeof DispatchServiceService>;
 
@@ -102,23 +76,18 @@ async function startGateway(options: StartOptions = {}) {
     inboxes: stores.inboxes,
     routes: stores.routes,
     bus,
-    registry: inProcessClient(RegistryServiceService, registry, bearer, ['getDevice', 'verifyApp']),
+    registry: inProcessClient(RegistryServiceService, registry, bearer),
     clusterToken: CLUSTER_TOKEN,
     metrics: dispatchMetrics,
     logger: silentLogger(),
   }).handlers();
-  const realDispatch = inProcessClient(DispatchServiceService, dispatch, bearer, ['fetchPending']);
+  const realDispatch = inProcessClient(DispatchServiceService, dispatch, bearer);
   const metrics = new Registry();
   const gateway = new Gateway({
     nodeId: NODE_ID,
     host: '127.0.0.1',
     port: 0,
-    registry: inProcessClient(RegistryServiceService, registry, bearer, [
-      'verifyApp',
-      'registerDevice',
-      'authenticateDevice',
-      'unregisterDevice',
-    ]),
+    registry: inProcessClient(RegistryServiceService, registry, bearer),
     dispatch: options.dispatch?.(realDispatch) ?? realDispatch,
     routes: stores.routes,
     bus,
@@ -139,7 +108,7 @@ async function startGateway(options: StartOptions = {}) {
   const app = {
     accessId: created.app?.accessId ?? 0,
     accessKey: created.accessKey,
-    auth: () => call(basicAuthorization(created.app?.accessId ?? 0, created.secretKey)),
+    auth: () => callContext(basicAuthorization(created.app?.accessId ?? 0, created.secretKey)),
   };
   const origin = `ws://127.0.0.1:${gateway.port}`;
   const url = `${origin}/v1/ws`;

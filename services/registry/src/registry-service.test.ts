@@ -1,8 +1,7 @@
-import { Metadata } from '@grpc/grpc-js';
 import { type Bus, MemoryBus, streams, subjects } from '@pushd/bus';
 import { ManualClock, PushdError, silentLogger } from '@pushd/common';
 import { type Event, EventBatch, EventType, Platform, type RegisterDeviceRequest } from '@pushd/proto';
-import { basicAuthorization, bearerAuthorization, type CallContext } from '@pushd/rpc';
+import { basicAuthorization, bearerAuthorization, type CallContext, callContext } from '@pushd/rpc';
 import { createMemoryStores } from '@pushd/store';
 import { waitFor } from '@pushd/testkit';
 import { describe, expect, it } from 'vitest';
@@ -11,12 +10,7 @@ import { RegistryService } from './registry-service.js';
 const CLUSTER_TOKEN = 'registry-unit-test-cluster-token';
 
 /** The context a handler gets for a call with this `authorization` metadata (none when undefined). */
-function call(authorization?: string): CallContext {
-  const metadata = new Metadata();
-  if (authorization !== undefined) metadata.set('authorization', authorization);
-  return { metadata, path: '/pushd.v1.RegistryService/Test' };
-}
-const cluster = () => call(bearerAuthorization(CLUSTER_TOKEN));
+const cluster = () => callContext(bearerAuthorization(CLUSTER_TOKEN));
 
 /** A valid device id: 16 to 128 characters of [A-Za-z0-9_-]. */
 const deviceId = (n: number) => `device_${String(n).padStart(12, '0')}`;
@@ -50,7 +44,7 @@ function setup(options: { bus?: Bus } = {}) {
       accessId,
       accessKey: created.accessKey,
       secretKey: created.secretKey,
-      auth: () => call(basicAuthorization(accessId, created.secretKey)),
+      auth: () => callContext(basicAuthorization(accessId, created.secretKey)),
     };
   };
 
@@ -127,14 +121,14 @@ describe('RegistryService.createApp', () => {
     await expect(h.createApp({ name: 'sneaky' }, app.auth())).rejects.toMatchObject({
       code: 'PERMISSION_DENIED',
     });
-    await expect(h.createApp({ name: 'anonymous' }, call())).rejects.toMatchObject({
+    await expect(h.createApp({ name: 'anonymous' }, callContext())).rejects.toMatchObject({
       code: 'UNAUTHENTICATED',
     });
     await expect(
-      h.createApp({ name: 'guess' }, call(bearerAuthorization('not-the-cluster-token'))),
+      h.createApp({ name: 'guess' }, callContext(bearerAuthorization('not-the-cluster-token'))),
     ).rejects.toMatchObject({ code: 'UNAUTHENTICATED' });
     await expect(
-      h.createApp({ name: 'wrong secret' }, call(basicAuthorization(app.accessId, 'wrong-secret'))),
+      h.createApp({ name: 'wrong secret' }, callContext(basicAuthorization(app.accessId, 'wrong-secret'))),
     ).rejects.toMatchObject({ code: 'UNAUTHENTICATED' });
     // Nothing was created by the refused calls: the next app takes the next id.
     expect((await createApp('next')).accessId).toBe(app.accessId + 1);
@@ -678,9 +672,9 @@ describe('RegistryService tenant isolation', () => {
       code: 'INVALID_ARGUMENT',
     });
     await expect(
-      h.getDevice({ accessId: 0, token }, call(basicAuthorization(a.accessId, b.secretKey))),
+      h.getDevice({ accessId: 0, token }, callContext(basicAuthorization(a.accessId, b.secretKey))),
     ).rejects.toMatchObject({ code: 'UNAUTHENTICATED' });
-    await expect(h.getDevice({ accessId: 0, token }, call())).rejects.toMatchObject({
+    await expect(h.getDevice({ accessId: 0, token }, callContext())).rejects.toMatchObject({
       code: 'UNAUTHENTICATED',
     });
     await expect(h.getDevice({ accessId: a.accessId, token }, cluster())).resolves.toMatchObject({

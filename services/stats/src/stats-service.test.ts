@@ -1,4 +1,3 @@
-import { Metadata } from '@grpc/grpc-js';
 import { MemoryBus, streams, subjects } from '@pushd/bus';
 import { silentLogger } from '@pushd/common';
 import { createDispatchMetrics, DispatchService } from '@pushd/dispatch';
@@ -12,14 +11,7 @@ import {
   RegistryServiceService,
 } from '@pushd/proto';
 import { RegistryService } from '@pushd/registry';
-import {
-  basicAuthorization,
-  bearerAuthorization,
-  type CallContext,
-  type PromiseClient,
-  type ServiceDefinitionShape,
-  type ServiceHandlers,
-} from '@pushd/rpc';
+import { basicAuthorization, bearerAuthorization, callContext, inProcessClient } from '@pushd/rpc';
 import { createMemoryStores } from '@pushd/store';
 import { waitFor } from '@pushd/testkit';
 import { Registry } from 'prom-client';
@@ -28,31 +20,7 @@ import { StatsService } from './stats-service.js';
 
 const CLUSTER_TOKEN = 'stats-unit-test-cluster-token';
 
-function call(authorization?: string, path = '/pushd.v1.StatsService/Test'): CallContext {
-  const metadata = new Metadata();
-  if (authorization !== undefined) metadata.set('authorization', authorization);
-  return { metadata, path };
-}
-const cluster = () => call(bearerAuthorization(CLUSTER_TOKEN));
-
-/** Another service's client calling its real handlers in process, through the protobuf serializers. */
-function inProcessClient<D extends ServiceDefinitionShape>(
-  definition: D,
-  handlers: ServiceHandlers<D>,
-  authorization: string,
-  methods: (keyof D & string)[],
-): PromiseClient<D> {
-  const client: Record<string, unknown> = { close: () => {} };
-  for (const name of methods) {
-    const method = definition[name]!;
-    client[name] = async (request: unknown) => {
-      const decoded = method.requestDeserialize(method.requestSerialize(request));
-      const response = await handlers[name](decoded, call(authorization, method.path));
-      return method.responseDeserialize(method.responseSerialize(response));
-    };
-  }
-  return client as PromiseClient<D>;
-}
+const cluster = () => callContext(bearerAuthorization(CLUSTER_TOKEN));
 
 const stopAfterTest: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -70,10 +38,7 @@ async function setup() {
     clusterToken: CLUSTER_TOKEN,
     logger: silentLogger(),
   }).handlers();
-  const registryClient = inProcessClient(RegistryServiceService, registry, bearer, [
-    'getDevice',
-    'verifyApp',
-  ]);
+  const registryClient = inProcessClient(RegistryServiceService, registry, bearer);
   const dispatch = new DispatchService({
     pushes: stores.pushes,
     inboxes: stores.inboxes,
@@ -88,8 +53,8 @@ async function setup() {
   const service = new StatsService({
     stats: stores.stats,
     bus,
-    registry: inProcessClient(RegistryServiceService, registry, bearer, ['verifyApp']),
-    dispatch: inProcessClient(DispatchServiceService, dispatch, bearer, ['getPush']),
+    registry: inProcessClient(RegistryServiceService, registry, bearer),
+    dispatch: inProcessClient(DispatchServiceService, dispatch, bearer),
     clusterToken: CLUSTER_TOKEN,
     metrics,
     logger: silentLogger(),
@@ -100,7 +65,7 @@ async function setup() {
   const createApp = async (name = 'demo') => {
     const created = await registry.createApp({ name }, cluster());
     const accessId = created.app?.accessId ?? 0;
-    const auth = () => call(basicAuthorization(accessId, created.secretKey));
+    const auth = () => callContext(basicAuthorization(accessId, created.secretKey));
     let devices = 0;
     const register = async () => {
       const registered = await registry.registerDevice(
@@ -266,7 +231,7 @@ describe('StatsService', () => {
       code: 'INVALID_ARGUMENT',
       metadata: { field: 'push_id' },
     });
-    await expect(h.getPushStats({ accessId: 0, pushId: sent.pushId }, call())).rejects.toMatchObject({
+    await expect(h.getPushStats({ accessId: 0, pushId: sent.pushId }, callContext())).rejects.toMatchObject({
       code: 'UNAUTHENTICATED',
     });
     // The cluster token reads any app's push by access id.

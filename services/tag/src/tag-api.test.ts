@@ -1,4 +1,3 @@
-import { Metadata } from '@grpc/grpc-js';
 import { MemoryBus, streams, subjects } from '@pushd/bus';
 import { ManualClock, silentLogger } from '@pushd/common';
 import {
@@ -11,14 +10,7 @@ import {
   type TagRule,
 } from '@pushd/proto';
 import { RegistryService } from '@pushd/registry';
-import {
-  basicAuthorization,
-  bearerAuthorization,
-  type CallContext,
-  type PromiseClient,
-  type ServiceDefinitionShape,
-  type ServiceHandlers,
-} from '@pushd/rpc';
+import { basicAuthorization, bearerAuthorization, callContext, inProcessClient } from '@pushd/rpc';
 import { createMemoryStores } from '@pushd/store';
 import { waitFor } from '@pushd/testkit';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -30,31 +22,7 @@ import { TagService } from './tag-service.js';
 
 const CLUSTER_TOKEN = 'tag-api-test-cluster-token';
 
-function call(authorization?: string, path = '/pushd.v1.TagService/Test'): CallContext {
-  const metadata = new Metadata();
-  if (authorization !== undefined) metadata.set('authorization', authorization);
-  return { metadata, path };
-}
-
-const cluster = () => call(bearerAuthorization(CLUSTER_TOKEN));
-
-/** Another service's client calling its real handlers in process, through the protobuf serializers. */
-function inProcessClient<D extends ServiceDefinitionShape>(
-  definition: D,
-  handlers: ServiceHandlers<D>,
-  methods: (keyof D & string)[],
-): PromiseClient<D> {
-  const client: Record<string, unknown> = { close: () => {} };
-  for (const name of methods) {
-    const method = definition[name]!;
-    client[name] = async (request: unknown) => {
-      const decoded = method.requestDeserialize(method.requestSerialize(request));
-      const response = await handlers[name](decoded, call(bearerAuthorization(CLUSTER_TOKEN), method.path));
-      return method.responseDeserialize(method.responseSerialize(response));
-    };
-  }
-  return client as PromiseClient<D>;
-}
+const cluster = () => callContext(bearerAuthorization(CLUSTER_TOKEN));
 
 const stopAfterTest: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -102,7 +70,7 @@ async function setup(options: { limits?: { perDevice?: number; perApp?: number }
     tags: stores.tags,
     audience: stores.audience,
     bus,
-    registry: inProcessClient(RegistryServiceService, registry, ['getDevice', 'getDevices', 'verifyApp']),
+    registry: inProcessClient(RegistryServiceService, registry, bearerAuthorization(CLUSTER_TOKEN)),
     clusterToken: CLUSTER_TOKEN,
     logger: silentLogger(),
     clock,
@@ -114,7 +82,7 @@ async function setup(options: { limits?: { perDevice?: number; perApp?: number }
 
   const created = await registry.createApp({ name: 'demo' }, cluster());
   const accessId = created.app?.accessId ?? 0;
-  const auth = () => call(basicAuthorization(accessId, created.secretKey));
+  const auth = () => callContext(basicAuthorization(accessId, created.secretKey));
   let devices = 0;
   const register = async (
     details: DeviceDetails = {},
@@ -490,7 +458,7 @@ describe('TagService CountAudience and the index kept from events', () => {
     const { token } = await one.register();
     await one.settled({ matched: 1 });
     const otherApp = await one.registry.createApp({ name: 'other' }, cluster());
-    const otherAuth = call(basicAuthorization(otherApp.app?.accessId ?? 0, otherApp.secretKey));
+    const otherAuth = callContext(basicAuthorization(otherApp.app?.accessId ?? 0, otherApp.secretKey));
     await expect(one.h.countAudience({ accessId: 0, platform: 0 }, otherAuth)).resolves.toEqual({
       matched: 0,
       online: 0,

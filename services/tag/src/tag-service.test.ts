@@ -1,16 +1,8 @@
-import { Metadata } from '@grpc/grpc-js';
 import { MemoryBus, streams, subjects } from '@pushd/bus';
 import { PushdError, silentLogger } from '@pushd/common';
 import { EventBatch, EventType, Platform, RegistryServiceService } from '@pushd/proto';
 import { RegistryService } from '@pushd/registry';
-import {
-  basicAuthorization,
-  bearerAuthorization,
-  type CallContext,
-  type PromiseClient,
-  type ServiceDefinitionShape,
-  type ServiceHandlers,
-} from '@pushd/rpc';
+import { basicAuthorization, bearerAuthorization, callContext, inProcessClient } from '@pushd/rpc';
 import { createMemoryStores } from '@pushd/store';
 import { waitFor } from '@pushd/testkit';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -18,31 +10,7 @@ import { MAX_TAGS_PER_DEVICE, RESERVED_TAG_PREFIX, TagService, validateTags } fr
 
 const CLUSTER_TOKEN = 'tag-unit-test-cluster-token';
 
-function call(authorization?: string, path = '/pushd.v1.TagService/Test'): CallContext {
-  const metadata = new Metadata();
-  if (authorization !== undefined) metadata.set('authorization', authorization);
-  return { metadata, path };
-}
-const cluster = () => call(bearerAuthorization(CLUSTER_TOKEN));
-
-/** Another service's client calling its real handlers in process, through the protobuf serializers. */
-function inProcessClient<D extends ServiceDefinitionShape>(
-  definition: D,
-  handlers: ServiceHandlers<D>,
-  authorization: string,
-  methods: (keyof D & string)[],
-): PromiseClient<D> {
-  const client: Record<string, unknown> = { close: () => {} };
-  for (const name of methods) {
-    const method = definition[name]!;
-    client[name] = async (request: unknown) => {
-      const decoded = method.requestDeserialize(method.requestSerialize(request));
-      const response = await handlers[name](decoded, call(authorization, method.path));
-      return method.responseDeserialize(method.responseSerialize(response));
-    };
-  }
-  return client as PromiseClient<D>;
-}
+const cluster = () => callContext(bearerAuthorization(CLUSTER_TOKEN));
 
 const stopAfterTest: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -63,10 +31,7 @@ async function setup() {
   const service = new TagService({
     tags: stores.tags,
     bus,
-    registry: inProcessClient(RegistryServiceService, registry, bearerAuthorization(CLUSTER_TOKEN), [
-      'getDevice',
-      'verifyApp',
-    ]),
+    registry: inProcessClient(RegistryServiceService, registry, bearerAuthorization(CLUSTER_TOKEN)),
     clusterToken: CLUSTER_TOKEN,
     logger: silentLogger(),
   });
@@ -93,7 +58,7 @@ async function setup() {
       );
       return registered.device?.token ?? '';
     };
-    return { accessId, auth: () => call(basicAuthorization(accessId, created.secretKey)), register };
+    return { accessId, auth: () => callContext(basicAuthorization(accessId, created.secretKey)), register };
   };
   return { stores, bus, registry, service, h, createApp };
 }
@@ -256,7 +221,7 @@ describe('TagService', () => {
     await expect(h.listTags({ accessId: 0, token }, b.auth())).rejects.toMatchObject({
       code: 'TOKEN_NOT_FOUND',
     });
-    await expect(h.listTags({ accessId: 0, token }, call())).rejects.toMatchObject({
+    await expect(h.listTags({ accessId: 0, token }, callContext())).rejects.toMatchObject({
       code: 'UNAUTHENTICATED',
     });
     await expect(h.listTags({ accessId: 0, token }, a.auth())).resolves.toEqual({ tags: ['secret'] });
