@@ -6,3 +6,9 @@ export {
   startRedisServer,
   type TestServer,
 } from './servers.js';
+export {
+  type ServiceProcess,
+  type ServiceProcessOptions,
+  signalGroup,
+  startServiceProcess,
+} from './service-process.js';

@@ -1,0 +1,65 @@
+// The benchmarks in smoke mode (tiny N, a few seconds each), so that the suite cannot rot: each runs as
+// `pnpm bench <name> --smoke` would, and its last line of stdout must be the JSON object of its figures.
+// The full runs and their figures are in docs/benchmarks.md; they are not run in CI.
+import { spawn } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
+import { ROOT } from './children.js';
+
+/** The figures the issue names for each benchmark. */
+const FIGURES = {
+  connections: ['devices', 'bytes_per_conn', 'ref_bytes_per_conn', 'ratio'],
+  targeted: ['max_pushes_per_s', 'p99_ms', 'lost'],
+  reconnect: [
+    'devices',
+    'secs_to_all_connected',
+    'handshakes_per_s',
+    'ref_handshakes_per_s',
+    'ratio',
+    'offline_msgs_delivered',
+  ],
+} as const;
+
+/** Runs one benchmark in smoke mode; resolves with its stdout, stderr and exit code. */
+function runSmoke(name: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', 'test/bench/run.ts', name, '--smoke', '--timeout-s', '50'],
+      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString();
+    });
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    // The harness stops itself at --timeout-s; this is the backstop if it hangs anyway (SIGTERM lets it
+    // stop what it started).
+    const timer = setTimeout(() => child.kill('SIGTERM'), 55_000);
+    child.once('error', reject);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+describe('benchmark smoke runs', () => {
+  for (const [name, figures] of Object.entries(FIGURES)) {
+    it(`${name} prints its figures as the last line`, { timeout: 60_000 }, async () => {
+      const { code, stdout, stderr } = await runSmoke(name);
+      expect(code, stderr).toBe(0);
+      const lines = stdout.trimEnd().split('\n');
+      const result = JSON.parse(lines[lines.length - 1] ?? '') as Record<string, unknown>;
+      expect(result.benchmark).toBe(name);
+      for (const figure of figures) {
+        expect(Number.isFinite(result[figure]), `${figure} = ${String(result[figure])}`).toBe(true);
+      }
+      if ('lost' in result) expect(result.lost).toBe(0);
+      if (name === 'reconnect') expect(result.offline_msgs_delivered).toBe(result.offline_msgs_accepted);
+      if (name !== 'targeted') expect(result.devices).toBeGreaterThan(0);
+    });
+  }
+});

@@ -1,0 +1,124 @@
+import { parseArgs } from 'node:util';
+
+export const BENCHMARKS = ['connections', 'targeted', 'reconnect'] as const;
+export type BenchName = (typeof BENCHMARKS)[number];
+
+/** Options of `pnpm bench <name>`; each benchmark fills what is unset from its own defaults. */
+export interface BenchOptions {
+  name: BenchName;
+  /** Tiny N and short phases: what CI runs so that the suite cannot rot. */
+  smoke: boolean;
+  devices?: number;
+  gateways?: number;
+  /** connections: how long the devices stay connected before memory is read; targeted: each step. */
+  durationS?: number;
+  /** Device processes (default: one per 12,500 devices, at least one per 15,000). */
+  deviceWorkers?: number;
+  /** Handshakes in flight per server per device process. */
+  inflight?: number;
+  /** targeted: pushes/s of each step, in order. */
+  rates?: number[];
+  /** targeted, reconnect: pusher processes. */
+  pushers?: number;
+  /** targeted: how long to wait for accepted pushes to arrive after a step. */
+  drainS?: number;
+  /** Write a CPU profile of every service process into this directory. */
+  cpuProfDir?: string;
+  /** connections: write a sampling heap profile (live allocations by site) of each server here. */
+  heapProfileDir?: string;
+  /**
+   * Diagnostics only: extra environment of the gateways (e.g. HEARTBEAT_INTERVAL_MS=600000 to see what the
+   * heartbeat sweep costs). A run with any is marked in its JSON line (`gateway_env`).
+   */
+  gatewayEnv?: Record<string, string>;
+  /** Also write the final JSON object to this file. */
+  out?: string;
+  /** Stop everything and fail after this long. */
+  timeoutS?: number;
+}
+
+export const USAGE = `usage: pnpm bench <${BENCHMARKS.join('|')}> [options]
+
+  --smoke              tiny N and short phases (CI)
+  --devices N          devices (connections, targeted: 18000; reconnect: 50000)
+  --gateways N         gateway processes (reconnect: 3; others: 1)
+  --duration-s N       connections: idle hold before reading memory (10); targeted: each rate step (30)
+  --device-workers N   device processes (default: one per 12,500 devices)
+  --inflight N         handshakes in flight per server per device process (default: 400 per server in all)
+  --rates A,B,C        targeted: pushes/s of the steps
+  --pushers N          pusher processes (targeted: 2; reconnect: 2)
+  --drain-s N          targeted: wait for deliveries after each step (5)
+  --cpu-prof DIR       write a .cpuprofile of each process per measured phase into DIR
+  --heap-profile DIR   connections: write what the live memory was allocated by (.heapprofile) into DIR
+  --gateway-env K=V    diagnostics: extra gateway environment (repeatable; marked in the JSON line)
+  --out FILE           also write the final JSON line to FILE
+  --timeout-s N        stop everything and fail after N seconds
+`;
+
+function positive(name: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const number = Number(value);
+  if (!Number.isFinite(number) || number <= 0) throw new Error(`--${name} must be a positive number`);
+  return number;
+}
+
+export function parseOptions(argv: string[]): BenchOptions {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      smoke: { type: 'boolean', default: false },
+      devices: { type: 'string' },
+      gateways: { type: 'string' },
+      'duration-s': { type: 'string' },
+      'device-workers': { type: 'string' },
+      inflight: { type: 'string' },
+      rates: { type: 'string' },
+      pushers: { type: 'string' },
+      'drain-s': { type: 'string' },
+      'cpu-prof': { type: 'string' },
+      'heap-profile': { type: 'string' },
+      out: { type: 'string' },
+      'gateway-env': { type: 'string', multiple: true },
+      'timeout-s': { type: 'string' },
+      help: { type: 'boolean', default: false },
+    },
+  });
+  // pnpm passes a literal "--" through when it separates script arguments.
+  const names = positionals.filter((p) => p !== '--');
+  const name = names[0];
+  if (values.help || name === undefined || !(BENCHMARKS as readonly string[]).includes(name)) {
+    throw new Error(USAGE);
+  }
+  const options: BenchOptions = { name: name as BenchName, smoke: values.smoke ?? false };
+  const assign = <K extends keyof BenchOptions>(key: K, value: BenchOptions[K] | undefined) => {
+    if (value !== undefined) options[key] = value;
+  };
+  assign('devices', positive('devices', values.devices));
+  assign('gateways', positive('gateways', values.gateways));
+  assign('durationS', positive('duration-s', values['duration-s']));
+  assign('deviceWorkers', positive('device-workers', values['device-workers']));
+  assign('inflight', positive('inflight', values.inflight));
+  assign('pushers', positive('pushers', values.pushers));
+  assign('drainS', positive('drain-s', values['drain-s']));
+  assign('timeoutS', positive('timeout-s', values['timeout-s']));
+  assign('cpuProfDir', values['cpu-prof']);
+  assign('heapProfileDir', values['heap-profile']);
+  assign('out', values.out);
+  if (values['gateway-env'] !== undefined) {
+    options.gatewayEnv = {};
+    for (const pair of values['gateway-env']) {
+      const equals = pair.indexOf('=');
+      if (equals <= 0) throw new Error(`--gateway-env ${pair}: expected KEY=VALUE`);
+      options.gatewayEnv[pair.slice(0, equals)] = pair.slice(equals + 1);
+    }
+  }
+  if (values.rates !== undefined) {
+    options.rates = values.rates.split(',').map((rate) => {
+      const value = positive('rates', rate.trim());
+      if (value === undefined) throw new Error('--rates: empty step');
+      return value;
+    });
+  }
+  return options;
+}
