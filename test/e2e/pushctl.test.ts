@@ -49,7 +49,8 @@ describe('pushctl against the embedded system', () => {
       .map((line) => JSON.parse(line) as Record<string, unknown>);
   };
 
-  it('creates an app, runs a device, pushes to it and reads the stats', async () => {
+  // Each step starts a Node.js process (through tsx): generous on a loaded 2-core machine.
+  it('creates an app, runs a device, pushes to it and reads the stats', { timeout: 150_000 }, async () => {
     const [app] = await pushctl('app', 'create', '--name', 'demo');
     expect(app).toMatchObject({
       accessId: expect.any(Number),
@@ -75,6 +76,7 @@ describe('pushctl against the embedded system', () => {
     await waitFor(() => lines.some((l) => l.event === 'connected'), 'the device to connect', 20_000);
 
     const [pushed] = await pushctl('push', '--title', 'Hello', '--content', 'first push', '--custom', 'k=v');
+    await waitFor(() => lines.some((l) => l.event === 'message'), 'the device to print the message', 30_000);
     expect(pushed).toMatchObject({ pushId: expect.any(String) });
     expect({ status: await exited, stderr }).toEqual({ status: 0, stderr: '' });
     expect(lines.find((l) => l.event === 'message')).toMatchObject({
