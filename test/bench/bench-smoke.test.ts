@@ -46,6 +46,7 @@ function runSmoke(name: string): Promise<{ code: number | null; stdout: string; 
   });
 }
 
+// One after the other: run at once on a 2-core machine they would each come close to their deadline.
 describe('benchmark smoke runs', () => {
   for (const [name, figures] of Object.entries(FIGURES)) {
     it(`${name} prints its figures as the last line`, { timeout: 60_000 }, async () => {

@@ -11,6 +11,7 @@ import {
   Inspector,
   type MemoryUsage,
   PhaseProfiler,
+  rssBytes,
   sleep,
 } from './measure.js';
 import type { BenchOptions } from './options.js';
@@ -28,6 +29,9 @@ interface TargetRun {
   open: number;
   /** Growth of the device processes' heap over the ramp (after a collection): the SDK's per-client cost. */
   workerGrowth: number;
+  /** VmRSS of the server process after the collections, before and after the ramp. */
+  rssBefore: number;
+  rssAfter: number;
   bytesPerConn: number;
   heapPerConn: number;
   heapTotalPerConn: number;
@@ -62,7 +66,15 @@ export async function connectionsBench(cleanup: Cleanup, options: BenchOptions):
 
   const warmCount = Math.min(200, Math.ceil(devices / 10));
   const warm = { tokens: registered.tokens.slice(0, warmCount), credentials: registered.credentials };
-  const run = async (name: string, url: string, inspectPort: number, refPid?: number): Promise<TargetRun> => {
+  /** `pid`: the server process whose memory is read; `isReference`: it is the bare ws server. */
+  const run = async (
+    name: string,
+    url: string,
+    inspectPort: number,
+    pid: number,
+    isReference: boolean,
+  ): Promise<TargetRun> => {
+    const refPid = isReference ? pid : undefined;
     const cpu = new CpuMeter(() => {
       const pids = new Map([...system.pids(), ...fleet.pids()]);
       if (refPid !== undefined) pids.set('reference', refPid);
@@ -74,6 +86,8 @@ export async function connectionsBench(cleanup: Cleanup, options: BenchOptions):
     await sleep(options.smoke ? 200 : 1_000);
     const workersBefore = await fleet.stats(true);
     const before = await collectGarbageAndMeasure(inspectPort);
+    // The OS's view (VmRSS of /proc/<pid>/status), right after the collection.
+    const rssBefore = rssBytes(pid);
     log(
       `${name}: ramping ${devices} devices (${inflight} handshakes in flight per server per device process)`,
     );
@@ -112,8 +126,9 @@ export async function connectionsBench(cleanup: Cleanup, options: BenchOptions):
       writeFileSync(path, JSON.stringify(profile));
       log(`${name}: live allocations by site in ${path}`);
     }
+    const rssAfter = rssBytes(pid);
     const workersAfter = await fleet.stats(true);
-    log(`${name}: rss ${mib(before.rss)} -> ${mib(after.rss)} with ${workersAfter.open} open`);
+    log(`${name}: rss ${mib(rssBefore)} -> ${mib(rssAfter)} with ${workersAfter.open} open`);
     await fleet.close();
     const open = workersAfter.open;
     return {
@@ -123,16 +138,18 @@ export async function connectionsBench(cleanup: Cleanup, options: BenchOptions):
       after,
       open,
       workerGrowth: workersAfter.heapUsed - workersBefore.heapUsed,
-      bytesPerConn: (after.rss - before.rss) / open,
+      rssBefore,
+      rssAfter,
+      bytesPerConn: (rssAfter - rssBefore) / open,
       heapPerConn: (after.heapUsed - before.heapUsed) / open,
       heapTotalPerConn: (after.heapTotal - before.heapTotal) / open,
       externalPerConn: (after.external - before.external) / open,
     };
   };
 
-  const ref = await run('reference', references.urls[0]!, reference.inspectPort!, reference.pid);
+  const ref = await run('reference', references.urls[0]!, reference.inspectPort!, reference.pid, true);
   await references.stop();
-  const sys = await run('gateway', gateway.url, gateway.inspectPort!);
+  const sys = await run('gateway', gateway.url, gateway.inspectPort!, gateway.process.pid, false);
   const ratio = sys.bytesPerConn / ref.bytesPerConn;
 
   const row = (name: string, r: TargetRun) => [
@@ -143,8 +160,8 @@ export async function connectionsBench(cleanup: Cleanup, options: BenchOptions):
     r.open / (r.ramp.elapsedMs / 1000),
     r.ramp.handshakeP99Ms,
     r.ramp.tcp.listenOverflows,
-    mib(r.before.rss),
-    mib(r.after.rss),
+    mib(r.rssBefore),
+    mib(r.rssAfter),
     Math.round(r.bytesPerConn),
     Math.round(r.heapPerConn),
     Math.round(r.heapTotalPerConn),

@@ -2,12 +2,7 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 
-/** The p-th percentile (0..100) by nearest rank; NaN for no values. Sorts a copy. */
-export function percentile(values: ArrayLike<number>, p: number): number {
-  return percentiles(values, [p])[0] ?? Number.NaN;
-}
-
-/** Several percentiles of one sample, sorting it once. */
+/** Percentiles (0..100) of one sample by nearest rank, sorting a copy once; NaN for an empty sample. */
 export function percentiles(values: ArrayLike<number>, ps: number[]): number[] {
   const sorted = Float64Array.from(values).sort();
   if (sorted.length === 0) return ps.map(() => Number.NaN);

@@ -41,12 +41,12 @@ export const USAGE = `usage: pnpm bench <${BENCHMARKS.join('|')}> [options]
 
   --smoke              tiny N and short phases (CI)
   --devices N          devices (connections, targeted: 18000; reconnect: 50000)
-  --gateways N         gateway processes (reconnect: 3; others: 1)
+  --gateways N         gateway processes (reconnect: 3, smoke 2; others: 1)
   --duration-s N       connections: idle hold before reading memory (10); targeted: each rate step (30)
   --device-workers N   device processes (default: one per 12,500 devices)
   --inflight N         handshakes in flight per server per device process (default: 400 per server in all)
   --rates A,B,C        targeted: pushes/s of the steps
-  --pushers N          pusher processes (targeted: 2; reconnect: 2)
+  --pushers N          pusher processes (2; smoke: 1)
   --drain-s N          targeted: wait for deliveries after each step (5)
   --cpu-prof DIR       write a .cpuprofile of each process per measured phase into DIR
   --heap-profile DIR   connections: write what the live memory was allocated by (.heapprofile) into DIR

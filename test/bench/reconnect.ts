@@ -19,8 +19,9 @@ import { settleAll, startBenchSystem } from './system.js';
 
 export async function reconnectBench(cleanup: Cleanup, options: BenchOptions): Promise<BenchResult> {
   const devices = options.devices ?? (options.smoke ? 60 : 50_000);
-  const gatewayCount = options.gateways ?? 3;
-  const pusherCount = Math.min(options.pushers ?? 2, devices);
+  // Smoke: two gateways still exercise devices spread over several, with fewer processes to start.
+  const gatewayCount = options.gateways ?? (options.smoke ? 2 : 3);
+  const pusherCount = Math.min(options.pushers ?? (options.smoke ? 1 : 2), devices);
   if (devices / gatewayCount > 19_000) {
     log(`warning: ${Math.ceil(devices / gatewayCount)} connections per gateway is over the open-file limit`);
   }

@@ -59,7 +59,7 @@ export async function targetedBench(cleanup: Cleanup, options: BenchOptions): Pr
   const devices = options.devices ?? (options.smoke ? 50 : 18_000);
   // A full step outlasts the gateway's heartbeat interval (25 s), so that every step includes one sweep:
   // a rate is only "sustained" if it holds through the system's periodic work too.
-  const stepMs = (options.durationS ?? (options.smoke ? 1.5 : 30)) * 1000;
+  const stepMs = (options.durationS ?? (options.smoke ? 1 : 30)) * 1000;
   const drainMs = (options.drainS ?? (options.smoke ? 2 : 5)) * 1000;
   const rates = options.rates ?? (options.smoke ? SMOKE_RATES : FULL_RATES);
   const pusherCount = Math.min(options.pushers ?? (options.smoke ? 1 : 2), devices);
@@ -125,17 +125,17 @@ export async function targetedBench(cleanup: Cleanup, options: BenchOptions): Pr
   // Warm-up, not counted: first calls open gRPC channels, fill the app-secret cache and compile the hot
   // paths of every process.
   const warmRate = Math.min(rates[0] ?? 100, 500);
-  log(`warm-up: ${warmRate}/s for ${options.smoke ? 1 : 3} s`);
+  log(`warm-up: ${warmRate}/s for ${options.smoke ? 0.5 : 3} s`);
   await Promise.all(
     pushers.map((pusher) =>
       pusher.call<RateResult>('rate', {
         rate: warmRate / pusherCount,
-        durationMs: options.smoke ? 1_000 : 3_000,
+        durationMs: options.smoke ? 500 : 3_000,
         maxInflight: 10_000,
       } satisfies RateArgs),
     ),
   );
-  await sleep(options.smoke ? 500 : 2_000);
+  await sleep(options.smoke ? 200 : 2_000);
 
   // The system's own counters around each step: where pushes went when they did not arrive, and each
   // service's longest event-loop stall (the scrape before the step resets it).
