@@ -223,7 +223,9 @@ export class Gateway {
   // ---- handshake -------------------------------------------------------------------------------------
 
   private async handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
-    socket.on('error', () => socket.destroy());
+    // A module-level listener: a closure here would keep this whole handshake (credential included) alive
+    // for the life of the connection.
+    socket.on('error', destroySocket);
     const { metrics, registry } = this.options;
     let handshake: Handshake;
     try {
@@ -742,6 +744,10 @@ function onSocketClose(this: SocketWithSession): void {
 
 function onSocketError(this: SocketWithSession): void {
   // ws follows every error (a frame over maxPayload, an invalid frame) with close, handled there.
+}
+
+function destroySocket(this: Duplex): void {
+  this.destroy();
 }
 
 function onSocketPong(this: SocketWithSession): void {
