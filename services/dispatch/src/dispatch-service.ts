@@ -115,7 +115,7 @@ export class DispatchService {
           request.afterMsgId,
           this.clock.now(),
         );
-        return { messages, lastMsgId };
+        return { messages, lastMsgId, lastBroadcastId: 0 };
       },
     };
   }
@@ -311,6 +311,7 @@ export class DispatchService {
         tokens: batch.tokens,
         message: batch.message,
         previousMsgIds: batch.previousMsgIds,
+        previousBroadcastId: 0,
       }).finish();
       this.options.bus.publish(subjects.nodeDelivery(batch.nodeId), delivery);
     }

@@ -576,6 +576,7 @@ describe('Gateway sessions', () => {
               tokens: [device.token],
               message: pushMessage(next, big),
               previousMsgIds: [next - 1],
+              previousBroadcastId: 0,
             }).finish(),
           );
         }
@@ -658,6 +659,7 @@ describe('Gateway delivery', () => {
           tokens: [device.token],
           message,
           previousMsgIds: [previousMsgId],
+          previousBroadcastId: 0,
         }).finish(),
       );
 
@@ -698,6 +700,7 @@ describe('Gateway delivery', () => {
         tokens: [device.token],
         message: pushMessage(msgId),
         previousMsgIds: [previousMsgId],
+        previousBroadcastId: 0,
       }).finish();
     const subject = subjects.nodeDelivery(NODE_ID);
     system.bus.publish(subject, delivery(1, 0));

@@ -6,8 +6,10 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
-import { Platform, platformFromJSON, platformToJSON } from "./common.js";
+import { TagExpression } from "./audience.js";
+import { Message, Platform, platformFromJSON, platformToJSON } from "./common.js";
 import { PushMessage } from "./device.js";
+import { Audience } from "./dispatch.js";
 
 export const protobufPackage = "pushd.v1";
 
@@ -105,6 +107,63 @@ export interface NodeDelivery {
    * window instead of delivering out of order.
    */
   previousMsgIds: number[];
+  /**
+   * The msg_id of the app's last broadcast or tag push before this message (0 if none). A gateway whose
+   * session has not seen it fetches the device's pending messages first, so that order holds across kinds.
+   */
+  previousBroadcastId: number;
+}
+
+/**
+ * A broadcast or tag push, published to every gateway (pushd.broadcast.<access_id>) and kept once in the
+ * app's broadcast log for devices that are offline. Gateways evaluate the audience against the devices
+ * they hold; nothing is written per device.
+ */
+export interface BroadcastDelivery {
+  accessId: number;
+  message?:
+    | PushMessage
+    | undefined;
+  /** Absent: every device of the app. */
+  expression?:
+    | TagExpression
+    | undefined;
+  /** PLATFORM_UNSPECIFIED: both. */
+  platform: Platform;
+  /** The msg_id of the app's previous broadcast (0 if none): a gateway that has not seen it missed one. */
+  previousBroadcastId: number;
+}
+
+/** A device targeted by a push, resolved when the push was accepted. */
+export interface TargetDevice {
+  token: string;
+  platform: Platform;
+}
+
+/**
+ * A push accepted by dispatch, waiting in the push log (stream PUSHD_PUSHES, one subject per partition of
+ * apps) until the dispatch instance applying that partition takes it, in log order. Its stream sequence
+ * is its msg_id.
+ */
+export interface PushCommand {
+  accessId: number;
+  pushId: string;
+  message?: Message | undefined;
+  acceptedAtMs: number;
+  expiresAtMs: number;
+  /** The restriction of the request (PLATFORM_UNSPECIFIED: both). */
+  platform: Platform;
+  /** As requested (kept in the push record). */
+  audience?:
+    | Audience
+    | undefined;
+  /**
+   * Token, token list, account and account list audiences: the devices, resolved at acceptance (the
+   * platform restriction applied). Empty for `all` and `tags`, which gateways evaluate.
+   */
+  devices: TargetDevice[];
+  /** `all` and `tags`: the matching registered devices counted at acceptance (the push's target). */
+  countedTarget: number;
 }
 
 export interface Event {
@@ -142,7 +201,7 @@ export interface EventBatch {
 }
 
 function createBaseNodeDelivery(): NodeDelivery {
-  return { accessId: 0, tokens: [], message: undefined, previousMsgIds: [] };
+  return { accessId: 0, tokens: [], message: undefined, previousMsgIds: [], previousBroadcastId: 0 };
 }
 
 export const NodeDelivery: MessageFns<NodeDelivery> = {
@@ -162,6 +221,9 @@ export const NodeDelivery: MessageFns<NodeDelivery> = {
         writer.uint64(v);
       }
       writer.join();
+    }
+    if (message.previousBroadcastId !== 0) {
+      writer.uint32(40).uint64(message.previousBroadcastId);
     }
     return writer;
   },
@@ -221,6 +283,14 @@ export const NodeDelivery: MessageFns<NodeDelivery> = {
 
             break;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.previousBroadcastId = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -247,6 +317,11 @@ export const NodeDelivery: MessageFns<NodeDelivery> = {
         : globalThis.Array.isArray(object?.previous_msg_ids)
         ? object.previous_msg_ids.map((e: any) => globalThis.Number(e))
         : [],
+      previousBroadcastId: isSet(object.previousBroadcastId)
+        ? globalThis.Number(object.previousBroadcastId)
+        : isSet(object.previous_broadcast_id)
+        ? globalThis.Number(object.previous_broadcast_id)
+        : 0,
     };
   },
 
@@ -264,6 +339,9 @@ export const NodeDelivery: MessageFns<NodeDelivery> = {
     if (message.previousMsgIds?.length) {
       obj.previousMsgIds = message.previousMsgIds.map((e) => Math.round(e));
     }
+    if (message.previousBroadcastId !== 0) {
+      obj.previousBroadcastId = Math.round(message.previousBroadcastId);
+    }
     return obj;
   },
 
@@ -278,6 +356,470 @@ export const NodeDelivery: MessageFns<NodeDelivery> = {
       ? PushMessage.fromPartial(object.message)
       : undefined;
     message.previousMsgIds = object.previousMsgIds?.map((e) => e) || [];
+    message.previousBroadcastId = object.previousBroadcastId ?? 0;
+    return message;
+  },
+};
+
+function createBaseBroadcastDelivery(): BroadcastDelivery {
+  return { accessId: 0, message: undefined, expression: undefined, platform: 0, previousBroadcastId: 0 };
+}
+
+export const BroadcastDelivery: MessageFns<BroadcastDelivery> = {
+  encode(message: BroadcastDelivery, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accessId !== 0) {
+      writer.uint32(8).uint64(message.accessId);
+    }
+    if (message.message !== undefined) {
+      PushMessage.encode(message.message, writer.uint32(18).fork()).join();
+    }
+    if (message.expression !== undefined) {
+      TagExpression.encode(message.expression, writer.uint32(26).fork()).join();
+    }
+    if (message.platform !== 0) {
+      writer.uint32(32).int32(message.platform);
+    }
+    if (message.previousBroadcastId !== 0) {
+      writer.uint32(40).uint64(message.previousBroadcastId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BroadcastDelivery {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBroadcastDelivery();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accessId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = PushMessage.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.expression = TagExpression.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.platform = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.previousBroadcastId = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BroadcastDelivery {
+    return {
+      accessId: isSet(object.accessId)
+        ? globalThis.Number(object.accessId)
+        : isSet(object.access_id)
+        ? globalThis.Number(object.access_id)
+        : 0,
+      message: isSet(object.message) ? PushMessage.fromJSON(object.message) : undefined,
+      expression: isSet(object.expression) ? TagExpression.fromJSON(object.expression) : undefined,
+      platform: isSet(object.platform) ? platformFromJSON(object.platform) : 0,
+      previousBroadcastId: isSet(object.previousBroadcastId)
+        ? globalThis.Number(object.previousBroadcastId)
+        : isSet(object.previous_broadcast_id)
+        ? globalThis.Number(object.previous_broadcast_id)
+        : 0,
+    };
+  },
+
+  toJSON(message: BroadcastDelivery): unknown {
+    const obj: any = {};
+    if (message.accessId !== 0) {
+      obj.accessId = Math.round(message.accessId);
+    }
+    if (message.message !== undefined) {
+      obj.message = PushMessage.toJSON(message.message);
+    }
+    if (message.expression !== undefined) {
+      obj.expression = TagExpression.toJSON(message.expression);
+    }
+    if (message.platform !== 0) {
+      obj.platform = platformToJSON(message.platform);
+    }
+    if (message.previousBroadcastId !== 0) {
+      obj.previousBroadcastId = Math.round(message.previousBroadcastId);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BroadcastDelivery>, I>>(base?: I): BroadcastDelivery {
+    return BroadcastDelivery.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BroadcastDelivery>, I>>(object: I): BroadcastDelivery {
+    const message = createBaseBroadcastDelivery();
+    message.accessId = object.accessId ?? 0;
+    message.message = (object.message !== undefined && object.message !== null)
+      ? PushMessage.fromPartial(object.message)
+      : undefined;
+    message.expression = (object.expression !== undefined && object.expression !== null)
+      ? TagExpression.fromPartial(object.expression)
+      : undefined;
+    message.platform = object.platform ?? 0;
+    message.previousBroadcastId = object.previousBroadcastId ?? 0;
+    return message;
+  },
+};
+
+function createBaseTargetDevice(): TargetDevice {
+  return { token: "", platform: 0 };
+}
+
+export const TargetDevice: MessageFns<TargetDevice> = {
+  encode(message: TargetDevice, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.token !== "") {
+      writer.uint32(10).string(message.token);
+    }
+    if (message.platform !== 0) {
+      writer.uint32(16).int32(message.platform);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TargetDevice {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTargetDevice();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.platform = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TargetDevice {
+    return {
+      token: isSet(object.token) ? globalThis.String(object.token) : "",
+      platform: isSet(object.platform) ? platformFromJSON(object.platform) : 0,
+    };
+  },
+
+  toJSON(message: TargetDevice): unknown {
+    const obj: any = {};
+    if (message.token !== "") {
+      obj.token = message.token;
+    }
+    if (message.platform !== 0) {
+      obj.platform = platformToJSON(message.platform);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TargetDevice>, I>>(base?: I): TargetDevice {
+    return TargetDevice.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TargetDevice>, I>>(object: I): TargetDevice {
+    const message = createBaseTargetDevice();
+    message.token = object.token ?? "";
+    message.platform = object.platform ?? 0;
+    return message;
+  },
+};
+
+function createBasePushCommand(): PushCommand {
+  return {
+    accessId: 0,
+    pushId: "",
+    message: undefined,
+    acceptedAtMs: 0,
+    expiresAtMs: 0,
+    platform: 0,
+    audience: undefined,
+    devices: [],
+    countedTarget: 0,
+  };
+}
+
+export const PushCommand: MessageFns<PushCommand> = {
+  encode(message: PushCommand, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accessId !== 0) {
+      writer.uint32(8).uint64(message.accessId);
+    }
+    if (message.pushId !== "") {
+      writer.uint32(18).string(message.pushId);
+    }
+    if (message.message !== undefined) {
+      Message.encode(message.message, writer.uint32(26).fork()).join();
+    }
+    if (message.acceptedAtMs !== 0) {
+      writer.uint32(32).int64(message.acceptedAtMs);
+    }
+    if (message.expiresAtMs !== 0) {
+      writer.uint32(40).int64(message.expiresAtMs);
+    }
+    if (message.platform !== 0) {
+      writer.uint32(48).int32(message.platform);
+    }
+    if (message.audience !== undefined) {
+      Audience.encode(message.audience, writer.uint32(58).fork()).join();
+    }
+    for (const v of message.devices) {
+      TargetDevice.encode(v!, writer.uint32(66).fork()).join();
+    }
+    if (message.countedTarget !== 0) {
+      writer.uint32(72).uint64(message.countedTarget);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PushCommand {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePushCommand();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accessId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pushId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.message = Message.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.acceptedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.expiresAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.platform = reader.int32() as any;
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.audience = Audience.decode(reader, reader.uint32());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.devices.push(TargetDevice.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.countedTarget = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PushCommand {
+    return {
+      accessId: isSet(object.accessId)
+        ? globalThis.Number(object.accessId)
+        : isSet(object.access_id)
+        ? globalThis.Number(object.access_id)
+        : 0,
+      pushId: isSet(object.pushId)
+        ? globalThis.String(object.pushId)
+        : isSet(object.push_id)
+        ? globalThis.String(object.push_id)
+        : "",
+      message: isSet(object.message) ? Message.fromJSON(object.message) : undefined,
+      acceptedAtMs: isSet(object.acceptedAtMs)
+        ? globalThis.Number(object.acceptedAtMs)
+        : isSet(object.accepted_at_ms)
+        ? globalThis.Number(object.accepted_at_ms)
+        : 0,
+      expiresAtMs: isSet(object.expiresAtMs)
+        ? globalThis.Number(object.expiresAtMs)
+        : isSet(object.expires_at_ms)
+        ? globalThis.Number(object.expires_at_ms)
+        : 0,
+      platform: isSet(object.platform) ? platformFromJSON(object.platform) : 0,
+      audience: isSet(object.audience) ? Audience.fromJSON(object.audience) : undefined,
+      devices: globalThis.Array.isArray(object?.devices)
+        ? object.devices.map((e: any) => TargetDevice.fromJSON(e))
+        : [],
+      countedTarget: isSet(object.countedTarget)
+        ? globalThis.Number(object.countedTarget)
+        : isSet(object.counted_target)
+        ? globalThis.Number(object.counted_target)
+        : 0,
+    };
+  },
+
+  toJSON(message: PushCommand): unknown {
+    const obj: any = {};
+    if (message.accessId !== 0) {
+      obj.accessId = Math.round(message.accessId);
+    }
+    if (message.pushId !== "") {
+      obj.pushId = message.pushId;
+    }
+    if (message.message !== undefined) {
+      obj.message = Message.toJSON(message.message);
+    }
+    if (message.acceptedAtMs !== 0) {
+      obj.acceptedAtMs = Math.round(message.acceptedAtMs);
+    }
+    if (message.expiresAtMs !== 0) {
+      obj.expiresAtMs = Math.round(message.expiresAtMs);
+    }
+    if (message.platform !== 0) {
+      obj.platform = platformToJSON(message.platform);
+    }
+    if (message.audience !== undefined) {
+      obj.audience = Audience.toJSON(message.audience);
+    }
+    if (message.devices?.length) {
+      obj.devices = message.devices.map((e) => TargetDevice.toJSON(e));
+    }
+    if (message.countedTarget !== 0) {
+      obj.countedTarget = Math.round(message.countedTarget);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PushCommand>, I>>(base?: I): PushCommand {
+    return PushCommand.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PushCommand>, I>>(object: I): PushCommand {
+    const message = createBasePushCommand();
+    message.accessId = object.accessId ?? 0;
+    message.pushId = object.pushId ?? "";
+    message.message = (object.message !== undefined && object.message !== null)
+      ? Message.fromPartial(object.message)
+      : undefined;
+    message.acceptedAtMs = object.acceptedAtMs ?? 0;
+    message.expiresAtMs = object.expiresAtMs ?? 0;
+    message.platform = object.platform ?? 0;
+    message.audience = (object.audience !== undefined && object.audience !== null)
+      ? Audience.fromPartial(object.audience)
+      : undefined;
+    message.devices = object.devices?.map((e) => TargetDevice.fromPartial(e)) || [];
+    message.countedTarget = object.countedTarget ?? 0;
     return message;
   },
 };

@@ -18,6 +18,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { TagExpression } from "./audience.js";
 import { Message, Platform, platformFromJSON, platformToJSON } from "./common.js";
 import { PushMessage } from "./device.js";
 
@@ -104,7 +105,20 @@ export interface Audience {
      * PushResponse.unknown_accounts; ACCOUNT_NOT_FOUND only when none has one.
      */
     { $case: "accountList"; value: AccountList }
+    | //
+    /**
+     * Every registered device of the app. At most one per 3 seconds per app: another within the window
+     * fails with RATE_LIMITED (retry_after_ms in the error's metadata); other apps are unaffected.
+     */
+    { $case: "all"; value: AllDevices }
+    | //
+    /** Every registered device whose tags (user and built-in `pushd:` tags) match the expression. */
+    { $case: "tags"; value: TagExpression }
     | undefined;
+}
+
+/** The `all` audience (no fields: the app is the call's). */
+export interface AllDevices {
 }
 
 export interface TokenList {
@@ -133,15 +147,18 @@ export interface PushRequest {
 export interface PushResponse {
   pushId: string;
   /**
-   * The message id the devices receive (a device whose window took a later message concurrently receives
-   * this push under a higher id: ids order each device's messages).
+   * The message id the devices receive. Ids increase in the order pushes are accepted (one ordered log,
+   * see docs/architecture.md), and every device receives its messages in increasing id order.
    */
   msgId: number;
   /** Tokens of a token_list that are unknown or unregistered (nothing was sent to them). */
   invalidTokens: string[];
   /** Accounts of an account_list with no device bound. */
   unknownAccounts: string[];
-  /** Devices the push was addressed to (after the platform restriction). */
+  /**
+   * Devices the push was addressed to (after the platform restriction). For `all` and `tags`, the number of
+   * registered devices matching when the push was accepted (from the audience index).
+   */
   target: number;
 }
 
@@ -177,6 +194,8 @@ export interface FetchPendingResponse {
   messages: PushMessage[];
   /** The highest msg_id ever appended to the device's window (0 if none): live deliveries chain from it. */
   lastMsgId: number;
+  /** The msg_id of the app's newest broadcast or tag push (0 if none): live broadcasts chain from it. */
+  lastBroadcastId: number;
 }
 
 function createBaseAudience(): Audience {
@@ -197,6 +216,12 @@ export const Audience: MessageFns<Audience> = {
         break;
       case "accountList":
         AccountList.encode(message.target.value, writer.uint32(34).fork()).join();
+        break;
+      case "all":
+        AllDevices.encode(message.target.value, writer.uint32(42).fork()).join();
+        break;
+      case "tags":
+        TagExpression.encode(message.target.value, writer.uint32(50).fork()).join();
         break;
     }
     return writer;
@@ -247,6 +272,22 @@ export const Audience: MessageFns<Audience> = {
             message.target = { $case: "accountList", value: AccountList.decode(reader, reader.uint32()) };
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.target = { $case: "all", value: AllDevices.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.target = { $case: "tags", value: TagExpression.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -273,6 +314,10 @@ export const Audience: MessageFns<Audience> = {
         ? { $case: "accountList", value: AccountList.fromJSON(object.accountList) }
         : isSet(object.account_list)
         ? { $case: "accountList", value: AccountList.fromJSON(object.account_list) }
+        : isSet(object.all)
+        ? { $case: "all", value: AllDevices.fromJSON(object.all) }
+        : isSet(object.tags)
+        ? { $case: "tags", value: TagExpression.fromJSON(object.tags) }
         : undefined,
     };
   },
@@ -287,6 +332,10 @@ export const Audience: MessageFns<Audience> = {
       obj.account = message.target.value;
     } else if (message.target?.$case === "accountList") {
       obj.accountList = AccountList.toJSON(message.target.value);
+    } else if (message.target?.$case === "all") {
+      obj.all = AllDevices.toJSON(message.target.value);
+    } else if (message.target?.$case === "tags") {
+      obj.tags = TagExpression.toJSON(message.target.value);
     }
     return obj;
   },
@@ -321,7 +370,71 @@ export const Audience: MessageFns<Audience> = {
         }
         break;
       }
+      case "all": {
+        if (object.target?.value !== undefined && object.target?.value !== null) {
+          message.target = { $case: "all", value: AllDevices.fromPartial(object.target.value) };
+        }
+        break;
+      }
+      case "tags": {
+        if (object.target?.value !== undefined && object.target?.value !== null) {
+          message.target = { $case: "tags", value: TagExpression.fromPartial(object.target.value) };
+        }
+        break;
+      }
     }
+    return message;
+  },
+};
+
+function createBaseAllDevices(): AllDevices {
+  return {};
+}
+
+export const AllDevices: MessageFns<AllDevices> = {
+  encode(_: AllDevices, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AllDevices {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAllDevices();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): AllDevices {
+    return {};
+  },
+
+  toJSON(_: AllDevices): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AllDevices>, I>>(base?: I): AllDevices {
+    return AllDevices.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AllDevices>, I>>(_: I): AllDevices {
+    const message = createBaseAllDevices();
     return message;
   },
 };
@@ -1261,7 +1374,7 @@ export const FetchPendingRequest: MessageFns<FetchPendingRequest> = {
 };
 
 function createBaseFetchPendingResponse(): FetchPendingResponse {
-  return { messages: [], lastMsgId: 0 };
+  return { messages: [], lastMsgId: 0, lastBroadcastId: 0 };
 }
 
 export const FetchPendingResponse: MessageFns<FetchPendingResponse> = {
@@ -1271,6 +1384,9 @@ export const FetchPendingResponse: MessageFns<FetchPendingResponse> = {
     }
     if (message.lastMsgId !== 0) {
       writer.uint32(16).uint64(message.lastMsgId);
+    }
+    if (message.lastBroadcastId !== 0) {
+      writer.uint32(24).uint64(message.lastBroadcastId);
     }
     return writer;
   },
@@ -1304,6 +1420,14 @@ export const FetchPendingResponse: MessageFns<FetchPendingResponse> = {
             message.lastMsgId = longToNumber(reader.uint64());
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.lastBroadcastId = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1326,6 +1450,11 @@ export const FetchPendingResponse: MessageFns<FetchPendingResponse> = {
         : isSet(object.last_msg_id)
         ? globalThis.Number(object.last_msg_id)
         : 0,
+      lastBroadcastId: isSet(object.lastBroadcastId)
+        ? globalThis.Number(object.lastBroadcastId)
+        : isSet(object.last_broadcast_id)
+        ? globalThis.Number(object.last_broadcast_id)
+        : 0,
     };
   },
 
@@ -1337,6 +1466,9 @@ export const FetchPendingResponse: MessageFns<FetchPendingResponse> = {
     if (message.lastMsgId !== 0) {
       obj.lastMsgId = Math.round(message.lastMsgId);
     }
+    if (message.lastBroadcastId !== 0) {
+      obj.lastBroadcastId = Math.round(message.lastBroadcastId);
+    }
     return obj;
   },
 
@@ -1347,6 +1479,7 @@ export const FetchPendingResponse: MessageFns<FetchPendingResponse> = {
     const message = createBaseFetchPendingResponse();
     message.messages = object.messages?.map((e) => PushMessage.fromPartial(e)) || [];
     message.lastMsgId = object.lastMsgId ?? 0;
+    message.lastBroadcastId = object.lastBroadcastId ?? 0;
     return message;
   },
 };
