@@ -81,6 +81,46 @@ describe('MemoryBus specifics', () => {
     await bus.close();
   });
 
+  it('forgets a dedupKey once the duplicate window (default 2 minutes, at most maxAgeMs) is over', async () => {
+    const clock = new ManualClock();
+    const bus = new MemoryBus({
+      clock,
+      streams: [
+        { name: 'S', subjects: ['s.>'] },
+        { name: 'SHORT', subjects: ['short.>'], maxAgeMs: 60_000 },
+      ],
+    });
+    expect(await bus.publishDurable('s.a', bytes('1'), { dedupKey: 'k' })).toEqual({
+      seq: 1,
+      duplicate: false,
+    });
+    expect(await bus.publishDurable('short.a', bytes('1'), { dedupKey: 'k' })).toEqual({
+      seq: 1,
+      duplicate: false,
+    });
+    clock.advance(59_999);
+    expect(await bus.publishDurable('short.a', bytes('2'), { dedupKey: 'k' })).toEqual({
+      seq: 1,
+      duplicate: true,
+    });
+    clock.advance(1);
+    expect(await bus.publishDurable('short.a', bytes('3'), { dedupKey: 'k' })).toEqual({
+      seq: 2,
+      duplicate: false,
+    });
+    clock.advance(59_999);
+    expect(await bus.publishDurable('s.a', bytes('2'), { dedupKey: 'k' })).toEqual({
+      seq: 1,
+      duplicate: true,
+    });
+    clock.advance(1);
+    expect(await bus.publishDurable('s.a', bytes('3'), { dedupKey: 'k' })).toEqual({
+      seq: 2,
+      duplicate: false,
+    });
+    await bus.close();
+  });
+
   it('redelivers a message whose handler takes longer than redeliverAfterMs (at least once)', async () => {
     const bus = new MemoryBus({ streams: [{ name: 'S', subjects: ['s.>'] }] });
     const counts: number[] = [];

@@ -5,10 +5,13 @@ import type {
   ConsumeOptions,
   DurableConsumer,
   DurableMessageMeta,
+  DurablePublishResult,
   DurableStreamConfig,
   MessageHandler,
+  PublishDurableOptions,
   SubscribeOptions,
 } from './bus.js';
+import { checkDedupKey, checkMaxAckPending, duplicateWindowOf } from './durable-options.js';
 import { ErrorReporter } from './error-reporter.js';
 import { isValidPublishSubject, isValidSubscribeSubject, subjectMatches } from './subject-match.js';
 
@@ -18,7 +21,7 @@ const DEFAULT_REDELIVER_AFTER_MS = 5_000;
 const ROUTE_CACHE_LIMIT = 10_000;
 
 export interface MemoryBrokerOptions {
-  /** Time source for stream retention (`maxAgeMs`). Default: systemClock. */
+  /** Time source for stream retention (`maxAgeMs`) and the duplicate window. Default: systemClock. */
   clock?: Clock;
   /** Durable streams to create (idempotent; a later definition of the same name updates it). */
   streams?: DurableStreamConfig[];
@@ -58,7 +61,7 @@ export class MemoryBroker {
     for (const config of options.streams ?? []) this.addStream(config);
   }
 
-  /** Creates a durable stream, or updates the subjects and retention of an existing one. */
+  /** Creates a durable stream, or updates the subjects, retention and duplicate window of an existing one. */
   addStream(config: DurableStreamConfig): void {
     if (config.subjects.length === 0) throw new Error(`stream ${config.name} needs at least one subject`);
     for (const subject of config.subjects) {
@@ -68,6 +71,7 @@ export class MemoryBroker {
     if (existing) {
       existing.subjects = [...config.subjects];
       existing.maxAgeMs = config.maxAgeMs ?? DEFAULT_MAX_AGE_MS;
+      existing.duplicateWindowMs = duplicateWindowOf(config.duplicateWindowMs, existing.maxAgeMs);
       return;
     }
     const stream = new MemoryStream(config, this.clock);
@@ -179,15 +183,16 @@ export class MemoryBroker {
 
   // ---- durable ----
 
-  publishDurable(subject: string, data: Uint8Array): void {
+  publishDurable(subject: string, data: Uint8Array, dedupKey: string | undefined): DurablePublishResult {
     const streams = this.streamList;
     for (let i = 0; i < streams.length; i++) {
       const stream = streams[i]!;
       if (stream.owns(subject)) {
-        stream.append(subject, data);
-        // As in NATS, a message a stream stores was published on its subject: core subscribers get it too.
+        const result = stream.append(subject, data, dedupKey);
+        // As in NATS, a message a stream stores was published on its subject: core subscribers get it too,
+        // even a duplicate (NATS dedupes in the stream, after the subject has carried it).
         this.publish(subject, data);
-        return;
+        return result;
       }
     }
     throw new PushdError('UNAVAILABLE', `no durable stream stores subject '${subject}'`, {
@@ -208,7 +213,7 @@ export class MemoryBroker {
         `invalid filter subject ${JSON.stringify(options.filterSubject)}`,
       );
     }
-    const group = stream.consumerGroup(options.consumer, options.filterSubject);
+    const group = stream.consumerGroup(options.consumer, options.filterSubject, options.maxAckPending);
     group.join(member);
     return group;
   }
@@ -249,6 +254,9 @@ interface StoredMessage {
 class MemoryStream {
   subjects: string[];
   maxAgeMs: number;
+  duplicateWindowMs: number;
+  /** Stream sequence and store time by dedupKey, oldest first (a Map iterates in insertion order). */
+  private readonly dedup = new Map<string, { seq: number; time: number }>();
   /** messages[head + i] has sequence firstSeq + i; messages before head were removed. */
   private messages: StoredMessage[] = [];
   private head = 0;
@@ -263,6 +271,7 @@ class MemoryStream {
   ) {
     this.subjects = [...config.subjects];
     this.maxAgeMs = config.maxAgeMs ?? DEFAULT_MAX_AGE_MS;
+    this.duplicateWindowMs = duplicateWindowOf(config.duplicateWindowMs, this.maxAgeMs);
   }
 
   owns(subject: string): boolean {
@@ -276,13 +285,20 @@ class MemoryStream {
     return this.firstSeqValue;
   }
 
-  append(subject: string, data: Uint8Array): void {
+  /** Stores the message unless `dedupKey` was stored within the duplicate window (as JetStream does). */
+  append(subject: string, data: Uint8Array, dedupKey: string | undefined): DurablePublishResult {
     const now = this.clock.now();
     this.expire(now);
+    if (dedupKey !== undefined) {
+      const first = this.dedup.get(dedupKey);
+      if (first) return { seq: first.seq, duplicate: true };
+    }
     this.lastSeq++;
     this.messages.push({ seq: this.lastSeq, subject, data, time: now });
+    if (dedupKey !== undefined) this.dedup.set(dedupKey, { seq: this.lastSeq, time: now });
     const groups = this.groupList;
     for (let i = 0; i < groups.length; i++) groups[i]!.schedule();
+    return { seq: this.lastSeq, duplicate: false };
   }
 
   /** The stored message with this sequence, or undefined when removed (too old). */
@@ -291,8 +307,16 @@ class MemoryStream {
     return this.messages[this.head + seq - this.firstSeqValue];
   }
 
-  /** Drops messages older than maxAgeMs, whether acknowledged or not (NATS limits retention). */
+  /**
+   * Drops messages older than maxAgeMs, whether acknowledged or not (NATS limits retention), and forgets
+   * dedupKeys older than the duplicate window.
+   */
   expire(now = this.clock.now()): void {
+    const forgetBefore = now - this.duplicateWindowMs;
+    for (const [key, entry] of this.dedup) {
+      if (entry.time > forgetBefore) break; // the rest are younger
+      this.dedup.delete(key);
+    }
     const oldest = now - this.maxAgeMs;
     const messages = this.messages;
     while (this.head < messages.length && messages[this.head]!.time <= oldest) {
@@ -305,7 +329,11 @@ class MemoryStream {
     }
   }
 
-  consumerGroup(name: string, filterSubject: string | undefined): MemoryConsumerGroup {
+  consumerGroup(
+    name: string,
+    filterSubject: string | undefined,
+    maxAckPending: number | undefined,
+  ): MemoryConsumerGroup {
     let group = this.groups.get(name);
     if (!group) {
       group = new MemoryConsumerGroup(this, filterSubject);
@@ -315,6 +343,7 @@ class MemoryStream {
       // Like a NATS consumer update: the latest definition wins.
       group.filterSubject = filterSubject;
     }
+    group.maxAckPending = maxAckPending ?? Number.POSITIVE_INFINITY;
     return group;
   }
 }
@@ -336,6 +365,8 @@ interface PendingDelivery {
 class MemoryConsumerGroup {
   /** Next stream sequence never delivered to this consumer. */
   private nextSeq: number;
+  /** Most entries in `pending` (delivered, not acknowledged) before new messages wait; over all members. */
+  maxAckPending = Number.POSITIVE_INFINITY;
   private readonly pending = new Map<number, PendingDelivery>();
   /** Sequences due for redelivery, delivered before new messages. */
   private readonly ready: number[] = [];
@@ -387,10 +418,14 @@ class MemoryConsumerGroup {
     if (this.members.length === 0) return;
     this.stream.expire();
     for (;;) {
-      const member = this.pickMember();
-      if (!member) return;
+      const index = this.nextMemberWithCapacity();
+      if (index === -1) return;
       const entry = this.takeNext();
       if (!entry) return;
+      // The turn passes only with a delivery: a member whose turn found nothing to take (maxAckPending
+      // reached) must not lose it, or the members would not share the work.
+      const member = this.members[index]!;
+      this.nextMember = (index + 1) % this.members.length;
       const message = this.taken!;
       this.taken = undefined;
       entry.deliveries++;
@@ -399,21 +434,19 @@ class MemoryConsumerGroup {
     }
   };
 
-  private pickMember(): MemoryDurableConsumer | undefined {
+  /** Index of the first member from `nextMember` on (round robin) that can take a message, or -1. */
+  private nextMemberWithCapacity(): number {
     const count = this.members.length;
     for (let i = 0; i < count; i++) {
-      const member = this.members[(this.nextMember + i) % count]!;
-      if (member.hasCapacity()) {
-        this.nextMember = (this.nextMember + i + 1) % count;
-        return member;
-      }
+      const index = (this.nextMember + i) % count;
+      if (this.members[index]!.hasCapacity()) return index;
     }
-    return undefined;
+    return -1;
   }
 
   /**
-   * The next message to deliver: a due redelivery first, then the next new one matching the filter. Returns
-   * its delivery state and leaves the message in `taken`.
+   * The next message to deliver: a due redelivery first, then the next new one matching the filter unless
+   * maxAckPending messages are unacknowledged. Returns its delivery state and leaves the message in `taken`.
    */
   private takeNext(): PendingDelivery | undefined {
     while (this.ready.length > 0) {
@@ -429,6 +462,9 @@ class MemoryConsumerGroup {
       this.taken = message;
       return entry;
     }
+    // The ready queue is empty here, so every entry in `pending` is a delivery not acknowledged yet (an
+    // acknowledged one is only kept while queued for redelivery).
+    if (this.pending.size >= this.maxAckPending) return undefined;
     if (this.nextSeq < this.stream.firstSeq) this.nextSeq = this.stream.firstSeq;
     while (this.nextSeq <= this.stream.lastSeq) {
       const message = this.stream.get(this.nextSeq++);
@@ -494,6 +530,7 @@ class MemoryDurableConsumer implements DurableConsumer {
     this.redeliverAfterMs = options.redeliverAfterMs ?? DEFAULT_REDELIVER_AFTER_MS;
     this.concurrency = options.concurrency ?? 1;
     this.handler = options.handler;
+    checkMaxAckPending(options.maxAckPending);
     if (!Number.isInteger(this.concurrency) || this.concurrency < 1) {
       throw new PushdError(
         'INVALID_ARGUMENT',
@@ -519,7 +556,7 @@ class MemoryDurableConsumer implements DurableConsumer {
   deliver(group: MemoryConsumerGroup, message: StoredMessage, deliveryCount: number): void {
     this.inFlight++;
     const seq = message.seq;
-    const meta: DurableMessageMeta = { subject: message.subject, deliveryCount };
+    const meta: DurableMessageMeta = { subject: message.subject, seq, deliveryCount };
     let result: Promise<void>;
     try {
       result = this.handler(message.data, meta);
@@ -600,9 +637,15 @@ export class MemoryBus implements Bus {
     };
   }
 
-  async publishDurable(subject: string, data: Uint8Array): Promise<void> {
+  async publishDurable(
+    subject: string,
+    data: Uint8Array,
+    options?: PublishDurableOptions,
+  ): Promise<DurablePublishResult> {
     if (this.closed) throw closedError();
-    this.broker.publishDurable(subject, data);
+    const dedupKey = options?.dedupKey;
+    if (dedupKey !== undefined) checkDedupKey(dedupKey);
+    return this.broker.publishDurable(subject, data, dedupKey);
   }
 
   consume(options: ConsumeOptions): DurableConsumer {

@@ -26,17 +26,21 @@ import type {
   BusSubscription,
   ConsumeOptions,
   DurableConsumer,
+  DurablePublishResult,
   DurableStreamConfig,
   MessageHandler,
+  PublishDurableOptions,
   SubscribeOptions,
 } from './bus.js';
+import { checkDedupKey, checkMaxAckPending, duplicateWindowOf } from './durable-options.js';
 import { ErrorReporter } from './error-reporter.js';
 
 const DEFAULT_MAX_AGE_MS = 7 * 24 * 3600 * 1000;
 const DEFAULT_REDELIVER_AFTER_MS = 5_000;
 /** How long a pull request waits on the server for messages before the consumer asks again. */
 const PULL_EXPIRES_MS = 10_000;
-const DUPLICATE_WINDOW_MS = 120_000;
+/** The server's max_ack_pending for a consumer created without one; an update asking for 0 restores it. */
+const SERVER_DEFAULT_MAX_ACK_PENDING = 1_000;
 
 export interface NatsBusOptions {
   /** 'nats://host:4222', a comma-separated list of them, or an array. */
@@ -215,15 +219,25 @@ export class NatsBus implements Bus {
     );
   }
 
-  async publishDurable(subject: string, data: Uint8Array): Promise<void> {
+  async publishDurable(
+    subject: string,
+    data: Uint8Array,
+    options?: PublishDurableOptions,
+  ): Promise<DurablePublishResult> {
+    const dedupKey = options?.dedupKey;
+    if (dedupKey !== undefined) checkDedupKey(dedupKey);
     if (!this.connected) {
       // The client discards what is written while disconnected: waiting for the ack would only time out.
       throw new PushdError('UNAVAILABLE', `durable publish to '${subject}' failed: NATS is disconnected`, {
         metadata: { subject },
       });
     }
+    const publishOptions =
+      dedupKey === undefined ? this.publishOptions : { ...this.publishOptions, msgID: dedupKey };
     try {
-      await this.js.publish(subject, data, this.publishOptions);
+      // For a duplicate, the server stores nothing and acks with the first message's sequence.
+      const ack = await this.js.publish(subject, data, publishOptions);
+      return { seq: ack.seq, duplicate: ack.duplicate };
     } catch (error) {
       throw new PushdError(
         'UNAVAILABLE',
@@ -295,15 +309,17 @@ export class NatsBus implements Bus {
     this.logger.info('NATS connection closed');
   }
 
-  /** Creates the stream, or updates its subjects/retention/replicas when they differ from `config`. */
+  /**
+   * Creates the stream, or updates its subjects/retention/replicas/duplicate window when they differ from
+   * `config`.
+   */
   async ensureStream(config: DurableStreamConfig): Promise<void> {
     const maxAgeMs = config.maxAgeMs ?? DEFAULT_MAX_AGE_MS;
     const wanted: WantedStream = {
       subjects: [...config.subjects],
       max_age: nanos(maxAgeMs),
       num_replicas: config.replicas ?? 1,
-      // The server refuses a duplicate window longer than max_age; its default is 2 minutes.
-      duplicate_window: nanos(Math.min(DUPLICATE_WINDOW_MS, maxAgeMs)),
+      duplicate_window: nanos(duplicateWindowOf(config.duplicateWindowMs, maxAgeMs)),
     };
     for (let attempt = 0; ; attempt++) {
       try {
@@ -334,9 +350,12 @@ export class NatsBus implements Bus {
     }
   }
 
-  /** Creates the durable consumer, or updates its ack wait / filter; returns a handle to pull from it. */
-  private async ensureConsumer(options: ResolvedConsumeOptions): Promise<Consumer> {
-    const { stream, consumer: name, filterSubject, redeliverAfterMs } = options;
+  /**
+   * Creates the durable consumer, or updates its ack wait / max ack pending / filter; returns a handle to
+   * pull from it.
+   */
+  private async ensureConsumer(options: ResolvedConsumeOptions): Promise<EnsuredConsumer> {
+    const { stream, consumer: name, filterSubject, redeliverAfterMs, maxAckPending } = options;
     const ackWait = nanos(redeliverAfterMs);
     for (let attempt = 0; ; attempt++) {
       let info: ConsumerInfo;
@@ -358,9 +377,14 @@ export class NatsBus implements Bus {
           max_deliver: -1,
         };
         if (filterSubject !== undefined) config.filter_subject = filterSubject;
+        // Without maxAckPending the server applies its default, as before the option existed.
+        if (maxAckPending !== undefined) config.max_ack_pending = maxAckPending;
         try {
           info = await this.jsm.consumers.add(stream, config);
-          this.logger.info({ stream, consumer: name, filterSubject }, 'created JetStream consumer');
+          this.logger.info(
+            { stream, consumer: name, filterSubject, maxAckPending },
+            'created JetStream consumer',
+          );
         } catch (addError) {
           if (attempt >= 2) throw addError;
           continue; // created concurrently by another instance: read it again
@@ -368,12 +392,22 @@ export class NatsBus implements Bus {
       }
       const current = info.config;
       const filterChanged = filterSubject !== undefined && (current.filter_subject ?? '') !== filterSubject;
-      if (current.ack_wait !== ackWait || filterChanged) {
-        const update: Partial<ConsumerConfig> = { ack_wait: ackWait };
+      // Like ack_wait, the latest consume() wins: without maxAckPending, a limit an earlier one set is
+      // replaced by the server's default (which an update asking for 0 gets).
+      const maxAckPendingChanged =
+        current.max_ack_pending !== (maxAckPending ?? SERVER_DEFAULT_MAX_ACK_PENDING);
+      if (current.ack_wait !== ackWait || filterChanged || maxAckPendingChanged) {
+        const update: Partial<ConsumerConfig> = { ack_wait: ackWait, max_ack_pending: maxAckPending ?? 0 };
         if (filterSubject !== undefined) update.filter_subject = filterSubject;
         info = await this.jsm.consumers.update(stream, name, update);
         this.logger.info(
-          { stream, consumer: name, filterSubject, redeliverAfterMs },
+          {
+            stream,
+            consumer: name,
+            filterSubject,
+            redeliverAfterMs,
+            maxAckPending: info.config.max_ack_pending,
+          },
           'updated JetStream consumer',
         );
       } else if (filterSubject === undefined && current.filter_subject) {
@@ -382,7 +416,10 @@ export class NatsBus implements Bus {
           'consumer keeps the filter subject it was created with',
         );
       }
-      return this.js.consumers.getConsumerFromInfo(info);
+      return {
+        consumer: this.js.consumers.getConsumerFromInfo(info),
+        maxAckPending: info.config.max_ack_pending ?? SERVER_DEFAULT_MAX_ACK_PENDING,
+      };
     }
   }
 
@@ -448,10 +485,17 @@ interface ResolvedConsumeOptions {
   consumer: string;
   filterSubject: string | undefined;
   redeliverAfterMs: number;
+  maxAckPending: number | undefined;
+}
+
+interface EnsuredConsumer {
+  consumer: Consumer;
+  /** The consumer's max_ack_pending as the server reports it (-1 or 0: no limit). */
+  maxAckPending: number;
 }
 
 interface ConsumerContext {
-  ensureConsumer(options: ResolvedConsumeOptions): Promise<Consumer>;
+  ensureConsumer(options: ResolvedConsumeOptions): Promise<EnsuredConsumer>;
   isConnected(): boolean;
   flush(): Promise<void>;
   onError(): void;
@@ -461,8 +505,14 @@ interface ConsumerContext {
 
 /**
  * One `consume()` call: pulls batches no larger than its free handler slots (so nothing waits in a local
- * buffer while its ack wait runs), runs the handler, acks on resolve and naks with the redelivery delay on
- * reject. Errors (server restarts, a deleted consumer) are retried with backoff until stop().
+ * buffer while its ack wait runs) nor than the consumer's max_ack_pending (some server versions refuse a
+ * larger pull with 409 "Exceeded MaxAckPending", which would end every fetch in an error and a backoff),
+ * runs the handler, acks on resolve and naks with the redelivery delay on reject. Errors (server restarts,
+ * a deleted consumer) are retried with backoff until stop().
+ *
+ * With max_ack_pending reached, the pull waits on the server, which answers it as soon as an ack (from
+ * this instance or another) makes room: the next message comes one round trip after the ack, without
+ * polling.
  */
 class NatsDurableConsumer implements DurableConsumer {
   private readonly options: ResolvedConsumeOptions;
@@ -496,11 +546,13 @@ class NatsDurableConsumer implements DurableConsumer {
     if (!(redeliverAfterMs > 0)) {
       throw new PushdError('INVALID_ARGUMENT', `redeliverAfterMs must be positive, got ${redeliverAfterMs}`);
     }
+    checkMaxAckPending(options.maxAckPending);
     this.options = {
       stream: options.stream,
       consumer: options.consumer,
       filterSubject: options.filterSubject,
       redeliverAfterMs,
+      maxAckPending: options.maxAckPending,
     };
     this.handler = options.handler;
     this.concurrency = concurrency;
@@ -531,13 +583,22 @@ class NatsDurableConsumer implements DurableConsumer {
 
   private async run(): Promise<void> {
     let consumer: Consumer | undefined;
+    /** Largest pull the server accepts: the consumer's max_ack_pending. */
+    let pullLimit = Number.POSITIVE_INFINITY;
     let failures = 0;
     while (!this.stopping) {
       try {
-        if (!consumer) consumer = await this.context.ensureConsumer(this.options);
+        if (!consumer) {
+          const ensured = await this.context.ensureConsumer(this.options);
+          consumer = ensured.consumer;
+          pullLimit = ensured.maxAckPending > 0 ? ensured.maxAckPending : Number.POSITIVE_INFINITY;
+        }
         if (this.freeSlots() < this.refillAt) await this.waitForSlots();
         if (this.stopping) break;
-        const batch = await consumer.fetch({ max_messages: this.freeSlots(), expires: PULL_EXPIRES_MS });
+        const batch = await consumer.fetch({
+          max_messages: Math.min(this.freeSlots(), pullLimit),
+          expires: PULL_EXPIRES_MS,
+        });
         this.batch = batch;
         if (this.stopping) void batch.close();
         for await (const msg of batch) this.dispatch(msg);
@@ -581,7 +642,11 @@ class NatsDurableConsumer implements DurableConsumer {
   private async handle(msg: JsMsg): Promise<void> {
     let handled = true;
     try {
-      await this.handler(msg.data, { subject: msg.subject, deliveryCount: msg.info.deliveryCount });
+      await this.handler(msg.data, {
+        subject: msg.subject,
+        seq: msg.info.streamSequence,
+        deliveryCount: msg.info.deliveryCount,
+      });
     } catch {
       handled = false;
     }

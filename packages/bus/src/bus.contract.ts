@@ -231,7 +231,13 @@ export function describeBusContract(name: string, setup: () => Promise<BusHarnes
         });
         await until(() => expect(seen).toHaveLength(5));
         expect(seen.map((s) => s.data)).toEqual(['e0', 'e1', 'e2', 'e3', 'e4']);
-        for (const s of seen) expect(s.meta).toEqual({ subject: 'contract.basic.gateway', deliveryCount: 1 });
+        for (const s of seen) {
+          expect(s.meta).toEqual({
+            subject: 'contract.basic.gateway',
+            seq: expect.any(Number),
+            deliveryCount: 1,
+          });
+        }
 
         await a!.publishDurable('contract.basic.dispatch', bytes('e5'));
         await until(() => expect(seen).toHaveLength(6));
@@ -401,6 +407,218 @@ export function describeBusContract(name: string, setup: () => Promise<BusHarnes
         await a!.publishDurable('contract.core.gateway', bytes('stored'));
         await until(() => expect(on.received).toEqual(['stored']));
         expect(on.subjects).toEqual(['contract.core.gateway']);
+      });
+
+      it('resolves publishDurable to the stream sequence, one more per stored message, as meta.seq says', async () => {
+        const [a, b] = await buses(2);
+        const results: Array<{ seq: number; duplicate: boolean }> = [];
+        // Two publishers and two subjects: the sequence is the stream's, not a subject's or a connection's.
+        for (let i = 0; i < 6; i++) {
+          const publisher = i % 2 === 0 ? a! : b!;
+          const subject = i % 3 === 0 ? 'contract.seq.other' : 'contract.seq.mine';
+          results.push(await publisher.publishDurable(subject, bytes(`s${i}`)));
+        }
+        const first = results[0]!.seq;
+        expect(first).toBeGreaterThanOrEqual(1);
+        expect(results).toEqual(results.map((_, i) => ({ seq: first + i, duplicate: false })));
+
+        const seen: Array<[string, number]> = [];
+        const consumer = b!.consume({
+          stream: STREAM.name,
+          consumer: 'seq',
+          filterSubject: 'contract.seq.mine',
+          handler: async (data, meta) => {
+            seen.push([text(data), meta.seq]);
+          },
+        });
+        await until(() => expect(seen).toHaveLength(4));
+        expect(seen).toEqual([
+          ['s1', first + 1],
+          ['s2', first + 2],
+          ['s4', first + 4],
+          ['s5', first + 5],
+        ]);
+        await consumer.stop();
+      });
+
+      it('stores a message published twice with one dedupKey once, and resolves both to its seq', async () => {
+        const [a, b] = await buses(2);
+        const core = collector();
+        b!.subscribe('contract.dedup.>', core.handler);
+        await b!.flush();
+
+        const first = await a!.publishDurable('contract.dedup.x', bytes('first'), { dedupKey: 'k1' });
+        // From another instance, as a retry by another process would be.
+        const again = await b!.publishDurable('contract.dedup.x', bytes('again'), { dedupKey: 'k1' });
+        const other = await a!.publishDurable('contract.dedup.x', bytes('other'), { dedupKey: 'k2' });
+        const plain = await a!.publishDurable('contract.dedup.x', bytes('plain'));
+        expect(first.duplicate).toBe(false);
+        expect(again).toEqual({ seq: first.seq, duplicate: true });
+        expect(other).toEqual({ seq: first.seq + 1, duplicate: false });
+        expect(plain).toEqual({ seq: first.seq + 2, duplicate: false });
+
+        const seen: Array<[string, number]> = [];
+        const consumer = b!.consume({
+          stream: STREAM.name,
+          consumer: 'dedup',
+          filterSubject: 'contract.dedup.>',
+          handler: async (data, meta) => {
+            seen.push([text(data), meta.seq]);
+          },
+        });
+        await until(() => expect(seen).toHaveLength(3));
+        await settle(a!, b!);
+        expect(seen).toEqual([
+          ['first', first.seq],
+          ['other', first.seq + 1],
+          ['plain', first.seq + 2],
+        ]);
+        // Deduplication is the stream's: the subject carried the duplicate to its core subscribers.
+        expect(core.received).toEqual(['first', 'again', 'other', 'plain']);
+        await consumer.stop();
+      });
+
+      it('stores a dedupKey again once the duplicate window is over', async () => {
+        const windowed: DurableStreamConfig = {
+          name: 'CONTRACT_WINDOW',
+          subjects: ['window.>'],
+          maxAgeMs: 3_600_000,
+          duplicateWindowMs: 300,
+        };
+        const a = await harness.createBus([windowed]);
+        const first = await a.publishDurable('window.x', bytes('1'), { dedupKey: 'k' });
+        expect(await a.publishDurable('window.x', bytes('2'), { dedupKey: 'k' })).toEqual({
+          seq: first.seq,
+          duplicate: true,
+        });
+        await sleep(500);
+        expect(await a.publishDurable('window.x', bytes('3'), { dedupKey: 'k' })).toEqual({
+          seq: first.seq + 1,
+          duplicate: false,
+        });
+      });
+
+      it('rejects a dedupKey NATS would alter or ignore with INVALID_ARGUMENT', async () => {
+        const [a] = await buses(1);
+        for (const dedupKey of ['', ' k', 'k\n']) {
+          await expect(
+            a!.publishDurable('contract.badkey.x', bytes('x'), { dedupKey }),
+          ).rejects.toMatchObject({
+            code: 'INVALID_ARGUMENT',
+          });
+        }
+      });
+
+      it('with maxAckPending 1, handles messages one at a time in stream order over every instance', async () => {
+        const [a, b, c] = await buses(3);
+        const options = { stream: STREAM.name, consumer: 'ordered', filterSubject: 'contract.ordered.>' };
+        // The consumer exists without a limit first: consume() must set it on an existing consumer too.
+        await b!.consume({ ...options, handler: async () => {} }).stop();
+
+        const sent = Array.from({ length: 50 }, (_, i) => `o${i}`);
+        const publish = async (messages: string[]) => {
+          for (const message of messages) await a!.publishDurable('contract.ordered.x', bytes(message));
+        };
+        await publish(sent.slice(0, 25));
+        const handled: string[] = [];
+        const byInstance = [0, 0];
+        let running = 0;
+        let maxRunning = 0;
+        const handler = (instance: number) => async (data: Uint8Array) => {
+          running++;
+          maxRunning = Math.max(maxRunning, running);
+          handled.push(text(data));
+          byInstance[instance]!++;
+          await sleep(Math.random() * 4);
+          running--;
+        };
+        // concurrency above the limit: the limit, not the instance's slots, must keep the order.
+        const consumerB = b!.consume({ ...options, maxAckPending: 1, concurrency: 4, handler: handler(0) });
+        const consumerC = c!.consume({ ...options, maxAckPending: 1, handler: handler(1) });
+        await publish(sent.slice(25));
+
+        await until(() => expect(handled).toHaveLength(sent.length));
+        await settle(a!, b!, c!);
+        expect(handled).toEqual(sent);
+        expect(maxRunning).toBe(1);
+        expect(byInstance[0]).toBeGreaterThan(0);
+        expect(byInstance[1]).toBeGreaterThan(0);
+        await Promise.all([consumerB.stop(), consumerC.stop()]);
+      });
+
+      it('with maxAckPending 1, delivers a rejected message again before any later one', async () => {
+        const [a, b, c] = await buses(3);
+        const deliveries: Array<[string, number, number]> = [];
+        const started = performance.now();
+        const handler = async (data: Uint8Array, meta: DurableMessageMeta) => {
+          deliveries.push([text(data), meta.deliveryCount, performance.now() - started]);
+          if (text(data) === 'r1' && meta.deliveryCount === 1) throw new Error('not now');
+        };
+        const options = {
+          stream: STREAM.name,
+          consumer: 'ordered-retry',
+          filterSubject: 'contract.oretry.>',
+          redeliverAfterMs: REDELIVER_MS,
+          maxAckPending: 1,
+          handler,
+        };
+        const consumerB = b!.consume(options);
+        const consumerC = c!.consume({ ...options, concurrency: 3 });
+        for (let i = 0; i < 5; i++) await a!.publishDurable('contract.oretry.x', bytes(`r${i}`));
+
+        await until(() => expect(deliveries).toHaveLength(6));
+        await settle(a!, b!, c!);
+        expect(deliveries.map(([data, count]) => [data, count])).toEqual([
+          ['r0', 1],
+          ['r1', 1],
+          ['r1', 2],
+          ['r2', 1],
+          ['r3', 1],
+          ['r4', 1],
+        ]);
+        expect(deliveries[2]![2] - deliveries[1]![2]).toBeGreaterThanOrEqual(REDELIVER_MS * 0.8);
+        await Promise.all([consumerB.stop(), consumerC.stop()]);
+      });
+
+      it('gives a consumer the maxAckPending of its latest consume(), none meaning no limit', async () => {
+        const [a] = await buses(1);
+        let running = 0;
+        let maxRunning = 0;
+        let done = 0;
+        const options = {
+          stream: STREAM.name,
+          consumer: 'latest',
+          filterSubject: 'contract.latest.>',
+          concurrency: 3,
+          handler: async () => {
+            running++;
+            maxRunning = Math.max(maxRunning, running);
+            await sleep(10);
+            running--;
+            done++;
+          },
+        };
+        const limited = a!.consume({ ...options, maxAckPending: 1 });
+        for (let i = 0; i < 10; i++) await a!.publishDurable('contract.latest.x', bytes(String(i)));
+        await until(() => expect(done).toBe(10));
+        await limited.stop();
+        expect(maxRunning).toBe(1);
+
+        maxRunning = 0;
+        const unlimited = a!.consume(options);
+        for (let i = 0; i < 10; i++) await a!.publishDurable('contract.latest.x', bytes(String(i)));
+        await until(() => expect(done).toBe(20));
+        expect(maxRunning).toBeGreaterThan(1);
+        await unlimited.stop();
+      });
+
+      it('refuses a maxAckPending that is not a positive integer with INVALID_ARGUMENT', async () => {
+        const [a] = await buses(1);
+        for (const maxAckPending of [0, -1, 1.5]) {
+          expect(() =>
+            a!.consume({ stream: STREAM.name, consumer: 'bad', maxAckPending, handler: async () => {} }),
+          ).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+        }
       });
 
       it('rejects publishDurable with UNAVAILABLE, naming the subject, when no stream stores it', async () => {

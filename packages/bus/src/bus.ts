@@ -25,10 +25,15 @@ export interface Bus {
 
   /**
    * Appends to the durable stream that owns `subject` (see DurableStreamConfig). Resolves once the stream
-   * has stored it; rejects (UNAVAILABLE) otherwise, and the caller must not treat the data as sent. As with
-   * NATS, the current core subscribers of `subject` get the message too.
+   * has stored it, with its stream sequence; rejects (UNAVAILABLE) otherwise, and the caller must not treat
+   * the data as sent. As with NATS, the current core subscribers of `subject` get the message too (a
+   * duplicate included: deduplication is the stream's, not the subject's).
    */
-  publishDurable(subject: string, data: Uint8Array): Promise<void>;
+  publishDurable(
+    subject: string,
+    data: Uint8Array,
+    options?: PublishDurableOptions,
+  ): Promise<DurablePublishResult>;
 
   /**
    * Consumes a durable stream with a named consumer. Instances using the same `consumer` name share the
@@ -61,6 +66,27 @@ export interface BusSubscription {
   unsubscribe(): void;
 }
 
+export interface PublishDurableOptions {
+  /**
+   * Message id for deduplication (NATS: the Nats-Msg-Id header). Publishing again with a key the stream
+   * stored within its duplicate window (DurableStreamConfig.duplicateWindowMs) stores nothing and resolves
+   * to the first message's seq with `duplicate: true`, so a publish retried after a lost answer is stored
+   * once. Non-empty, without line breaks or surrounding whitespace (INVALID_ARGUMENT otherwise).
+   * Default: none (every publish is stored).
+   */
+  dedupKey?: string;
+}
+
+export interface DurablePublishResult {
+  /**
+   * Stream sequence of the stored message: 1 for the stream's first message, then one more per stored
+   * message. For a duplicate, the sequence of the message first stored with that dedupKey.
+   */
+  seq: number;
+  /** True when `dedupKey` matched a message stored within the duplicate window, and nothing was stored. */
+  duplicate: boolean;
+}
+
 export interface DurableStreamConfig {
   /** Stream name, e.g. 'PUSHD_EVENTS'. */
   name: string;
@@ -70,6 +96,11 @@ export interface DurableStreamConfig {
   maxAgeMs?: number;
   /** JetStream replicas (NATS only; 3 in a cluster). Default: 1. */
   replicas?: number;
+  /**
+   * How long a dedupKey is remembered after its message was stored (never longer than `maxAgeMs`, which
+   * NATS requires). Default: 2 minutes (JetStream's default).
+   */
+  duplicateWindowMs?: number;
 }
 
 export interface ConsumeOptions {
@@ -87,10 +118,23 @@ export interface ConsumeOptions {
   redeliverAfterMs?: number;
   /** Handler calls in flight at once for this consumer. Default: 1 (in stream order). */
   concurrency?: number;
+  /**
+   * Most messages delivered and not yet acknowledged, over ALL instances sharing the consumer name (the
+   * stream's server enforces it, not each instance). With 1, the messages are handled one after another
+   * in stream order whatever the number of instances, and a message whose handler rejects (or whose
+   * process dies) is delivered again after `redeliverAfterMs` before any later message: one ordered
+   * applier without a lease. That holds while handlers finish within `redeliverAfterMs`; a slower one has
+   * its message delivered again meanwhile (at least once). Instances sharing the name must pass the same
+   * value: the consumer takes the latest consume() call's. Default: no limit of the bus's own (MemoryBus:
+   * unlimited; NATS: the server's default, 1000).
+   */
+  maxAckPending?: number;
 }
 
 export interface DurableMessageMeta {
   subject: string;
+  /** Stream sequence of the message: the `seq` its publishDurable resolved to. */
+  seq: number;
   /** How many times this message has been delivered to the consumer, starting at 1. */
   deliveryCount: number;
 }

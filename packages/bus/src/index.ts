@@ -4,8 +4,10 @@ export type {
   ConsumeOptions,
   DurableConsumer,
   DurableMessageMeta,
+  DurablePublishResult,
   DurableStreamConfig,
   MessageHandler,
+  PublishDurableOptions,
   SubscribeOptions,
 } from './bus.js';
 export { MemoryBroker, type MemoryBrokerOptions, MemoryBus, type MemoryBusOptions } from './bus-memory.js';

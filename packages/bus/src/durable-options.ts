@@ -1,0 +1,36 @@
+import { PushdError } from '@pushd/common';
+
+/** JetStream's default duplicate window; MemoryBus uses the same so that both dedupe alike. */
+export const DEFAULT_DUPLICATE_WINDOW_MS = 120_000;
+
+/**
+ * Both buses refuse the same dedupKeys, those NATS would not keep as given: a header value cannot hold line
+ * breaks and loses surrounding whitespace (two keys would then collide), and an empty Nats-Msg-Id is not
+ * sent at all (no deduplication, silently).
+ */
+export function checkDedupKey(key: string): void {
+  if (key === '' || /[\r\n]/.test(key) || key.trim() !== key) {
+    throw new PushdError(
+      'INVALID_ARGUMENT',
+      `dedupKey must be non-empty, without line breaks or surrounding whitespace, got ${JSON.stringify(key)}`,
+    );
+  }
+}
+
+/** The duplicate window of a stream: NATS refuses one longer than the stream keeps its messages. */
+export function duplicateWindowOf(windowMs: number | undefined, maxAgeMs: number): number {
+  const window = windowMs ?? DEFAULT_DUPLICATE_WINDOW_MS;
+  if (!(window > 0)) throw new Error(`duplicateWindowMs must be positive, got ${window}`);
+  return Math.min(window, maxAgeMs);
+}
+
+/** Throws INVALID_ARGUMENT unless `maxAckPending` is absent or a positive integer. */
+export function checkMaxAckPending(maxAckPending: number | undefined): void {
+  if (maxAckPending === undefined) return;
+  if (!Number.isInteger(maxAckPending) || maxAckPending < 1) {
+    throw new PushdError(
+      'INVALID_ARGUMENT',
+      `maxAckPending must be a positive integer, got ${maxAckPending}`,
+    );
+  }
+}
