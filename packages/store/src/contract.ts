@@ -2,6 +2,7 @@
 // test/integration). Separate from index.ts because they import vitest.
 export { describeAppStoreContract } from './app-store.contract.js';
 export { describeAudienceIndexContract } from './audience-index.contract.js';
+export { describeBroadcastLogContract } from './broadcast-log.contract.js';
 export { describeDeviceStoreContract } from './device-store.contract.js';
 export { describeInboxStoreContract } from './inbox-store.contract.js';
 export { describePushStoreContract } from './push-store.contract.js';

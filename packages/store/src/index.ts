@@ -22,6 +22,16 @@ export {
   RedisAudienceIndex,
   type RedisAudienceIndexOptions,
 } from './audience-index-redis.js';
+export {
+  type BroadcastAppendResult,
+  type BroadcastEntry,
+  type BroadcastLog,
+  type BroadcastSinceResult,
+  type BroadcastSlotResult,
+  DEFAULT_BROADCAST_LOG_MAX_ENTRIES,
+} from './broadcast-log.js';
+export { MemoryBroadcastLog, type MemoryBroadcastLogOptions } from './broadcast-log-memory.js';
+export { RedisBroadcastLog, type RedisBroadcastLogOptions } from './broadcast-log-redis.js';
 export type { DeviceCounts, DeviceRecord, DeviceStore } from './device-store.js';
 export { MemoryDeviceStore } from './device-store-memory.js';
 export { RedisDeviceStore, type RedisDeviceStoreOptions } from './device-store-redis.js';

@@ -33,6 +33,10 @@ describe('RedisKeys', () => {
       keys.audienceOnline(1),
       keys.audienceDay(1, 20_000),
       keys.audienceTemp(1, 'ab12', 3),
+      keys.broadcastLog(1),
+      keys.broadcastExpiry(1),
+      keys.broadcastHead(1),
+      keys.broadcastGate(1),
     ];
     expect(new Set(app.map(hashTag))).toEqual(new Set(['a:1']));
     const push = [
@@ -44,6 +48,8 @@ describe('RedisKeys', () => {
     expect(new Set(push.map(hashTag))).toEqual(new Set(['p:1:9']));
     expect(keys.device(1, token)).toBe(`pushd:{d:1:${token}}:dev`);
     expect(keys.audienceTag(1, 'vip')).toBe('pushd:{a:1}:aud:t:vip');
+    expect(keys.broadcastLog(1)).toBe('pushd:{a:1}:bcast');
+    expect(new Set(app).size).toBe(app.length);
     expect(keys.audienceTag(1, 'pushd:locale:zh-CN')).not.toBe(keys.audienceTag(1, 'pushd_locale_zh-CN'));
     expect(keys.accountTokens(1, 'alice')).toBe('pushd:{c:1:alice}:tokens');
   });

@@ -18,6 +18,10 @@ import { ConfigError, invalidArgument } from '@pushd/common';
  * | P:{a:a}:aud:on                   | string | bitmap: connected to a gateway now                        | tag      |
  * | P:{a:a}:aud:d:<UTC day number>   | string | bitmap: connected that day (days since epoch), 31-day TTL | tag      |
  * | P:{a:a}:aud:tmp:<nonce>:<n>      | string | temporaries of one audience count, deleted by its script  | tag      |
+ * | P:{a:a}:bcast                    | zset   | score msg id, member 8-byte msg id + 8-byte expiry + data | dispatch |
+ * | P:{a:a}:bcast:exp                | zset   | score expiry, member the 8-byte msg id of a bcast entry   | dispatch |
+ * | P:{a:a}:bcast:head               | string | highest msg id ever appended to the broadcast log         | dispatch |
+ * | P:{a:a}:bcast:gate               | string | '1' while a broadcast to all devices holds the rate gate  | dispatch |
  * | P:{d:a:enc(t)}:dev               | hash   | device record (see device-store-redis.ts)                 | registry |
  * | P:{d:a:enc(t)}:inbox             | zset   | score msg id, member 8-byte expiry + PushMessage bytes    | dispatch |
  * | P:{d:a:enc(t)}:last              | string | highest msg id ever appended to the inbox                 | dispatch |
@@ -139,6 +143,26 @@ export class RedisKeys {
   /** Temporary result `n` of one count; `nonce` keeps concurrent counts apart. */
   audienceTemp(accessId: number, nonce: string, n: number): string {
     return `${this.appTag(accessId)}:aud:tmp:${encodePart(nonce)}:${id(n, 'n')}`;
+  }
+
+  /** The app's broadcast and tag pushes kept for devices that catch up (broadcast-log-redis.ts). */
+  broadcastLog(accessId: number): string {
+    return `${this.appTag(accessId)}:bcast`;
+  }
+
+  /** Expiry index of the broadcast log, in the app's slot so that one script updates both. */
+  broadcastExpiry(accessId: number): string {
+    return `${this.appTag(accessId)}:bcast:exp`;
+  }
+
+  /** Highest msg id ever appended to the broadcast log; has no TTL. */
+  broadcastHead(accessId: number): string {
+    return `${this.appTag(accessId)}:bcast:head`;
+  }
+
+  /** Rate gate of broadcasts to all of the app's devices; lives for one window. */
+  broadcastGate(accessId: number): string {
+    return `${this.appTag(accessId)}:bcast:gate`;
   }
 
   accountTokens(accessId: number, account: string): string {

@@ -12,6 +12,9 @@ const SCRIPTS = {
   accountPut: { file: 'account-put', keys: 1 },
   audienceBits: { file: 'audience-bits', keys: null },
   audienceCount: { file: 'audience-count', keys: null },
+  broadcastAppend: { file: 'broadcast-append', keys: 3 },
+  broadcastGate: { file: 'broadcast-gate', keys: 1 },
+  broadcastSince: { file: 'broadcast-since', keys: 3 },
   deviceBind: { file: 'device-bind', keys: 1 },
   deviceRemove: { file: 'device-remove', keys: 1 },
   deviceUpsert: { file: 'device-upsert', keys: 1 },
@@ -85,6 +88,23 @@ export function runScript(
   args: ScriptArg[],
 ): Promise<unknown> {
   return method(client, commandName(name)).call(client, ...keyArgs(name, keys), ...args) as Promise<unknown>;
+}
+
+/**
+ * Runs a script; bulk replies come back as Buffers (binary data). ioredis defines this `<name>Buffer`
+ * variant beside every command defined by defineScripts.
+ */
+export function runScriptBuffer(
+  client: RedisClient,
+  name: ScriptName,
+  keys: string[],
+  args: ScriptArg[],
+): Promise<unknown> {
+  return method(client, `${commandName(name)}Buffer`).call(
+    client,
+    ...keyArgs(name, keys),
+    ...args,
+  ) as Promise<unknown>;
 }
 
 /** Queues a script on a pipeline (same key layout as runScript). */

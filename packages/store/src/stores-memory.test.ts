@@ -4,6 +4,8 @@ import { describeAppStoreContract } from './app-store.contract.js';
 import { MemoryAppStore } from './app-store-memory.js';
 import { describeAudienceIndexContract } from './audience-index.contract.js';
 import { MemoryAudienceIndex } from './audience-index-memory.js';
+import { describeBroadcastLogContract } from './broadcast-log.contract.js';
+import { MemoryBroadcastLog } from './broadcast-log-memory.js';
 import { describeDeviceStoreContract } from './device-store.contract.js';
 import { MemoryDeviceStore } from './device-store-memory.js';
 import { describeInboxStoreContract } from './inbox-store.contract.js';
@@ -20,6 +22,7 @@ import { MemoryTagStore } from './tag-store-memory.js';
 
 describeAppStoreContract('memory', () => new MemoryAppStore());
 describeAudienceIndexContract('memory', () => new MemoryAudienceIndex());
+describeBroadcastLogContract('memory', (options) => new MemoryBroadcastLog(options));
 describeDeviceStoreContract('memory', () => new MemoryDeviceStore());
 describeInboxStoreContract('memory', () => new MemoryInboxStore());
 describePushStoreContract('memory', () => new MemoryPushStore());
@@ -63,6 +66,7 @@ describe('memory stores with an injected clock', () => {
     expect(Object.keys(stores).sort()).toEqual([
       'apps',
       'audience',
+      'broadcasts',
       'devices',
       'inboxes',
       'pushes',
@@ -70,5 +74,26 @@ describe('memory stores with an injected clock', () => {
       'stats',
       'tags',
     ]);
+  });
+});
+
+describe('memory broadcast log', () => {
+  it('keeps the rate gate by the callers’ `now`, not by the wall clock', async () => {
+    const log = new MemoryBroadcastLog();
+    expect(await log.tryAcquireBroadcastSlot(APP, 3000, 1_000)).toEqual({ acquired: true });
+    expect(await log.tryAcquireBroadcastSlot(APP, 3000, 1_001)).toEqual({
+      acquired: false,
+      retryAfterMs: 2999,
+    });
+    expect(await log.tryAcquireBroadcastSlot(APP, 3000, 3_999)).toEqual({ acquired: false, retryAfterMs: 1 });
+    expect(await log.tryAcquireBroadcastSlot(APP + 1, 3000, 3_999)).toEqual({ acquired: true });
+    expect(await log.tryAcquireBroadcastSlot(APP, 3000, 4_000)).toEqual({ acquired: true });
+    // A window below 1 ms is 1 ms, as PX on Redis.
+    expect(await log.tryAcquireBroadcastSlot(APP + 2, 0.2, 10)).toEqual({ acquired: true });
+    expect(await log.tryAcquireBroadcastSlot(APP + 2, 0.2, 10.5)).toEqual({
+      acquired: false,
+      retryAfterMs: 1,
+    });
+    expect(await log.tryAcquireBroadcastSlot(APP + 2, 0.2, 11)).toEqual({ acquired: true });
   });
 });

@@ -5,6 +5,9 @@ import { RedisAppStore } from './app-store-redis.js';
 import type { AudienceIndex } from './audience-index.js';
 import { MemoryAudienceIndex } from './audience-index-memory.js';
 import { RedisAudienceIndex } from './audience-index-redis.js';
+import type { BroadcastLog } from './broadcast-log.js';
+import { MemoryBroadcastLog } from './broadcast-log-memory.js';
+import { RedisBroadcastLog } from './broadcast-log-redis.js';
 import type { DeviceStore } from './device-store.js';
 import { MemoryDeviceStore } from './device-store-memory.js';
 import { RedisDeviceStore } from './device-store-redis.js';
@@ -30,6 +33,7 @@ import { RedisTagStore } from './tag-store-redis.js';
 export interface Stores {
   apps: AppStore;
   audience: AudienceIndex;
+  broadcasts: BroadcastLog;
   devices: DeviceStore;
   inboxes: InboxStore;
   pushes: PushStore;
@@ -52,6 +56,7 @@ export function createMemoryStores(options: CreateMemoryStoresOptions = {}): Sto
   return {
     apps: new MemoryAppStore(),
     audience: new MemoryAudienceIndex(),
+    broadcasts: new MemoryBroadcastLog(),
     devices: new MemoryDeviceStore(),
     inboxes: new MemoryInboxStore(),
     pushes: new MemoryPushStore(),
@@ -73,6 +78,7 @@ export function createRedisStores(options: CreateRedisStoresOptions): Stores {
   return {
     apps: new RedisAppStore(context),
     audience: new RedisAudienceIndex(context),
+    broadcasts: new RedisBroadcastLog(context),
     devices: new RedisDeviceStore(context),
     inboxes: new RedisInboxStore(context),
     pushes: new RedisPushStore(context),
