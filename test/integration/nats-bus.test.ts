@@ -23,8 +23,7 @@ describeBusContract('NatsBus', async () => {
 const STREAM: DurableStreamConfig = { name: 'EVENTS', subjects: ['ev.>'] };
 const bytes = (text: string) => new TextEncoder().encode(text);
 const text = (data: Uint8Array) => new TextDecoder().decode(data);
-const until = (check: () => void | Promise<void>, timeout = 20_000) =>
-  vi.waitFor(check, { timeout, interval: 50 });
+const until = (check: () => unknown, timeout = 20_000) => vi.waitFor(check, { timeout, interval: 50 });
 
 describe('NatsBus against a nats-server that goes away', () => {
   let server: NatsTestServer;

@@ -1,9 +1,17 @@
 import { createMetricsRegistry, PushdError, silentLogger } from '@pushd/common';
 import { MessageType, Platform, PushMessage } from '@pushd/proto';
-import { createRedisClient, createRedisStores, type RedisClient, RedisKeys, type Stores } from '@pushd/store';
+import {
+  createRedisClient,
+  createRedisStores,
+  RedisBroadcastLog,
+  type RedisClient,
+  RedisKeys,
+  type Stores,
+} from '@pushd/store';
 import {
   describeAppStoreContract,
   describeAudienceIndexContract,
+  describeBroadcastLogContract,
   describeDeviceStoreContract,
   describeInboxStoreContract,
   describePushStoreContract,
@@ -36,6 +44,7 @@ beforeEach(async () => {
 const stores = (): Stores => createRedisStores({ redis, keys });
 
 describeAppStoreContract('redis', () => stores().apps);
+describeBroadcastLogContract('redis', (options) => new RedisBroadcastLog({ redis, keys, ...options }));
 describeAudienceIndexContract('redis', () => stores().audience);
 describeDeviceStoreContract('redis', () => stores().devices);
 describeInboxStoreContract('redis', () => stores().inboxes);
@@ -64,6 +73,39 @@ function device(token: string) {
 }
 
 describe('Redis stores: layout and recovery', () => {
+  it('keeps the broadcast log in the app slot, expiring with its newest entry, and the head for good', async () => {
+    const { broadcasts } = stores();
+    const now = Date.now();
+    await broadcasts.append(APP, { msgId: 1, expiresAtMs: now + 60_000, data: new Uint8Array([1]) }, now);
+    await broadcasts.append(APP, { msgId: 2, expiresAtMs: now + 3_600_000, data: new Uint8Array([2]) }, now);
+    await broadcasts.append(APP, { msgId: 3, expiresAtMs: now + 120_000, data: new Uint8Array([3]) }, now);
+    await broadcasts.tryAcquireBroadcastSlot(APP, 3000, now);
+    expect((await redis.keys('*')).sort()).toEqual(
+      [
+        keys.broadcastLog(APP),
+        keys.broadcastExpiry(APP),
+        keys.broadcastHead(APP),
+        keys.broadcastGate(APP),
+      ].sort(),
+    );
+    expect(await redis.pexpiretime(keys.broadcastLog(APP))).toBe(now + 3_600_000);
+    expect(await redis.pexpiretime(keys.broadcastExpiry(APP))).toBe(now + 3_600_000);
+    expect(await redis.pttl(keys.broadcastHead(APP))).toBe(-1);
+    expect(await redis.pttl(keys.broadcastGate(APP))).toBeGreaterThan(2_900);
+    // Entries the cap trims leave the expiry index too (a small store: maxEntries 2).
+    const small = new RedisBroadcastLog({ redis, keys, maxEntries: 2 });
+    await small.append(APP, { msgId: 4, expiresAtMs: now + 60_000, data: new Uint8Array([4]) }, now);
+    expect(await redis.zcard(keys.broadcastLog(APP))).toBe(2);
+    expect(await redis.zcard(keys.broadcastExpiry(APP))).toBe(2);
+    // A gate key left without a TTL (written by hand) gets one instead of shutting the gate for good.
+    await redis.set(keys.broadcastGate(APP + 1), '1');
+    expect(await broadcasts.tryAcquireBroadcastSlot(APP + 1, 3000, now)).toEqual({
+      acquired: false,
+      retryAfterMs: 3000,
+    });
+    expect(await redis.pttl(keys.broadcastGate(APP + 1))).toBeGreaterThan(0);
+  });
+
   it('lists only tokens whose record still names the account, and repairs the index', async () => {
     const { devices } = stores();
     await devices.upsert(device(TOKEN));

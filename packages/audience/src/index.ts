@@ -1,6 +1,7 @@
 // @pushd/audience: the audience expression every component evaluates (expression.ts), its infix form,
 // its evaluators, and the TPNS forms it is built from. Listed one by one so that nothing leaks by `export *`.
 
+export { type DeviceAttributes, deviceTagTest } from './device-tags.js';
 export { compileMatcher, type HasTag, type Matcher, matches } from './evaluate.js';
 export {
   type AudienceExpr,

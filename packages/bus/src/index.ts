@@ -12,4 +12,4 @@ export type {
 } from './bus.js';
 export { MemoryBroker, type MemoryBrokerOptions, MemoryBus, type MemoryBusOptions } from './bus-memory.js';
 export { NatsBus, type NatsBusOptions } from './bus-nats.js';
-export { type EventSource, isValidNodeId, streams, subjects } from './subjects.js';
+export { type EventSource, isValidNodeId, pushPartition, streams, subjects } from './subjects.js';

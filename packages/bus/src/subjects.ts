@@ -4,6 +4,10 @@ import type { DurableStreamConfig } from './bus.js';
  * Every NATS subject the system uses is built here and nowhere else. Layout (docs/architecture.md):
  *
  *   pushd.node.<node_id>.deliver   dispatch -> one gateway node: messages for devices it holds
+ *   pushd.node.<node_id>.tags      tag service -> one gateway node: tags of devices it holds changed
+ *   pushd.broadcast.<access_id>    dispatch -> every gateway: a broadcast or tag push of one app
+ *   pushd.pushes.<partition>       durable (stream PUSHD_PUSHES): accepted pushes, one ordered log per
+ *                                  partition of apps, applied in order by dispatch
  *   pushd.events.<source>          durable (stream PUSHD_EVENTS): events from gateways (arrivals; presence:
  *                                  connects and disconnects), dispatch and registry
  */
@@ -24,11 +28,15 @@ export type EventSource = 'gateway' | 'presence' | 'dispatch' | 'registry';
 
 export const subjects = {
   nodeDelivery: (nodeId: string): string => `pushd.node.${token('node id', nodeId)}.deliver`,
+  nodeTags: (nodeId: string): string => `pushd.node.${token('node id', nodeId)}.tags`,
+  broadcast: (accessId: number): string => `pushd.broadcast.${accessId}`,
+  allBroadcasts: 'pushd.broadcast.*',
+  pushes: (partition: number): string => `pushd.pushes.${partition}`,
   events: (source: EventSource): string => `pushd.events.${source}`,
   allEvents: 'pushd.events.>',
 } as const;
 
-export const streams: { readonly events: DurableStreamConfig } = {
+export const streams: { readonly events: DurableStreamConfig; readonly pushes: DurableStreamConfig } = {
   /**
    * Delivery, presence and registry events (sent, arrived, connected, disconnected, registered,
    * unregistered), consumed by stats, dispatch and tag.
@@ -38,7 +46,25 @@ export const streams: { readonly events: DurableStreamConfig } = {
     subjects: ['pushd.events.>'],
     maxAgeMs: 7 * 24 * 3600 * 1000,
   },
+  /**
+   * Accepted pushes waiting to be applied (dispatch). The stream sequence is the msg_id, so one stream
+   * orders every app's messages. Kept 72 hours, the longest a message may wait for a device: a push not
+   * applied by then has expired anyway.
+   */
+  pushes: {
+    name: 'PUSHD_PUSHES',
+    subjects: ['pushd.pushes.*'],
+    maxAgeMs: 72 * 3600 * 1000,
+  },
 };
+
+/**
+ * The push-log partition of an app. All pushes of an app share one partition, which one dispatch instance
+ * at a time applies in order; apps spread over partitions so that instances share the work.
+ */
+export function pushPartition(accessId: number, partitions: number): number {
+  return accessId % partitions;
+}
 
 /** Node ids name a gateway in subjects and routes: letters, digits, '_' and '-', at most 64. */
 export function isValidNodeId(value: string): boolean {

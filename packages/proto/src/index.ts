@@ -17,7 +17,16 @@ export {
 export { Any } from './gen/google/protobuf/any.js';
 export { ErrorInfo, Status } from './gen/google/rpc/status.js';
 export { TagExpression, TagItem, TagList, TagRule, TagRuleSet } from './gen/pushd/v1/audience.js';
-export { Event, EventBatch, EventType, NodeDelivery } from './gen/pushd/v1/bus.js';
+export {
+  BroadcastDelivery,
+  DeviceTagsChanged,
+  Event,
+  EventBatch,
+  EventType,
+  NodeDelivery,
+  PushCommand,
+  TargetDevice,
+} from './gen/pushd/v1/bus.js';
 export { Message, MessageType, Platform, platformFromJSON, platformToJSON } from './gen/pushd/v1/common.js';
 export {
   Ack,
@@ -36,6 +45,7 @@ export {
 } from './gen/pushd/v1/device.js';
 export {
   AccountList,
+  AllDevices,
   Audience,
   DispatchServiceClient,
   type DispatchServiceServer,

@@ -76,7 +76,10 @@ export async function connectNats(
   const bus = await NatsBus.connect({
     servers: env.NATS_URL,
     name: service,
-    streams: [{ ...streams.events, replicas: env.NATS_STREAM_REPLICAS }],
+    streams: [streams.events, streams.pushes].map((stream) => ({
+      ...stream,
+      replicas: env.NATS_STREAM_REPLICAS,
+    })),
     logger,
     registry: metrics,
     metricPrefix: service,

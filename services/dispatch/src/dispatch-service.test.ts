@@ -1,6 +1,7 @@
 import { type Bus, MemoryBus, streams, subjects } from '@pushd/bus';
 import { ManualClock, PushdError, silentLogger } from '@pushd/common';
 import {
+  BroadcastDelivery,
   type Event,
   EventBatch,
   EventType,
@@ -34,8 +35,10 @@ import { describe, expect, it } from 'vitest';
 import { DispatchService, MAX_EXPIRE_S, MAX_MESSAGE_BYTES, validateMessage } from './dispatch-service.js';
 import { DispatchEventConsumer } from './event-consumer.js';
 import { createDispatchMetrics, type DispatchMetrics } from './metrics.js';
+import { PushApplier } from './push-applier.js';
 
 const CLUSTER_TOKEN = 'dispatch-unit-test-cluster-token';
+const PARTITIONS = 4;
 const NODE_ID = 'gw-test';
 const HOUR_MS = 3_600_000;
 
@@ -56,12 +59,14 @@ interface SetupOptions {
   pushes?: (real: PushStore) => PushStore;
   routes?: (real: RouteStore) => RouteStore;
   bus?: (real: MemoryBus) => Bus;
+  /** Default: true. False leaves accepted pushes in the log (call applier.apply or start it later). */
+  startApplier?: boolean;
 }
 
 async function setup(options: SetupOptions = {}) {
   const clock = new ManualClock();
   const stores: Stores = createMemoryStores({ clock });
-  const memoryBus = new MemoryBus({ streams: [streams.events], clock });
+  const memoryBus = new MemoryBus({ streams: [streams.events, streams.pushes], clock });
   const registryService = new RegistryService({
     apps: stores.apps,
     devices: stores.devices,
@@ -78,17 +83,34 @@ async function setup(options: SetupOptions = {}) {
   );
   const metricsRegistry = new Registry();
   const metrics = createDispatchMetrics(metricsRegistry);
+  const pushes = options.pushes?.(stores.pushes) ?? stores.pushes;
+  const bus = options.bus?.(memoryBus) ?? memoryBus;
   const service = new DispatchService({
-    pushes: options.pushes?.(stores.pushes) ?? stores.pushes,
+    pushes,
     inboxes: stores.inboxes,
-    routes: options.routes?.(stores.routes) ?? stores.routes,
-    bus: options.bus?.(memoryBus) ?? memoryBus,
+    broadcasts: stores.broadcasts,
+    audience: stores.audience,
+    tags: stores.tags,
+    bus,
     registry: options.registry?.(realRegistry) ?? realRegistry,
     clusterToken: CLUSTER_TOKEN,
+    partitions: PARTITIONS,
     metrics,
     logger: silentLogger(),
     clock,
   });
+  const applier = new PushApplier({
+    pushes,
+    inboxes: stores.inboxes,
+    routes: options.routes?.(stores.routes) ?? stores.routes,
+    broadcasts: stores.broadcasts,
+    bus,
+    partitions: PARTITIONS,
+    metrics,
+    logger: silentLogger(),
+    clock,
+  });
+  if (options.startApplier !== false) applier.start();
   const h = service.handlers();
 
   const created = await registryHandlers.createApp({ name: 'demo' }, cluster());
@@ -98,6 +120,18 @@ async function setup(options: SetupOptions = {}) {
     auth: () => callContext(basicAuthorization(created.app?.accessId ?? 0, created.secretKey)),
   };
   let devices = 0;
+  /** Registers a device and indexes it (as the tag service does from the REGISTERED event). */
+  const registerIndexed = async (platform = Platform.PLATFORM_ANDROID, tags: string[] = []) => {
+    const token = await registerDevice(platform);
+    const { device } = await registryHandlers.getDevice({ accessId: app.accessId, token }, cluster());
+    const index = device?.index ?? -1;
+    await stores.audience.setRegistered(app.accessId, index, platform, true);
+    if (tags.length > 0) {
+      await stores.tags.add(app.accessId, [{ token, index }], tags, { perDevice: 100, perApp: 10_000 });
+      await stores.audience.setTags(app.accessId, index, tags, []);
+    }
+    return token;
+  };
   const registerDevice = async (platform = Platform.PLATFORM_ANDROID) => {
     const registered = await registryHandlers.registerDevice(
       {
@@ -115,8 +149,19 @@ async function setup(options: SetupOptions = {}) {
     return registered.device?.token ?? '';
   };
 
-  const push = (token: string, fields: Partial<PushRequest> = {}) =>
-    h.push(notify(token, fields), app.auth());
+  /** Resolves once the push was applied (its record left SENDING). */
+  const applied = async (pushId: string) => {
+    await waitFor(async () => {
+      const record = await stores.pushes.get(app.accessId, pushId);
+      return record !== undefined && record.status !== PushStatus.PUSH_STATUS_SENDING;
+    }, `push ${pushId} applied`);
+  };
+  const pushRequest = async (request: PushRequest) => {
+    const result = await h.push(request, app.auth());
+    await applied(result.pushId);
+    return result;
+  };
+  const push = (token: string, fields: Partial<PushRequest> = {}) => pushRequest(notify(token, fields));
   const pending = async (token: string, afterMsgId = 0) =>
     h.fetchPending({ accessId: app.accessId, token, afterMsgId }, cluster());
   const pendingIds = async (token: string, afterMsgId = 0) =>
@@ -142,7 +187,11 @@ async function setup(options: SetupOptions = {}) {
     metrics,
     registryHandlers,
     registerDevice,
+    registerIndexed,
     push,
+    pushRequest,
+    applied,
+    applier,
     pending,
     pendingIds,
     routeToNode,
@@ -269,7 +318,7 @@ describe('DispatchService.push validation', () => {
     await expect(push('f'.repeat(40))).rejects.toMatchObject({ code: 'TOKEN_NOT_FOUND' });
 
     await bus.flush();
-    expect(await pending(token)).toEqual({ messages: [], lastMsgId: 0 });
+    expect(await pending(token)).toEqual({ messages: [], lastMsgId: 0, lastBroadcastId: 0 });
     expect(deliveries).toEqual([]);
     expect(sentEvents).toEqual([]);
     await expect(h.getPush({ accessId: 0, pushId: '1' }, app.auth())).rejects.toMatchObject({
@@ -415,42 +464,30 @@ describe('DispatchService.push', () => {
     expect(expired.lastMsgId).toBe(long.msgId);
   });
 
-  it('gives concurrent pushes to one device strictly increasing msg ids and one unbroken chain', async () => {
-    // Message ids are taken in one order and appended in another: the reversed delays make the last id
-    // reach the window first, so the earlier ones are refused and must take fresh ids.
+  it('gives concurrent pushes to one device increasing msg ids, delivered in id order as one unbroken chain', async () => {
+    // Accepts race each other (device lookups, the log append); the log's order decides the ids and the
+    // applier publishes in that order.
     const count = 40;
-    let calls = 0;
-    const { push, registerDevice, routeToNode, deliveries, pending, metrics, h, app } = await setup({
-      pushes: (real) => ({
-        nextIds: async (accessId) => {
-          const ids = await real.nextIds(accessId);
-          const delayMs = count - calls++;
-          await new Promise((resolve) => setTimeout(resolve, delayMs));
-          return ids;
-        },
-        nextMsgId: (accessId) => real.nextMsgId(accessId),
-        save: (record) => real.save(record),
-        get: (accessId, pushId) => real.get(accessId, pushId),
-        setStatus: (...args) => real.setStatus(...args),
-      }),
-    });
+    const { h, app, registerDevice, routeToNode, deliveries, pending, applied } = await setup();
     const token = await registerDevice();
     await routeToNode(token);
 
     const results = await Promise.all(
-      Array.from({ length: count }, (_, n) => push(token, { message: message({ content: `m${n}` }) })),
+      Array.from({ length: count }, (_, n) =>
+        h.push(notify(token, { message: message({ content: `m${n}` }) }), app.auth()),
+      ),
     );
+    for (const result of results) await applied(result.pushId);
     await waitFor(() => deliveries.length >= count, `${count} node deliveries`);
 
-    expect(await counterValue(metrics.appendRetries)).toBeGreaterThan(0);
     expect(new Set(results.map((r) => r.msgId)).size).toBe(count);
     expect(new Set(results.map((r) => r.pushId)).size).toBe(count);
-
-    // Sorted by msg id, each delivery names the one before it as its predecessor: one chain, no fork.
-    const chain = [...deliveries].sort((a, b) => (a.message?.msgId ?? 0) - (b.message?.msgId ?? 0));
-    expect(chain[0]?.previousMsgIds).toEqual([0]);
-    for (let i = 1; i < chain.length; i++) {
-      expect(chain[i]?.previousMsgIds, `delivery ${i}`).toEqual([chain[i - 1]?.message?.msgId]);
+    // Published in id order, each naming the one before it: one chain, no fork, nothing to reorder.
+    const ids = deliveries.map((d) => d.message?.msgId ?? 0);
+    expect(ids).toEqual([...ids].sort((x, y) => x - y));
+    expect(deliveries[0]?.previousMsgIds).toEqual([0]);
+    for (let i = 1; i < deliveries.length; i++) {
+      expect(deliveries[i]?.previousMsgIds, `delivery ${i}`).toEqual([deliveries[i - 1]?.message?.msgId]);
     }
     // What each call returned is what was delivered and recorded.
     for (const result of results) {
@@ -502,8 +539,11 @@ describe('DispatchService.push', () => {
       bus: (real) => ({
         publish: (subject, data) => real.publish(subject, data),
         subscribe: (subject, handler, options) => real.subscribe(subject, handler, options),
-        publishDurable: async () => {
-          throw new PushdError('UNAVAILABLE', 'stream unreachable (test)');
+        publishDurable: async (subject, data, options) => {
+          if (subject.startsWith('pushd.events.')) {
+            throw new PushdError('UNAVAILABLE', 'stream unreachable (test)');
+          }
+          return real.publishDurable(subject, data, options);
         },
         consume: (options) => real.consume(options),
         ready: () => real.ready(),
@@ -537,7 +577,7 @@ describe('DispatchService.push', () => {
     await expect(refused).rejects.toMatchObject({ code: 'UNAVAILABLE' });
 
     await bus.flush();
-    expect(await pending(token)).toEqual({ messages: [], lastMsgId: 0 });
+    expect(await pending(token)).toEqual({ messages: [], lastMsgId: 0, lastBroadcastId: 0 });
     expect(deliveries).toEqual([]);
     expect(sentEvents).toEqual([]);
     await expect(h.getPush({ accessId: 0, pushId: '1' }, app.auth())).rejects.toMatchObject({
@@ -572,9 +612,10 @@ describe('DispatchService.push', () => {
   });
 
   it('lets the cluster token push to any app by access id', async () => {
-    const { h, registerDevice, app, pendingIds } = await setup();
+    const { h, registerDevice, app, pendingIds, applied } = await setup();
     const token = await registerDevice();
     const result = await h.push(notify(token, { accessId: app.accessId }), cluster());
+    await applied(result.pushId);
     expect(await pendingIds(token)).toEqual([result.msgId]);
     await expect(h.getPush({ accessId: app.accessId, pushId: '' }, cluster())).rejects.toMatchObject({
       code: 'INVALID_ARGUMENT',
@@ -637,7 +678,7 @@ describe('DispatchEventConsumer', () => {
       // The registry announces that the device unregistered: its whole window goes.
       await registryHandlers.unregisterDevice({ accessId: app.accessId, token }, cluster());
       await waitFor(async () => (await pending(token)).lastMsgId === 0, 'the window to be cleared');
-      expect(await pending(token)).toEqual({ messages: [], lastMsgId: 0 });
+      expect(await pending(token)).toEqual({ messages: [], lastMsgId: 0, lastBroadcastId: 0 });
       expect(await pendingIds(other)).toEqual([others.msgId]);
       expect(await counterValue(metrics.eventsConsumed, { type: 'unregistered' })).toBe(1);
     } finally {
@@ -698,5 +739,193 @@ describe('DispatchService.push to several devices', () => {
     // The refused calls took no ids: the next push is the next push id.
     const next = await push(android);
     expect(Number(next.pushId)).toBe(Number(result.pushId) + 1);
+  });
+});
+
+const toAll = (fields: Partial<PushRequest> = {}): PushRequest =>
+  notify('', { audience: { target: { $case: 'all', value: {} } }, ...fields });
+const toTags = (tags: string[], op: string, fields: Partial<PushRequest> = {}): PushRequest =>
+  notify('', {
+    audience: { target: { $case: 'tags', value: { form: { $case: 'tagList', value: { tags, op } } } } },
+    ...fields,
+  });
+
+describe('DispatchService.push to all devices and to tag expressions', () => {
+  it('stores a broadcast once, publishes it to every gateway chained to the previous one, and counts its target', async () => {
+    const { pushRequest, registerIndexed, bus, app, clock, stores, pending } = await setup();
+    const broadcasts: BroadcastDelivery[] = [];
+    bus.subscribe(subjects.allBroadcasts, (data) => broadcasts.push(BroadcastDelivery.decode(data)));
+    const android = await registerIndexed(Platform.PLATFORM_ANDROID, ['vip']);
+    await registerIndexed(Platform.PLATFORM_IOS, ['vip', 'beta']);
+    await registerIndexed(Platform.PLATFORM_IOS);
+
+    const all = await pushRequest(toAll());
+    expect(all.target).toBe(3);
+    clock.advance(3_000);
+    const vipIos = await pushRequest(toTags(['vip'], 'OR', { platform: Platform.PLATFORM_IOS }));
+    expect(vipIos.target).toBe(1);
+    const beta = await pushRequest(toTags(['vip', 'beta'], 'AND'));
+    expect(beta.target).toBe(1);
+    await bus.flush();
+
+    expect(broadcasts.map((b) => [b.message?.msgId, b.previousBroadcastId])).toEqual([
+      [all.msgId, 0],
+      [vipIos.msgId, all.msgId],
+      [beta.msgId, vipIos.msgId],
+    ]);
+    expect(broadcasts[0]).toMatchObject({ accessId: app.accessId, expression: undefined });
+    expect(broadcasts[1]).toMatchObject({ platform: Platform.PLATFORM_IOS });
+    // Once per app, whatever the audience: nothing in any device's window.
+    expect((await stores.inboxes.pending(app.accessId, android, 0, clock.now())).messages).toEqual([]);
+    expect(await stores.broadcasts.head(app.accessId)).toBe(beta.msgId);
+    // The android device matches only the broadcast to all; it comes back and finds it.
+    expect((await pending(android)).messages.map((m) => m.msgId)).toEqual([all.msgId]);
+  });
+
+  it('refuses a second push to all within 3 seconds with RATE_LIMITED and a retry delay; other apps are unaffected', async () => {
+    const { h, app, clock, registryHandlers, registerIndexed, pushRequest, metrics } = await setup();
+    await registerIndexed();
+    await pushRequest(toAll());
+    clock.advance(1_000);
+    const refused = h.push(toAll(), app.auth());
+    await expect(refused).rejects.toMatchObject({
+      code: 'RATE_LIMITED',
+      metadata: { retry_after_ms: '2000' },
+    });
+    await expect(refused).rejects.toThrow(/once per 3 s; retry in 2000 ms/);
+    expect(await counterValue(metrics.pushes, { audience: 'all', outcome: 'RATE_LIMITED' })).toBe(1);
+    // Tag pushes are not limited by it.
+    await expect(h.push(toTags(['vip'], 'OR'), app.auth())).resolves.toMatchObject({ target: 0 });
+    const other = await registryHandlers.createApp({ name: 'other' }, cluster());
+    const asOther = () => callContext(basicAuthorization(other.app?.accessId ?? 0, other.secretKey));
+    await expect(h.push(toAll(), asOther())).resolves.toMatchObject({ target: 0 });
+    clock.advance(2_000);
+    await expect(h.push(toAll(), app.auth())).resolves.toMatchObject({ target: 1 });
+  });
+
+  it('refuses an invalid expression with INVALID_ARGUMENT, stores nothing and keeps the all slot free', async () => {
+    const { h, app, stores } = await setup();
+    await expect(h.push(toTags([], 'OR'), app.auth())).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await expect(h.push(toTags(['has space'], 'OR'), app.auth())).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+    });
+    await expect(h.push(toTags(['pushd:platform:windows'], 'OR'), app.auth())).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+    });
+    await expect(h.push(toAll({ expireTimeS: MAX_EXPIRE_S + 1 }), app.auth())).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+    });
+    await expect(h.getPush({ accessId: 0, pushId: '1' }, app.auth())).rejects.toMatchObject({
+      code: 'PUSH_NOT_FOUND',
+    });
+    expect(await stores.broadcasts.head(app.accessId)).toBe(0);
+    await expect(h.push(toAll(), app.auth())).resolves.toMatchObject({ pushId: '1' });
+  });
+
+  it('chains targeted deliveries onto the last broadcast, so a gateway can tell it missed one', async () => {
+    const { push, pushRequest, registerIndexed, routeToNode, deliveries } = await setup();
+    const token = await registerIndexed();
+    await routeToNode(token);
+    const before = await push(token);
+    const all = await pushRequest(toAll());
+    const after = await push(token);
+    await waitFor(() => deliveries.length >= 2, 'two node deliveries');
+    expect(deliveries.map((d) => [d.message?.msgId, d.previousMsgIds, d.previousBroadcastId])).toEqual([
+      [before.msgId, [0], 0],
+      [after.msgId, [before.msgId], all.msgId],
+    ]);
+  });
+
+  it('gives a returning device the newest of its targeted and matching broadcast messages within its window', async () => {
+    const { push, pushRequest, registerIndexed, pending, clock } = await setup();
+    const android = await registerIndexed(Platform.PLATFORM_ANDROID, ['sports']);
+    const ios = await registerIndexed(Platform.PLATFORM_IOS, ['sports']);
+    const outsider = await registerIndexed(Platform.PLATFORM_ANDROID, ['news']);
+    const ids: Record<string, number> = {};
+    ids.t1 = (await push(android)).msgId;
+    ids.all = (await pushRequest(toAll())).msgId;
+    ids.sports = (await pushRequest(toTags(['sports'], 'OR'))).msgId;
+    ids.t2 = (await push(ios)).msgId;
+    ids.iosOnly = (await pushRequest(toTags(['sports'], 'OR', { platform: Platform.PLATFORM_IOS }))).msgId;
+    ids.notSports = (await pushRequest(toTags(['news'], 'OR'))).msgId;
+
+    // Android: t1, all, sports are its; the newest 2 win. iOS: t2, all, sports, iosOnly; the newest 1.
+    expect((await pending(android)).messages.map((m) => m.msgId)).toEqual([ids.all, ids.sports]);
+    const iosPending = await pending(ios);
+    expect(iosPending.messages.map((m) => m.msgId)).toEqual([ids.iosOnly]);
+    expect(iosPending.lastBroadcastId).toBe(ids.notSports);
+    expect((await pending(outsider)).messages.map((m) => m.msgId)).toEqual([ids.all, ids.notSports]);
+    // Past what the device reports having, and never after expiry.
+    expect((await pending(android, ids.sports)).messages).toEqual([]);
+    expect((await pending(android, ids.all)).messages.map((m) => m.msgId)).toEqual([ids.sports]);
+    clock.advance(72 * HOUR_MS);
+    expect((await pending(outsider)).messages).toEqual([]);
+  });
+
+  it('does not give a device that registered after a broadcast (and reports no cursor) that broadcast', async () => {
+    const { pushRequest, registerIndexed, pending, clock } = await setup();
+    const early = await registerIndexed();
+    const all = await pushRequest(toAll());
+    clock.advance(10);
+    const late = await registerIndexed();
+    expect((await pending(early)).messages.map((m) => m.msgId)).toEqual([all.msgId]);
+    expect((await pending(late)).messages).toEqual([]);
+  });
+
+  it('applies a command twice without storing it twice, and republishes it chained onto itself', async () => {
+    const { h, app, applier, stores, bus, clock, registerIndexed, routeToNode, deliveries } = await setup({
+      startApplier: false,
+    });
+    const token = await registerIndexed();
+    await routeToNode(token);
+    const broadcasts: BroadcastDelivery[] = [];
+    bus.subscribe(subjects.allBroadcasts, (data) => broadcasts.push(BroadcastDelivery.decode(data)));
+    const accepted = await h.push(toAll(), app.auth());
+    const command = {
+      accessId: app.accessId,
+      pushId: accepted.pushId,
+      message: message({ content: 'to everyone' }),
+      acceptedAtMs: clock.now(),
+      expiresAtMs: clock.now() + HOUR_MS,
+      platform: Platform.PLATFORM_UNSPECIFIED,
+      audience: { target: { $case: 'all' as const, value: {} } },
+      devices: [],
+      countedTarget: 1,
+    };
+    await applier.apply(command, accepted.msgId);
+    await applier.apply(command, accepted.msgId);
+    await bus.flush();
+    expect(broadcasts.map((b) => [b.message?.msgId, b.previousBroadcastId])).toEqual([
+      [accepted.msgId, 0],
+      [accepted.msgId, accepted.msgId],
+    ]);
+    expect((await stores.broadcasts.since(app.accessId, 0, clock.now(), 10)).entries).toHaveLength(1);
+
+    const targeted = {
+      ...command,
+      audience: undefined,
+      devices: [{ token, platform: Platform.PLATFORM_ANDROID }],
+    };
+    await applier.apply(targeted, accepted.msgId + 1);
+    await applier.apply(targeted, accepted.msgId + 1);
+    await bus.flush();
+    expect(deliveries.map((d) => [d.message?.msgId, d.previousMsgIds])).toEqual([
+      [accepted.msgId + 1, [0]],
+      [accepted.msgId + 1, [accepted.msgId + 1]],
+    ]);
+    expect((await stores.inboxes.pending(app.accessId, token, 0, clock.now())).messages).toHaveLength(1);
+  });
+
+  it('marks a push that waited in the log past its expiry as failed and delivers nothing', async () => {
+    const { h, app, applier, stores, clock, registerIndexed, applied } = await setup({ startApplier: false });
+    const token = await registerIndexed();
+    const accepted = await h.push(notify(token, { expireTimeS: 60 }), app.auth());
+    clock.advance(60_000);
+    applier.start();
+    await applied(accepted.pushId);
+    expect((await stores.pushes.get(app.accessId, accepted.pushId))?.status).toBe(
+      PushStatus.PUSH_STATUS_FAILED,
+    );
+    expect((await stores.inboxes.pending(app.accessId, token, 0, 0)).messages).toEqual([]);
   });
 });

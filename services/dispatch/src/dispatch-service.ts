@@ -1,21 +1,21 @@
-import { type Bus, subjects } from '@pushd/bus';
+import { type AudienceExpr, builtinTag, deviceTagTest, fromProto, matches, normalize } from '@pushd/audience';
+import { type Bus, pushPartition, subjects } from '@pushd/bus';
 import { type Clock, invalidArgument, type Logger, PushdError, systemClock } from '@pushd/common';
 import {
   type Audience,
+  BroadcastDelivery,
   type Device,
   type DispatchServiceService,
-  Event,
-  EventBatch,
-  EventType,
   Message,
   MessageType,
-  NodeDelivery,
   Platform,
+  PushCommand,
   type PushMessage,
   type PushRequest,
   type PushResponse,
   PushStatus,
   type RegistryServiceService,
+  type TargetDevice,
 } from '@pushd/proto';
 import {
   CallAuthorizer,
@@ -23,23 +23,24 @@ import {
   type ServiceHandlers,
   verifyAppSecretWithRegistry,
 } from '@pushd/rpc';
-import type { InboxStore, PushStore, RouteStore } from '@pushd/store';
+import type { AudienceIndex, BroadcastLog, InboxStore, PushStore, TagStore } from '@pushd/store';
 import type { DispatchMetrics } from './metrics.js';
+import { mapConcurrently, OFFLINE_CAPACITY } from './push-applier.js';
 
-/** The brief's offline window: Android keeps the newest 2 messages, iOS the newest 1. */
-export const OFFLINE_CAPACITY: Readonly<Record<Platform, number>> = {
-  [Platform.PLATFORM_ANDROID]: 2,
-  [Platform.PLATFORM_IOS]: 1,
-  [Platform.PLATFORM_UNSPECIFIED]: 1,
-};
+export { OFFLINE_CAPACITY } from './push-applier.js';
 /** Longest a message is kept for an offline device (the brief: 72 hours), also the default. */
 export const MAX_EXPIRE_S = 72 * 3600;
 /** Serialized message limit, in UTF-8 bytes (as TPNS). */
 export const MAX_MESSAGE_BYTES = 4096;
 /** Most tokens in a token_list and accounts in an account_list (the issue's limit, as TPNS). */
 export const MAX_LIST_ENTRIES = 1000;
-/** Window appends in flight for one push: enough to hide Redis round trips, bounded for fairness. */
-const APPEND_CONCURRENCY = 64;
+/** The brief: at most one push to all devices per 3 seconds per app. */
+export const ALL_AUDIENCE_INTERVAL_MS = 3000;
+/**
+ * Newest broadcast-log entries a returning device is matched against. A device keeps at most 2 messages,
+ * so this only has to reach past the app's recent broadcasts that do not concern it.
+ */
+const BROADCAST_CATCH_UP_SCAN = 200;
 
 interface ResolvedAudience {
   devices: Device[];
@@ -50,24 +51,36 @@ interface ResolvedAudience {
 export interface DispatchServiceOptions {
   pushes: PushStore;
   inboxes: InboxStore;
-  routes: RouteStore;
+  broadcasts: BroadcastLog;
+  /** Counts the `all` and `tags` audiences when they are accepted (the push's target). */
+  audience: AudienceIndex;
+  /** User tags of a device catching up on broadcasts. */
+  tags: TagStore;
   bus: Bus;
   /** Registry client authorized with the cluster token: device lookups and app secret checks. */
   registry: PromiseClient<typeof RegistryServiceService>;
   clusterToken: string;
+  /** Push-log partitions; must equal the PushApplier's. Default: 16. */
+  partitions?: number;
   metrics: DispatchMetrics;
   logger: Logger;
   /** Default: systemClock. */
   clock?: Clock;
 }
 
-/** Accepts pushes: validate, persist, then route (proto/pushd/v1/dispatch.proto). */
+/**
+ * Accepts pushes (proto/pushd/v1/dispatch.proto): validate, resolve named devices, then append the push to
+ * the push log, whose sequence is its msg_id. The call returns once the log has stored it; PushApplier
+ * applies it in order. Also answers gateways' catch-up reads (FetchPending).
+ */
 export class DispatchService {
   private readonly clock: Clock;
   private readonly authorizer: CallAuthorizer;
+  private readonly partitions: number;
 
   constructor(private readonly options: DispatchServiceOptions) {
     this.clock = options.clock ?? systemClock;
+    this.partitions = options.partitions ?? 16;
     this.authorizer = new CallAuthorizer({
       clusterToken: options.clusterToken,
       verifyAppSecret: verifyAppSecretWithRegistry(options.registry),
@@ -81,7 +94,7 @@ export class DispatchService {
         const audience = audienceLabel(request.audience);
         const stop = this.options.metrics.pushDuration.startTimer({ audience });
         try {
-          const result = await this.acceptTargeted(accessId, request);
+          const result = await this.accept(accessId, request);
           this.options.metrics.pushes.inc({ audience, outcome: 'accepted' });
           return result;
         } catch (error) {
@@ -109,94 +122,161 @@ export class DispatchService {
       fetchPending: async (request, { metadata }) => {
         await this.authorizer.requireCluster(metadata);
         if (request.token === '') throw invalidArgument('token', 'required');
-        const { messages, lastMsgId } = await this.options.inboxes.pending(
-          request.accessId,
-          request.token,
-          request.afterMsgId,
-          this.clock.now(),
-        );
-        return { messages, lastMsgId, lastBroadcastId: 0 };
+        return this.pending(request.accessId, request.token, request.afterMsgId);
       },
     };
   }
 
   /**
-   * A push to named devices (a token, a token list, accounts): validate everything, resolve the devices,
-   * persist (one window append per device), then route with one publish per gateway node.
+   * Validates everything first (bad input changes nothing and does not use up the `all` rate slot), then
+   * stores the push record and appends the command to the log.
    */
-  private async acceptTargeted(accessId: number, request: PushRequest): Promise<PushResponse> {
+  private async accept(accessId: number, request: PushRequest): Promise<PushResponse> {
     const content = validateMessage(request.message);
     if (request.expireTimeS > MAX_EXPIRE_S) {
       throw invalidArgument('expire_time_s', `must be at most ${MAX_EXPIRE_S} (72 hours)`);
     }
-    if (
-      ![Platform.PLATFORM_UNSPECIFIED, Platform.PLATFORM_ANDROID, Platform.PLATFORM_IOS].includes(
-        request.platform,
-      )
-    ) {
-      throw invalidArgument('platform', 'must be PLATFORM_ANDROID, PLATFORM_IOS or unspecified (both)');
-    }
-    const resolved = await this.resolveAudience(accessId, request.audience);
-    const devices =
-      request.platform === Platform.PLATFORM_UNSPECIFIED
-        ? resolved.devices
-        : resolved.devices.filter((device) => device.platform === request.platform);
-
+    const platformTag = platformTagOf(request.platform);
     const now = this.clock.now();
-    const ids = await this.options.pushes.nextIds(accessId);
-    const { pushId } = ids;
-    const template: PushMessage = {
-      msgId: ids.msgId,
-      pushId,
-      message: content,
-      sentAtMs: now,
-      expiresAtMs: now + (request.expireTimeS || MAX_EXPIRE_S) * 1000,
-    };
-    // Persist before anything leaves this process. A live publish may be lost (no gateway, a gateway
-    // dying); the device then gets the message from its offline window when it reconnects, which is why
-    // the windows are written before the routes are read.
-    const appended = await mapConcurrently(devices, APPEND_CONCURRENCY, async (device) => {
-      const message = { ...template };
-      const previousMsgId = await this.appendInOrder(
-        accessId,
-        device.token,
-        message,
-        OFFLINE_CAPACITY[device.platform],
-        now,
-      );
-      return { device, message, previousMsgId };
-    });
-    // One device: the id it actually got (a concurrent push may have made it renumber). Several: the id
-    // most of them got.
-    const msgId =
-      appended.length === 1 && appended[0] !== undefined ? appended[0].message.msgId : template.msgId;
+    const target = request.audience?.target;
+    let devices: TargetDevice[] = [];
+    let invalidTokens: string[] = [];
+    let unknownAccounts: string[] = [];
+    let targetCount: number;
+    if (target?.$case === 'all' || target?.$case === 'tags') {
+      let expr: AudienceExpr =
+        target.$case === 'tags' ? fromProto(target.value, 'audience.tags') : { kind: 'all' };
+      if (platformTag !== undefined) expr = { kind: 'and', terms: [expr, { kind: 'tag', tag: platformTag }] };
+      if (target.$case === 'all') await this.takeAllAudienceSlot(accessId, now);
+      targetCount = (await this.options.audience.count(accessId, normalize(expr), now)).matched;
+    } else {
+      const resolved = await this.resolveAudience(accessId, request.audience);
+      devices = resolved.devices
+        .filter((device) => platformTag === undefined || device.platform === request.platform)
+        .map((device) => ({ token: device.token, platform: device.platform }));
+      invalidTokens = resolved.invalidTokens;
+      unknownAccounts = resolved.unknownAccounts;
+      targetCount = devices.length;
+    }
+
+    // The store hands out push ids; msg ids come from the log (its msgId counter is not used here).
+    const { pushId } = await this.options.pushes.nextIds(accessId);
+    const expiresAtMs = now + (request.expireTimeS || MAX_EXPIRE_S) * 1000;
+    // Saved before the command is logged, so that the applier's DONE always comes after this SENDING.
     await this.options.pushes.save({
       accessId,
       pushId,
-      msgId,
+      msgId: 0,
       status: PushStatus.PUSH_STATUS_SENDING,
       audience: request.audience,
       message: content,
       createdAtMs: now,
-      expiresAtMs: template.expiresAtMs,
-      target: devices.length,
+      expiresAtMs,
+      target: targetCount,
     });
-
-    await this.route(accessId, appended);
-    for (const platform of [Platform.PLATFORM_ANDROID, Platform.PLATFORM_IOS]) {
-      const tokens = appended
-        .filter((entry) => entry.device.platform === platform)
-        .map((entry) => entry.device.token);
-      if (tokens.length > 0) await this.publishSent(accessId, pushId, msgId, platform, tokens);
-    }
-    await this.options.pushes.setStatus(accessId, pushId, PushStatus.PUSH_STATUS_DONE, devices.length);
-    return {
+    const command = PushCommand.encode({
+      accessId,
       pushId,
-      msgId,
-      invalidTokens: resolved.invalidTokens,
-      unknownAccounts: resolved.unknownAccounts,
-      target: devices.length,
-    };
+      message: content,
+      acceptedAtMs: now,
+      expiresAtMs,
+      platform: request.platform,
+      audience: request.audience,
+      devices,
+      countedTarget: targetCount,
+    }).finish();
+    let seq: number;
+    try {
+      ({ seq } = await this.options.bus.publishDurable(
+        subjects.pushes(pushPartition(accessId, this.partitions)),
+        command,
+      ));
+    } catch (error) {
+      // Not in the log, so never sent: the record says so, and the caller gets the error to retry.
+      await this.options.pushes
+        .setStatus(accessId, pushId, PushStatus.PUSH_STATUS_FAILED, 0)
+        .catch(() => undefined);
+      throw error;
+    }
+    return { pushId, msgId: seq, invalidTokens, unknownAccounts, target: targetCount };
+  }
+
+  private async takeAllAudienceSlot(accessId: number, now: number): Promise<void> {
+    const slot = await this.options.broadcasts.tryAcquireBroadcastSlot(
+      accessId,
+      ALL_AUDIENCE_INTERVAL_MS,
+      now,
+    );
+    if (slot.acquired) return;
+    throw new PushdError(
+      'RATE_LIMITED',
+      `app ${accessId} may push to all devices once per ${ALL_AUDIENCE_INTERVAL_MS / 1000} s; ` +
+        `retry in ${slot.retryAfterMs} ms`,
+      { metadata: { limit: 'all_audience_interval', retry_after_ms: String(slot.retryAfterMs) } },
+    );
+  }
+
+  /**
+   * What a device finds when it connects: its window (targeted messages) merged with the broadcasts of its
+   * app it missed and matches, the newest of them within its platform's offline capacity, oldest first.
+   */
+  private async pending(accessId: number, token: string, afterMsgId: number) {
+    const now = this.clock.now();
+    const [window, log] = await Promise.all([
+      this.options.inboxes.pending(accessId, token, afterMsgId, now),
+      this.options.broadcasts.since(accessId, afterMsgId, now, BROADCAST_CATCH_UP_SCAN),
+    ]);
+    let messages = window.messages;
+    if (log.entries.length > 0) {
+      const missed = await this.missedBroadcasts(accessId, token, afterMsgId, log.entries);
+      if (missed !== undefined && missed.messages.length > 0) {
+        messages = [...messages, ...missed.messages]
+          .sort((a, b) => a.msgId - b.msgId)
+          .slice(-OFFLINE_CAPACITY[missed.platform]);
+      }
+    }
+    return { messages, lastMsgId: window.lastMsgId, lastBroadcastId: log.lastMsgId };
+  }
+
+  /** The log entries this device matches (undefined: the token is not registered). */
+  private async missedBroadcasts(
+    accessId: number,
+    token: string,
+    afterMsgId: number,
+    entries: { data: Uint8Array }[],
+  ): Promise<{ platform: Platform; messages: PushMessage[] } | undefined> {
+    let device: Device | undefined;
+    try {
+      device = (await this.options.registry.getDevice({ accessId, token })).device;
+    } catch (error) {
+      if (error instanceof PushdError && error.code === 'TOKEN_NOT_FOUND') return undefined;
+      throw error;
+    }
+    if (device === undefined) return undefined;
+    const userTags = await this.options.tags.list(accessId, token, device.index);
+    const has = deviceTagTest(
+      {
+        platform: platformName(device.platform),
+        appVersion: device.appVersion,
+        osVersion: device.osVersion,
+        locale: device.locale,
+      },
+      userTags,
+    );
+    const messages: PushMessage[] = [];
+    for (const entry of entries) {
+      const broadcast = BroadcastDelivery.decode(entry.data);
+      const message = broadcast.message;
+      if (message === undefined) continue;
+      if (broadcast.platform !== Platform.PLATFORM_UNSPECIFIED && broadcast.platform !== device.platform)
+        continue;
+      // A device that reports no cursor (a fresh install) gets what was pushed since it registered.
+      if (afterMsgId === 0 && message.sentAtMs < device.registeredAtMs) continue;
+      const expr: AudienceExpr =
+        broadcast.expression === undefined ? { kind: 'all' } : fromProto(broadcast.expression);
+      if (matches(expr, has)) messages.push(message);
+    }
+    return { platform: device.platform, messages };
   }
 
   /** The registered devices an audience names, and what it named that is not registered. */
@@ -259,7 +339,7 @@ export class DispatchService {
         };
       }
       default:
-        throw invalidArgument('audience', 'set one of token, token_list, account, account_list');
+        throw invalidArgument('audience', 'set one of token, token_list, account, account_list, all, tags');
     }
   }
 
@@ -274,108 +354,6 @@ export class DispatchService {
       async (chunk) => (await this.options.registry.getDevices({ accessId, tokens: chunk })).devices,
     );
     return found.flat();
-  }
-
-  /**
-   * One publish per gateway node (and message id), however many of its devices the push targets; devices
-   * without a route are offline and keep the message in their windows.
-   */
-  private async route(
-    accessId: number,
-    appended: { device: Device; message: PushMessage; previousMsgId: number }[],
-  ): Promise<void> {
-    if (appended.length === 0) return;
-    const routes = await this.options.routes.getMany(
-      accessId,
-      appended.map((entry) => entry.device.token),
-    );
-    const batches = new Map<
-      string,
-      { nodeId: string; message: PushMessage; tokens: string[]; previousMsgIds: number[] }
-    >();
-    appended.forEach((entry, index) => {
-      const route = routes[index];
-      if (route === undefined) return;
-      const key = `${route.nodeId}:${entry.message.msgId}`;
-      let batch = batches.get(key);
-      if (batch === undefined) {
-        batch = { nodeId: route.nodeId, message: entry.message, tokens: [], previousMsgIds: [] };
-        batches.set(key, batch);
-      }
-      batch.tokens.push(entry.device.token);
-      batch.previousMsgIds.push(entry.previousMsgId);
-    });
-    for (const batch of batches.values()) {
-      const delivery = NodeDelivery.encode({
-        accessId,
-        tokens: batch.tokens,
-        message: batch.message,
-        previousMsgIds: batch.previousMsgIds,
-        previousBroadcastId: 0,
-      }).finish();
-      this.options.bus.publish(subjects.nodeDelivery(batch.nodeId), delivery);
-    }
-    const online = routes.filter((route) => route !== undefined).length;
-    if (online > 0) this.options.metrics.routed.inc({ route: 'online' }, online);
-    if (appended.length > online)
-      this.options.metrics.routed.inc({ route: 'offline' }, appended.length - online);
-  }
-
-  /**
-   * Appends to the device's window so that windows only ever grow in msg_id order: when a concurrent push
-   * to the same device got a higher id and appended first, this one takes a fresh id (above every id handed
-   * out so far) and appends again. Mutates message.msgId; returns the previous msg_id of the window.
-   */
-  private async appendInOrder(
-    accessId: number,
-    token: string,
-    message: PushMessage,
-    capacity: number,
-    now: number,
-  ): Promise<number> {
-    for (let attempt = 1; ; attempt++) {
-      const result = await this.options.inboxes.append(accessId, token, message, capacity, now);
-      if (result.appended) return result.previousMsgId;
-      if (attempt >= 10) {
-        throw new PushdError(
-          'UNAVAILABLE',
-          `could not order message for ${token} after ${attempt} attempts; retry`,
-        );
-      }
-      this.options.metrics.appendRetries.inc();
-      message.msgId = await this.options.pushes.nextMsgId(accessId);
-    }
-  }
-
-  /**
-   * Counts the push as sent for these devices. The push is already persisted and routed, so a failure here
-   * must not fail the call (a retry would send it twice): it is logged and counted for alerting.
-   */
-  private async publishSent(
-    accessId: number,
-    pushId: string,
-    msgId: number,
-    platform: Platform,
-    tokens: string[],
-  ): Promise<void> {
-    const event = Event.create({
-      type: EventType.EVENT_TYPE_SENT,
-      accessId,
-      pushId,
-      msgId,
-      platform,
-      tokens,
-      atMs: this.clock.now(),
-    });
-    try {
-      await this.options.bus.publishDurable(
-        subjects.events('dispatch'),
-        EventBatch.encode({ events: [event] }).finish(),
-      );
-    } catch (error) {
-      this.options.metrics.eventPublishFailures.inc();
-      this.options.logger.error({ err: error, accessId, pushId }, 'publishing the sent event failed');
-    }
   }
 }
 
@@ -415,6 +393,10 @@ function audienceLabel(audience: Audience | undefined): string {
       return 'account';
     case 'accountList':
       return 'account_list';
+    case 'all':
+      return 'all';
+    case 'tags':
+      return 'tags';
     default:
       return 'none';
   }
@@ -435,20 +417,22 @@ function distinctList(field: string, values: string[]): string[] {
   return [...new Set(values)];
 }
 
-/** Maps with at most `limit` calls in flight, results in input order. */
-async function mapConcurrently<T, R>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<R>,
-): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const index = next++;
-      results[index] = await fn(items[index] as T);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return results;
+/** The built-in platform tag a restriction adds to an expression (undefined: both platforms). */
+function platformTagOf(platform: Platform): string | undefined {
+  switch (platform) {
+    case Platform.PLATFORM_UNSPECIFIED:
+      return undefined;
+    case Platform.PLATFORM_ANDROID:
+    case Platform.PLATFORM_IOS:
+      return builtinTag('platform', platformName(platform));
+    default:
+      throw invalidArgument('platform', 'must be PLATFORM_ANDROID, PLATFORM_IOS or unspecified (both)');
+  }
+}
+
+/** The value of the built-in platform tag ('' when unknown). */
+export function platformName(platform: Platform): string {
+  if (platform === Platform.PLATFORM_ANDROID) return 'android';
+  if (platform === Platform.PLATFORM_IOS) return 'ios';
+  return '';
 }

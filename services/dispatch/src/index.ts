@@ -1,4 +1,5 @@
 export {
+  ALL_AUDIENCE_INTERVAL_MS,
   DispatchService,
   type DispatchServiceOptions,
   MAX_EXPIRE_S,
@@ -9,3 +10,4 @@ export {
 export { dispatchEnv } from './env.js';
 export { DispatchEventConsumer, type DispatchEventConsumerOptions } from './event-consumer.js';
 export { createDispatchMetrics, type DispatchMetrics } from './metrics.js';
+export { PushApplier, type PushApplierOptions } from './push-applier.js';

@@ -6,20 +6,34 @@ import { DispatchService } from './dispatch-service.js';
 import { dispatchEnv } from './env.js';
 import { DispatchEventConsumer } from './event-consumer.js';
 import { createDispatchMetrics } from './metrics.js';
+import { PushApplier } from './push-applier.js';
 
 const { env, logger, metrics } = bootstrap('dispatch', dispatchEnv);
 const redis = connectRedis('dispatch', env, logger, metrics);
 const nats = await connectNats('dispatch', env, logger, metrics);
 const registry = clusterClient(RegistryServiceService, env.REGISTRY_ADDR, env.CLUSTER_TOKEN);
 const dispatchMetrics = createDispatchMetrics(metrics);
-const { pushes, inboxes, routes } = redis.stores;
+const { pushes, inboxes, routes, broadcasts, audience, tags } = redis.stores;
 const service = new DispatchService({
   pushes,
   inboxes,
-  routes,
+  broadcasts,
+  audience,
+  tags,
   bus: nats.bus,
   registry,
   clusterToken: env.CLUSTER_TOKEN,
+  partitions: env.PUSH_PARTITIONS,
+  metrics: dispatchMetrics,
+  logger,
+});
+const applier = new PushApplier({
+  bus: nats.bus,
+  pushes,
+  inboxes,
+  routes,
+  broadcasts,
+  partitions: env.PUSH_PARTITIONS,
   metrics: dispatchMetrics,
   logger,
 });
@@ -32,5 +46,8 @@ await run({
   grpc: bindService('pushd.v1.DispatchService', DispatchServiceService, service.handlers()),
   checks: [redis.check, nats.check],
   connections: [redis.component, nats.component, clientsComponent(registry)],
-  components: [{ name: 'events', start: async () => events.start(), stop: () => events.stop() }],
+  components: [
+    { name: 'apply', start: async () => applier.start(), stop: () => applier.stop() },
+    { name: 'events', start: async () => events.start(), stop: () => events.stop() },
+  ],
 });

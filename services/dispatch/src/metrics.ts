@@ -6,7 +6,9 @@ export interface DispatchMetrics {
   routed: Counter<'route'>;
   eventPublishFailures: Counter;
   eventsConsumed: Counter<'type'>;
-  appendRetries: Counter;
+  appliedAgain: Counter;
+  applyLag: Histogram<'kind'>;
+  applyFailures: Counter;
 }
 
 export function createDispatchMetrics(registry: Registry): DispatchMetrics {
@@ -19,7 +21,7 @@ export function createDispatchMetrics(registry: Registry): DispatchMetrics {
     }),
     pushDuration: new Histogram({
       name: 'dispatch_push_duration_seconds',
-      help: 'Time to accept a push (validate, persist, route), by audience type.',
+      help: 'Time to accept a push (validate, resolve devices, append to the push log), by audience type.',
       labelNames: ['audience'],
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
       registers: [registry],
@@ -41,9 +43,25 @@ export function createDispatchMetrics(registry: Registry): DispatchMetrics {
       labelNames: ['type'],
       registers: [registry],
     }),
-    appendRetries: new Counter({
-      name: 'dispatch_inbox_append_retries_total',
-      help: 'Appends retried with a fresh msg_id because a concurrent push to the same device went first.',
+    appliedAgain: new Counter({
+      name: 'dispatch_apply_repeated_total',
+      help:
+        'Device windows that already held a message being applied (a push applied again after a dispatch ' +
+        'instance died or timed out mid-way); the message is routed again, devices drop the duplicate.',
+      registers: [registry],
+    }),
+    applyLag: new Histogram({
+      name: 'dispatch_apply_lag_seconds',
+      help:
+        'Time from accepting a push to applying it (stored in windows or the broadcast log, routed), by ' +
+        'kind (targeted, broadcast): the push log backlog as latency.',
+      labelNames: ['kind'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [registry],
+    }),
+    applyFailures: new Counter({
+      name: 'dispatch_apply_failures_total',
+      help: 'Push log entries whose application failed and will be retried (Redis or NATS unavailable).',
       registers: [registry],
     }),
   };

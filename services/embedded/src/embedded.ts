@@ -7,7 +7,7 @@ import {
   stopAll,
   systemClock,
 } from '@pushd/common';
-import { createDispatchMetrics, DispatchEventConsumer, DispatchService } from '@pushd/dispatch';
+import { createDispatchMetrics, DispatchEventConsumer, DispatchService, PushApplier } from '@pushd/dispatch';
 import { createGatewayMetrics, Gateway } from '@pushd/gateway';
 import {
   DispatchServiceService,
@@ -73,7 +73,11 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
   const clock = options.clock ?? systemClock;
   const wanted = { ...EMBEDDED_DEFAULT_PORTS, ...options.ports };
   const stores = createMemoryStores({ clock });
-  const bus = new MemoryBus({ broker: new MemoryBroker({ clock }), streams: [streams.events], clock });
+  const bus = new MemoryBus({
+    broker: new MemoryBroker({ clock }),
+    streams: [streams.events, streams.pushes],
+    clock,
+  });
   const started: { name: string; stop(): Promise<void> }[] = [{ name: 'bus', stop: () => bus.close() }];
   const registries: Registry[] = [createMetricsRegistry({ service: 'pushd', processMetrics: true })];
   const serviceRegistry = (service: string) => {
@@ -130,7 +134,9 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
     const dispatchService = new DispatchService({
       pushes: stores.pushes,
       inboxes: stores.inboxes,
-      routes: stores.routes,
+      broadcasts: stores.broadcasts,
+      audience: stores.audience,
+      tags: stores.tags,
       bus,
       registry: registryClient,
       clusterToken,
@@ -142,6 +148,19 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
       'dispatch',
       bindService('pushd.v1.DispatchService', DispatchServiceService, dispatchService.handlers()),
       wanted.dispatch,
+    );
+    consumer(
+      'dispatch-apply',
+      new PushApplier({
+        bus,
+        pushes: stores.pushes,
+        inboxes: stores.inboxes,
+        routes: stores.routes,
+        broadcasts: stores.broadcasts,
+        metrics: dispatchMetrics,
+        logger: dispatchLogger,
+        clock,
+      }),
     );
     consumer(
       'dispatch-events',
@@ -159,6 +178,7 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
       tags: stores.tags,
       audience: stores.audience,
       bus,
+      routes: stores.routes,
       registry: registryClient,
       clusterToken,
       logger: logger.child({ service: 'tag' }),
@@ -196,6 +216,7 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
         registry: registryClient,
         dispatch: dispatchClient,
         routes: stores.routes,
+        tags: stores.tags,
         bus,
         metrics: createGatewayMetrics(serviceRegistry('gateway')),
         logger: logger.child({ service: 'gateway' }),

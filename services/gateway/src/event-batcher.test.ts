@@ -43,8 +43,9 @@ class RecordingBus {
       if (this.hold) {
         await new Promise<void>((resolve) => this.held.push(resolve));
       }
-      await this.memory.publishDurable(subject, data);
+      const result = await this.memory.publishDurable(subject, data);
       this.stored.push(EventBatch.decode(data).events.map((e) => e.msgId));
+      return result;
     },
     consume: (options) => this.memory.consume(options),
     ready: () => this.memory.ready(),

@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import { MemoryBus, streams, subjects } from '@pushd/bus';
 import { silentLogger } from '@pushd/common';
 import { DeviceClient, type DeviceCloseEvent, generateDeviceId } from '@pushd/device-sdk';
-import { createDispatchMetrics, DispatchEventConsumer, DispatchService } from '@pushd/dispatch';
+import { createDispatchMetrics, DispatchEventConsumer, DispatchService, PushApplier } from '@pushd/dispatch';
 import {
   type ClientFrame,
   DispatchServiceService,
@@ -15,6 +15,7 @@ import {
   NodeDelivery,
   Platform,
   type PushMessage,
+  PushStatus,
   RegistryServiceService,
   type ServerFrame,
 } from '@pushd/proto';
@@ -60,7 +61,7 @@ interface StartOptions {
  */
 async function startGateway(options: StartOptions = {}) {
   const stores = createMemoryStores();
-  const bus = new MemoryBus({ streams: [streams.events] });
+  const bus = new MemoryBus({ streams: [streams.events, streams.pushes] });
   cleanups.push(() => bus.close());
   const bearer = bearerAuthorization(CLUSTER_TOKEN);
   const registry = new RegistryService({
@@ -74,13 +75,26 @@ async function startGateway(options: StartOptions = {}) {
   const dispatch = new DispatchService({
     pushes: stores.pushes,
     inboxes: stores.inboxes,
-    routes: stores.routes,
+    broadcasts: stores.broadcasts,
+    audience: stores.audience,
+    tags: stores.tags,
     bus,
     registry: inProcessClient(RegistryServiceService, registry, bearer),
     clusterToken: CLUSTER_TOKEN,
     metrics: dispatchMetrics,
     logger: silentLogger(),
   }).handlers();
+  const applier = new PushApplier({
+    pushes: stores.pushes,
+    inboxes: stores.inboxes,
+    routes: stores.routes,
+    broadcasts: stores.broadcasts,
+    bus,
+    metrics: dispatchMetrics,
+    logger: silentLogger(),
+  });
+  applier.start();
+  cleanups.push(() => applier.stop());
   const realDispatch = inProcessClient(DispatchServiceService, dispatch, bearer);
   const metrics = new Registry();
   const gateway = new Gateway({
@@ -90,6 +104,7 @@ async function startGateway(options: StartOptions = {}) {
     registry: inProcessClient(RegistryServiceService, registry, bearer),
     dispatch: options.dispatch?.(realDispatch) ?? realDispatch,
     routes: stores.routes,
+    tags: stores.tags,
     bus,
     metrics: createGatewayMetrics(metrics),
     logger: silentLogger(),
@@ -136,8 +151,9 @@ async function startGateway(options: StartOptions = {}) {
     'x-pushd-credential': device.credential,
     ...(lastMsgId > 0 ? { 'x-pushd-last-msg-id': String(lastMsgId) } : {}),
   });
-  const push = (token: string, content: string) =>
-    dispatch.push(
+  /** Pushes and waits until the push was applied (in the device's window, routed if it had a route). */
+  const push = async (token: string, content: string) => {
+    const result = await dispatch.push(
       {
         accessId: 0,
         audience: { target: { $case: 'token', value: token } },
@@ -147,6 +163,13 @@ async function startGateway(options: StartOptions = {}) {
       },
       app.auth(),
     );
+    await waitFor(
+      async () =>
+        (await stores.pushes.get(app.accessId, result.pushId))?.status === PushStatus.PUSH_STATUS_DONE,
+      `push ${result.pushId} applied`,
+    );
+    return result;
+  };
   const route = (token: string) => stores.routes.get(app.accessId, token);
   const metric = async (name: string, labels: Record<string, string> = {}) => {
     const values = (await metrics.getSingleMetric(name)?.get())?.values ?? [];

@@ -2,10 +2,21 @@ import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
+import {
+  compileMatcher,
+  deviceTagTest,
+  fromProto,
+  type HasTag,
+  type Matcher,
+  normalize,
+} from '@pushd/audience';
 import { type Bus, type BusSubscription, subjects } from '@pushd/bus';
 import { type Clock, type Logger, PushdError, systemClock, toPushdError } from '@pushd/common';
 import {
+  BroadcastDelivery,
   type ClientFrame,
+  type Device,
+  DeviceTagsChanged,
   type DispatchServiceService,
   decodeClientFrame,
   Event,
@@ -22,12 +33,12 @@ import {
   type ServerFrame,
 } from '@pushd/proto';
 import type { PromiseClient } from '@pushd/rpc';
-import type { RouteStore } from '@pushd/store';
+import type { RouteStore, TagStore } from '@pushd/store';
 import { type RawData, type WebSocket, WebSocketServer } from 'ws';
 import { EventBatcher } from './event-batcher.js';
 import { type Handshake, parseHandshake } from './handshake.js';
 import type { GatewayMetrics } from './metrics.js';
-import { Session } from './session.js';
+import { type LiveMessage, Session } from './session.js';
 
 export interface GatewayOptions {
   /** Identifies this gateway in routes and in its NATS subject; unique in the cluster. */
@@ -43,6 +54,8 @@ export interface GatewayOptions {
   /** Dispatch client authorized with the cluster token. */
   dispatch: PromiseClient<typeof DispatchServiceService>;
   routes: RouteStore;
+  /** Read only: the user tags of the devices held here, for tag pushes evaluated on this gateway. */
+  tags: TagStore;
   bus: Bus;
   metrics: GatewayMetrics;
   logger: Logger;
@@ -99,6 +112,8 @@ export class Gateway {
   private readonly server: Server;
   private readonly wss: WebSocketServer;
   private readonly sessions = new Map<string, Session>();
+  /** The same sessions by app: a broadcast visits only its app's devices. */
+  private readonly appSessions = new Map<number, Set<Session>>();
   private readonly registering = new Set<Session>();
   private readonly clock: Clock;
   private readonly path: string;
@@ -173,6 +188,8 @@ export class Gateway {
     const { bus, nodeId } = this.options;
     this.subscriptions = [
       bus.subscribe(subjects.nodeDelivery(nodeId), (data) => this.onNodeDelivery(data)),
+      bus.subscribe(subjects.allBroadcasts, (data) => this.onBroadcast(data)),
+      bus.subscribe(subjects.nodeTags(nodeId), (data) => this.onTagsChanged(data)),
       // Unregistrations come on the durable event subject; any gateway may hold the device.
       bus.subscribe(subjects.events('registry'), (data) => this.onRegistryEvents(data)),
     ];
@@ -248,9 +265,7 @@ export class Gateway {
         if (socket.destroyed) return;
         this.wss.handleUpgrade(request, socket, head, (ws) => {
           const session = this.newSession(ws, handshake, undefined);
-          session.token = device.token;
-          session.platform = device.platform;
-          session.index = device.index;
+          adoptDevice(session, device);
           metrics.connects.inc({ kind: 'session' });
           void this.establish(session);
         });
@@ -305,10 +320,22 @@ export class Gateway {
       this.closeWith(previous, new PushdError('CONNECTION_REPLACED', 'the device opened a newer connection'));
     }
     this.sessions.set(session.key, session);
+    let ofApp = this.appSessions.get(session.accessId);
+    if (ofApp === undefined) {
+      ofApp = new Set();
+      this.appSessions.set(session.accessId, ofApp);
+    }
+    ofApp.add(session);
     metrics.connections.inc({ platform: platformLabel(session.platform) });
     this.announcePresence(session, EventType.EVENT_TYPE_CONNECTED);
     try {
-      await routes.set(session.accessId, session.token, { nodeId, sessionId: session.id }, this.routeTtlMs);
+      // Tags before the catch-up: a tag push offered meanwhile is buffered until then.
+      const [userTags] = await Promise.all([
+        this.options.tags.list(session.accessId, session.token, session.index),
+        routes.set(session.accessId, session.token, { nodeId, sessionId: session.id }, this.routeTtlMs),
+      ]);
+      session.userTags = userTags;
+      session.tagTest = undefined;
       if (session.state === 'closed') return;
       this.send(session, {
         id: 0,
@@ -347,7 +374,7 @@ export class Gateway {
 
   private async catchUpLoop(session: Session): Promise<void> {
     while (session.state === 'syncing') {
-      const { messages, lastMsgId } = await this.options.dispatch.fetchPending({
+      const { messages, lastMsgId, lastBroadcastId } = await this.options.dispatch.fetchPending({
         accessId: session.accessId,
         token: session.token,
         afterMsgId: session.lastDeliveredMsgId,
@@ -356,11 +383,12 @@ export class Gateway {
       const fresh = messages.filter((message) => message.msgId > session.lastDeliveredMsgId);
       if (fresh.length > 0) this.deliver(session, fresh, 'pending');
       session.chainMsgId = Math.max(session.chainMsgId, lastMsgId);
+      session.broadcastChainId = Math.max(session.broadcastChainId, lastBroadcastId);
       const buffered = session.buffered ?? [];
       session.buffered = undefined;
       session.state = 'live';
       buffered.sort((a, b) => a.message.msgId - b.message.msgId);
-      for (const { message, previousMsgId } of buffered) this.offerLive(session, message, previousMsgId);
+      for (const live of buffered) this.offerLive(session, live);
     }
   }
 
@@ -430,9 +458,7 @@ export class Gateway {
         sdkVersion: register.sdkVersion,
       });
       if ((session.state as string) === 'closed' || result.device === undefined) return;
-      session.token = result.device.token;
-      session.platform = result.device.platform;
-      session.index = result.device.index;
+      adoptDevice(session, result.device);
       this.send(session, {
         id: frame.id,
         body: {
@@ -532,41 +558,137 @@ export class Gateway {
     if (message === undefined) return;
     delivery.tokens.forEach((token, index) => {
       const session = this.sessions.get(`${delivery.accessId}:${token}`);
-      if (session !== undefined) this.offerLive(session, message, delivery.previousMsgIds[index] ?? 0);
+      if (session === undefined) return;
+      this.offerLive(session, {
+        message,
+        previousMsgId: delivery.previousMsgIds[index] ?? 0,
+        previousBroadcastId: delivery.previousBroadcastId,
+      });
     });
   }
 
-  /** Delivers a live message in chain order, buffers it while syncing, or starts a catch-up on a gap. */
-  private offerLive(session: Session, message: PushMessage, previousMsgId: number): void {
+  /**
+   * A broadcast or tag push: evaluated against this app's sessions here (one publish reached every
+   * gateway; nothing was stored per device). Live ones that match get it; every one accounts for it in its
+   * broadcast chain, so a later message can tell whether one was missed.
+   */
+  private onBroadcast(data: Uint8Array): void {
+    let delivery: BroadcastDelivery;
+    let matcher: Matcher | undefined;
+    try {
+      delivery = BroadcastDelivery.decode(data);
+      if (delivery.expression !== undefined)
+        matcher = compileMatcher(normalize(fromProto(delivery.expression)));
+    } catch (error) {
+      this.options.logger.error({ err: error }, 'undecodable broadcast dropped');
+      return;
+    }
+    const { message, platform, previousBroadcastId } = delivery;
+    const sessions = this.appSessions.get(delivery.accessId);
+    if (message === undefined || sessions === undefined) return;
+    this.options.metrics.broadcastsReceived.inc();
+    for (const session of sessions) {
+      const broadcastMatch =
+        (platform === Platform.PLATFORM_UNSPECIFIED || platform === session.platform) &&
+        (matcher === undefined || matcher(tagTestOf(session)));
+      this.offerLive(session, { message, previousMsgId: 0, previousBroadcastId, broadcastMatch });
+    }
+  }
+
+  /** The tag service changed the user tags of devices held here: reload them. */
+  private onTagsChanged(data: Uint8Array): void {
+    let changed: DeviceTagsChanged;
+    try {
+      changed = DeviceTagsChanged.decode(data);
+    } catch (error) {
+      this.options.logger.error({ err: error }, 'undecodable tag change dropped');
+      return;
+    }
+    for (const token of changed.tokens) {
+      const session = this.sessions.get(`${changed.accessId}:${token}`);
+      if (session === undefined) continue;
+      this.options.tags.list(session.accessId, session.token, session.index).then(
+        (tags) => {
+          session.userTags = tags;
+          session.tagTest = undefined;
+        },
+        (error: unknown) => this.options.logger.warn({ err: error }, 'reloading device tags failed'),
+      );
+    }
+  }
+
+  /**
+   * Delivers a live message in order, buffers it while syncing, or starts a catch-up on a gap: a targeted
+   * message whose window predecessor, or any message whose broadcast predecessor, this session has not
+   * accounted for.
+   */
+  private offerLive(session: Session, live: LiveMessage): void {
     if (session.state === 'syncing') {
       session.buffered ??= [];
-      session.buffered.push({ message, previousMsgId });
+      session.buffered.push(live);
       return;
     }
     if (session.state !== 'live') return;
+    const { message } = live;
+    if (live.broadcastMatch !== undefined) {
+      if (message.msgId <= session.broadcastChainId) {
+        this.options.metrics.duplicatesDropped.inc();
+        return;
+      }
+      if (live.previousBroadcastId > session.broadcastChainId) {
+        this.startCatchUp(session, live);
+        return;
+      }
+      session.broadcastChainId = message.msgId;
+      if (!live.broadcastMatch || message.msgId <= session.lastDeliveredMsgId) return;
+      this.deliver(session, [message], 'live');
+      this.countBroadcastSent(session, message);
+      return;
+    }
     if (message.msgId <= session.chainMsgId || message.msgId <= session.lastDeliveredMsgId) {
       this.options.metrics.duplicatesDropped.inc();
       return;
     }
-    if (previousMsgId > session.chainMsgId) {
-      // A message appended before this one has not reached us (published by another dispatch call that
-      // lost the race to NATS): fetch the window rather than deliver out of order.
-      this.options.metrics.gapRefetches.inc();
-      session.state = 'syncing';
-      session.buffered = [{ message, previousMsgId }];
-      // Inside a running catch-up (replaying its buffer) the loop goes round again by itself.
-      if (session.catchingUp) return;
-      void this.catchUp(session).catch((error: unknown) => {
-        this.options.logger.warn({ err: error }, 'catch-up after a gap failed');
-        this.closeWith(
-          session,
-          new PushdError('UNAVAILABLE', 'the gateway could not fetch missed messages; reconnect'),
-        );
-      });
+    if (live.previousMsgId > session.chainMsgId || live.previousBroadcastId > session.broadcastChainId) {
+      this.startCatchUp(session, live);
       return;
     }
     session.chainMsgId = message.msgId;
     this.deliver(session, [message], 'live');
+  }
+
+  /**
+   * A message this one follows has not reached us (lost on the bus, or published while this gateway was
+   * reconnecting): fetch what the device is owed rather than deliver out of order.
+   */
+  private startCatchUp(session: Session, live: LiveMessage): void {
+    this.options.metrics.gapRefetches.inc();
+    session.state = 'syncing';
+    session.buffered = [live];
+    // Inside a running catch-up (replaying its buffer) the loop goes round again by itself.
+    if (session.catchingUp) return;
+    void this.catchUp(session).catch((error: unknown) => {
+      this.options.logger.warn({ err: error }, 'catch-up after a gap failed');
+      this.closeWith(
+        session,
+        new PushdError('UNAVAILABLE', 'the gateway could not fetch missed messages; reconnect'),
+      );
+    });
+  }
+
+  /** Broadcasts are counted as sent where they reach a connection (dispatch does not know who gets them). */
+  private countBroadcastSent(session: Session, message: PushMessage): void {
+    this.events.add(
+      Event.create({
+        type: EventType.EVENT_TYPE_SENT,
+        accessId: session.accessId,
+        pushId: message.pushId,
+        msgId: message.msgId,
+        platform: session.platform,
+        tokens: [session.token],
+        atMs: this.clock.now(),
+      }),
+    );
   }
 
   private deliver(session: Session, messages: PushMessage[], source: 'live' | 'pending'): void {
@@ -651,6 +773,9 @@ export class Gateway {
     this.registering.delete(session);
     if (session.token !== '' && this.sessions.get(session.key) === session) {
       this.sessions.delete(session.key);
+      const ofApp = this.appSessions.get(session.accessId);
+      ofApp?.delete(session);
+      if (ofApp?.size === 0) this.appSessions.delete(session.accessId);
       this.options.metrics.connections.dec({ platform: platformLabel(session.platform) });
       this.announcePresence(session, EventType.EVENT_TYPE_DISCONNECTED);
       this.options.routes.clear(session.accessId, session.token, session.id).catch((error: unknown) => {
@@ -807,4 +932,33 @@ function httpReason(status: number): string {
     504: 'Gateway Timeout',
   };
   return reasons[status] ?? 'Error';
+}
+
+/** Takes the registry's view of the device: identity, platform, and what makes its built-in tags. */
+function adoptDevice(session: Session, device: Device): void {
+  session.token = device.token;
+  session.platform = device.platform;
+  session.index = device.index;
+  session.appVersion = device.appVersion;
+  session.osVersion = device.osVersion;
+  session.locale = device.locale;
+}
+
+/** The session's tags as the evaluators want them, built once until its tags change. */
+function tagTestOf(session: Session): HasTag {
+  session.tagTest ??= deviceTagTest(
+    {
+      platform:
+        session.platform === Platform.PLATFORM_ANDROID
+          ? 'android'
+          : session.platform === Platform.PLATFORM_IOS
+            ? 'ios'
+            : '',
+      appVersion: session.appVersion,
+      osVersion: session.osVersion,
+      locale: session.locale,
+    },
+    session.userTags,
+  );
+  return session.tagTest;
 }

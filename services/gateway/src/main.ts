@@ -17,6 +17,7 @@ const gateway = new Gateway({
   registry,
   dispatch,
   routes: redis.stores.routes,
+  tags: redis.stores.tags,
   bus: nats.bus,
   metrics: createGatewayMetrics(metrics),
   logger,

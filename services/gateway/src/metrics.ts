@@ -11,6 +11,7 @@ export interface GatewayMetrics {
   messagesDelivered: Counter<'source'>;
   duplicatesDropped: Counter;
   gapRefetches: Counter;
+  broadcastsReceived: Counter;
   slowConsumers: Counter;
   deliveryLatency: Histogram<'source'>;
   eventPublishFailures: Counter;
@@ -72,9 +73,14 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
       help: 'Live messages not written because the session had already delivered them.',
       registers,
     }),
+    broadcastsReceived: new Counter({
+      name: 'gateway_broadcasts_received_total',
+      help: 'Broadcast and tag pushes evaluated against the devices of their app held here.',
+      registers,
+    }),
     gapRefetches: new Counter({
       name: 'gateway_gap_refetches_total',
-      help: 'Offline windows fetched again because a live message arrived ahead of one not yet seen.',
+      help: 'Pending messages fetched again because a live message arrived ahead of one not yet seen.',
       registers,
     }),
     slowConsumers: new Counter({

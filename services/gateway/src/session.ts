@@ -1,12 +1,18 @@
+import type { HasTag } from '@pushd/audience';
 import type { FrameEncoding, Platform, PushMessage } from '@pushd/proto';
 import type { WebSocket } from 'ws';
 
 export type SessionState = 'registering' | 'syncing' | 'live' | 'closed';
 
-/** A live message waiting while the session catches up from the offline window. */
-export interface BufferedMessage {
+/** A live message (targeted or broadcast), offered in order; buffered while the session catches up. */
+export interface LiveMessage {
   message: PushMessage;
+  /** Targeted: the msg_id appended to the device's window just before this one. Broadcast: 0. */
   previousMsgId: number;
+  /** The app's broadcast before this message (both kinds chain onto the app's broadcasts). */
+  previousBroadcastId: number;
+  /** Broadcast only: whether the device is in its audience (evaluated when it arrived). */
+  broadcastMatch?: boolean;
 }
 
 /**
@@ -26,10 +32,23 @@ export class Session {
    * its previousMsgId equals it; a larger previousMsgId means a message is missing (fetch the window).
    */
   chainMsgId = 0;
+  /**
+   * msg_id of the newest broadcast of the app this session has accounted for (delivered, not matching, or
+   * covered by a catch-up). A message chaining onto a later broadcast means one was missed: catch up.
+   */
+  broadcastChainId = 0;
+  /** What the device reported at registration: its built-in tags (pushd:app_version:..., ...). */
+  appVersion = '';
+  osVersion = '';
+  locale = '';
+  /** The device's user tags, loaded when the session starts and when the tag service says they changed. */
+  userTags: readonly string[] = [];
+  /** Built from the above on the first tag push that needs it; cleared when they change. */
+  tagTest: HasTag | undefined;
   /** True while catchUp runs, so that a gap found during it does not start a second one. */
   catchingUp = false;
   /** Live messages received while syncing; delivered in order once the window was fetched. */
-  buffered: BufferedMessage[] | undefined;
+  buffered: LiveMessage[] | undefined;
   /** msg_id -> push_id of messages delivered and not yet acknowledged (for arrival events). */
   unacked: Map<number, string> | undefined;
   /** The device sent Unregister and the registry call is in flight. */

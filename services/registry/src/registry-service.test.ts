@@ -583,7 +583,7 @@ describe('RegistryService.unregisterDevice', () => {
           failNext = false;
           throw new PushdError('UNAVAILABLE', 'stream unreachable (test)');
         }
-        await memory.publishDurable(subject, data);
+        return memory.publishDurable(subject, data);
       },
       consume: (options) => memory.consume(options),
       ready: () => memory.ready(),

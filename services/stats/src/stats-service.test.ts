@@ -1,6 +1,6 @@
 import { MemoryBus, streams, subjects } from '@pushd/bus';
 import { silentLogger } from '@pushd/common';
-import { createDispatchMetrics, DispatchService } from '@pushd/dispatch';
+import { createDispatchMetrics, DispatchService, PushApplier } from '@pushd/dispatch';
 import {
   DispatchServiceService,
   type Event,
@@ -29,7 +29,7 @@ afterEach(async () => {
 
 async function setup() {
   const stores = createMemoryStores();
-  const bus = new MemoryBus({ streams: [streams.events] });
+  const bus = new MemoryBus({ streams: [streams.events, streams.pushes] });
   const bearer = bearerAuthorization(CLUSTER_TOKEN);
   const registry = new RegistryService({
     apps: stores.apps,
@@ -39,16 +39,30 @@ async function setup() {
     logger: silentLogger(),
   }).handlers();
   const registryClient = inProcessClient(RegistryServiceService, registry, bearer);
+  const dispatchMetrics = createDispatchMetrics(new Registry());
   const dispatch = new DispatchService({
     pushes: stores.pushes,
     inboxes: stores.inboxes,
-    routes: stores.routes,
+    broadcasts: stores.broadcasts,
+    audience: stores.audience,
+    tags: stores.tags,
     bus,
     registry: registryClient,
     clusterToken: CLUSTER_TOKEN,
-    metrics: createDispatchMetrics(new Registry()),
+    metrics: dispatchMetrics,
     logger: silentLogger(),
   }).handlers();
+  const applier = new PushApplier({
+    pushes: stores.pushes,
+    inboxes: stores.inboxes,
+    routes: stores.routes,
+    broadcasts: stores.broadcasts,
+    bus,
+    metrics: dispatchMetrics,
+    logger: silentLogger(),
+  });
+  applier.start();
+  stopAfterTest.push(() => applier.stop());
   const metrics = new Registry();
   const service = new StatsService({
     stats: stores.stats,

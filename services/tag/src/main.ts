@@ -13,6 +13,7 @@ const service = new TagService({
   tags: redis.stores.tags,
   audience: redis.stores.audience,
   bus: nats.bus,
+  routes: redis.stores.routes,
   registry,
   clusterToken: env.CLUSTER_TOKEN,
   logger,

@@ -68,6 +68,7 @@ async function setup(options: { limits?: { perDevice?: number; perApp?: number }
   }).handlers();
   const service = new TagService({
     tags: stores.tags,
+    routes: stores.routes,
     audience: stores.audience,
     bus,
     registry: inProcessClient(RegistryServiceService, registry, bearerAuthorization(CLUSTER_TOKEN)),

@@ -30,6 +30,7 @@ async function setup() {
   const registry = registryService.handlers();
   const service = new TagService({
     tags: stores.tags,
+    routes: stores.routes,
     bus,
     registry: inProcessClient(RegistryServiceService, registry, bearerAuthorization(CLUSTER_TOKEN)),
     clusterToken: CLUSTER_TOKEN,

@@ -1,8 +1,9 @@
 import { type AudienceExpr, fromProto, normalize } from '@pushd/audience';
-import { type Bus, type DurableConsumer, streams } from '@pushd/bus';
+import { type Bus, type DurableConsumer, streams, subjects } from '@pushd/bus';
 import { type Clock, invalidArgument, type Logger, PushdError, systemClock } from '@pushd/common';
 import {
   type Device,
+  DeviceTagsChanged,
   EventBatch,
   Platform,
   type RegistryServiceService,
@@ -18,6 +19,7 @@ import {
   type AudienceIndex,
   MemoryAudienceIndex,
   platformTag,
+  type RouteStore,
   type TagDevice,
   type TagLimits,
   type TagStore,
@@ -49,6 +51,8 @@ export interface TagServiceOptions {
    */
   audience?: AudienceIndex;
   bus: Bus;
+  /** Where devices are connected: a tag change is announced to the gateways holding the devices. */
+  routes: RouteStore;
   /** Registry client authorized with the cluster token: app secret checks, device lookups. */
   registry: PromiseClient<typeof RegistryServiceService>;
   clusterToken: string;
@@ -93,6 +97,7 @@ export class TagService {
         const device = await this.device(accessId, request.token);
         const change = single(requireWritten(await tags.add(accessId, [device], names, limits), limits));
         await audience.setTags(accessId, device.index, names, []);
+        await this.announce(accessId, [device.token]);
         return { count: change.count };
       },
 
@@ -103,6 +108,7 @@ export class TagService {
         const change = single(await tags.remove(accessId, [device], names));
         // Every named tag, not only those the store removed: a call retried after a crash repairs bits.
         await audience.setTags(accessId, device.index, [], names);
+        await this.announce(accessId, [device.token]);
         return { count: change.count };
       },
 
@@ -118,6 +124,7 @@ export class TagService {
         const device = await this.device(accessId, request.token);
         const change = single(requireWritten(await tags.replace(accessId, device, names, limits), limits));
         await audience.setTags(accessId, device.index, names, change.removed);
+        await this.announce(accessId, [device.token]);
         return { count: change.count };
       },
 
@@ -126,6 +133,7 @@ export class TagService {
         const device = await this.device(accessId, request.token);
         const change = single(await tags.clear(accessId, device));
         await audience.setTags(accessId, device.index, [], change.removed);
+        await this.announce(accessId, [device.token]);
         return { removed: change.removed.length };
       },
 
@@ -136,6 +144,10 @@ export class TagService {
         const { devices, unknown } = await this.devices(accessId, tokens);
         const written = requireWritten(await tags.add(accessId, devices, names, limits), limits);
         await audience.setTags(accessId, indexesOf(devices, written.changes), names, []);
+        await this.announce(
+          accessId,
+          devices.map((device) => device.token),
+        );
         return {
           unknownTokens: [...unknown, ...written.stale],
           changed: written.changes.filter((change) => change.added.length > 0).length,
@@ -149,6 +161,10 @@ export class TagService {
         const { devices, unknown } = await this.devices(accessId, tokens);
         const { changes, stale } = await tags.remove(accessId, devices, names);
         await audience.setTags(accessId, indexesOf(devices, changes), [], names);
+        await this.announce(
+          accessId,
+          devices.map((device) => device.token),
+        );
         return {
           unknownTokens: [...unknown, ...stale],
           changed: changes.filter((change) => change.removed.length > 0).length,
@@ -186,6 +202,32 @@ export class TagService {
         return audience.count(accessId, normalize(expr), this.clock.now());
       },
     };
+  }
+
+  /**
+   * Tells the gateways holding these devices that their tags changed, so that tag pushes are evaluated on
+   * the new ones. The tags are already stored: a failure here is logged, not returned (the device's next
+   * connection loads them anyway).
+   */
+  private async announce(accessId: number, tokens: string[]): Promise<void> {
+    try {
+      const routes = await this.options.routes.getMany(accessId, tokens);
+      const byNode = new Map<string, string[]>();
+      routes.forEach((route, index) => {
+        if (route === undefined) return;
+        const held = byNode.get(route.nodeId) ?? [];
+        held.push(tokens[index] as string);
+        byNode.set(route.nodeId, held);
+      });
+      for (const [nodeId, held] of byNode) {
+        this.options.bus.publish(
+          subjects.nodeTags(nodeId),
+          DeviceTagsChanged.encode({ accessId, tokens: held }).finish(),
+        );
+      }
+    } catch (error) {
+      this.options.logger.warn({ err: error, accessId }, 'announcing a tag change to gateways failed');
+    }
   }
 
   /**

@@ -200,6 +200,15 @@ export interface EventBatch {
   events: Event[];
 }
 
+/**
+ * Published by the tag service to each gateway node holding devices whose user tags changed
+ * (pushd.node.<id>.tags): the gateway reloads their tags, so that tag pushes are evaluated on the new ones.
+ */
+export interface DeviceTagsChanged {
+  accessId: number;
+  tokens: string[];
+}
+
 function createBaseNodeDelivery(): NodeDelivery {
   return { accessId: 0, tokens: [], message: undefined, previousMsgIds: [], previousBroadcastId: 0 };
 }
@@ -1196,6 +1205,95 @@ export const EventBatch: MessageFns<EventBatch> = {
   fromPartial<I extends Exact<DeepPartial<EventBatch>, I>>(object: I): EventBatch {
     const message = createBaseEventBatch();
     message.events = object.events?.map((e) => Event.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDeviceTagsChanged(): DeviceTagsChanged {
+  return { accessId: 0, tokens: [] };
+}
+
+export const DeviceTagsChanged: MessageFns<DeviceTagsChanged> = {
+  encode(message: DeviceTagsChanged, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accessId !== 0) {
+      writer.uint32(8).uint64(message.accessId);
+    }
+    for (const v of message.tokens) {
+      writer.uint32(18).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeviceTagsChanged {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeviceTagsChanged();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accessId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.tokens.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeviceTagsChanged {
+    return {
+      accessId: isSet(object.accessId)
+        ? globalThis.Number(object.accessId)
+        : isSet(object.access_id)
+        ? globalThis.Number(object.access_id)
+        : 0,
+      tokens: globalThis.Array.isArray(object?.tokens) ? object.tokens.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: DeviceTagsChanged): unknown {
+    const obj: any = {};
+    if (message.accessId !== 0) {
+      obj.accessId = Math.round(message.accessId);
+    }
+    if (message.tokens?.length) {
+      obj.tokens = message.tokens;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeviceTagsChanged>, I>>(base?: I): DeviceTagsChanged {
+    return DeviceTagsChanged.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeviceTagsChanged>, I>>(object: I): DeviceTagsChanged {
+    const message = createBaseDeviceTagsChanged();
+    message.accessId = object.accessId ?? 0;
+    message.tokens = object.tokens?.map((e) => e) || [];
     return message;
   },
 };

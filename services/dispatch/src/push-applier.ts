@@ -1,0 +1,282 @@
+import { type Bus, type DurableConsumer, streams, subjects } from '@pushd/bus';
+import { type Clock, type Logger, systemClock } from '@pushd/common';
+import {
+  BroadcastDelivery,
+  Event,
+  EventBatch,
+  EventType,
+  NodeDelivery,
+  Platform,
+  PushCommand,
+  type PushMessage,
+  PushStatus,
+  type TargetDevice,
+} from '@pushd/proto';
+import type { BroadcastLog, InboxStore, PushStore, RouteStore } from '@pushd/store';
+import type { DispatchMetrics } from './metrics.js';
+
+/** The brief's offline window: Android keeps the newest 2 messages, iOS the newest 1. */
+export const OFFLINE_CAPACITY: Readonly<Record<Platform, number>> = {
+  [Platform.PLATFORM_ANDROID]: 2,
+  [Platform.PLATFORM_IOS]: 1,
+  [Platform.PLATFORM_UNSPECIFIED]: 1,
+};
+
+/** Window appends in flight for one push: enough to hide Redis round trips, bounded for fairness. */
+const APPEND_CONCURRENCY = 64;
+
+export interface PushApplierOptions {
+  bus: Bus;
+  pushes: PushStore;
+  inboxes: InboxStore;
+  routes: RouteStore;
+  broadcasts: BroadcastLog;
+  /**
+   * Push-log partitions (the subjects pushd.pushes.0 .. N-1). Every dispatch instance must use the same
+   * number, and changing it while pushes wait in the log may apply an app's waiting pushes out of order.
+   * Default: 16.
+   */
+  partitions?: number;
+  /** How long an instance may take to apply one push before another instance takes it over. Default: 30 s. */
+  takeOverAfterMs?: number;
+  metrics: DispatchMetrics;
+  logger: Logger;
+  /** Default: systemClock. */
+  clock?: Clock;
+}
+
+/**
+ * Applies accepted pushes in log order: this is where message order comes from. Each partition of the push
+ * log has one durable consumer shared by every dispatch instance with at most one message outstanding, so
+ * whichever instance holds it, an app's pushes are applied one after the other in msg_id order (the stream
+ * sequence). Applying a push:
+ * - targeted (token, lists, accounts): append to each device's offline window, then one publish per
+ *   gateway node holding some of them (windows first: a device connecting meanwhile finds it there);
+ * - broadcast and tag pushes: append once to the app's broadcast log, then one publish every gateway
+ *   receives; gateways evaluate the audience against the devices they hold.
+ * Every publish of an app carries the msg_id of the app's previous broadcast, and broadcasts chain to each
+ * other, so a gateway that missed one (a reconnect, a dropped message) notices and catches up rather than
+ * deliver out of order. Applying twice (an instance died after applying, before acknowledging) appends
+ * nothing new and publishes again; devices drop what they already have by msg_id.
+ */
+export class PushApplier {
+  private readonly clock: Clock;
+  private readonly partitions: number;
+  private consumers: DurableConsumer[] = [];
+
+  constructor(private readonly options: PushApplierOptions) {
+    this.clock = options.clock ?? systemClock;
+    this.partitions = options.partitions ?? 16;
+  }
+
+  start(): void {
+    for (let partition = 0; partition < this.partitions; partition++) {
+      this.consumers.push(
+        this.options.bus.consume({
+          stream: streams.pushes.name,
+          consumer: `dispatch-apply-${partition}`,
+          filterSubject: subjects.pushes(partition),
+          maxAckPending: 1,
+          redeliverAfterMs: this.options.takeOverAfterMs ?? 30_000,
+          handler: async (data, meta) => {
+            try {
+              await this.apply(PushCommand.decode(data), meta.seq);
+            } catch (error) {
+              this.options.metrics.applyFailures.inc();
+              this.options.logger.error({ err: error, partition, seq: meta.seq }, 'applying a push failed');
+              throw error;
+            }
+          },
+        }),
+      );
+    }
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.consumers.map((consumer) => consumer.stop()));
+    this.consumers = [];
+  }
+
+  /** Applies one push whose log sequence is `msgId`. Public for tests; the log calls it in order. */
+  async apply(command: PushCommand, msgId: number): Promise<void> {
+    const { accessId, pushId } = command;
+    const now = this.clock.now();
+    const message: PushMessage = {
+      msgId,
+      pushId,
+      message: command.message,
+      sentAtMs: command.acceptedAtMs,
+      expiresAtMs: command.expiresAtMs,
+    };
+    const broadcast = command.devices.length === 0;
+    this.options.metrics.applyLag.observe(
+      { kind: broadcast ? 'broadcast' : 'targeted' },
+      Math.max(0, now - command.acceptedAtMs) / 1000,
+    );
+    if (command.expiresAtMs <= now) {
+      // Waited in the log past its expiry (dispatch was down that long): never delivered, by the rules.
+      await this.options.pushes.setStatus(accessId, pushId, PushStatus.PUSH_STATUS_FAILED, 0);
+      return;
+    }
+    if (broadcast) await this.applyBroadcast(command, message, now);
+    else await this.applyTargeted(command, message, now);
+    const target = broadcast ? command.countedTarget : command.devices.length;
+    await this.options.pushes.save({
+      accessId,
+      pushId,
+      msgId,
+      status: PushStatus.PUSH_STATUS_DONE,
+      audience: command.audience,
+      message: command.message,
+      createdAtMs: command.acceptedAtMs,
+      expiresAtMs: command.expiresAtMs,
+      target,
+    });
+  }
+
+  private async applyBroadcast(command: PushCommand, message: PushMessage, now: number): Promise<void> {
+    const { accessId } = command;
+    const { broadcasts, bus } = this.options;
+    // Only this partition's applier appends to this app's log, so the head read here is the predecessor.
+    const previousBroadcastId = await broadcasts.head(accessId);
+    const target = command.audience?.target;
+    const delivery: BroadcastDelivery = {
+      accessId,
+      message,
+      expression: target?.$case === 'tags' ? target.value : undefined,
+      platform: command.platform,
+      previousBroadcastId: previousBroadcastId >= message.msgId ? 0 : previousBroadcastId,
+    };
+    const data = BroadcastDelivery.encode(delivery).finish();
+    const appended = await broadcasts.append(
+      accessId,
+      { msgId: message.msgId, expiresAtMs: message.expiresAtMs, data },
+      now,
+    );
+    if (!appended.appended) {
+      // Applied before (this is a redelivery): publish again, chained onto itself, so that a gateway that
+      // has it drops it and one that has not fetches the log.
+      this.options.metrics.appliedAgain.inc();
+      const again = BroadcastDelivery.encode({ ...delivery, previousBroadcastId: message.msgId }).finish();
+      bus.publish(subjects.broadcast(accessId), again);
+      return;
+    }
+    bus.publish(subjects.broadcast(accessId), data);
+  }
+
+  private async applyTargeted(command: PushCommand, message: PushMessage, now: number): Promise<void> {
+    const { accessId, pushId } = command;
+    const previousBroadcastId = await this.options.broadcasts.head(accessId);
+    const appended = await mapConcurrently(command.devices, APPEND_CONCURRENCY, async (device) => {
+      const result = await this.options.inboxes.append(
+        accessId,
+        device.token,
+        message,
+        OFFLINE_CAPACITY[device.platform] ?? 1,
+        now,
+      );
+      if (result.appended) return { device, previousMsgId: result.previousMsgId };
+      // The window already holds this message or a later one: applied before. Chaining it onto itself
+      // makes a gateway that already delivered it drop it, and one that did not fetch the window.
+      this.options.metrics.appliedAgain.inc();
+      return { device, previousMsgId: message.msgId };
+    });
+    await this.route(accessId, message, appended, previousBroadcastId);
+    for (const platform of [Platform.PLATFORM_ANDROID, Platform.PLATFORM_IOS]) {
+      const tokens = command.devices.filter((device) => device.platform === platform).map((d) => d.token);
+      if (tokens.length > 0) await this.publishSent(accessId, pushId, message.msgId, platform, tokens);
+    }
+  }
+
+  /**
+   * One publish per gateway node, however many of its devices the push targets; devices without a route
+   * are offline and keep the message in their windows.
+   */
+  private async route(
+    accessId: number,
+    message: PushMessage,
+    appended: { device: TargetDevice; previousMsgId: number }[],
+    previousBroadcastId: number,
+  ): Promise<void> {
+    if (appended.length === 0) return;
+    const routes = await this.options.routes.getMany(
+      accessId,
+      appended.map((entry) => entry.device.token),
+    );
+    const batches = new Map<string, { tokens: string[]; previousMsgIds: number[] }>();
+    appended.forEach((entry, index) => {
+      const route = routes[index];
+      if (route === undefined) return;
+      let batch = batches.get(route.nodeId);
+      if (batch === undefined) {
+        batch = { tokens: [], previousMsgIds: [] };
+        batches.set(route.nodeId, batch);
+      }
+      batch.tokens.push(entry.device.token);
+      batch.previousMsgIds.push(entry.previousMsgId);
+    });
+    for (const [nodeId, batch] of batches) {
+      const delivery = NodeDelivery.encode({
+        accessId,
+        tokens: batch.tokens,
+        message,
+        previousMsgIds: batch.previousMsgIds,
+        previousBroadcastId,
+      }).finish();
+      this.options.bus.publish(subjects.nodeDelivery(nodeId), delivery);
+    }
+    const online = routes.filter((route) => route !== undefined).length;
+    if (online > 0) this.options.metrics.routed.inc({ route: 'online' }, online);
+    if (appended.length > online)
+      this.options.metrics.routed.inc({ route: 'offline' }, appended.length - online);
+  }
+
+  /**
+   * Counts the push as sent for these devices. The push is persisted and routed, so a failure here must not
+   * fail the application (applying again would send it twice): it is logged and counted for alerting.
+   */
+  private async publishSent(
+    accessId: number,
+    pushId: string,
+    msgId: number,
+    platform: Platform,
+    tokens: string[],
+  ): Promise<void> {
+    const event = Event.create({
+      type: EventType.EVENT_TYPE_SENT,
+      accessId,
+      pushId,
+      msgId,
+      platform,
+      tokens,
+      atMs: this.clock.now(),
+    });
+    try {
+      await this.options.bus.publishDurable(
+        subjects.events('dispatch'),
+        EventBatch.encode({ events: [event] }).finish(),
+      );
+    } catch (error) {
+      this.options.metrics.eventPublishFailures.inc();
+      this.options.logger.error({ err: error, accessId, pushId }, 'publishing the sent event failed');
+    }
+  }
+}
+
+/** Maps with at most `limit` calls in flight, results in input order. */
+export async function mapConcurrently<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<R>,
+): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const index = next++;
+      results[index] = await fn(items[index] as T);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
