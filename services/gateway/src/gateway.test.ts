@@ -4,7 +4,9 @@ import { silentLogger } from '@pushd/common';
 import { DeviceClient, type DeviceCloseEvent, generateDeviceId } from '@pushd/device-sdk';
 import { createDispatchMetrics, DispatchEventConsumer, DispatchService, PushApplier } from '@pushd/dispatch';
 import {
+  BroadcastDelivery,
   type ClientFrame,
+  DeviceTagsChanged,
   DispatchServiceService,
   decodeServerFrame,
   type Event,
@@ -15,6 +17,7 @@ import {
   NodeDelivery,
   Platform,
   type PushMessage,
+  type PushRequest,
   PushStatus,
   RegistryServiceService,
   type ServerFrame,
@@ -845,5 +848,181 @@ describe('Gateway delivery', () => {
       async () => (await pending()).messages.length === 0,
       'the acked messages to leave the window',
     );
+  });
+});
+
+describe('Gateway broadcasts and tag pushes', () => {
+  /** Registers a device with a version and user tags, connects it raw, and waits for its Connected frame. */
+  async function online(
+    system: Awaited<ReturnType<typeof startGateway>>,
+    platform: Platform,
+    tags: string[],
+    appVersion = '1.0',
+  ) {
+    const registered = await system.registry.registerDevice(
+      {
+        accessId: system.app.accessId,
+        accessKey: system.app.accessKey,
+        deviceId: generateDeviceId(),
+        platform,
+        appVersion,
+        osVersion: '',
+        locale: '',
+        sdkVersion: '',
+      },
+      cluster(),
+    );
+    const device = { token: registered.device?.token ?? '', credential: registered.credential };
+    const index = registered.device?.index ?? 0;
+    if (tags.length > 0) {
+      await system.stores.tags.add(system.app.accessId, [{ token: device.token, index }], tags, {
+        perDevice: 100,
+        perApp: 10_000,
+      });
+    }
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await connected(raw);
+    return { ...device, index, raw };
+  }
+
+  /** Pushes to an audience and waits until it was applied. */
+  async function pushTo(system: Awaited<ReturnType<typeof startGateway>>, request: Partial<PushRequest>) {
+    const result = await system.dispatch.push(
+      {
+        accessId: 0,
+        audience: { target: { $case: 'all', value: {} } },
+        message: { type: MessageType.MESSAGE_TYPE_NOTIFY, title: '', content: 'x', customContent: {} },
+        expireTimeS: 0,
+        platform: Platform.PLATFORM_UNSPECIFIED,
+        ...request,
+      },
+      system.app.auth(),
+    );
+    await waitFor(
+      async () =>
+        (await system.stores.pushes.get(system.app.accessId, result.pushId))?.status ===
+        PushStatus.PUSH_STATUS_DONE,
+      `push ${result.pushId} applied`,
+    );
+    return result.msgId;
+  }
+  const tagList = (tags: string[], op = 'OR'): Partial<PushRequest> => ({
+    audience: { target: { $case: 'tags', value: { form: { $case: 'tagList', value: { tags, op } } } } },
+  });
+
+  it('delivers a tag push to the online devices it matches, on the platform it names, and all to everyone', async () => {
+    const system = await startGateway();
+    const sportsAndroid = await online(system, Platform.PLATFORM_ANDROID, ['sports']);
+    const sportsIos = await online(system, Platform.PLATFORM_IOS, ['sports']);
+    const newVersion = await online(system, Platform.PLATFORM_ANDROID, [], '2.0');
+
+    const sportsOnAndroid = await pushTo(system, {
+      ...tagList(['sports']),
+      platform: Platform.PLATFORM_ANDROID,
+    });
+    const onVersion2 = await pushTo(system, tagList(['pushd:app_version:2.0']));
+    const notSports = await pushTo(system, {
+      audience: {
+        target: {
+          $case: 'tags',
+          value: {
+            form: {
+              $case: 'tagRules',
+              value: {
+                rules: [
+                  {
+                    tagItems: [
+                      { tags: ['sports'], isNot: true, tagsOperator: 'OR', itemsOperator: 'OR', tagType: '' },
+                    ],
+                    operator: 'OR',
+                    isNot: false,
+                  },
+                ],
+              },
+            },
+          },
+        },
+      },
+    });
+    const everyone = await pushTo(system, {});
+
+    for (const device of [sportsAndroid, sportsIos, newVersion]) {
+      await waitFor(() => device.raw.delivered.includes(everyone), 'the push to all');
+      await device.raw.roundTrip();
+    }
+    expect(sportsAndroid.raw.delivered).toEqual([sportsOnAndroid, everyone]);
+    expect(sportsIos.raw.delivered).toEqual([everyone]);
+    expect(newVersion.raw.delivered).toEqual([onVersion2, notSports, everyone]);
+    expect(await system.metric('gateway_broadcasts_received_total')).toBe(4);
+  });
+
+  it('evaluates a tag push on the tags a device got while online, once the tag service announced them', async () => {
+    const system = await startGateway();
+    const device = await online(system, Platform.PLATFORM_ANDROID, []);
+    const before = await pushTo(system, tagList(['late-tag']));
+    await system.stores.tags.add(
+      system.app.accessId,
+      [{ token: device.token, index: device.index }],
+      ['late-tag'],
+      {
+        perDevice: 100,
+        perApp: 10_000,
+      },
+    );
+    system.bus.publish(
+      subjects.nodeTags(NODE_ID),
+      DeviceTagsChanged.encode({ accessId: system.app.accessId, tokens: [device.token] }).finish(),
+    );
+    await waitFor(async () => (await system.metric('gateway_tag_reloads_total')) === 1, 'the tag reload');
+    const after = await pushTo(system, tagList(['late-tag']));
+    await waitFor(() => device.raw.delivered.length >= 1, 'the second tag push');
+    await device.raw.roundTrip();
+    expect(device.raw.delivered).toEqual([after]);
+    expect(before).toBeLessThan(after);
+  });
+
+  it('fetches a broadcast it missed before delivering what follows it, targeted or broadcast, in id order', async () => {
+    const system = await startGateway();
+    const device = await online(system, Platform.PLATFORM_ANDROID, []);
+    const { accessId } = system.app;
+    const now = Date.now();
+    const logBroadcast = async (msgId: number, previousBroadcastId: number) => {
+      const delivery = BroadcastDelivery.encode({
+        accessId,
+        message: pushMessage(msgId),
+        expression: undefined,
+        platform: Platform.PLATFORM_UNSPECIFIED,
+        previousBroadcastId,
+      }).finish();
+      await system.stores.broadcasts.append(
+        accessId,
+        { msgId, expiresAtMs: now + 60_000, data: delivery },
+        now,
+      );
+      return delivery;
+    };
+
+    // Broadcast 10 never reaches this gateway; targeted 11 names it as the app's last broadcast.
+    await logBroadcast(10, 0);
+    await system.stores.inboxes.append(accessId, device.token, pushMessage(11), 2, now);
+    system.bus.publish(
+      subjects.nodeDelivery(NODE_ID),
+      NodeDelivery.encode({
+        accessId,
+        tokens: [device.token],
+        message: pushMessage(11),
+        previousMsgIds: [0],
+        previousBroadcastId: 10,
+      }).finish(),
+    );
+    await waitFor(() => device.raw.delivered.length >= 2, 'messages 10 and 11');
+
+    // Broadcast 12 is missed too; broadcast 13, chained to it, arrives.
+    await logBroadcast(12, 10);
+    system.bus.publish(subjects.broadcast(accessId), await logBroadcast(13, 12));
+    await waitFor(() => device.raw.delivered.length >= 4, 'messages 12 and 13');
+    await device.raw.roundTrip();
+    expect(device.raw.delivered).toEqual([10, 11, 12, 13]);
+    expect(await system.metric('gateway_gap_refetches_total')).toBe(2);
   });
 });

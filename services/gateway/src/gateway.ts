@@ -611,6 +611,7 @@ export class Gateway {
         (tags) => {
           session.userTags = tags;
           session.tagTest = undefined;
+          this.options.metrics.tagReloads.inc();
         },
         (error: unknown) => this.options.logger.warn({ err: error }, 'reloading device tags failed'),
       );

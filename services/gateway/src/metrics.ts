@@ -12,6 +12,7 @@ export interface GatewayMetrics {
   duplicatesDropped: Counter;
   gapRefetches: Counter;
   broadcastsReceived: Counter;
+  tagReloads: Counter;
   slowConsumers: Counter;
   deliveryLatency: Histogram<'source'>;
   eventPublishFailures: Counter;
@@ -76,6 +77,11 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     broadcastsReceived: new Counter({
       name: 'gateway_broadcasts_received_total',
       help: 'Broadcast and tag pushes evaluated against the devices of their app held here.',
+      registers,
+    }),
+    tagReloads: new Counter({
+      name: 'gateway_tag_reloads_total',
+      help: 'Device tag sets reloaded because the tag service announced a change for a device held here.',
       registers,
     }),
     gapRefetches: new Counter({
