@@ -94,6 +94,16 @@ describe('pushctl against the embedded system', () => {
       'stats sent=1 arrived=1',
       20_000,
     );
+
+    // Broadcast and tag audiences: counted from the audience index, the second `all` within 3 s refused.
+    const [everyone] = await pushctl('push', '--all', '--content', 'to everyone');
+    expect(everyone).toMatchObject({ pushId: expect.any(String), target: 1 });
+    await expect(pushctl('push', '--all', '--content', 'again')).rejects.toMatchObject({
+      code: 1,
+      stderr: expect.stringContaining('RATE_LIMITED'),
+    });
+    const [tagged] = await pushctl('push', '--tags', 'vip,beta', '--tags-op', 'and', '--content', 'vips');
+    expect(tagged).toMatchObject({ target: 0 });
   });
 
   it('explains a missing app and a refused call on stderr with exit status 1', async () => {

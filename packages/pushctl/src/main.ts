@@ -22,7 +22,8 @@ Commands:
   device [--new] [--platform android|ios] [--json] [--count N]
                                   connect as a simulated device of the app, register on first use,
                                   print each message it receives and acknowledge it
-  push [--token T | --tokens T1,T2 | --account A | --accounts A1,A2] [--only android|ios]
+  push [--token T | --tokens T1,T2 | --account A | --accounts A1,A2 | --all | --tags T1,T2 [--tags-op and|or]]
+       [--only android|ios]
        --content TEXT [--title TEXT] [--type notify|message] [--custom k=v]... [--expire SECONDS]
                                   push to devices (default: the simulated device), print the push id
   stats [--push-id P]             sent and arrived counts of a push (default: the last one)
@@ -46,6 +47,9 @@ const { values, positionals } = parseArgs({
     tokens: { type: 'string' },
     account: { type: 'string' },
     accounts: { type: 'string' },
+    all: { type: 'boolean', default: false },
+    tags: { type: 'string' },
+    'tags-op': { type: 'string', default: 'or' },
     only: { type: 'string' },
     json: { type: 'boolean', default: false },
     count: { type: 'string' },
@@ -228,20 +232,28 @@ async function push(): Promise<void> {
       .split(',')
       .map((entry) => entry.trim())
       .filter((entry) => entry !== '');
-  const target =
-    values.tokens !== undefined
-      ? { $case: 'tokenList' as const, value: { tokens: list(values.tokens) } }
-      : values.account !== undefined
-        ? { $case: 'account' as const, value: values.account }
-        : values.accounts !== undefined
-          ? { $case: 'accountList' as const, value: { accounts: list(values.accounts) } }
-          : {
-              $case: 'token' as const,
-              value:
-                values.token ??
-                profile.device?.token ??
-                fail('push needs --token (or run `pushctl device` first)'),
-            };
+  const tagsOp = values['tags-op'].toUpperCase();
+  if (tagsOp !== 'AND' && tagsOp !== 'OR') fail('--tags-op is and or or');
+  const target = values.all
+    ? { $case: 'all' as const, value: {} }
+    : values.tags !== undefined
+      ? {
+          $case: 'tags' as const,
+          value: { form: { $case: 'tagList' as const, value: { tags: list(values.tags), op: tagsOp } } },
+        }
+      : values.tokens !== undefined
+        ? { $case: 'tokenList' as const, value: { tokens: list(values.tokens) } }
+        : values.account !== undefined
+          ? { $case: 'account' as const, value: values.account }
+          : values.accounts !== undefined
+            ? { $case: 'accountList' as const, value: { accounts: list(values.accounts) } }
+            : {
+                $case: 'token' as const,
+                value:
+                  values.token ??
+                  profile.device?.token ??
+                  fail('push needs --token (or run `pushctl device` first)'),
+              };
   const platform =
     values.only === undefined
       ? Platform.PLATFORM_UNSPECIFIED
