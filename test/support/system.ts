@@ -75,6 +75,7 @@ export async function startProcessSystem(): Promise<
     LOG_LEVEL: 'warn',
     REGISTRY_ADDR: `127.0.0.1:${grpc.registry}`,
     DISPATCH_ADDR: `127.0.0.1:${grpc.dispatch}`,
+    TAG_ADDR: `127.0.0.1:${grpc.tag}`,
   };
   const services: ServiceProcess[] = [];
   for (const name of ['registry', 'dispatch', 'tag', 'stats', 'gateway'] as const) {

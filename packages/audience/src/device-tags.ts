@@ -2,6 +2,10 @@
  * The tags one device has, as a `HasTag` for the evaluators: its user tags plus the built-in `pushd:` tags
  * derived from what it reported at registration. Gateways build one per connection (and again when its
  * tags change); dispatch builds one when a device comes back and catches up on broadcasts.
+ *
+ * The tag store's set of a device (what both pass as `userTags`) also holds the built-in tags the tag
+ * service keeps there, its reported location (`pushd:province:<p>`, `pushd:city:<c>`): a `pushd:` tag is
+ * held when either the attributes make it or the set holds it.
  */
 import type { HasTag } from './evaluate.js';
 import { builtinTag, RESERVED_TAG_PREFIX } from './expression.js';
@@ -13,7 +17,10 @@ export interface DeviceAttributes {
   appVersion: string;
   osVersion: string;
   locale: string;
-  /** From the device's location report, when it sent one. */
+  /**
+   * The device's location, for callers that know it otherwise; the tag service stores reported locations
+   * in the device's tag set, which `userTags` brings. Default: none.
+   */
   province?: string;
   city?: string;
 }
@@ -36,5 +43,5 @@ export function deviceTagTest(attributes: DeviceAttributes, userTags: Iterable<s
   if (attributes.city) builtins.add(builtinTag('city', attributes.city));
   const user = new Set(userTags);
   if (user.size === 0) return (tag) => builtins.has(tag);
-  return (tag) => (tag.startsWith(RESERVED_TAG_PREFIX) ? builtins.has(tag) : user.has(tag));
+  return (tag) => (tag.startsWith(RESERVED_TAG_PREFIX) && builtins.has(tag)) || user.has(tag);
 }

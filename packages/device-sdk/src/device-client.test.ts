@@ -14,6 +14,7 @@ import {
   Platform,
   type PushMessage,
   type ServerFrame,
+  TagOperation,
 } from '@pushd/proto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import WebSocket, { type RawData, WebSocketServer } from 'ws';
@@ -315,6 +316,55 @@ describe.each(['proto', 'json'] as const)('DeviceClient over %s', (encoding) => 
     connection.send({ id: ping.id, body: { $case: 'pong', value: { serverTimeMs: 1_700_000_000_123 } } });
     expect(await pinging).toEqual({ serverTimeMs: 1_700_000_000_123 });
   });
+
+  it('sends updateTags() and reportLocation() and resolves each with the reply to its frame id', async () => {
+    const { device, connection } = await connectedSession({ encoding });
+    const adding = device.updateTags('add', ['vip', 'sports']);
+    const locating = device.reportLocation('广东', '深圳');
+    const replacing = device.updateTags('replace', []);
+    const add = await connection.nextFrame();
+    const locate = await connection.nextFrame();
+    const replace = await connection.nextFrame();
+    expect(add.body).toEqual({
+      $case: 'updateTags',
+      value: { operation: TagOperation.TAG_OPERATION_ADD, tags: ['vip', 'sports'] },
+    });
+    expect(locate.body).toEqual({ $case: 'reportLocation', value: { province: '广东', city: '深圳' } });
+    expect(replace.body).toEqual({
+      $case: 'updateTags',
+      value: { operation: TagOperation.TAG_OPERATION_REPLACE, tags: [] },
+    });
+    expect(new Set([add.id, locate.id, replace.id]).size).toBe(3);
+    // Replies matched by id, whatever their order.
+    connection.send({ id: replace.id, body: { $case: 'tagsUpdated', value: { count: 0 } } });
+    connection.send({ id: locate.id, body: { $case: 'locationReported', value: {} } });
+    connection.send({ id: add.id, body: { $case: 'tagsUpdated', value: { count: 2 } } });
+    expect(await adding).toBe(2);
+    expect(await replacing).toBe(0);
+    await expect(locating).resolves.toBeUndefined();
+  });
+
+  it('rejects updateTags() with the error frame answering it, and stays open', async () => {
+    const { device, connection } = await connectedSession({ encoding });
+    const adding = device.updateTags('add', ['one-too-many']);
+    const add = await connection.nextFrame();
+    connection.send({
+      id: add.id,
+      body: {
+        $case: 'error',
+        value: { code: 'TAG_LIMIT_EXCEEDED', message: 'a device may have at most 100 tags' },
+      },
+    });
+    const error = await rejection(adding);
+    expect(error.code).toBe('TAG_LIMIT_EXCEEDED');
+    expect(error.message).toBe('a device may have at most 100 tags');
+    expect(device.state).toBe('open');
+    // A reply of the wrong kind is refused too.
+    const locating = device.reportLocation('', '');
+    const locate = await connection.nextFrame();
+    connection.send({ id: locate.id, body: { $case: 'tagsUpdated', value: { count: 1 } } });
+    expect((await rejection(locating)).code).toBe('PROTOCOL_VIOLATION');
+  });
 });
 
 describe('DeviceClient failures', () => {
@@ -438,6 +488,9 @@ describe('DeviceClient failures', () => {
   it('rejects ping() when not connected and when no Pong comes in time', async () => {
     const idle = client({ session: { token: 'tok-1', credential: 'cred-1' } });
     expect((await rejection(idle.ping())).code).toBe('UNAVAILABLE');
+    expect((await rejection(idle.updateTags('add', ['a']))).code).toBe('UNAVAILABLE');
+    expect((await rejection(idle.reportLocation('广东', ''))).code).toBe('UNAVAILABLE');
+    expect((await rejection(idle.updateTags('append' as never, ['a']))).code).toBe('INVALID_ARGUMENT');
 
     const { device, connection } = await connectedSession({ requestTimeoutMs: 100 });
     const pinging = device.ping();

@@ -15,6 +15,7 @@ import {
   type Registered,
   type ServerFrame,
   subprotocolOf,
+  TagOperation,
 } from '@pushd/proto';
 import WebSocket, { type RawData } from 'ws';
 import { reconnectDelayMs } from './backoff.js';
@@ -99,7 +100,10 @@ export interface DeviceClientOptions {
    * Default: true.
    */
   autoAck?: boolean;
-  /** Deadline of connect() (until Connected), ping(), unregister() and close(). Default: 10000. */
+  /**
+   * Deadline of connect() (until Connected), ping(), unregister(), updateTags(), reportLocation() and
+   * close(). Default: 10000.
+   */
   requestTimeoutMs?: number;
   /**
    * Reconnect, with exponential backoff and jitter, after a connection that reached Connected ends with a
@@ -135,9 +139,10 @@ export interface DeviceCloseEvent {
 
 /**
  * Each failure is reported once, where the caller is waiting for it: connect() rejects for its attempt,
- * ping()/unregister() reject for theirs, 'close' carries the error that ended a connection. 'error' is
- * left for what none of them covers (an error frame answering nothing) and is only emitted when a listener
- * is attached, so a load test with thousands of clients never crashes on one.
+ * ping(), unregister(), updateTags() and reportLocation() reject for theirs, 'close' carries the error
+ * that ended a connection. 'error' is left for what none of them covers (an error frame answering
+ * nothing) and is only emitted when a listener is attached, so a load test with thousands of clients
+ * never crashes on one.
  */
 export interface DeviceClientEvents {
   /**
@@ -161,7 +166,21 @@ export type DeviceClientState = 'idle' | 'connecting' | 'open' | 'reconnecting' 
 type PendingRequest = {
   deadline: number;
   reject: (error: PushdError) => void;
-} & ({ expect: 'pong'; resolve: (pong: Pong) => void } | { expect: 'unregistered'; resolve: () => void });
+} & (
+  | { expect: 'pong'; resolve: (pong: Pong) => void }
+  | { expect: 'unregistered'; resolve: () => void }
+  | { expect: 'tagsUpdated'; resolve: (count: number) => void }
+  | { expect: 'locationReported'; resolve: () => void }
+);
+
+/** What updateTags() does: the TPNS SDKs' appendTags, delTags and clearAndAppendTags. */
+export type TagUpdate = 'add' | 'remove' | 'replace';
+
+const TAG_OPERATIONS: Readonly<Record<TagUpdate, TagOperation>> = {
+  add: TagOperation.TAG_OPERATION_ADD,
+  remove: TagOperation.TAG_OPERATION_REMOVE,
+  replace: TagOperation.TAG_OPERATION_REPLACE,
+};
 
 interface ConnectWaiter {
   resolve: (result: ConnectResult) => void;
@@ -364,6 +383,44 @@ export class DeviceClient extends EventEmitter<DeviceClientEvents> {
   }
 
   /**
+   * Changes this device's own user tags: 'add' them, 'remove' them, or 'replace' all its user tags by
+   * them (none clears them). Resolves with the number of user tags the device has afterwards; rejects
+   * with the gateway's error (TAG_LIMIT_EXCEEDED past 100 tags per device or 10,000 per app, refused
+   * whole; INVALID_ARGUMENT for a tag that is not 1 to 50 characters without whitespace, or one under the
+   * reserved `pushd:` prefix; RATE_LIMITED past the gateway's rate of tag and location requests, by
+   * default 10 per 10 s), the connection staying open; with UNAVAILABLE when not connected.
+   */
+  updateTags(operation: TagUpdate, tags: readonly string[]): Promise<number> {
+    const op = Object.hasOwn(TAG_OPERATIONS, operation) ? TAG_OPERATIONS[operation] : undefined;
+    if (op === undefined) {
+      return Promise.reject(invalidArgument('operation', "must be 'add', 'remove' or 'replace'"));
+    }
+    return new Promise<number>((resolve, reject) => {
+      const deadline = performance.now() + this.requestTimeoutMs;
+      this.startRequest(
+        { $case: 'updateTags', value: { operation: op, tags: [...tags] } },
+        { expect: 'tagsUpdated', resolve, reject, deadline },
+      );
+    });
+  }
+
+  /**
+   * Reports where the device is, making it match the built-in tags `pushd:province:<province>` and
+   * `pushd:city:<city>` in place of those of its previous report. An empty value means unknown (that tag
+   * is removed); both empty clear the location. Each value is at most 50 characters without whitespace or
+   * control characters (INVALID_ARGUMENT otherwise). Rejects like updateTags().
+   */
+  reportLocation(province: string, city: string): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const deadline = performance.now() + this.requestTimeoutMs;
+      this.startRequest(
+        { $case: 'reportLocation', value: { province, city } },
+        { expect: 'locationReported', resolve, reject, deadline },
+      );
+    });
+  }
+
+  /**
    * Closes the connection with 1000 and stops reconnecting; resolves once closed (the socket is terminated
    * when the gateway does not complete the close within requestTimeoutMs). A pending connect() rejects.
    */
@@ -510,6 +567,24 @@ export class DeviceClient extends EventEmitter<DeviceClientEvents> {
         else
           request?.reject(
             new PushdError('PROTOCOL_VIOLATION', `frame ${frame.id} was answered with Unregistered`),
+          );
+        return;
+      }
+      case 'tagsUpdated': {
+        const request = this.takeRequest(frame.id);
+        if (request?.expect === 'tagsUpdated') request.resolve(body.value.count);
+        else
+          request?.reject(
+            new PushdError('PROTOCOL_VIOLATION', `frame ${frame.id} was answered with TagsUpdated`),
+          );
+        return;
+      }
+      case 'locationReported': {
+        const request = this.takeRequest(frame.id);
+        if (request?.expect === 'locationReported') request.resolve();
+        else
+          request?.reject(
+            new PushdError('PROTOCOL_VIOLATION', `frame ${frame.id} was answered with LocationReported`),
           );
         return;
       }

@@ -24,6 +24,7 @@ export {
   type DeviceSession,
   type ReconnectOptions,
   SDK_VERSION,
+  type TagUpdate,
 } from './device-client.js';
 export { generateDeviceId, isValidDeviceId } from './device-id.js';
 export { errorFromClose, errorFromFrame, errorFromRefusal, parseCloseCode } from './wire-errors.js';

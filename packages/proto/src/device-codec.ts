@@ -95,8 +95,30 @@ function malformed(problem: string): PushdError {
   return new PushdError('FRAME_MALFORMED', `malformed frame: ${problem}`);
 }
 
-const CLIENT_KINDS = ['register', 'ack', 'ping', 'unregister'] as const;
-const SERVER_KINDS = ['connected', 'registered', 'deliver', 'pong', 'error', 'unregistered'] as const;
+// Top-level body keys. Two-word bodies are accepted under their proto field name too, as proto3 JSON
+// parsers do (and as the generated fromJSON reads them); the gateway itself emits the lowerCamelCase name.
+const CLIENT_KINDS = [
+  'register',
+  'ack',
+  'ping',
+  'unregister',
+  'updateTags',
+  'update_tags',
+  'reportLocation',
+  'report_location',
+] as const;
+const SERVER_KINDS = [
+  'connected',
+  'registered',
+  'deliver',
+  'pong',
+  'error',
+  'unregistered',
+  'tagsUpdated',
+  'tags_updated',
+  'locationReported',
+  'location_reported',
+] as const;
 
 export function encodeServerFrame(frame: ServerFrame, encoding: FrameEncoding): Uint8Array | string {
   return encodeFrame(ServerFrame, frame, encoding);

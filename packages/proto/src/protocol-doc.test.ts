@@ -84,13 +84,22 @@ describe('docs/protocol.md frame examples', () => {
             return frame.body?.$case;
           }),
       );
-    expect([...kinds('client')].sort()).toEqual(['ack', 'ping', 'register', 'unregister']);
+    expect([...kinds('client')].sort()).toEqual([
+      'ack',
+      'ping',
+      'register',
+      'reportLocation',
+      'unregister',
+      'updateTags',
+    ]);
     expect([...kinds('server')].sort()).toEqual([
       'connected',
       'deliver',
       'error',
+      'locationReported',
       'pong',
       'registered',
+      'tagsUpdated',
       'unregistered',
     ]);
   });

@@ -66,5 +66,6 @@ export type {
   TagStore,
   TagWrite,
 } from './tag-store.js';
+export { isAttributeTag } from './tag-store.js';
 export { MemoryTagStore } from './tag-store-memory.js';
 export { RedisTagStore, type RedisTagStoreOptions } from './tag-store-redis.js';

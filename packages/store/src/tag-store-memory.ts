@@ -1,18 +1,20 @@
 import type { Platform } from '@pushd/proto';
-import type {
-  AppTag,
-  DeviceTagState,
-  RegistrationAttributes,
-  TagChange,
-  TagDevice,
-  TagLimits,
-  TagStore,
-  TagWrite,
+import {
+  type AppTag,
+  type DeviceTagState,
+  isAttributeTag,
+  type RegistrationAttributes,
+  type TagChange,
+  type TagDevice,
+  type TagLimits,
+  type TagStore,
+  type TagWrite,
 } from './tag-store.js';
 
 interface DeviceState {
   index: number;
   unregistered: boolean;
+  /** User and attribute tags (tag-store.ts). */
   tags: Set<string>;
   platform: Platform;
   builtin: string[];
@@ -44,7 +46,7 @@ export class MemoryTagStore implements TagStore {
     }
     for (const device of live) {
       const held = this.current(accessId, device)?.tags;
-      const after = (held?.size ?? 0) + tags.filter((tag) => !held?.has(tag)).length;
+      const after = userCount(held) + tags.filter((tag) => !held?.has(tag)).length;
       if (after > limits.perDevice) {
         return { ok: false, limit: 'per_device', token: device.token, wouldHave: after };
       }
@@ -54,7 +56,7 @@ export class MemoryTagStore implements TagStore {
       const added = tags.filter((tag) => !state.tags.has(tag));
       for (const tag of added) state.tags.add(tag);
       this.adjust(accessId, added, 1);
-      return { token: device.token, count: state.tags.size, added, removed: [] };
+      return { token: device.token, count: userCount(state.tags), added, removed: [] };
     });
     return { ok: true, changes, stale };
   }
@@ -74,7 +76,7 @@ export class MemoryTagStore implements TagStore {
       const state = this.claim(accessId, device);
       const removed = tags.filter((tag) => state.tags.delete(tag)).sort();
       this.adjust(accessId, removed, -1);
-      changes.push({ token: device.token, count: state.tags.size, added: [], removed });
+      changes.push({ token: device.token, count: userCount(state.tags), added: [], removed });
     }
     return { changes, stale };
   }
@@ -93,15 +95,38 @@ export class MemoryTagStore implements TagStore {
     }
     const state = this.claim(accessId, device);
     const added = tags.filter((tag) => !state.tags.has(tag));
-    const removed = [...state.tags].filter((tag) => !tags.includes(tag)).sort();
-    state.tags = new Set(tags);
+    const held = [...state.tags];
+    const removed = held.filter((tag) => !isAttributeTag(tag) && !tags.includes(tag)).sort();
+    state.tags = new Set([...held.filter(isAttributeTag), ...tags]);
     this.adjust(accessId, added, 1);
     this.adjust(accessId, removed, -1);
     return { ok: true, changes: [{ token: device.token, count: tags.length, added, removed }], stale: [] };
   }
 
   async clear(accessId: number, device: TagDevice): Promise<{ changes: TagChange[]; stale: string[] }> {
-    return this.remove(accessId, [device], [...(this.current(accessId, device)?.tags ?? [])]);
+    const held = [...(this.current(accessId, device)?.tags ?? [])];
+    return this.remove(
+      accessId,
+      [device],
+      held.filter((tag) => !isAttributeTag(tag)),
+    );
+  }
+
+  async setAttributes(
+    accessId: number,
+    device: TagDevice,
+    prefixes: string[],
+    tags: string[],
+  ): Promise<{ changes: TagChange[]; stale: string[] }> {
+    if (this.obsolete(accessId, device)) return { changes: [], stale: [device.token] };
+    const state = this.claim(accessId, device);
+    const replaced = (tag: string) =>
+      isAttributeTag(tag) && prefixes.some((prefix) => tag.startsWith(prefix));
+    const added = tags.filter((tag) => !state.tags.has(tag));
+    const removed = [...state.tags].filter((tag) => replaced(tag) && !tags.includes(tag)).sort();
+    for (const tag of removed) state.tags.delete(tag);
+    for (const tag of added) state.tags.add(tag);
+    return { changes: [{ token: device.token, count: userCount(state.tags), added, removed }], stale: [] };
   }
 
   async list(accessId: number, token: string, index?: number): Promise<string[]> {
@@ -224,9 +249,11 @@ export class MemoryTagStore implements TagStore {
     return counts;
   }
 
+  /** Changes the app-wide counts of the user tags among `tags` (attribute tags are not counted). */
   private adjust(accessId: number, tags: string[], delta: number): void {
     const counts = this.appCounts(accessId);
     for (const tag of tags) {
+      if (isAttributeTag(tag)) continue;
       const next = (counts.get(tag) ?? 0) + delta;
       if (next > 0) counts.set(tag, next);
       else counts.delete(tag);
@@ -246,6 +273,13 @@ function blank(index: number): DeviceState {
     sessionAtMs: -1,
     online: false,
   };
+}
+
+/** The user tags of a set (its members that are not attribute tags). */
+function userCount(tags: Set<string> | undefined): number {
+  let count = 0;
+  for (const tag of tags ?? []) if (!isAttributeTag(tag)) count++;
+  return count;
 }
 
 function distinctDevices(devices: TagDevice[]): TagDevice[] {

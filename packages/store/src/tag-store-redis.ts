@@ -3,15 +3,16 @@ import type { RedisKeys } from './keys.js';
 import { pipelinePerKey, redisCall } from './redis-call.js';
 import type { RedisClient } from './redis-client.js';
 import { defineScripts, queueScript, runScript } from './redis-scripts.js';
-import type {
-  AppTag,
-  DeviceTagState,
-  RegistrationAttributes,
-  TagChange,
-  TagDevice,
-  TagLimits,
-  TagStore,
-  TagWrite,
+import {
+  type AppTag,
+  type DeviceTagState,
+  isAttributeTag,
+  type RegistrationAttributes,
+  type TagChange,
+  type TagDevice,
+  type TagLimits,
+  type TagStore,
+  type TagWrite,
 } from './tag-store.js';
 
 export interface RedisTagStoreOptions {
@@ -40,9 +41,11 @@ interface DeviceReply {
 type Counts = Map<string, number>;
 
 /**
- * Tags on Redis. A device's user tags are a set in the device's slot (`{d:...}:tags`) beside the tag
- * service's view of the device (`{d:...}:tagmeta`: which registration it belongs to, built-in attributes,
- * last session); the app's counts (`{a:...}:tagcount`, tag -> devices holding it) are in the app's slot.
+ * Tags on Redis. A device's tags (user and attribute tags, tag-store.ts) are a set in the device's slot
+ * (`{d:...}:tags`) beside the tag service's view of the device (`{d:...}:tagmeta`: which registration it
+ * belongs to, built-in attributes, last session); the app's counts of user tags (`{a:...}:tagcount`, tag ->
+ * devices holding it) are in the app's slot. Attribute tags change in one step (tag-device.lua
+ * 'attributes') and have no app-wide count.
  * A call that adds tags runs as ordered single-slot steps:
  *
  * 1. reserve (app slot, tag-reserve.lua): every count the call could need is added at once, or the call is
@@ -171,6 +174,28 @@ export class RedisTagStore implements TagStore {
   async clear(accessId: number, device: TagDevice): Promise<{ changes: TagChange[]; stale: string[] }> {
     const replies = await this.device(accessId, [device], () => ['clear', device.index]);
     return this.settle(accessId, [device], replies);
+  }
+
+  async setAttributes(
+    accessId: number,
+    device: TagDevice,
+    prefixes: string[],
+    tags: string[],
+  ): Promise<{ changes: TagChange[]; stale: string[] }> {
+    const [reply] = await this.device(accessId, [device], () => [
+      'attributes',
+      device.index,
+      prefixes.length,
+      ...prefixes,
+      ...tags,
+    ]);
+    // Only what a newer registration dropped has app-wide counts to give back.
+    await this.release(accessId, count(new Map(), reply!.dropped));
+    if (reply!.status !== 1) return { changes: [], stale: [device.token] };
+    return {
+      changes: [{ token: device.token, count: reply!.count, added: reply!.added, removed: reply!.removed }],
+      stale: [],
+    };
   }
 
   async list(accessId: number, token: string, index?: number): Promise<string[]> {
@@ -347,8 +372,9 @@ function distinctDevices(devices: TagDevice[]): TagDevice[] {
   return devices.filter((device) => !seen.has(device.token) && seen.add(device.token));
 }
 
+/** Adds the user tags among `tags` to `counts`: attribute tags have no app-wide count. */
 function count(counts: Counts, tags: string[]): Counts {
-  for (const tag of tags) counts.set(tag, (counts.get(tag) ?? 0) + 1);
+  for (const tag of tags) if (!isAttributeTag(tag)) counts.set(tag, (counts.get(tag) ?? 0) + 1);
   return counts;
 }
 

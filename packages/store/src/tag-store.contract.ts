@@ -279,6 +279,77 @@ export function describeTagStoreContract(name: string, makeStore: () => TagStore
       expect(await presence('s0', 6, false)).toEqual({ online: false });
     });
 
+    it('replaces attribute tags under their prefixes, beside the user tags and outside their limits', async () => {
+      const location = ['pushd:province:', 'pushd:city:'];
+      const limits = { perDevice: 2, perApp: 2 };
+      await store.add(APP, [D1], ['a', 'b'], limits);
+      expect(
+        await store.setAttributes(APP, D1, location, ['pushd:province:广东', 'pushd:city:深圳']),
+      ).toEqual({
+        changes: [
+          { token: D1.token, count: 2, added: ['pushd:province:广东', 'pushd:city:深圳'], removed: [] },
+        ],
+        stale: [],
+      });
+      expect(await store.list(APP, D1.token, D1.index)).toEqual([
+        'a',
+        'b',
+        'pushd:city:深圳',
+        'pushd:province:广东',
+      ]);
+      // Not user tags: no app-wide count, and neither limit sees them.
+      expect(await counts()).toEqual({ a: 1, b: 1 });
+      expect((await store.appTags(APP, { limit: 10 })).total).toBe(2);
+      expect(await store.remove(APP, [D1], ['b'])).toMatchObject({ changes: [{ count: 1, removed: ['b'] }] });
+      expect(await store.add(APP, [D1], ['b'], limits)).toMatchObject({ ok: true, changes: [{ count: 2 }] });
+      // A new report replaces the old one under the prefixes; other attribute tags stay.
+      await store.setAttributes(APP, D1, ['pushd:other:'], ['pushd:other:x']);
+      expect(await store.setAttributes(APP, D1, location, ['pushd:city:广州'])).toEqual({
+        changes: [
+          {
+            token: D1.token,
+            count: 2,
+            added: ['pushd:city:广州'],
+            removed: ['pushd:city:深圳', 'pushd:province:广东'],
+          },
+        ],
+        stale: [],
+      });
+      // Replacing and clearing user tags leave attribute tags in place.
+      expect(await store.replace(APP, D1, ['c'], LIMITS)).toEqual({
+        ok: true,
+        changes: [{ token: D1.token, count: 1, added: ['c'], removed: ['a', 'b'] }],
+        stale: [],
+      });
+      expect(await store.clear(APP, D1)).toEqual({
+        changes: [{ token: D1.token, count: 0, added: [], removed: ['c'] }],
+        stale: [],
+      });
+      expect(await store.list(APP, D1.token)).toEqual(['pushd:city:广州', 'pushd:other:x']);
+      expect(await counts()).toEqual({});
+      expect(await store.setAttributes(APP, D1, location, [])).toMatchObject({
+        changes: [{ count: 0, added: [], removed: ['pushd:city:广州'] }],
+      });
+      expect(await store.list(APP, D1.token)).toEqual(['pushd:other:x']);
+    });
+
+    it('forgets attribute tags with their registration', async () => {
+      const location = ['pushd:city:'];
+      await store.add(APP, [device(1, 5)], ['a'], LIMITS);
+      await store.setAttributes(APP, device(1, 5), location, ['pushd:city:x']);
+      // A call that looked the device up before it registered again writes nothing.
+      await store.add(APP, [device(1, 9)], ['b'], LIMITS);
+      expect(await store.setAttributes(APP, device(1, 5), location, ['pushd:city:y'])).toEqual({
+        changes: [],
+        stale: [D1.token],
+      });
+      expect(await store.list(APP, D1.token)).toEqual(['b']);
+      await store.setAttributes(APP, device(1, 9), location, ['pushd:city:z']);
+      expect(await store.unregister(APP, D1.token, 9)).toMatchObject({ tags: ['b', 'pushd:city:z'] });
+      expect(await store.list(APP, D1.token)).toEqual([]);
+      expect(await counts()).toEqual({});
+    });
+
     it('stores tags with any characters', async () => {
       const tags = ['a:b', '{x}', '地区:广东', ' spaced ', '1'];
       await store.add(APP, [D1], tags, LIMITS);

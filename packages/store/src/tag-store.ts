@@ -1,4 +1,13 @@
+import { RESERVED_TAG_PREFIX } from '@pushd/audience';
 import type { Platform } from '@pushd/proto';
+
+/**
+ * Whether a member of a device's tag set is an attribute tag (a built-in `pushd:` tag pushd keeps in the
+ * set, such as the device's reported location) rather than a user tag.
+ */
+export function isAttributeTag(tag: string): boolean {
+  return tag.startsWith(RESERVED_TAG_PREFIX);
+}
 
 /** The brief's tag limits (MISSION rule 3), passed per call so that tests can use small ones. */
 export interface TagLimits {
@@ -14,10 +23,10 @@ export interface TagDevice {
   index: number;
 }
 
-/** What one call did to one device's user tags. */
+/** What one call did to one device's user tags (or, for setAttributes, to its attribute tags). */
 export interface TagChange {
   token: string;
-  /** User tags the device holds after the call. */
+  /** User tags the device holds after the call (attribute tags are never counted). */
   count: number;
   /** Tags the call gave the device that it did not hold before. */
   added: string[];
@@ -69,6 +78,14 @@ export interface RegistrationAttributes {
 /**
  * Tags of devices and their app-wide counts. Owned by the tag service.
  *
+ * A device's tag set holds two kinds of members: user tags (set by the app or the device, never starting
+ * with `pushd:`) and attribute tags (`pushd:` tags pushd sets itself with setAttributes: the device's
+ * reported province and city). Keeping both in one set lets every reader of a device's tags (gateways,
+ * dispatch's catch-up, through `list`) see both with one read. Only user tags are user tags for the rest
+ * of this interface: `count`, both limits and the app-wide counts (`appTags`) ignore attribute tags, and
+ * add / remove / replace / clear (whose `tags` must be user tags; the tag service validates them) leave
+ * attribute tags in place. unregister and a newer registration forget both kinds.
+ *
  * Each device's user tags belong to one registration of its token (one device index): a write for a newer
  * index first forgets the tags of the older one (whose UNREGISTERED event has not been applied yet), and a
  * write with an older index than the state's is skipped (`stale`), so that a call or an event that raced a
@@ -94,12 +111,25 @@ export interface TagStore {
   /** Replaces all user tags of the device by `tags` (distinct; empty clears). */
   replace(accessId: number, device: TagDevice, tags: string[], limits: TagLimits): Promise<TagWrite>;
 
-  /** Removes every user tag of the device. */
+  /** Removes every user tag of the device (its attribute tags stay). */
   clear(accessId: number, device: TagDevice): Promise<{ changes: TagChange[]; stale: string[] }>;
 
   /**
-   * The device's user tags, sorted. With `index`, only the tags of that registration (none if the state
-   * belongs to another one).
+   * Replaces the device's attribute tags that start with one of `prefixes` (e.g. `pushd:province:` and
+   * `pushd:city:`) by `tags` (distinct, each starting with one of the prefixes; empty removes them all).
+   * `added` / `removed` name the attribute tags that changed; `count` is the device's user tag count.
+   * No limit applies and no app-wide count changes.
+   */
+  setAttributes(
+    accessId: number,
+    device: TagDevice,
+    prefixes: string[],
+    tags: string[],
+  ): Promise<{ changes: TagChange[]; stale: string[] }>;
+
+  /**
+   * The device's tags, user and attribute tags (isAttributeTag tells them apart), sorted. With `index`,
+   * only the tags of that registration (none if the state belongs to another one).
    */
   list(accessId: number, token: string, index?: number): Promise<string[]>;
 
@@ -139,8 +169,9 @@ export interface TagStore {
 
   /**
    * Forgets the device's tags and state for registration `index` (it unregistered), keeping a marker
-   * that makes later events about that registration obsolete. Returns what the registration held, or
-   * undefined when a newer registration owns the state or this one was already forgotten.
+   * that makes later events about that registration obsolete. Returns what the registration held (`tags`:
+   * user and attribute tags, whose index bits the caller clears), or undefined when a newer registration
+   * owns the state or this one was already forgotten.
    */
   unregister(
     accessId: number,

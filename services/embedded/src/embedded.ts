@@ -190,6 +190,8 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
       wanted.tag,
     );
     consumer('tag-events', { start: () => tagService.startConsuming(), stop: () => tagService.stop() });
+    const tagClient = clusterClient(TagServiceService, tag.address, clusterToken);
+    started.push(clientsComponent(tagClient));
 
     const statsService = new StatsService({
       stats: stores.stats,
@@ -217,6 +219,7 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
         dispatch: dispatchClient,
         routes: stores.routes,
         tags: stores.tags,
+        tag: tagClient,
         bus,
         metrics: createGatewayMetrics(serviceRegistry('gateway')),
         logger: logger.child({ service: 'gateway' }),

@@ -20,6 +20,8 @@ export const gatewayEnv = z.object({
     ),
   REGISTRY_ADDR: z.string().min(1).default('127.0.0.1:50051'),
   DISPATCH_ADDR: z.string().min(1).default('127.0.0.1:50053'),
+  /** The tag service (its GRPC_PORT default is 50052): devices' UpdateTags and ReportLocation frames. */
+  TAG_ADDR: z.string().min(1).default('127.0.0.1:50052'),
   HEARTBEAT_INTERVAL_MS: envField.ms(25_000),
   MAX_FRAME_BYTES: envField.count(16_384),
   MAX_BUFFERED_BYTES: envField.count(1_048_576),

@@ -21,6 +21,8 @@ import {
   PushStatus,
   RegistryServiceService,
   type ServerFrame,
+  TagOperation,
+  TagServiceService,
 } from '@pushd/proto';
 import { RegistryService } from '@pushd/registry';
 import {
@@ -30,7 +32,8 @@ import {
   inProcessClient,
   type PromiseClient,
 } from '@pushd/rpc';
-import { createMemoryStores } from '@pushd/store';
+import { createMemoryStores, type TagLimits } from '@pushd/store';
+import { TagService } from '@pushd/tag';
 import { waitFor } from '@pushd/testkit';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -56,11 +59,13 @@ interface StartOptions {
   gateway?: Partial<GatewayOptions>;
   /** Wraps the dispatch client the gateway gets (default: DispatchService's handlers). */
   dispatch?: (real: DispatchClient) => DispatchClient;
+  /** Limits of the tag service the gateway calls. Default: the brief's (100 per device, 10,000 per app). */
+  tagLimits?: Partial<TagLimits>;
 }
 
 /**
- * A gateway on 127.0.0.1:0 with a MemoryBus and memory stores, whose registry and dispatch clients call a
- * real RegistryService and DispatchService sharing those stores.
+ * A gateway on 127.0.0.1:0 with a MemoryBus and memory stores, whose registry, dispatch and tag clients
+ * call a real RegistryService, DispatchService and TagService sharing those stores.
  */
 async function startGateway(options: StartOptions = {}) {
   const stores = createMemoryStores();
@@ -99,6 +104,16 @@ async function startGateway(options: StartOptions = {}) {
   applier.start();
   cleanups.push(() => applier.stop());
   const realDispatch = inProcessClient(DispatchServiceService, dispatch, bearer);
+  const tagService = new TagService({
+    tags: stores.tags,
+    audience: stores.audience,
+    bus,
+    routes: stores.routes,
+    registry: inProcessClient(RegistryServiceService, registry, bearer),
+    clusterToken: CLUSTER_TOKEN,
+    logger: silentLogger(),
+    limits: options.tagLimits,
+  });
   const metrics = new Registry();
   const gateway = new Gateway({
     nodeId: NODE_ID,
@@ -108,6 +123,7 @@ async function startGateway(options: StartOptions = {}) {
     dispatch: options.dispatch?.(realDispatch) ?? realDispatch,
     routes: stores.routes,
     tags: stores.tags,
+    tag: inProcessClient(TagServiceService, tagService.handlers(), bearer),
     bus,
     metrics: createGatewayMetrics(metrics),
     logger: silentLogger(),
@@ -851,6 +867,33 @@ describe('Gateway delivery', () => {
   });
 });
 
+/** Pushes to an audience and waits until it was applied. */
+/** Pushes to an audience and waits until it was applied. */
+async function pushTo(system: Awaited<ReturnType<typeof startGateway>>, request: Partial<PushRequest>) {
+  const result = await system.dispatch.push(
+    {
+      accessId: 0,
+      audience: { target: { $case: 'all', value: {} } },
+      message: { type: MessageType.MESSAGE_TYPE_NOTIFY, title: '', content: 'x', customContent: {} },
+      expireTimeS: 0,
+      platform: Platform.PLATFORM_UNSPECIFIED,
+      ...request,
+    },
+    system.app.auth(),
+  );
+  await waitFor(
+    async () =>
+      (await system.stores.pushes.get(system.app.accessId, result.pushId))?.status ===
+      PushStatus.PUSH_STATUS_DONE,
+    `push ${result.pushId} applied`,
+  );
+  return result.msgId;
+}
+
+const tagList = (tags: string[], op = 'OR'): Partial<PushRequest> => ({
+  audience: { target: { $case: 'tags', value: { form: { $case: 'tagList', value: { tags, op } } } } },
+});
+
 describe('Gateway broadcasts and tag pushes', () => {
   /** Registers a device with a version and user tags, connects it raw, and waits for its Connected frame. */
   async function online(
@@ -884,31 +927,6 @@ describe('Gateway broadcasts and tag pushes', () => {
     await connected(raw);
     return { ...device, index, raw };
   }
-
-  /** Pushes to an audience and waits until it was applied. */
-  async function pushTo(system: Awaited<ReturnType<typeof startGateway>>, request: Partial<PushRequest>) {
-    const result = await system.dispatch.push(
-      {
-        accessId: 0,
-        audience: { target: { $case: 'all', value: {} } },
-        message: { type: MessageType.MESSAGE_TYPE_NOTIFY, title: '', content: 'x', customContent: {} },
-        expireTimeS: 0,
-        platform: Platform.PLATFORM_UNSPECIFIED,
-        ...request,
-      },
-      system.app.auth(),
-    );
-    await waitFor(
-      async () =>
-        (await system.stores.pushes.get(system.app.accessId, result.pushId))?.status ===
-        PushStatus.PUSH_STATUS_DONE,
-      `push ${result.pushId} applied`,
-    );
-    return result.msgId;
-  }
-  const tagList = (tags: string[], op = 'OR'): Partial<PushRequest> => ({
-    audience: { target: { $case: 'tags', value: { form: { $case: 'tagList', value: { tags, op } } } } },
-  });
 
   it('delivers a tag push to the online devices it matches, on the platform it names, and all to everyone', async () => {
     const system = await startGateway();
@@ -1024,5 +1042,206 @@ describe('Gateway broadcasts and tag pushes', () => {
     await device.raw.roundTrip();
     expect(device.raw.delivered).toEqual([10, 11, 12, 13]);
     expect(await system.metric('gateway_gap_refetches_total')).toBe(2);
+  });
+});
+
+describe('Gateway device tags', () => {
+  /** A registered device connected with the SDK. */
+  async function connectedDevice(system: Awaited<ReturnType<typeof startGateway>>) {
+    const device = system.client();
+    await device.device.connect();
+    const token = device.device.token ?? '';
+    const { device: record } = await system.registry.getDevice({ accessId: 0, token }, system.app.auth());
+    return { ...device, token, index: record?.index ?? -1 };
+  }
+  const tagsOf = (system: Awaited<ReturnType<typeof startGateway>>, token: string) =>
+    system.stores.tags.list(system.app.accessId, token);
+  /** Waits until the device got `msgId`, then makes sure nothing else came before a round trip. */
+  const settle = async (device: { device: DeviceClient; received: PushMessage[] }, msgId: number) => {
+    await waitFor(() => device.received.some((m) => m.msgId === msgId), `message ${msgId}`);
+    await device.device.ping();
+  };
+
+  it('adds, removes and replaces the tags a device sends, answering TagsUpdated, and pushes follow them at once', async () => {
+    const system = await startGateway();
+    const device = await connectedDevice(system);
+    const other = await connectedDevice(system);
+
+    await expect(device.device.updateTags('add', ['sports', 'vip'])).resolves.toBe(2);
+    expect(await tagsOf(system, device.token)).toEqual(['sports', 'vip']);
+    // Evaluated on the new tags as soon as the reply came.
+    const sports = await pushTo(system, tagList(['sports']));
+    await settle(device, sports);
+    await expect(device.device.updateTags('remove', ['sports', 'never-had'])).resolves.toBe(1);
+    const sportsAgain = await pushTo(system, tagList(['sports']));
+    const vip = await pushTo(system, tagList(['vip']));
+    await settle(device, vip);
+    expect(device.received.map((m) => m.msgId)).toEqual([sports, vip]);
+    expect(sportsAgain).toBeLessThan(vip);
+
+    await expect(device.device.updateTags('replace', ['news', 'local'])).resolves.toBe(2);
+    expect(await tagsOf(system, device.token)).toEqual(['local', 'news']);
+    await expect(device.device.updateTags('replace', [])).resolves.toBe(0);
+    expect(await tagsOf(system, device.token)).toEqual([]);
+    // Only the device's own tags changed.
+    expect(await tagsOf(system, other.token)).toEqual([]);
+    expect(other.received).toEqual([]);
+    expect(await system.metric('gateway_frames_in_total', { type: 'updateTags' })).toBe(4);
+    expect(device.device.state).toBe('open');
+  });
+
+  it('makes a reported location the built-in province and city tags, replacing the previous report', async () => {
+    const system = await startGateway();
+    const shenzhen = await connectedDevice(system);
+    const guangzhou = await connectedDevice(system);
+    await expect(shenzhen.device.reportLocation('广东', '深圳')).resolves.toBeUndefined();
+    await guangzhou.device.reportLocation('广东', '广州');
+    // The location is not a user tag: the device's user tags still fit the limit and are listed alone.
+    await expect(shenzhen.device.updateTags('replace', ['vip'])).resolves.toBe(1);
+    expect(await tagsOf(system, shenzhen.token)).toEqual(['pushd:city:深圳', 'pushd:province:广东', 'vip']);
+
+    const toShenzhen = await pushTo(system, tagList(['pushd:city:深圳']));
+    const toProvince = await pushTo(system, tagList(['pushd:province:广东']));
+    await settle(shenzhen, toProvince);
+    await settle(guangzhou, toProvince);
+    expect(shenzhen.received.map((m) => m.msgId)).toEqual([toShenzhen, toProvince]);
+    expect(guangzhou.received.map((m) => m.msgId)).toEqual([toProvince]);
+
+    // Moved: the new city replaces the old one.
+    await shenzhen.device.reportLocation('广东', '广州');
+    const toGuangzhou = await pushTo(system, tagList(['pushd:city:广州']));
+    const toShenzhenAgain = await pushTo(system, tagList(['pushd:city:深圳']));
+    await settle(shenzhen, toGuangzhou);
+    await settle(guangzhou, toGuangzhou);
+    expect(shenzhen.received.map((m) => m.msgId)).toEqual([toShenzhen, toProvince, toGuangzhou]);
+    expect(toShenzhenAgain).toBeGreaterThan(toGuangzhou);
+    expect(await tagsOf(system, shenzhen.token)).toEqual(['pushd:city:广州', 'pushd:province:广东', 'vip']);
+    // An invalid value is refused, naming the field; nothing changes and the connection stays.
+    const refused = await shenzhen.device
+      .reportLocation('广东', 'two words')
+      .catch((error: unknown) => error);
+    expect(refused).toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringContaining('city:') });
+    expect(shenzhen.device.state).toBe('open');
+    expect(await tagsOf(system, shenzhen.token)).toEqual(['pushd:city:广州', 'pushd:province:广东', 'vip']);
+  });
+
+  it('answers a refused UpdateTags with an Error frame to its id, changes nothing and keeps the connection', async () => {
+    const system = await startGateway({ tagLimits: { perDevice: 3 } });
+    const device = await connectedDevice(system);
+    await device.device.updateTags('add', ['a', 'b']);
+
+    const overLimit = await device.device.updateTags('add', ['c', 'd']).catch((error: unknown) => error);
+    expect(overLimit).toMatchObject({
+      code: 'TAG_LIMIT_EXCEEDED',
+      message: expect.stringContaining('at most 3 tags'),
+    });
+    const reserved = await device.device
+      .updateTags('add', ['pushd:city:深圳'])
+      .catch((error: unknown) => error);
+    expect(reserved).toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      message: expect.stringContaining('"pushd:"'),
+    });
+    expect(await tagsOf(system, device.token)).toEqual(['a', 'b']);
+    expect(device.device.state).toBe('open');
+    expect(device.closes).toEqual([]);
+    // Still usable, and a push to the refused tag does not reach it.
+    const toC = await pushTo(system, tagList(['c']));
+    await expect(device.device.updateTags('add', ['c'])).resolves.toBe(3);
+    const toCAgain = await pushTo(system, tagList(['c']));
+    await settle(device, toCAgain);
+    expect(device.received.map((m) => m.msgId)).toEqual([toCAgain]);
+    expect(toC).toBeLessThan(toCAgain);
+
+    // On the wire: the Error carries the request's id, and an unspecified operation is refused the same way.
+    const raw = await openRaw(
+      system.url,
+      system.sessionHeaders({ token: device.token, credential: device.device.credential ?? '' }),
+    );
+    await connected(raw);
+    raw.send({
+      id: 21,
+      body: { $case: 'updateTags', value: { operation: TagOperation.TAG_OPERATION_ADD, tags: ['d'] } },
+    });
+    raw.send({
+      id: 22,
+      body: {
+        $case: 'updateTags',
+        value: { operation: TagOperation.TAG_OPERATION_UNSPECIFIED, tags: ['d'] },
+      },
+    });
+    await raw.roundTrip();
+    await waitFor(() => raw.frames.some((f) => f.id === 22), 'the reply to frame 22');
+    expect(raw.frames.filter((f) => f.id === 21 || f.id === 22)).toEqual([
+      {
+        id: 21,
+        body: { $case: 'error', value: { code: 'TAG_LIMIT_EXCEEDED', message: expect.any(String) } },
+      },
+      {
+        id: 22,
+        body: {
+          $case: 'error',
+          value: { code: 'INVALID_ARGUMENT', message: expect.stringContaining('update_tags.operation') },
+        },
+      },
+    ]);
+    expect(raw.socket.readyState).toBe(WebSocket.OPEN);
+    expect(await tagsOf(system, device.token)).toEqual(['a', 'b', 'c']);
+  });
+
+  it('runs the tag frames of a session in the order sent', async () => {
+    const system = await startGateway();
+    const device = await connectedDevice(system);
+    const replies = await Promise.all([
+      device.device.updateTags('add', ['x', 'y']),
+      device.device.updateTags('remove', ['x']),
+      device.device.reportLocation('', '深圳'),
+      device.device.updateTags('add', ['x']),
+      device.device.updateTags('remove', ['y', 'x']),
+    ]);
+    expect(replies).toEqual([2, 1, undefined, 2, 0]);
+    expect(await tagsOf(system, device.token)).toEqual(['pushd:city:深圳']);
+  });
+
+  it('limits the tag and location frames of a session with RATE_LIMITED, keeping the connection', async () => {
+    const system = await startGateway({ gateway: { maxTagFramesPerWindow: 2, tagFrameWindowMs: 60_000 } });
+    const device = await connectedDevice(system);
+    const other = await connectedDevice(system);
+    await device.device.updateTags('add', ['a']);
+    await device.device.reportLocation('广东', '');
+    const limited = await device.device.updateTags('add', ['b']).catch((error: unknown) => error);
+    expect(limited).toMatchObject({ code: 'RATE_LIMITED', message: expect.stringContaining('at most 2') });
+    expect(device.device.state).toBe('open');
+    await device.device.ping();
+    expect(await tagsOf(system, device.token)).toEqual(['a', 'pushd:province:广东']);
+    // Per session: another device is not limited by this one.
+    await expect(other.device.updateTags('add', ['b'])).resolves.toBe(1);
+  });
+
+  it('closes a registration connection that sends UpdateTags or ReportLocation before Register with PROTOCOL_VIOLATION', async () => {
+    const system = await startGateway();
+    const bodies: NonNullable<ClientFrame['body']>[] = [
+      { $case: 'updateTags', value: { operation: TagOperation.TAG_OPERATION_ADD, tags: ['a'] } },
+      { $case: 'reportLocation', value: { province: '广东', city: '深圳' } },
+    ];
+    for (const body of bodies) {
+      const raw = await openRaw(system.url, {
+        'x-pushd-access-id': String(system.app.accessId),
+        'x-pushd-access-key': system.app.accessKey,
+      });
+      raw.send({ id: 5, body });
+      expect(await raw.closed).toMatchObject({ code: 4400 });
+      expect(raw.frames).toEqual([
+        {
+          id: 5,
+          body: {
+            $case: 'error',
+            value: { code: 'PROTOCOL_VIOLATION', message: `${body.$case} before registering` },
+          },
+        },
+      ]);
+    }
+    expect(await system.metric('gateway_disconnects_total', { reason: 'PROTOCOL_VIOLATION' })).toBe(2);
+    expect((await system.stores.tags.appTags(system.app.accessId, { limit: 10 })).total).toBe(0);
   });
 });

@@ -11,7 +11,14 @@ import {
   normalize,
 } from '@pushd/audience';
 import { type Bus, type BusSubscription, subjects } from '@pushd/bus';
-import { type Clock, type Logger, PushdError, systemClock, toPushdError } from '@pushd/common';
+import {
+  type Clock,
+  invalidArgument,
+  type Logger,
+  PushdError,
+  systemClock,
+  toPushdError,
+} from '@pushd/common';
 import {
   BroadcastDelivery,
   type ClientFrame,
@@ -30,7 +37,11 @@ import {
   Platform,
   type PushMessage,
   type RegistryServiceService,
+  type ReportLocation,
   type ServerFrame,
+  TagOperation,
+  type TagServiceService,
+  type UpdateTags,
 } from '@pushd/proto';
 import type { PromiseClient } from '@pushd/rpc';
 import type { RouteStore, TagStore } from '@pushd/store';
@@ -54,8 +65,13 @@ export interface GatewayOptions {
   /** Dispatch client authorized with the cluster token. */
   dispatch: PromiseClient<typeof DispatchServiceService>;
   routes: RouteStore;
-  /** Read only: the user tags of the devices held here, for tag pushes evaluated on this gateway. */
+  /**
+   * Read only: the tags of the devices held here (user tags and the location tags the store keeps beside
+   * them), for tag pushes evaluated on this gateway.
+   */
   tags: TagStore;
+  /** Tag service client authorized with the cluster token: the devices' UpdateTags and ReportLocation. */
+  tag: PromiseClient<typeof TagServiceService>;
   bus: Bus;
   metrics: GatewayMetrics;
   logger: Logger;
@@ -79,7 +95,20 @@ export interface GatewayOptions {
   registerTimeoutMs?: number;
   /** Lifetime of a device's route; refreshed at a third of it while connected. Default: 1800000 ms. */
   routeTtlMs?: number;
+  /**
+   * UpdateTags and ReportLocation frames one session may send per `tagFrameWindowMs`; more are answered
+   * RATE_LIMITED (the connection stays open), so that one device cannot keep the tag service busy.
+   * Default: 10.
+   */
+  maxTagFramesPerWindow?: number;
+  /** The window of `maxTagFramesPerWindow` (a fixed window, starting at the first frame). Default: 10000 ms. */
+  tagFrameWindowMs?: number;
 }
+
+/** The frames a device sends to change its own tags. */
+type TagFrameBody =
+  | { $case: 'updateTags'; value: UpdateTags }
+  | { $case: 'reportLocation'; value: ReportLocation };
 
 /** The ServerFrame of one delivery, encoded at most once per encoding whatever the number of devices. */
 class EncodedFrame {
@@ -122,6 +151,8 @@ export class Gateway {
   private readonly maxBufferedBytes: number;
   private readonly registerTimeoutMs: number;
   private readonly routeTtlMs: number;
+  private readonly maxTagFrames: number;
+  private readonly tagFrameWindowMs: number;
   private readonly events: EventBatcher;
   /** Connects and disconnects, on their own subject (the tag service keeps online counts from them). */
   private readonly presence: EventBatcher;
@@ -138,6 +169,8 @@ export class Gateway {
     this.maxBufferedBytes = options.maxBufferedBytes ?? 1_048_576;
     this.registerTimeoutMs = options.registerTimeoutMs ?? 10_000;
     this.routeTtlMs = options.routeTtlMs ?? 1_800_000;
+    this.maxTagFrames = options.maxTagFramesPerWindow ?? 10;
+    this.tagFrameWindowMs = options.tagFrameWindowMs ?? 10_000;
     this.events = new EventBatcher({
       bus: options.bus,
       source: 'gateway',
@@ -424,6 +457,10 @@ export class Gateway {
       case 'unregister':
         void this.onUnregister(session, frame.id);
         return;
+      case 'updateTags':
+      case 'reportLocation':
+        this.onTagFrame(session, frame.id, body);
+        return;
     }
   }
 
@@ -493,12 +530,114 @@ export class Gateway {
       this.options.metrics.disconnects.inc({ reason: 'unregistered' });
     } catch (error) {
       session.unregistering = false;
-      const failure = toPushdError(error);
-      this.send(session, {
-        id: requestId,
-        body: { $case: 'error', value: { code: failure.code, message: failure.message } },
-      });
+      this.replyError(session, requestId, toPushdError(error));
     }
+  }
+
+  /**
+   * UpdateTags and ReportLocation: the device changes its own tags through the tag service. Only sending
+   * one before registering is a protocol violation; a refused call (a tag limit, an invalid tag, the rate
+   * limit, the tag service unavailable) is answered with an Error frame and the connection stays open.
+   * The calls of one session run one after the other in the order sent, so that ADD then REMOVE of a tag
+   * ends without it whatever the latencies.
+   */
+  private onTagFrame(session: Session, requestId: number, body: TagFrameBody): void {
+    if (session.state === 'registering' || session.token === '') {
+      this.closeWith(
+        session,
+        new PushdError('PROTOCOL_VIOLATION', `${body.$case} before registering`),
+        requestId,
+      );
+      return;
+    }
+    const now = this.clock.now();
+    if (now - session.tagWindowStartMs >= this.tagFrameWindowMs) {
+      session.tagWindowStartMs = now;
+      session.tagWindowFrames = 0;
+    }
+    if (session.tagWindowFrames >= this.maxTagFrames) {
+      const retryAfterMs = session.tagWindowStartMs + this.tagFrameWindowMs - now;
+      this.replyError(
+        session,
+        requestId,
+        new PushdError(
+          'RATE_LIMITED',
+          `at most ${this.maxTagFrames} tag and location frames per ${this.tagFrameWindowMs} ms; retry in ${retryAfterMs} ms`,
+          { metadata: { retry_after_ms: String(retryAfterMs) } },
+        ),
+      );
+      return;
+    }
+    session.tagWindowFrames++;
+    const call = (session.tagCalls ?? Promise.resolve()).then(() =>
+      this.runTagFrame(session, requestId, body),
+    );
+    session.tagCalls = call;
+    void call.then(() => {
+      if (session.tagCalls === call) session.tagCalls = undefined;
+    });
+  }
+
+  /** One tag frame's call and reply; never rejects (the next queued call must run). */
+  private async runTagFrame(session: Session, requestId: number, body: TagFrameBody): Promise<void> {
+    if (session.state === 'closed') return;
+    let reply: ServerFrame['body'];
+    try {
+      if (body.$case === 'updateTags') {
+        reply = { $case: 'tagsUpdated', value: { count: await this.updateTags(session, body.value) } };
+      } else {
+        const { province, city } = body.value;
+        await this.options.tag.reportLocation({
+          accessId: session.accessId,
+          token: session.token,
+          province,
+          city,
+        });
+        reply = { $case: 'locationReported', value: {} };
+      }
+    } catch (error) {
+      const failure = toPushdError(error);
+      if (failure.code === 'INTERNAL') {
+        this.options.logger.error({ err: failure.cause ?? failure }, `${body.$case} failed`);
+      }
+      this.replyError(session, requestId, failure);
+      return;
+    }
+    // Before the reply: once the device has it, a tag push is evaluated on the new tags here, without
+    // waiting for the tag service's announcement (which reloads them too).
+    try {
+      session.userTags = await this.options.tags.list(session.accessId, session.token, session.index);
+      session.tagTest = undefined;
+    } catch (error) {
+      this.options.logger.warn({ err: error }, 'reloading device tags after a tag frame failed');
+    }
+    this.send(session, { id: requestId, body: reply });
+  }
+
+  private async updateTags(session: Session, update: UpdateTags): Promise<number> {
+    const { tag } = this.options;
+    const request = { accessId: session.accessId, token: session.token, tags: update.tags };
+    switch (update.operation) {
+      case TagOperation.TAG_OPERATION_ADD:
+        return (await tag.addTags(request)).count;
+      case TagOperation.TAG_OPERATION_REMOVE:
+        return (await tag.removeTags(request)).count;
+      case TagOperation.TAG_OPERATION_REPLACE:
+        return (await tag.setTags(request)).count;
+      default:
+        throw invalidArgument(
+          'update_tags.operation',
+          'must be TAG_OPERATION_ADD, TAG_OPERATION_REMOVE or TAG_OPERATION_REPLACE',
+        );
+    }
+  }
+
+  /** Answers a request with an Error frame; the connection stays open. */
+  private replyError(session: Session, requestId: number, error: PushdError): void {
+    this.send(session, {
+      id: requestId,
+      body: { $case: 'error', value: { code: error.code, message: error.message } },
+    });
   }
 
   private onAck(session: Session, requestId: number, msgIds: number[]): void {

@@ -1,5 +1,5 @@
 // A gateway process: device WebSocket connections on NATS. Production wiring (routes in Redis).
-import { DispatchServiceService, RegistryServiceService } from '@pushd/proto';
+import { DispatchServiceService, RegistryServiceService, TagServiceService } from '@pushd/proto';
 import { bootstrap, clientsComponent, clusterClient, connectNats, connectRedis, run } from '@pushd/runtime';
 import { gatewayEnv } from './env.js';
 import { Gateway } from './gateway.js';
@@ -10,6 +10,7 @@ const redis = connectRedis('gateway', env, logger, metrics);
 const nats = await connectNats('gateway', env, logger, metrics);
 const registry = clusterClient(RegistryServiceService, env.REGISTRY_ADDR, env.CLUSTER_TOKEN);
 const dispatch = clusterClient(DispatchServiceService, env.DISPATCH_ADDR, env.CLUSTER_TOKEN);
+const tag = clusterClient(TagServiceService, env.TAG_ADDR, env.CLUSTER_TOKEN);
 const gateway = new Gateway({
   nodeId: env.NODE_ID,
   host: env.HOST,
@@ -18,6 +19,7 @@ const gateway = new Gateway({
   dispatch,
   routes: redis.stores.routes,
   tags: redis.stores.tags,
+  tag,
   bus: nats.bus,
   metrics: createGatewayMetrics(metrics),
   logger,
@@ -33,6 +35,6 @@ await run({
   metrics,
   env,
   checks: [redis.check, nats.check],
-  connections: [redis.component, nats.component, clientsComponent(registry, dispatch)],
+  connections: [redis.component, nats.component, clientsComponent(registry, dispatch, tag)],
   components: [{ name: 'gateway', start: () => gateway.start(), stop: () => gateway.stop() }],
 });

@@ -41,7 +41,10 @@ export class Session {
   appVersion = '';
   osVersion = '';
   locale = '';
-  /** The device's user tags, loaded when the session starts and when the tag service says they changed. */
+  /**
+   * The device's tag set (user tags and its reported location's `pushd:` tags), loaded when the session
+   * starts, when the tag service says they changed, and after the device's own tag and location frames.
+   */
   userTags: readonly string[] = [];
   /** Built from the above on the first tag push that needs it; cleared when they change. */
   tagTest: HasTag | undefined;
@@ -53,6 +56,11 @@ export class Session {
   unacked: Map<number, string> | undefined;
   /** The device sent Unregister and the registry call is in flight. */
   unregistering = false;
+  /** Start of the current rate window of UpdateTags / ReportLocation frames, and how many came in it. */
+  tagWindowStartMs = 0;
+  tagWindowFrames = 0;
+  /** The last UpdateTags / ReportLocation call queued: calls of one session run in the order sent. */
+  tagCalls: Promise<void> | undefined;
   /** Cleared by each heartbeat sweep, set by any pong or frame: still false at the next sweep = dead. */
   alive = true;
 

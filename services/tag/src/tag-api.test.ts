@@ -1,6 +1,7 @@
 import { MemoryBus, streams, subjects } from '@pushd/bus';
 import { ManualClock, silentLogger } from '@pushd/common';
 import {
+  DeviceTagsChanged,
   Event,
   EventBatch,
   EventType,
@@ -131,7 +132,7 @@ async function setup(options: { limits?: { perDevice?: number; perApp?: number }
       },
       `the count of ${JSON.stringify(expression ?? 'all')} to be ${JSON.stringify(expected)}`,
     );
-  return { h, registry, stores, clock, accessId, auth, register, count, presence, settled, created };
+  return { h, bus, registry, stores, clock, accessId, auth, register, count, presence, settled, created };
 }
 
 describe('TagService SetTags and ClearTags', () => {
@@ -470,6 +471,130 @@ describe('TagService CountAudience and the index kept from events', () => {
     await expect(
       one.h.batchAddTags({ accessId: 0, tokens: [token], tags: ['x'] }, otherAuth),
     ).resolves.toEqual({ unknownTokens: [token], changed: 0 });
+  });
+});
+
+describe('TagService ReportLocation', () => {
+  const report =
+    (h: Awaited<ReturnType<typeof setup>>['h'], auth: () => ReturnType<typeof callContext>) =>
+    (token: string, province: string, city: string) =>
+      h.reportLocation({ accessId: 0, token, province, city }, auth());
+
+  it('makes the location built-in tags, counted in audiences, and replaces them on the next report', async () => {
+    const { h, auth, stores, accessId, register, count, settled } = await setup();
+    const shenzhen = await register();
+    const guangzhou = await register();
+    await settled({ matched: 2 });
+    const locate = report(h, auth);
+    await expect(locate(shenzhen.token, '广东', '深圳')).resolves.toEqual({});
+    await locate(guangzhou.token, '广东', '广州');
+    await expect(count(list(['pushd:city:深圳']))).resolves.toEqual({ matched: 1, online: 0 });
+    await expect(count(list(['pushd:province:广东']))).resolves.toEqual({ matched: 2, online: 0 });
+    expect(await stores.tags.list(accessId, shenzhen.token, shenzhen.index)).toEqual([
+      'pushd:city:深圳',
+      'pushd:province:广东',
+    ]);
+
+    // The device moved: the new city replaces the old one, it does not accumulate.
+    await locate(shenzhen.token, '广东', '广州');
+    await expect(count(list(['pushd:city:深圳']))).resolves.toEqual({ matched: 0, online: 0 });
+    await expect(count(list(['pushd:city:广州']))).resolves.toEqual({ matched: 2, online: 0 });
+    expect(await stores.tags.list(accessId, shenzhen.token)).toEqual([
+      'pushd:city:广州',
+      'pushd:province:广东',
+    ]);
+    // An empty value is unknown: its tag goes; both empty clear the location.
+    await locate(shenzhen.token, '广东', '');
+    expect(await stores.tags.list(accessId, shenzhen.token)).toEqual(['pushd:province:广东']);
+    await expect(count(list(['pushd:city:广州']))).resolves.toEqual({ matched: 1, online: 0 });
+    await locate(shenzhen.token, '', '');
+    expect(await stores.tags.list(accessId, shenzhen.token)).toEqual([]);
+    await expect(count(list(['pushd:province:广东']))).resolves.toEqual({ matched: 1, online: 0 });
+  });
+
+  it('refuses an invalid province or city naming the field, and changes nothing', async () => {
+    const { h, auth, stores, accessId, register, count, settled } = await setup();
+    const device = await register();
+    await settled({ matched: 1 });
+    const locate = report(h, auth);
+    await locate(device.token, '广东', '深圳');
+    for (const [province, city, field] of [
+      ['广 东', '广州', 'province'],
+      ['广东', 'x'.repeat(51), 'city'],
+      ['广东', 'new\nline', 'city'],
+      ['广东', 'tab\tcity', 'city'],
+    ] as const) {
+      await expect(locate(device.token, province, city)).rejects.toMatchObject({
+        code: 'INVALID_ARGUMENT',
+        metadata: { field },
+        message: expect.stringContaining(`${field}:`),
+      });
+    }
+    await expect(locate('', '广东', '广州')).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      metadata: { field: 'token' },
+    });
+    expect(await stores.tags.list(accessId, device.token)).toEqual([
+      'pushd:city:深圳',
+      'pushd:province:广东',
+    ]);
+    await expect(count(list(['pushd:city:深圳']))).resolves.toEqual({ matched: 1, online: 0 });
+    await expect(count(list(['pushd:city:广州']))).resolves.toEqual({ matched: 0, online: 0 });
+  });
+
+  it('survives SetTags and ClearTags, stays out of ListTags and outside the user tag limits', async () => {
+    const { h, auth, stores, accessId, register, count, settled } = await setup({
+      limits: { perDevice: 2, perApp: 2 },
+    });
+    const device = await register();
+    await settled({ matched: 1 });
+    await report(h, auth)(device.token, '广东', '深圳');
+    // Two user tags fit beside the two location tags, on both limits.
+    await expect(h.addTags({ accessId: 0, token: device.token, tags: ['a', 'b'] }, auth())).resolves.toEqual({
+      count: 2,
+    });
+    await expect(h.listTags({ accessId: 0, token: device.token }, auth())).resolves.toEqual({
+      tags: ['a', 'b'],
+    });
+    await expect(h.listAppTags({ accessId: 0, pageSize: 0, pageToken: '' }, auth())).resolves.toMatchObject({
+      total: 2,
+    });
+    await expect(h.setTags({ accessId: 0, token: device.token, tags: ['a'] }, auth())).resolves.toEqual({
+      count: 1,
+    });
+    await expect(count(list(['pushd:city:深圳', 'a']))).resolves.toEqual({ matched: 1, online: 0 });
+    await expect(h.clearTags({ accessId: 0, token: device.token }, auth())).resolves.toEqual({ removed: 1 });
+    await expect(count(list(['pushd:city:深圳']))).resolves.toEqual({ matched: 1, online: 0 });
+    await expect(count(list(['a']))).resolves.toEqual({ matched: 0, online: 0 });
+    await h.setTags({ accessId: 0, token: device.token, tags: [] }, auth());
+    expect(await stores.tags.list(accessId, device.token)).toEqual([
+      'pushd:city:深圳',
+      'pushd:province:广东',
+    ]);
+    // Still not settable or removable by hand.
+    await expect(
+      h.removeTags({ accessId: 0, token: device.token, tags: ['pushd:city:深圳'] }, auth()),
+    ).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', metadata: { field: 'tags' } });
+  });
+
+  it('tells the gateway holding the device, and forgets the location when the device unregisters', async () => {
+    const { h, auth, bus, stores, accessId, registry, register, count, settled } = await setup();
+    const device = await register();
+    await settled({ matched: 1 });
+    await stores.routes.set(accessId, device.token, { nodeId: 'gw-1', sessionId: 's1' }, 60_000);
+    const announced: string[][] = [];
+    const subscription = bus.subscribe(subjects.nodeTags('gw-1'), (data) =>
+      announced.push(DeviceTagsChanged.decode(data).tokens),
+    );
+    await report(h, auth)(device.token, '广东', '深圳');
+    await waitFor(() => announced.length === 1, 'the tag change announcement');
+    expect(announced).toEqual([[device.token]]);
+    subscription.unsubscribe();
+
+    await registry.unregisterDevice({ accessId: 0, token: device.token }, auth());
+    await settled({ matched: 0 });
+    await expect(count(list(['pushd:city:深圳']))).resolves.toEqual({ matched: 0, online: 0 });
+    expect(await stores.tags.list(accessId, device.token)).toEqual([]);
   });
 });
 

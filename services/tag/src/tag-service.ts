@@ -1,4 +1,4 @@
-import { type AudienceExpr, fromProto, normalize } from '@pushd/audience';
+import { type AudienceExpr, builtinTag, fromProto, normalize, validateExpressionTag } from '@pushd/audience';
 import { type Bus, type DurableConsumer, streams, subjects } from '@pushd/bus';
 import { type Clock, invalidArgument, type Logger, PushdError, systemClock } from '@pushd/common';
 import {
@@ -17,6 +17,7 @@ import {
 } from '@pushd/rpc';
 import {
   type AudienceIndex,
+  isAttributeTag,
   MemoryAudienceIndex,
   platformTag,
   type RouteStore,
@@ -38,6 +39,12 @@ export const MAX_TOKENS_PER_BATCH = 1_000;
 
 /** Reserved for built-in attribute tags (platform, version...), which cannot be set by hand. */
 export const RESERVED_TAG_PREFIX = 'pushd:';
+
+/**
+ * The built-in tags of a device's location (ReportLocation), kept in its tag set by the tag store as
+ * attribute tags: outside the user tag limits and counts, left alone by the user tag calls.
+ */
+const LOCATION_PREFIXES = [builtinTag('province', ''), builtinTag('city', '')];
 
 const TAG_MAX_CHARS = 50;
 const DEFAULT_PAGE_SIZE = 100;
@@ -115,7 +122,10 @@ export class TagService {
       listTags: async (request, { metadata }) => {
         const accessId = await app(metadata, request.accessId);
         const device = await this.device(accessId, request.token);
-        return { tags: await tags.list(accessId, device.token, device.index) };
+        // The set also holds the device's location tags; like every built-in tag they are not listed
+        // (and a ListTags + SetTags round trip must not trip over the reserved prefix).
+        const held = await tags.list(accessId, device.token, device.index);
+        return { tags: held.filter((tag) => !isAttributeTag(tag)) };
       },
 
       setTags: async (request, { metadata }) => {
@@ -186,6 +196,17 @@ export class TagService {
           nextPageToken: page.tags.length > pageSize ? encodePageToken(shown[shown.length - 1]!.tag) : '',
           total: page.total,
         };
+      },
+
+      reportLocation: async (request, { metadata }) => {
+        const accessId = await app(metadata, request.accessId);
+        const location = locationTags(request.province, request.city);
+        const device = await this.device(accessId, request.token);
+        const change = single(await tags.setAttributes(accessId, device, LOCATION_PREFIXES, location));
+        // Every location tag, not only the added ones: a report repeated after a crash repairs bits.
+        await audience.setTags(accessId, device.index, location, change.removed);
+        await this.announce(accessId, [device.token]);
+        return {};
       },
 
       countAudience: async (request, { metadata }) => {
@@ -300,6 +321,25 @@ export function validateTags(tags: string[], options: { allowNone?: boolean } = 
     }
   }
   return [...new Set(tags)];
+}
+
+/**
+ * The built-in tags of a reported location: `pushd:province:<province>` and `pushd:city:<city>`, each only
+ * when given. A value must be a valid built-in tag value (at most 50 characters, no whitespace or control
+ * characters), so that any location a device reports can be named in an expression.
+ */
+export function locationTags(province: string, city: string): string[] {
+  const tags: string[] = [];
+  for (const [field, value] of [
+    ['province', province],
+    ['city', city],
+  ] as const) {
+    if (value === '') continue;
+    const tag = builtinTag(field, value);
+    validateExpressionTag(tag, field);
+    tags.push(tag);
+  }
+  return tags;
 }
 
 function validateTokens(tokens: string[]): string[] {

@@ -3,7 +3,12 @@
 -- newer one first forgets the older registration's state, returning its tags as `dropped` so that the
 -- caller gives back their app-wide counts.
 --
--- KEYS[1] the device's user tag set, KEYS[2] its meta hash:
+-- The set holds user tags and attribute tags (members starting with 'pushd:', set by 'attributes': the
+-- device's reported location). Attribute tags are not user tags: never counted (count, the per-device
+-- limit), never reported as kept or removed by add / remove / set / clear, and left in place by set and
+-- clear; the caller never names them in those operations.
+--
+-- KEYS[1] the device's tag set, KEYS[2] its meta hash:
 --   x  device index the state belongs to       d   '1' once that registration unregistered (a marker
 --   p  platform                                    that expires, making late events obsolete)
 --   b  built-in value tags set in the index, '\n'-joined (registry refuses control characters in them)
@@ -13,6 +18,8 @@
 --   remove     ARGV[4..] tags
 --   set        ARGV[3] most tags per device, ARGV[4..] tags (distinct): replaces the set
 --   clear      -
+--   attributes ARGV[3] number n of prefixes, ARGV[4..3+n] prefixes, ARGV[4+n..] tags (distinct, each under
+--              one of the prefixes): replaces the attribute tags under those prefixes
 --   register   ARGV[3] the built-in tags the caller read ('\n'-joined, '' for none), ARGV[4] platform,
 --              ARGV[5] built-in tags to store, ARGV[6] at_ms
 --   presence   ARGV[3] session id, ARGV[4] at_ms, ARGV[5] '1' connected, '0' disconnected
@@ -61,6 +68,27 @@ local function sadd(tags)
   end
 end
 
+local function srem(tags)
+  for i = 1, #tags, 500 do
+    redis.call('SREM', KEYS[1], unpack(tags, i, math.min(i + 499, #tags)))
+  end
+end
+
+local function is_attribute(tag)
+  return string.sub(tag, 1, 6) == 'pushd:'
+end
+
+-- The set's user tags (at most the per-device limit plus a few attribute tags: reading it is cheap).
+local function user_tags()
+  local tags = {}
+  for _, tag in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    if not is_attribute(tag) then
+      tags[#tags + 1] = tag
+    end
+  end
+  return tags
+end
+
 if op == 'unregister' then
   local tags = redis.call('SMEMBERS', KEYS[1])
   local held = redis.call('HMGET', KEYS[2], 'b', 'p')
@@ -98,7 +126,7 @@ if op == 'add' or op == 'set' or op == 'remove' then
       wanted[tag] = true
     end
     local before = {}
-    for _, tag in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    for _, tag in ipairs(user_tags()) do
       before[tag] = true
       if wanted[tag] then
         kept[#kept + 1] = tag
@@ -111,8 +139,9 @@ if op == 'add' or op == 'set' or op == 'remove' then
         added[#added + 1] = tag
       end
     end
-    redis.call('DEL', KEYS[1])
-    sadd(requested)
+    -- Not DEL: the attribute tags stay.
+    srem(removed)
+    sadd(added)
     return reply(1, #requested, added, removed, kept)
   end
   for _, tag in ipairs(requested) do
@@ -127,7 +156,7 @@ if op == 'add' or op == 'set' or op == 'remove' then
       removed[#removed + 1] = tag
     end
   end
-  local count = redis.call('SCARD', KEYS[1])
+  local count = #user_tags()
   if op == 'add' then
     if count + #added > tonumber(ARGV[3]) then
       return reply(0, count + #added, {}, {}, {})
@@ -135,16 +164,53 @@ if op == 'add' or op == 'set' or op == 'remove' then
     sadd(added)
     return reply(1, count + #added, added, {}, kept)
   end
-  for i = 1, #removed, 500 do
-    redis.call('SREM', KEYS[1], unpack(removed, i, math.min(i + 499, #removed)))
-  end
+  srem(removed)
   return reply(1, count - #removed, {}, removed, {})
 end
 
 if op == 'clear' then
-  local removed = redis.call('SMEMBERS', KEYS[1])
-  redis.call('DEL', KEYS[1])
+  local removed = user_tags()
+  srem(removed)
   return reply(1, 0, {}, removed, {})
+end
+
+if op == 'attributes' then
+  local n = tonumber(ARGV[3])
+  local prefixes = {}
+  for i = 4, 3 + n do
+    prefixes[#prefixes + 1] = ARGV[i]
+  end
+  local wanted = {}
+  local requested = {}
+  for i = 4 + n, #ARGV do
+    wanted[ARGV[i]] = true
+    requested[#requested + 1] = ARGV[i]
+  end
+  local held = {}
+  local removed = {}
+  local count = 0
+  for _, tag in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    held[tag] = true
+    if not is_attribute(tag) then
+      count = count + 1
+    elseif not wanted[tag] then
+      for _, prefix in ipairs(prefixes) do
+        if string.sub(tag, 1, #prefix) == prefix then
+          removed[#removed + 1] = tag
+          break
+        end
+      end
+    end
+  end
+  local added = {}
+  for _, tag in ipairs(requested) do
+    if not held[tag] then
+      added[#added + 1] = tag
+    end
+  end
+  srem(removed)
+  sadd(added)
+  return reply(1, count, added, removed, {})
 end
 
 if op == 'register' then

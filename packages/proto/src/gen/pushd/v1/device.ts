@@ -20,17 +20,67 @@ export const protobufFileName = "pushd/v1/device.proto";
  * messages, for debugging with any WebSocket tool).
  */
 
+/** What UpdateTags does with its tags (the TPNS SDKs' appendTags, delTags and clearAndAppendTags). */
+export enum TagOperation {
+  /** TAG_OPERATION_UNSPECIFIED - Refused (INVALID_ARGUMENT). */
+  TAG_OPERATION_UNSPECIFIED = 0,
+  /** TAG_OPERATION_ADD - Adds the tags (1 to 100) to the device's user tags. */
+  TAG_OPERATION_ADD = 1,
+  /** TAG_OPERATION_REMOVE - Removes the tags (1 to 100); tags the device does not hold are ignored. */
+  TAG_OPERATION_REMOVE = 2,
+  /** TAG_OPERATION_REPLACE - Replaces all user tags of the device by the tags (0 to 100: none clears them). */
+  TAG_OPERATION_REPLACE = 3,
+}
+
+export function tagOperationFromJSON(object: any): TagOperation {
+  switch (object) {
+    case 0:
+    case "TAG_OPERATION_UNSPECIFIED":
+      return TagOperation.TAG_OPERATION_UNSPECIFIED;
+    case 1:
+    case "TAG_OPERATION_ADD":
+      return TagOperation.TAG_OPERATION_ADD;
+    case 2:
+    case "TAG_OPERATION_REMOVE":
+      return TagOperation.TAG_OPERATION_REMOVE;
+    case 3:
+    case "TAG_OPERATION_REPLACE":
+      return TagOperation.TAG_OPERATION_REPLACE;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum TagOperation");
+  }
+}
+
+export function tagOperationToJSON(object: TagOperation): string {
+  switch (object) {
+    case TagOperation.TAG_OPERATION_UNSPECIFIED:
+      return "TAG_OPERATION_UNSPECIFIED";
+    case TagOperation.TAG_OPERATION_ADD:
+      return "TAG_OPERATION_ADD";
+    case TagOperation.TAG_OPERATION_REMOVE:
+      return "TAG_OPERATION_REMOVE";
+    case TagOperation.TAG_OPERATION_REPLACE:
+      return "TAG_OPERATION_REPLACE";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum TagOperation");
+  }
+}
+
 /** Device -> gateway. */
 export interface ClientFrame {
   /**
-   * Chosen by the device; echoed in the reply (Registered, Unregistered, Pong or Error). 0 when no reply
-   * is wanted (acks).
+   * Chosen by the device; echoed in the reply (Registered, Unregistered, Pong, TagsUpdated,
+   * LocationReported or Error). 0 when no reply is wanted (acks).
    */
   id: number;
-  body?: { $case: "register"; value: Register } | { $case: "ack"; value: Ack } | { $case: "ping"; value: Ping } | {
-    $case: "unregister";
-    value: Unregister;
-  } | undefined;
+  body?:
+    | { $case: "register"; value: Register }
+    | { $case: "ack"; value: Ack }
+    | { $case: "ping"; value: Ping }
+    | { $case: "unregister"; value: Unregister }
+    | { $case: "updateTags"; value: UpdateTags }
+    | { $case: "reportLocation"; value: ReportLocation }
+    | undefined;
 }
 
 /** Gateway -> device. */
@@ -44,6 +94,8 @@ export interface ServerFrame {
     | { $case: "pong"; value: Pong }
     | { $case: "error"; value: ServerError }
     | { $case: "unregistered"; value: Unregistered }
+    | { $case: "tagsUpdated"; value: TagsUpdated }
+    | { $case: "locationReported"; value: LocationReported }
     | undefined;
 }
 
@@ -137,6 +189,36 @@ export interface Unregistered {
 }
 
 /**
+ * The device changes its own user tags, with the rules and limits of the tag service's AddTags,
+ * RemoveTags and SetTags (tag.proto): at most 100 per device, 10,000 distinct per app, refused whole. A
+ * refused call is answered with an Error frame carrying the request's id (TAG_LIMIT_EXCEEDED,
+ * INVALID_ARGUMENT, RATE_LIMITED...) and the connection stays open.
+ */
+export interface UpdateTags {
+  operation: TagOperation;
+  tags: string[];
+}
+
+export interface TagsUpdated {
+  /** User tags the device has after the call. */
+  count: number;
+}
+
+/**
+ * The device's location, kept as the built-in tags pushd:province:<province> and pushd:city:<city>, which
+ * replace those of its previous report. Each value is at most 50 characters without whitespace or control
+ * characters; an empty value means unknown (its tag is removed); both empty clear the location. These tags
+ * do not count toward the user tag limits.
+ */
+export interface ReportLocation {
+  province: string;
+  city: string;
+}
+
+export interface LocationReported {
+}
+
+/**
  * A request failed (id echoes the request) or the gateway is about to close the connection (id 0). code is
  * a stable string from the error catalogue (docs/protocol.md, "Error codes").
  */
@@ -166,6 +248,12 @@ export const ClientFrame: MessageFns<ClientFrame> = {
         break;
       case "unregister":
         Unregister.encode(message.body.value, writer.uint32(106).fork()).join();
+        break;
+      case "updateTags":
+        UpdateTags.encode(message.body.value, writer.uint32(114).fork()).join();
+        break;
+      case "reportLocation":
+        ReportLocation.encode(message.body.value, writer.uint32(122).fork()).join();
         break;
     }
     return writer;
@@ -224,6 +312,22 @@ export const ClientFrame: MessageFns<ClientFrame> = {
             message.body = { $case: "unregister", value: Unregister.decode(reader, reader.uint32()) };
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.body = { $case: "updateTags", value: UpdateTags.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.body = { $case: "reportLocation", value: ReportLocation.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -247,6 +351,14 @@ export const ClientFrame: MessageFns<ClientFrame> = {
         ? { $case: "ping", value: Ping.fromJSON(object.ping) }
         : isSet(object.unregister)
         ? { $case: "unregister", value: Unregister.fromJSON(object.unregister) }
+        : isSet(object.updateTags)
+        ? { $case: "updateTags", value: UpdateTags.fromJSON(object.updateTags) }
+        : isSet(object.update_tags)
+        ? { $case: "updateTags", value: UpdateTags.fromJSON(object.update_tags) }
+        : isSet(object.reportLocation)
+        ? { $case: "reportLocation", value: ReportLocation.fromJSON(object.reportLocation) }
+        : isSet(object.report_location)
+        ? { $case: "reportLocation", value: ReportLocation.fromJSON(object.report_location) }
         : undefined,
     };
   },
@@ -264,6 +376,10 @@ export const ClientFrame: MessageFns<ClientFrame> = {
       obj.ping = Ping.toJSON(message.body.value);
     } else if (message.body?.$case === "unregister") {
       obj.unregister = Unregister.toJSON(message.body.value);
+    } else if (message.body?.$case === "updateTags") {
+      obj.updateTags = UpdateTags.toJSON(message.body.value);
+    } else if (message.body?.$case === "reportLocation") {
+      obj.reportLocation = ReportLocation.toJSON(message.body.value);
     }
     return obj;
   },
@@ -299,6 +415,18 @@ export const ClientFrame: MessageFns<ClientFrame> = {
         }
         break;
       }
+      case "updateTags": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "updateTags", value: UpdateTags.fromPartial(object.body.value) };
+        }
+        break;
+      }
+      case "reportLocation": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "reportLocation", value: ReportLocation.fromPartial(object.body.value) };
+        }
+        break;
+      }
     }
     return message;
   },
@@ -331,6 +459,12 @@ export const ServerFrame: MessageFns<ServerFrame> = {
         break;
       case "unregistered":
         Unregistered.encode(message.body.value, writer.uint32(122).fork()).join();
+        break;
+      case "tagsUpdated":
+        TagsUpdated.encode(message.body.value, writer.uint32(130).fork()).join();
+        break;
+      case "locationReported":
+        LocationReported.encode(message.body.value, writer.uint32(138).fork()).join();
         break;
     }
     return writer;
@@ -405,6 +539,22 @@ export const ServerFrame: MessageFns<ServerFrame> = {
             message.body = { $case: "unregistered", value: Unregistered.decode(reader, reader.uint32()) };
             continue;
           }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.body = { $case: "tagsUpdated", value: TagsUpdated.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.body = { $case: "locationReported", value: LocationReported.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -432,6 +582,14 @@ export const ServerFrame: MessageFns<ServerFrame> = {
         ? { $case: "error", value: ServerError.fromJSON(object.error) }
         : isSet(object.unregistered)
         ? { $case: "unregistered", value: Unregistered.fromJSON(object.unregistered) }
+        : isSet(object.tagsUpdated)
+        ? { $case: "tagsUpdated", value: TagsUpdated.fromJSON(object.tagsUpdated) }
+        : isSet(object.tags_updated)
+        ? { $case: "tagsUpdated", value: TagsUpdated.fromJSON(object.tags_updated) }
+        : isSet(object.locationReported)
+        ? { $case: "locationReported", value: LocationReported.fromJSON(object.locationReported) }
+        : isSet(object.location_reported)
+        ? { $case: "locationReported", value: LocationReported.fromJSON(object.location_reported) }
         : undefined,
     };
   },
@@ -453,6 +611,10 @@ export const ServerFrame: MessageFns<ServerFrame> = {
       obj.error = ServerError.toJSON(message.body.value);
     } else if (message.body?.$case === "unregistered") {
       obj.unregistered = Unregistered.toJSON(message.body.value);
+    } else if (message.body?.$case === "tagsUpdated") {
+      obj.tagsUpdated = TagsUpdated.toJSON(message.body.value);
+    } else if (message.body?.$case === "locationReported") {
+      obj.locationReported = LocationReported.toJSON(message.body.value);
     }
     return obj;
   },
@@ -497,6 +659,18 @@ export const ServerFrame: MessageFns<ServerFrame> = {
       case "unregistered": {
         if (object.body?.value !== undefined && object.body?.value !== null) {
           message.body = { $case: "unregistered", value: Unregistered.fromPartial(object.body.value) };
+        }
+        break;
+      }
+      case "tagsUpdated": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "tagsUpdated", value: TagsUpdated.fromPartial(object.body.value) };
+        }
+        break;
+      }
+      case "locationReported": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "locationReported", value: LocationReported.fromPartial(object.body.value) };
         }
         break;
       }
@@ -1434,6 +1608,295 @@ export const Unregistered: MessageFns<Unregistered> = {
   },
   fromPartial<I extends Exact<DeepPartial<Unregistered>, I>>(_: I): Unregistered {
     const message = createBaseUnregistered();
+    return message;
+  },
+};
+
+function createBaseUpdateTags(): UpdateTags {
+  return { operation: 0, tags: [] };
+}
+
+export const UpdateTags: MessageFns<UpdateTags> = {
+  encode(message: UpdateTags, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.operation !== 0) {
+      writer.uint32(8).int32(message.operation);
+    }
+    for (const v of message.tags) {
+      writer.uint32(18).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UpdateTags {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUpdateTags();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.operation = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.tags.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UpdateTags {
+    return {
+      operation: isSet(object.operation) ? tagOperationFromJSON(object.operation) : 0,
+      tags: globalThis.Array.isArray(object?.tags) ? object.tags.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: UpdateTags): unknown {
+    const obj: any = {};
+    if (message.operation !== 0) {
+      obj.operation = tagOperationToJSON(message.operation);
+    }
+    if (message.tags?.length) {
+      obj.tags = message.tags;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UpdateTags>, I>>(base?: I): UpdateTags {
+    return UpdateTags.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UpdateTags>, I>>(object: I): UpdateTags {
+    const message = createBaseUpdateTags();
+    message.operation = object.operation ?? 0;
+    message.tags = object.tags?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseTagsUpdated(): TagsUpdated {
+  return { count: 0 };
+}
+
+export const TagsUpdated: MessageFns<TagsUpdated> = {
+  encode(message: TagsUpdated, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.count !== 0) {
+      writer.uint32(8).uint32(message.count);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TagsUpdated {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTagsUpdated();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.count = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TagsUpdated {
+    return { count: isSet(object.count) ? globalThis.Number(object.count) : 0 };
+  },
+
+  toJSON(message: TagsUpdated): unknown {
+    const obj: any = {};
+    if (message.count !== 0) {
+      obj.count = Math.round(message.count);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TagsUpdated>, I>>(base?: I): TagsUpdated {
+    return TagsUpdated.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TagsUpdated>, I>>(object: I): TagsUpdated {
+    const message = createBaseTagsUpdated();
+    message.count = object.count ?? 0;
+    return message;
+  },
+};
+
+function createBaseReportLocation(): ReportLocation {
+  return { province: "", city: "" };
+}
+
+export const ReportLocation: MessageFns<ReportLocation> = {
+  encode(message: ReportLocation, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.province !== "") {
+      writer.uint32(10).string(message.province);
+    }
+    if (message.city !== "") {
+      writer.uint32(18).string(message.city);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportLocation {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportLocation();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.province = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.city = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReportLocation {
+    return {
+      province: isSet(object.province) ? globalThis.String(object.province) : "",
+      city: isSet(object.city) ? globalThis.String(object.city) : "",
+    };
+  },
+
+  toJSON(message: ReportLocation): unknown {
+    const obj: any = {};
+    if (message.province !== "") {
+      obj.province = message.province;
+    }
+    if (message.city !== "") {
+      obj.city = message.city;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportLocation>, I>>(base?: I): ReportLocation {
+    return ReportLocation.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportLocation>, I>>(object: I): ReportLocation {
+    const message = createBaseReportLocation();
+    message.province = object.province ?? "";
+    message.city = object.city ?? "";
+    return message;
+  },
+};
+
+function createBaseLocationReported(): LocationReported {
+  return {};
+}
+
+export const LocationReported: MessageFns<LocationReported> = {
+  encode(_: LocationReported, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LocationReported {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLocationReported();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): LocationReported {
+    return {};
+  },
+
+  toJSON(_: LocationReported): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LocationReported>, I>>(base?: I): LocationReported {
+    return LocationReported.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LocationReported>, I>>(_: I): LocationReported {
+    const message = createBaseLocationReported();
     return message;
   },
 };

@@ -31,8 +31,10 @@ export const protobufFileName = "pushd/v1/tag.proto";
  *
  * User tags are 1 to 50 characters, no whitespace or control characters, and may not start with "pushd:"
  * (reserved for built-in attribute tags, which pushd keeps current by itself: pushd:platform:android|ios,
- * pushd:app_version:<v>, pushd:os_version:<v>, pushd:locale:<l>, pushd:active:1d|7d|30d). Built-in tags
- * may appear in expressions (CountAudience) but never be set or removed by a call.
+ * pushd:app_version:<v>, pushd:os_version:<v>, pushd:locale:<l>, pushd:active:1d|7d|30d, and
+ * pushd:province:<p> / pushd:city:<c> from the device's ReportLocation). Built-in tags may appear in
+ * expressions (CountAudience) but never be set or removed by the user tag calls; they do not count toward
+ * the limits below, and SetTags / ClearTags leave them in place.
  *
  * Limits (MISSION rule 3): at most 100 tags per device, at most 10,000 distinct tags per app. A call that
  * would exceed either is refused whole with TAG_LIMIT_EXCEEDED and changes nothing; the error's metadata
@@ -67,6 +69,7 @@ export interface ListTagsRequest {
 }
 
 export interface ListTagsResponse {
+  /** The device's user tags, sorted (its location tags, like every built-in tag, are not listed). */
   tags: string[];
 }
 
@@ -153,6 +156,20 @@ export interface CountAudienceRequest {
 export interface CountAudienceResponse {
   matched: number;
   online: number;
+}
+
+export interface ReportLocationRequest {
+  accessId: number;
+  token: string;
+  /**
+   * Each at most 50 characters without whitespace or control characters (the rule of built-in tag values);
+   * empty means unknown and removes that tag. Both empty clear the device's location.
+   */
+  province: string;
+  city: string;
+}
+
+export interface ReportLocationResponse {
 }
 
 function createBaseAddTagsRequest(): AddTagsRequest {
@@ -1866,6 +1883,179 @@ export const CountAudienceResponse: MessageFns<CountAudienceResponse> = {
   },
 };
 
+function createBaseReportLocationRequest(): ReportLocationRequest {
+  return { accessId: 0, token: "", province: "", city: "" };
+}
+
+export const ReportLocationRequest: MessageFns<ReportLocationRequest> = {
+  encode(message: ReportLocationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accessId !== 0) {
+      writer.uint32(8).uint64(message.accessId);
+    }
+    if (message.token !== "") {
+      writer.uint32(18).string(message.token);
+    }
+    if (message.province !== "") {
+      writer.uint32(26).string(message.province);
+    }
+    if (message.city !== "") {
+      writer.uint32(34).string(message.city);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportLocationRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportLocationRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accessId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.province = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.city = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReportLocationRequest {
+    return {
+      accessId: isSet(object.accessId)
+        ? globalThis.Number(object.accessId)
+        : isSet(object.access_id)
+        ? globalThis.Number(object.access_id)
+        : 0,
+      token: isSet(object.token) ? globalThis.String(object.token) : "",
+      province: isSet(object.province) ? globalThis.String(object.province) : "",
+      city: isSet(object.city) ? globalThis.String(object.city) : "",
+    };
+  },
+
+  toJSON(message: ReportLocationRequest): unknown {
+    const obj: any = {};
+    if (message.accessId !== 0) {
+      obj.accessId = Math.round(message.accessId);
+    }
+    if (message.token !== "") {
+      obj.token = message.token;
+    }
+    if (message.province !== "") {
+      obj.province = message.province;
+    }
+    if (message.city !== "") {
+      obj.city = message.city;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportLocationRequest>, I>>(base?: I): ReportLocationRequest {
+    return ReportLocationRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportLocationRequest>, I>>(object: I): ReportLocationRequest {
+    const message = createBaseReportLocationRequest();
+    message.accessId = object.accessId ?? 0;
+    message.token = object.token ?? "";
+    message.province = object.province ?? "";
+    message.city = object.city ?? "";
+    return message;
+  },
+};
+
+function createBaseReportLocationResponse(): ReportLocationResponse {
+  return {};
+}
+
+export const ReportLocationResponse: MessageFns<ReportLocationResponse> = {
+  encode(_: ReportLocationResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportLocationResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportLocationResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ReportLocationResponse {
+    return {};
+  },
+
+  toJSON(_: ReportLocationResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportLocationResponse>, I>>(base?: I): ReportLocationResponse {
+    return ReportLocationResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportLocationResponse>, I>>(_: I): ReportLocationResponse {
+    const message = createBaseReportLocationResponse();
+    return message;
+  },
+};
+
 export type TagServiceService = typeof TagServiceService;
 export const TagServiceService = {
   /** Adds tags to a device (1 to 100 per call). */
@@ -1964,6 +2154,21 @@ export const TagServiceService = {
       Buffer.from(CountAudienceResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CountAudienceResponse => CountAudienceResponse.decode(value),
   },
+  /**
+   * Records where a device is: its built-in tags pushd:province:<province> and pushd:city:<city> replace
+   * those of its previous report. Gateways call it for a device's ReportLocation frame.
+   */
+  reportLocation: {
+    path: "/pushd.v1.TagService/ReportLocation" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReportLocationRequest): Buffer =>
+      Buffer.from(ReportLocationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReportLocationRequest => ReportLocationRequest.decode(value),
+    responseSerialize: (value: ReportLocationResponse): Buffer =>
+      Buffer.from(ReportLocationResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReportLocationResponse => ReportLocationResponse.decode(value),
+  },
 } as const;
 
 export interface TagServiceServer extends UntypedServiceImplementation {
@@ -1987,6 +2192,11 @@ export interface TagServiceServer extends UntypedServiceImplementation {
    * connected now, answered from the audience index without sending anything.
    */
   countAudience: handleUnaryCall<CountAudienceRequest, CountAudienceResponse>;
+  /**
+   * Records where a device is: its built-in tags pushd:province:<province> and pushd:city:<city> replace
+   * those of its previous report. Gateways call it for a device's ReportLocation frame.
+   */
+  reportLocation: handleUnaryCall<ReportLocationRequest, ReportLocationResponse>;
 }
 
 export interface TagServiceClient extends Client {
@@ -2135,6 +2345,25 @@ export interface TagServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CountAudienceResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Records where a device is: its built-in tags pushd:province:<province> and pushd:city:<city> replace
+   * those of its previous report. Gateways call it for a device's ReportLocation frame.
+   */
+  reportLocation(
+    request: ReportLocationRequest,
+    callback: (error: ServiceError | null, response: ReportLocationResponse) => void,
+  ): ClientUnaryCall;
+  reportLocation(
+    request: ReportLocationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReportLocationResponse) => void,
+  ): ClientUnaryCall;
+  reportLocation(
+    request: ReportLocationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReportLocationResponse) => void,
   ): ClientUnaryCall;
 }
 
