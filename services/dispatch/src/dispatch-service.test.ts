@@ -318,7 +318,7 @@ describe('DispatchService.push validation', () => {
     await expect(push('f'.repeat(40))).rejects.toMatchObject({ code: 'TOKEN_NOT_FOUND' });
 
     await bus.flush();
-    expect(await pending(token)).toEqual({ messages: [], lastMsgId: 0, lastBroadcastId: 0 });
+    expect(await pending(token)).toEqual({ messages: [], lastMsgId: 0, lastBroadcastId: 0, dropped: 0 });
     expect(deliveries).toEqual([]);
     expect(sentEvents).toEqual([]);
     await expect(h.getPush({ accessId: 0, pushId: '1' }, app.auth())).rejects.toMatchObject({
@@ -394,6 +394,9 @@ describe('DispatchService.push', () => {
         createdAtMs: clock.now(),
         expiresAtMs: clock.now() + 72 * HOUR_MS,
         target: 1,
+        sendTimeMs: clock.now(),
+        occurrences: 0,
+        failure: '',
       },
     });
   });
@@ -577,7 +580,7 @@ describe('DispatchService.push', () => {
     await expect(refused).rejects.toMatchObject({ code: 'UNAVAILABLE' });
 
     await bus.flush();
-    expect(await pending(token)).toEqual({ messages: [], lastMsgId: 0, lastBroadcastId: 0 });
+    expect(await pending(token)).toEqual({ messages: [], lastMsgId: 0, lastBroadcastId: 0, dropped: 0 });
     expect(deliveries).toEqual([]);
     expect(sentEvents).toEqual([]);
     await expect(h.getPush({ accessId: 0, pushId: '1' }, app.auth())).rejects.toMatchObject({
@@ -678,7 +681,7 @@ describe('DispatchEventConsumer', () => {
       // The registry announces that the device unregistered: its whole window goes.
       await registryHandlers.unregisterDevice({ accessId: app.accessId, token }, cluster());
       await waitFor(async () => (await pending(token)).lastMsgId === 0, 'the window to be cleared');
-      expect(await pending(token)).toEqual({ messages: [], lastMsgId: 0, lastBroadcastId: 0 });
+      expect(await pending(token)).toEqual({ messages: [], lastMsgId: 0, lastBroadcastId: 0, dropped: 0 });
       expect(await pendingIds(other)).toEqual([others.msgId]);
       expect(await counterValue(metrics.eventsConsumed, { type: 'unregistered' })).toBe(1);
     } finally {
@@ -891,6 +894,9 @@ describe('DispatchService.push to all devices and to tag expressions', () => {
       audience: { target: { $case: 'all' as const, value: {} } },
       devices: [],
       countedTarget: 1,
+      onlineOnly: false,
+      occurrence: 0,
+      moreOccurrences: false,
     };
     await applier.apply(command, accepted.msgId);
     await applier.apply(command, accepted.msgId);

@@ -6,8 +6,6 @@ import {
   BroadcastDelivery,
   type Device,
   type DispatchServiceService,
-  Message,
-  MessageType,
   Platform,
   PushCommand,
   type PushMessage,
@@ -24,14 +22,14 @@ import {
   verifyAppSecretWithRegistry,
 } from '@pushd/rpc';
 import type { AudienceIndex, BroadcastLog, InboxStore, PushStore, TagStore } from '@pushd/store';
+import { validateMessage } from './message-rules.js';
 import type { DispatchMetrics } from './metrics.js';
 import { mapConcurrently, OFFLINE_CAPACITY } from './push-applier.js';
 
+export { MAX_MESSAGE_BYTES, validateMessage } from './message-rules.js';
 export { OFFLINE_CAPACITY } from './push-applier.js';
 /** Longest a message is kept for an offline device (the brief: 72 hours), also the default. */
 export const MAX_EXPIRE_S = 72 * 3600;
-/** Serialized message limit, in UTF-8 bytes (as TPNS). */
-export const MAX_MESSAGE_BYTES = 4096;
 /** Most tokens in a token_list and accounts in an account_list (the issue's limit, as TPNS). */
 export const MAX_LIST_ENTRIES = 1000;
 /** The brief: at most one push to all devices per 3 seconds per app. */
@@ -119,6 +117,14 @@ export class DispatchService {
         return { push };
       },
 
+      listPushes: async () => {
+        throw new PushdError('UNIMPLEMENTED', 'ListPushes is not implemented yet');
+      },
+
+      cancelPush: async () => {
+        throw new PushdError('UNIMPLEMENTED', 'CancelPush is not implemented yet');
+      },
+
       fetchPending: async (request, { metadata }) => {
         await this.authorizer.requireCluster(metadata);
         if (request.token === '') throw invalidArgument('token', 'required');
@@ -133,7 +139,7 @@ export class DispatchService {
    */
   private async accept(accessId: number, request: PushRequest): Promise<PushResponse> {
     const content = validateMessage(request.message);
-    if (request.expireTimeS > MAX_EXPIRE_S) {
+    if (request.expireTimeS !== undefined && request.expireTimeS > MAX_EXPIRE_S) {
       throw invalidArgument('expire_time_s', `must be at most ${MAX_EXPIRE_S} (72 hours)`);
     }
     const platformTag = platformTagOf(request.platform);
@@ -173,6 +179,9 @@ export class DispatchService {
       createdAtMs: now,
       expiresAtMs,
       target: targetCount,
+      sendTimeMs: now,
+      occurrences: 0,
+      failure: '',
     });
     const command = PushCommand.encode({
       accessId,
@@ -184,6 +193,9 @@ export class DispatchService {
       audience: request.audience,
       devices,
       countedTarget: targetCount,
+      onlineOnly: false,
+      occurrence: 0,
+      moreOccurrences: false,
     }).finish();
     let seq: number;
     try {
@@ -235,7 +247,7 @@ export class DispatchService {
           .slice(-OFFLINE_CAPACITY[missed.platform]);
       }
     }
-    return { messages, lastMsgId: window.lastMsgId, lastBroadcastId: log.lastMsgId };
+    return { messages, lastMsgId: window.lastMsgId, lastBroadcastId: log.lastMsgId, dropped: 0 };
   }
 
   /** The log entries this device matches (undefined: the token is not registered). */
@@ -355,31 +367,6 @@ export class DispatchService {
     );
     return found.flat();
   }
-}
-
-/** Checks the content against the API's rules and returns it. */
-export function validateMessage(message: Message | undefined): Message {
-  if (message === undefined) throw invalidArgument('message', 'required');
-  if (message.type === MessageType.MESSAGE_TYPE_NOTIFY) {
-    if (message.content === '') throw invalidArgument('message.content', 'required for a notification');
-  } else if (message.type === MessageType.MESSAGE_TYPE_MESSAGE) {
-    if (message.content === '' && Object.keys(message.customContent).length === 0) {
-      throw invalidArgument('message', 'a pass-through message needs content or custom_content');
-    }
-  } else {
-    throw invalidArgument('message.type', 'must be MESSAGE_TYPE_NOTIFY or MESSAGE_TYPE_MESSAGE');
-  }
-  const size = Message.encode(message).finish().length;
-  if (size > MAX_MESSAGE_BYTES) {
-    throw new PushdError(
-      'PAYLOAD_TOO_LARGE',
-      `message is ${size} bytes serialized; the limit is ${MAX_MESSAGE_BYTES}`,
-      {
-        metadata: { limit: String(MAX_MESSAGE_BYTES), size: String(size) },
-      },
-    );
-  }
-  return message;
 }
 
 /** The metrics label of an audience kind. */

@@ -131,6 +131,9 @@ export class PushApplier {
       createdAtMs: command.acceptedAtMs,
       expiresAtMs: command.expiresAtMs,
       target,
+      sendTimeMs: command.acceptedAtMs,
+      occurrences: command.occurrence,
+      failure: '',
     });
   }
 

@@ -164,6 +164,15 @@ export interface PushCommand {
   devices: TargetDevice[];
   /** `all` and `tags`: the matching registered devices counted at acceptance (the push's target). */
   countedTarget: number;
+  /** expire_time_s 0: delivered to connected devices only, stored nowhere. */
+  onlineOnly: boolean;
+  /**
+   * A scheduled or recurring push: the occurrence this is (1, 2, ...); 0 for an immediate push. The
+   * applier leaves a recurring push SCHEDULED until its last occurrence.
+   */
+  occurrence: number;
+  /** Recurring pushes: whether another occurrence follows this one. */
+  moreOccurrences: boolean;
 }
 
 export interface Event {
@@ -611,6 +620,9 @@ function createBasePushCommand(): PushCommand {
     audience: undefined,
     devices: [],
     countedTarget: 0,
+    onlineOnly: false,
+    occurrence: 0,
+    moreOccurrences: false,
   };
 }
 
@@ -642,6 +654,15 @@ export const PushCommand: MessageFns<PushCommand> = {
     }
     if (message.countedTarget !== 0) {
       writer.uint32(72).uint64(message.countedTarget);
+    }
+    if (message.onlineOnly !== false) {
+      writer.uint32(80).bool(message.onlineOnly);
+    }
+    if (message.occurrence !== 0) {
+      writer.uint32(88).uint32(message.occurrence);
+    }
+    if (message.moreOccurrences !== false) {
+      writer.uint32(96).bool(message.moreOccurrences);
     }
     return writer;
   },
@@ -731,6 +752,30 @@ export const PushCommand: MessageFns<PushCommand> = {
             message.countedTarget = longToNumber(reader.uint64());
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.onlineOnly = reader.bool();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.occurrence = reader.uint32();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.moreOccurrences = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -776,6 +821,17 @@ export const PushCommand: MessageFns<PushCommand> = {
         : isSet(object.counted_target)
         ? globalThis.Number(object.counted_target)
         : 0,
+      onlineOnly: isSet(object.onlineOnly)
+        ? globalThis.Boolean(object.onlineOnly)
+        : isSet(object.online_only)
+        ? globalThis.Boolean(object.online_only)
+        : false,
+      occurrence: isSet(object.occurrence) ? globalThis.Number(object.occurrence) : 0,
+      moreOccurrences: isSet(object.moreOccurrences)
+        ? globalThis.Boolean(object.moreOccurrences)
+        : isSet(object.more_occurrences)
+        ? globalThis.Boolean(object.more_occurrences)
+        : false,
     };
   },
 
@@ -808,6 +864,15 @@ export const PushCommand: MessageFns<PushCommand> = {
     if (message.countedTarget !== 0) {
       obj.countedTarget = Math.round(message.countedTarget);
     }
+    if (message.onlineOnly !== false) {
+      obj.onlineOnly = message.onlineOnly;
+    }
+    if (message.occurrence !== 0) {
+      obj.occurrence = Math.round(message.occurrence);
+    }
+    if (message.moreOccurrences !== false) {
+      obj.moreOccurrences = message.moreOccurrences;
+    }
     return obj;
   },
 
@@ -829,6 +894,9 @@ export const PushCommand: MessageFns<PushCommand> = {
       : undefined;
     message.devices = object.devices?.map((e) => TargetDevice.fromPartial(e)) || [];
     message.countedTarget = object.countedTarget ?? 0;
+    message.onlineOnly = object.onlineOnly ?? false;
+    message.occurrence = object.occurrence ?? 0;
+    message.moreOccurrences = object.moreOccurrences ?? false;
     return message;
   },
 };

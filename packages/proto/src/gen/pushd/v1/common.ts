@@ -82,6 +82,42 @@ export function messageTypeToJSON(object: MessageType): string {
   }
 }
 
+/** An explicit on/off for a style flag; UNSPECIFIED keeps the SDK's default. */
+export enum Toggle {
+  TOGGLE_UNSPECIFIED = 0,
+  TOGGLE_ON = 1,
+  TOGGLE_OFF = 2,
+}
+
+export function toggleFromJSON(object: any): Toggle {
+  switch (object) {
+    case 0:
+    case "TOGGLE_UNSPECIFIED":
+      return Toggle.TOGGLE_UNSPECIFIED;
+    case 1:
+    case "TOGGLE_ON":
+      return Toggle.TOGGLE_ON;
+    case 2:
+    case "TOGGLE_OFF":
+      return Toggle.TOGGLE_OFF;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum Toggle");
+  }
+}
+
+export function toggleToJSON(object: Toggle): string {
+  switch (object) {
+    case Toggle.TOGGLE_UNSPECIFIED:
+      return "TOGGLE_UNSPECIFIED";
+    case Toggle.TOGGLE_ON:
+      return "TOGGLE_ON";
+    case Toggle.TOGGLE_OFF:
+      return "TOGGLE_OFF";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum Toggle");
+  }
+}
+
 /** The content of a push. Serialized size is limited to 4096 bytes (UTF-8), as in the TPNS API. */
 export interface Message {
   type: MessageType;
@@ -89,6 +125,19 @@ export interface Message {
   content: string;
   /** Free key-values handed to the app with the message (TPNS custom_content). */
   customContent: { [key: string]: string };
+  /**
+   * A newer push with the same collapse_id replaces an older one still pending for a device, and tells
+   * the SDK to replace a notification it shows under that id. At most 64 characters.
+   */
+  collapseId?:
+    | string
+    | undefined;
+  /** How Android shows the notification. Android devices receive this, iOS devices do not. */
+  android?:
+    | AndroidStyle
+    | undefined;
+  /** How iOS shows the notification (the aps dictionary). iOS devices receive this, Android devices do not. */
+  ios?: IosStyle | undefined;
 }
 
 export interface Message_CustomContentEntry {
@@ -96,8 +145,81 @@ export interface Message_CustomContentEntry {
   value: string;
 }
 
+/** Android notification style (TPNS android fields). Empty strings and UNSPECIFIED mean the SDK default. */
+export interface AndroidStyle {
+  /** Notification channel (Android 8+). */
+  channelId: string;
+  /** A notification layout the app registered with the SDK. */
+  builderId: number;
+  ring: Toggle;
+  /** A sound file in the app's res/raw, without extension. */
+  ringRaw: string;
+  vibrate: Toggle;
+  lights: Toggle;
+  /** Whether the user can swipe the notification away. */
+  clearable: Toggle;
+  /** Large icon: a drawable name or an https URL. */
+  icon: string;
+  /** Small (status bar) icon drawable name. */
+  smallIcon: string;
+  badge?: Badge | undefined;
+  action?: ClickAction | undefined;
+}
+
+/** What the app icon's badge does when the notification arrives. */
+export interface Badge {
+  change?:
+    | //
+    /** Set the badge to this number (0 clears it). */
+    { $case: "set"; value: number }
+    | //
+    /** Add this number to the badge. */
+    { $case: "add"; value: number }
+    | undefined;
+}
+
+/** What tapping an Android notification does. */
+export interface ClickAction {
+  target?:
+    | //
+    /** Open the app (its launcher activity, or this activity class name when not empty). */
+    { $case: "openApp"; value: string }
+    | //
+    /** Open an http(s) URL in the browser. */
+    { $case: "openUrl"; value: string }
+    | //
+    /** Start this intent URI (intent:...#Intent;...;end or a custom scheme). */
+    { $case: "intent"; value: string }
+    | undefined;
+}
+
+/** iOS notification style (the aps dictionary). */
+export interface IosStyle {
+  /** aps.alert.subtitle (title and body are Message.title and Message.content). */
+  subtitle: string;
+  badge?:
+    | Badge
+    | undefined;
+  /** aps.sound: a sound file in the app bundle, or "default". */
+  sound: string;
+  /** aps.category: the notification's actions. */
+  category: string;
+  /** aps.mutable-content: lets a notification service extension change the content. */
+  mutableContent: boolean;
+  /** aps.content-available: wakes the app in the background. */
+  contentAvailable: boolean;
+}
+
 function createBaseMessage(): Message {
-  return { type: 0, title: "", content: "", customContent: {} };
+  return {
+    type: 0,
+    title: "",
+    content: "",
+    customContent: {},
+    collapseId: undefined,
+    android: undefined,
+    ios: undefined,
+  };
 }
 
 export const Message: MessageFns<Message> = {
@@ -114,6 +236,15 @@ export const Message: MessageFns<Message> = {
     globalThis.Object.entries(message.customContent).forEach(([key, value]: [string, string]) => {
       Message_CustomContentEntry.encode({ key: key as any, value }, writer.uint32(34).fork()).join();
     });
+    if (message.collapseId !== undefined) {
+      writer.uint32(42).string(message.collapseId);
+    }
+    if (message.android !== undefined) {
+      AndroidStyle.encode(message.android, writer.uint32(50).fork()).join();
+    }
+    if (message.ios !== undefined) {
+      IosStyle.encode(message.ios, writer.uint32(58).fork()).join();
+    }
     return writer;
   },
 
@@ -165,6 +296,30 @@ export const Message: MessageFns<Message> = {
             }
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.collapseId = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.android = AndroidStyle.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.ios = IosStyle.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -209,6 +364,13 @@ export const Message: MessageFns<Message> = {
           {},
         )
         : {},
+      collapseId: isSet(object.collapseId)
+        ? globalThis.String(object.collapseId)
+        : isSet(object.collapse_id)
+        ? globalThis.String(object.collapse_id)
+        : undefined,
+      android: isSet(object.android) ? AndroidStyle.fromJSON(object.android) : undefined,
+      ios: isSet(object.ios) ? IosStyle.fromJSON(object.ios) : undefined,
     };
   },
 
@@ -232,6 +394,15 @@ export const Message: MessageFns<Message> = {
         });
       }
     }
+    if (message.collapseId !== undefined) {
+      obj.collapseId = message.collapseId;
+    }
+    if (message.android !== undefined) {
+      obj.android = AndroidStyle.toJSON(message.android);
+    }
+    if (message.ios !== undefined) {
+      obj.ios = IosStyle.toJSON(message.ios);
+    }
     return obj;
   },
 
@@ -252,6 +423,11 @@ export const Message: MessageFns<Message> = {
       },
       {},
     );
+    message.collapseId = object.collapseId ?? undefined;
+    message.android = (object.android !== undefined && object.android !== null)
+      ? AndroidStyle.fromPartial(object.android)
+      : undefined;
+    message.ios = (object.ios !== undefined && object.ios !== null) ? IosStyle.fromPartial(object.ios) : undefined;
     return message;
   },
 };
@@ -337,6 +513,649 @@ export const Message_CustomContentEntry: MessageFns<Message_CustomContentEntry> 
     const message = createBaseMessage_CustomContentEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseAndroidStyle(): AndroidStyle {
+  return {
+    channelId: "",
+    builderId: 0,
+    ring: 0,
+    ringRaw: "",
+    vibrate: 0,
+    lights: 0,
+    clearable: 0,
+    icon: "",
+    smallIcon: "",
+    badge: undefined,
+    action: undefined,
+  };
+}
+
+export const AndroidStyle: MessageFns<AndroidStyle> = {
+  encode(message: AndroidStyle, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.channelId !== "") {
+      writer.uint32(10).string(message.channelId);
+    }
+    if (message.builderId !== 0) {
+      writer.uint32(16).int32(message.builderId);
+    }
+    if (message.ring !== 0) {
+      writer.uint32(24).int32(message.ring);
+    }
+    if (message.ringRaw !== "") {
+      writer.uint32(34).string(message.ringRaw);
+    }
+    if (message.vibrate !== 0) {
+      writer.uint32(40).int32(message.vibrate);
+    }
+    if (message.lights !== 0) {
+      writer.uint32(48).int32(message.lights);
+    }
+    if (message.clearable !== 0) {
+      writer.uint32(56).int32(message.clearable);
+    }
+    if (message.icon !== "") {
+      writer.uint32(66).string(message.icon);
+    }
+    if (message.smallIcon !== "") {
+      writer.uint32(74).string(message.smallIcon);
+    }
+    if (message.badge !== undefined) {
+      Badge.encode(message.badge, writer.uint32(82).fork()).join();
+    }
+    if (message.action !== undefined) {
+      ClickAction.encode(message.action, writer.uint32(90).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AndroidStyle {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAndroidStyle();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.channelId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.builderId = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.ring = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.ringRaw = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.vibrate = reader.int32() as any;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.lights = reader.int32() as any;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.clearable = reader.int32() as any;
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.icon = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.smallIcon = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.badge = Badge.decode(reader, reader.uint32());
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.action = ClickAction.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AndroidStyle {
+    return {
+      channelId: isSet(object.channelId)
+        ? globalThis.String(object.channelId)
+        : isSet(object.channel_id)
+        ? globalThis.String(object.channel_id)
+        : "",
+      builderId: isSet(object.builderId)
+        ? globalThis.Number(object.builderId)
+        : isSet(object.builder_id)
+        ? globalThis.Number(object.builder_id)
+        : 0,
+      ring: isSet(object.ring) ? toggleFromJSON(object.ring) : 0,
+      ringRaw: isSet(object.ringRaw)
+        ? globalThis.String(object.ringRaw)
+        : isSet(object.ring_raw)
+        ? globalThis.String(object.ring_raw)
+        : "",
+      vibrate: isSet(object.vibrate) ? toggleFromJSON(object.vibrate) : 0,
+      lights: isSet(object.lights) ? toggleFromJSON(object.lights) : 0,
+      clearable: isSet(object.clearable) ? toggleFromJSON(object.clearable) : 0,
+      icon: isSet(object.icon) ? globalThis.String(object.icon) : "",
+      smallIcon: isSet(object.smallIcon)
+        ? globalThis.String(object.smallIcon)
+        : isSet(object.small_icon)
+        ? globalThis.String(object.small_icon)
+        : "",
+      badge: isSet(object.badge) ? Badge.fromJSON(object.badge) : undefined,
+      action: isSet(object.action) ? ClickAction.fromJSON(object.action) : undefined,
+    };
+  },
+
+  toJSON(message: AndroidStyle): unknown {
+    const obj: any = {};
+    if (message.channelId !== "") {
+      obj.channelId = message.channelId;
+    }
+    if (message.builderId !== 0) {
+      obj.builderId = Math.round(message.builderId);
+    }
+    if (message.ring !== 0) {
+      obj.ring = toggleToJSON(message.ring);
+    }
+    if (message.ringRaw !== "") {
+      obj.ringRaw = message.ringRaw;
+    }
+    if (message.vibrate !== 0) {
+      obj.vibrate = toggleToJSON(message.vibrate);
+    }
+    if (message.lights !== 0) {
+      obj.lights = toggleToJSON(message.lights);
+    }
+    if (message.clearable !== 0) {
+      obj.clearable = toggleToJSON(message.clearable);
+    }
+    if (message.icon !== "") {
+      obj.icon = message.icon;
+    }
+    if (message.smallIcon !== "") {
+      obj.smallIcon = message.smallIcon;
+    }
+    if (message.badge !== undefined) {
+      obj.badge = Badge.toJSON(message.badge);
+    }
+    if (message.action !== undefined) {
+      obj.action = ClickAction.toJSON(message.action);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AndroidStyle>, I>>(base?: I): AndroidStyle {
+    return AndroidStyle.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AndroidStyle>, I>>(object: I): AndroidStyle {
+    const message = createBaseAndroidStyle();
+    message.channelId = object.channelId ?? "";
+    message.builderId = object.builderId ?? 0;
+    message.ring = object.ring ?? 0;
+    message.ringRaw = object.ringRaw ?? "";
+    message.vibrate = object.vibrate ?? 0;
+    message.lights = object.lights ?? 0;
+    message.clearable = object.clearable ?? 0;
+    message.icon = object.icon ?? "";
+    message.smallIcon = object.smallIcon ?? "";
+    message.badge = (object.badge !== undefined && object.badge !== null) ? Badge.fromPartial(object.badge) : undefined;
+    message.action = (object.action !== undefined && object.action !== null)
+      ? ClickAction.fromPartial(object.action)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseBadge(): Badge {
+  return { change: undefined };
+}
+
+export const Badge: MessageFns<Badge> = {
+  encode(message: Badge, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.change?.$case) {
+      case "set":
+        writer.uint32(8).uint32(message.change.value);
+        break;
+      case "add":
+        writer.uint32(16).uint32(message.change.value);
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Badge {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBadge();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.change = { $case: "set", value: reader.uint32() };
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.change = { $case: "add", value: reader.uint32() };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Badge {
+    return {
+      change: isSet(object.set)
+        ? { $case: "set", value: globalThis.Number(object.set) }
+        : isSet(object.add)
+        ? { $case: "add", value: globalThis.Number(object.add) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: Badge): unknown {
+    const obj: any = {};
+    if (message.change?.$case === "set") {
+      obj.set = Math.round(message.change.value);
+    } else if (message.change?.$case === "add") {
+      obj.add = Math.round(message.change.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Badge>, I>>(base?: I): Badge {
+    return Badge.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Badge>, I>>(object: I): Badge {
+    const message = createBaseBadge();
+    switch (object.change?.$case) {
+      case "set": {
+        if (object.change?.value !== undefined && object.change?.value !== null) {
+          message.change = { $case: "set", value: object.change.value };
+        }
+        break;
+      }
+      case "add": {
+        if (object.change?.value !== undefined && object.change?.value !== null) {
+          message.change = { $case: "add", value: object.change.value };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseClickAction(): ClickAction {
+  return { target: undefined };
+}
+
+export const ClickAction: MessageFns<ClickAction> = {
+  encode(message: ClickAction, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.target?.$case) {
+      case "openApp":
+        writer.uint32(10).string(message.target.value);
+        break;
+      case "openUrl":
+        writer.uint32(18).string(message.target.value);
+        break;
+      case "intent":
+        writer.uint32(26).string(message.target.value);
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClickAction {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClickAction();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.target = { $case: "openApp", value: reader.string() };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.target = { $case: "openUrl", value: reader.string() };
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.target = { $case: "intent", value: reader.string() };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClickAction {
+    return {
+      target: isSet(object.openApp)
+        ? { $case: "openApp", value: globalThis.String(object.openApp) }
+        : isSet(object.open_app)
+        ? { $case: "openApp", value: globalThis.String(object.open_app) }
+        : isSet(object.openUrl)
+        ? { $case: "openUrl", value: globalThis.String(object.openUrl) }
+        : isSet(object.open_url)
+        ? { $case: "openUrl", value: globalThis.String(object.open_url) }
+        : isSet(object.intent)
+        ? { $case: "intent", value: globalThis.String(object.intent) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: ClickAction): unknown {
+    const obj: any = {};
+    if (message.target?.$case === "openApp") {
+      obj.openApp = message.target.value;
+    } else if (message.target?.$case === "openUrl") {
+      obj.openUrl = message.target.value;
+    } else if (message.target?.$case === "intent") {
+      obj.intent = message.target.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClickAction>, I>>(base?: I): ClickAction {
+    return ClickAction.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClickAction>, I>>(object: I): ClickAction {
+    const message = createBaseClickAction();
+    switch (object.target?.$case) {
+      case "openApp": {
+        if (object.target?.value !== undefined && object.target?.value !== null) {
+          message.target = { $case: "openApp", value: object.target.value };
+        }
+        break;
+      }
+      case "openUrl": {
+        if (object.target?.value !== undefined && object.target?.value !== null) {
+          message.target = { $case: "openUrl", value: object.target.value };
+        }
+        break;
+      }
+      case "intent": {
+        if (object.target?.value !== undefined && object.target?.value !== null) {
+          message.target = { $case: "intent", value: object.target.value };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseIosStyle(): IosStyle {
+  return { subtitle: "", badge: undefined, sound: "", category: "", mutableContent: false, contentAvailable: false };
+}
+
+export const IosStyle: MessageFns<IosStyle> = {
+  encode(message: IosStyle, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.subtitle !== "") {
+      writer.uint32(10).string(message.subtitle);
+    }
+    if (message.badge !== undefined) {
+      Badge.encode(message.badge, writer.uint32(18).fork()).join();
+    }
+    if (message.sound !== "") {
+      writer.uint32(26).string(message.sound);
+    }
+    if (message.category !== "") {
+      writer.uint32(34).string(message.category);
+    }
+    if (message.mutableContent !== false) {
+      writer.uint32(40).bool(message.mutableContent);
+    }
+    if (message.contentAvailable !== false) {
+      writer.uint32(48).bool(message.contentAvailable);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): IosStyle {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseIosStyle();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.subtitle = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.badge = Badge.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.sound = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.category = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.mutableContent = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.contentAvailable = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): IosStyle {
+    return {
+      subtitle: isSet(object.subtitle) ? globalThis.String(object.subtitle) : "",
+      badge: isSet(object.badge) ? Badge.fromJSON(object.badge) : undefined,
+      sound: isSet(object.sound) ? globalThis.String(object.sound) : "",
+      category: isSet(object.category) ? globalThis.String(object.category) : "",
+      mutableContent: isSet(object.mutableContent)
+        ? globalThis.Boolean(object.mutableContent)
+        : isSet(object.mutable_content)
+        ? globalThis.Boolean(object.mutable_content)
+        : false,
+      contentAvailable: isSet(object.contentAvailable)
+        ? globalThis.Boolean(object.contentAvailable)
+        : isSet(object.content_available)
+        ? globalThis.Boolean(object.content_available)
+        : false,
+    };
+  },
+
+  toJSON(message: IosStyle): unknown {
+    const obj: any = {};
+    if (message.subtitle !== "") {
+      obj.subtitle = message.subtitle;
+    }
+    if (message.badge !== undefined) {
+      obj.badge = Badge.toJSON(message.badge);
+    }
+    if (message.sound !== "") {
+      obj.sound = message.sound;
+    }
+    if (message.category !== "") {
+      obj.category = message.category;
+    }
+    if (message.mutableContent !== false) {
+      obj.mutableContent = message.mutableContent;
+    }
+    if (message.contentAvailable !== false) {
+      obj.contentAvailable = message.contentAvailable;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<IosStyle>, I>>(base?: I): IosStyle {
+    return IosStyle.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<IosStyle>, I>>(object: I): IosStyle {
+    const message = createBaseIosStyle();
+    message.subtitle = object.subtitle ?? "";
+    message.badge = (object.badge !== undefined && object.badge !== null) ? Badge.fromPartial(object.badge) : undefined;
+    message.sound = object.sound ?? "";
+    message.category = object.category ?? "";
+    message.mutableContent = object.mutableContent ?? false;
+    message.contentAvailable = object.contentAvailable ?? false;
     return message;
   },
 };

@@ -151,6 +151,12 @@ export interface Connected {
  */
 export interface Deliver {
   messages: PushMessage[];
+  /**
+   * On the first Deliver of a connection's catch-up: how many messages owed to the device were dropped
+   * before it could get them (pushed out of its offline window by newer ones, or expired). Not zero means
+   * the app should resync with its server.
+   */
+  dropped?: number | undefined;
 }
 
 export interface PushMessage {
@@ -1075,13 +1081,16 @@ export const Connected: MessageFns<Connected> = {
 };
 
 function createBaseDeliver(): Deliver {
-  return { messages: [] };
+  return { messages: [], dropped: undefined };
 }
 
 export const Deliver: MessageFns<Deliver> = {
   encode(message: Deliver, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.messages) {
       PushMessage.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.dropped !== undefined) {
+      writer.uint32(16).uint32(message.dropped);
     }
     return writer;
   },
@@ -1107,6 +1116,14 @@ export const Deliver: MessageFns<Deliver> = {
             message.messages.push(PushMessage.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.dropped = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1124,6 +1141,7 @@ export const Deliver: MessageFns<Deliver> = {
       messages: globalThis.Array.isArray(object?.messages)
         ? object.messages.map((e: any) => PushMessage.fromJSON(e))
         : [],
+      dropped: isSet(object.dropped) ? globalThis.Number(object.dropped) : undefined,
     };
   },
 
@@ -1131,6 +1149,9 @@ export const Deliver: MessageFns<Deliver> = {
     const obj: any = {};
     if (message.messages?.length) {
       obj.messages = message.messages.map((e) => PushMessage.toJSON(e));
+    }
+    if (message.dropped !== undefined) {
+      obj.dropped = Math.round(message.dropped);
     }
     return obj;
   },
@@ -1141,6 +1162,7 @@ export const Deliver: MessageFns<Deliver> = {
   fromPartial<I extends Exact<DeepPartial<Deliver>, I>>(object: I): Deliver {
     const message = createBaseDeliver();
     message.messages = object.messages?.map((e) => PushMessage.fromPartial(e)) || [];
+    message.dropped = object.dropped ?? undefined;
     return message;
   },
 };

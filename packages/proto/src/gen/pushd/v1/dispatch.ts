@@ -31,6 +31,41 @@ export const protobufFileName = "pushd/v1/dispatch.proto";
  * except FetchPending (cluster token only: gateways call it).
  */
 
+export enum LoopInterval {
+  LOOP_INTERVAL_UNSPECIFIED = 0,
+  LOOP_INTERVAL_DAILY = 1,
+  LOOP_INTERVAL_WEEKLY = 2,
+}
+
+export function loopIntervalFromJSON(object: any): LoopInterval {
+  switch (object) {
+    case 0:
+    case "LOOP_INTERVAL_UNSPECIFIED":
+      return LoopInterval.LOOP_INTERVAL_UNSPECIFIED;
+    case 1:
+    case "LOOP_INTERVAL_DAILY":
+      return LoopInterval.LOOP_INTERVAL_DAILY;
+    case 2:
+    case "LOOP_INTERVAL_WEEKLY":
+      return LoopInterval.LOOP_INTERVAL_WEEKLY;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum LoopInterval");
+  }
+}
+
+export function loopIntervalToJSON(object: LoopInterval): string {
+  switch (object) {
+    case LoopInterval.LOOP_INTERVAL_UNSPECIFIED:
+      return "LOOP_INTERVAL_UNSPECIFIED";
+    case LoopInterval.LOOP_INTERVAL_DAILY:
+      return "LOOP_INTERVAL_DAILY";
+    case LoopInterval.LOOP_INTERVAL_WEEKLY:
+      return "LOOP_INTERVAL_WEEKLY";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum LoopInterval");
+  }
+}
+
 export enum PushStatus {
   PUSH_STATUS_UNSPECIFIED = 0,
   PUSH_STATUS_SCHEDULED = 1,
@@ -136,12 +171,59 @@ export interface PushRequest {
     | Message
     | undefined;
   /**
-   * How long an undelivered message is kept, in seconds: 1 to 259200 (72 hours). 0 means the default,
-   * 72 hours.
+   * How long an undelivered message is kept, in seconds, at most 259200 (72 hours). Absent: 72 hours.
+   * 0: online only, delivered to the devices connected when it is sent and never stored.
    */
-  expireTimeS: number;
+  expireTimeS?:
+    | number
+    | undefined;
   /** Only devices of this platform; PLATFORM_UNSPECIFIED (the default) means Android and iOS. */
   platform: Platform;
+  /**
+   * When to send, milliseconds since the Unix epoch. Absent, or not in the future: now. At most 30 days
+   * ahead. A scheduled push can be cancelled until it is sent.
+   */
+  sendTimeMs?:
+    | number
+    | undefined;
+  /**
+   * Repeat the push (from send_time_ms, or now) every 24 hours or 7 days until end_time_ms (TPNS
+   * loop_param).
+   */
+  loop?:
+    | Loop
+    | undefined;
+  /**
+   * A retried call with the same key (per app, kept 24 hours) is answered with the first call's result
+   * and sends nothing again. 1 to 64 characters.
+   */
+  idempotencyKey?:
+    | string
+    | undefined;
+  /**
+   * Quiet hours: the push is sent only within one of these daily windows; outside them it waits for the
+   * next window, and fails if that comes after its expiry.
+   */
+  acceptTime?: AcceptTimes | undefined;
+}
+
+export interface AcceptTimes {
+  /** 1 to 10 windows. */
+  windows: AcceptTime[];
+  /** IANA time zone of the windows, e.g. "Asia/Shanghai". Empty: UTC. */
+  timeZone: string;
+}
+
+export interface Loop {
+  interval: LoopInterval;
+  /** No occurrence after this time (milliseconds since the Unix epoch). Required, at most 1 year ahead. */
+  endTimeMs: number;
+}
+
+/** A daily window, [start, end) in minutes after midnight (0..1440); start > end spans midnight. */
+export interface AcceptTime {
+  startMinute: number;
+  endMinute: number;
 }
 
 export interface PushResponse {
@@ -173,6 +255,40 @@ export interface PushRecord {
   expiresAtMs: number;
   /** Devices the push was addressed to when it was sent. */
   target: number;
+  /** When it is (or was) to be sent; equals created_at_ms for an immediate push. */
+  sendTimeMs: number;
+  /** Recurring pushes: occurrences sent so far (each has its own msg_id; msg_id is the latest). */
+  occurrences: number;
+  /** Why a FAILED push failed (e.g. expired before its accept window opened). */
+  failure: string;
+}
+
+export interface ListPushesRequest {
+  accessId: number;
+  /** Only pushes created in [created_from_ms, created_to_ms); 0 means unbounded. */
+  createdFromMs: number;
+  createdToMs: number;
+  /** Only these statuses; empty means all. */
+  statuses: PushStatus[];
+  /** 1 to 1000; 0 means 100. */
+  pageSize: number;
+  /** From a previous response's next_page_token. */
+  pageToken: string;
+}
+
+export interface ListPushesResponse {
+  pushes: PushRecord[];
+  /** Empty on the last page. */
+  nextPageToken: string;
+}
+
+export interface CancelPushRequest {
+  accessId: number;
+  pushId: string;
+}
+
+export interface CancelPushResponse {
+  push?: PushRecord | undefined;
 }
 
 export interface GetPushRequest {
@@ -196,6 +312,11 @@ export interface FetchPendingResponse {
   lastMsgId: number;
   /** The msg_id of the app's newest broadcast or tag push (0 if none): live broadcasts chain from it. */
   lastBroadcastId: number;
+  /**
+   * Messages owed to the device that it will never get: pushed out of its window by newer ones (Android
+   * keeps 2, iOS 1) or expired before it came back. Reset by this call.
+   */
+  dropped: number;
 }
 
 function createBaseAudience(): Audience {
@@ -578,7 +699,17 @@ export const AccountList: MessageFns<AccountList> = {
 };
 
 function createBasePushRequest(): PushRequest {
-  return { accessId: 0, audience: undefined, message: undefined, expireTimeS: 0, platform: 0 };
+  return {
+    accessId: 0,
+    audience: undefined,
+    message: undefined,
+    expireTimeS: undefined,
+    platform: 0,
+    sendTimeMs: undefined,
+    loop: undefined,
+    idempotencyKey: undefined,
+    acceptTime: undefined,
+  };
 }
 
 export const PushRequest: MessageFns<PushRequest> = {
@@ -592,11 +723,23 @@ export const PushRequest: MessageFns<PushRequest> = {
     if (message.message !== undefined) {
       Message.encode(message.message, writer.uint32(26).fork()).join();
     }
-    if (message.expireTimeS !== 0) {
+    if (message.expireTimeS !== undefined) {
       writer.uint32(32).uint32(message.expireTimeS);
     }
     if (message.platform !== 0) {
       writer.uint32(40).int32(message.platform);
+    }
+    if (message.sendTimeMs !== undefined) {
+      writer.uint32(48).int64(message.sendTimeMs);
+    }
+    if (message.loop !== undefined) {
+      Loop.encode(message.loop, writer.uint32(58).fork()).join();
+    }
+    if (message.idempotencyKey !== undefined) {
+      writer.uint32(66).string(message.idempotencyKey);
+    }
+    if (message.acceptTime !== undefined) {
+      AcceptTimes.encode(message.acceptTime, writer.uint32(74).fork()).join();
     }
     return writer;
   },
@@ -654,6 +797,38 @@ export const PushRequest: MessageFns<PushRequest> = {
             message.platform = reader.int32() as any;
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.sendTimeMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.loop = Loop.decode(reader, reader.uint32());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.idempotencyKey = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.acceptTime = AcceptTimes.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -679,8 +854,24 @@ export const PushRequest: MessageFns<PushRequest> = {
         ? globalThis.Number(object.expireTimeS)
         : isSet(object.expire_time_s)
         ? globalThis.Number(object.expire_time_s)
-        : 0,
+        : undefined,
       platform: isSet(object.platform) ? platformFromJSON(object.platform) : 0,
+      sendTimeMs: isSet(object.sendTimeMs)
+        ? globalThis.Number(object.sendTimeMs)
+        : isSet(object.send_time_ms)
+        ? globalThis.Number(object.send_time_ms)
+        : undefined,
+      loop: isSet(object.loop) ? Loop.fromJSON(object.loop) : undefined,
+      idempotencyKey: isSet(object.idempotencyKey)
+        ? globalThis.String(object.idempotencyKey)
+        : isSet(object.idempotency_key)
+        ? globalThis.String(object.idempotency_key)
+        : undefined,
+      acceptTime: isSet(object.acceptTime)
+        ? AcceptTimes.fromJSON(object.acceptTime)
+        : isSet(object.accept_time)
+        ? AcceptTimes.fromJSON(object.accept_time)
+        : undefined,
     };
   },
 
@@ -695,11 +886,23 @@ export const PushRequest: MessageFns<PushRequest> = {
     if (message.message !== undefined) {
       obj.message = Message.toJSON(message.message);
     }
-    if (message.expireTimeS !== 0) {
+    if (message.expireTimeS !== undefined) {
       obj.expireTimeS = Math.round(message.expireTimeS);
     }
     if (message.platform !== 0) {
       obj.platform = platformToJSON(message.platform);
+    }
+    if (message.sendTimeMs !== undefined) {
+      obj.sendTimeMs = Math.round(message.sendTimeMs);
+    }
+    if (message.loop !== undefined) {
+      obj.loop = Loop.toJSON(message.loop);
+    }
+    if (message.idempotencyKey !== undefined) {
+      obj.idempotencyKey = message.idempotencyKey;
+    }
+    if (message.acceptTime !== undefined) {
+      obj.acceptTime = AcceptTimes.toJSON(message.acceptTime);
     }
     return obj;
   },
@@ -716,8 +919,285 @@ export const PushRequest: MessageFns<PushRequest> = {
     message.message = (object.message !== undefined && object.message !== null)
       ? Message.fromPartial(object.message)
       : undefined;
-    message.expireTimeS = object.expireTimeS ?? 0;
+    message.expireTimeS = object.expireTimeS ?? undefined;
     message.platform = object.platform ?? 0;
+    message.sendTimeMs = object.sendTimeMs ?? undefined;
+    message.loop = (object.loop !== undefined && object.loop !== null) ? Loop.fromPartial(object.loop) : undefined;
+    message.idempotencyKey = object.idempotencyKey ?? undefined;
+    message.acceptTime = (object.acceptTime !== undefined && object.acceptTime !== null)
+      ? AcceptTimes.fromPartial(object.acceptTime)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseAcceptTimes(): AcceptTimes {
+  return { windows: [], timeZone: "" };
+}
+
+export const AcceptTimes: MessageFns<AcceptTimes> = {
+  encode(message: AcceptTimes, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.windows) {
+      AcceptTime.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.timeZone !== "") {
+      writer.uint32(18).string(message.timeZone);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AcceptTimes {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAcceptTimes();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.windows.push(AcceptTime.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.timeZone = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AcceptTimes {
+    return {
+      windows: globalThis.Array.isArray(object?.windows) ? object.windows.map((e: any) => AcceptTime.fromJSON(e)) : [],
+      timeZone: isSet(object.timeZone)
+        ? globalThis.String(object.timeZone)
+        : isSet(object.time_zone)
+        ? globalThis.String(object.time_zone)
+        : "",
+    };
+  },
+
+  toJSON(message: AcceptTimes): unknown {
+    const obj: any = {};
+    if (message.windows?.length) {
+      obj.windows = message.windows.map((e) => AcceptTime.toJSON(e));
+    }
+    if (message.timeZone !== "") {
+      obj.timeZone = message.timeZone;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AcceptTimes>, I>>(base?: I): AcceptTimes {
+    return AcceptTimes.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AcceptTimes>, I>>(object: I): AcceptTimes {
+    const message = createBaseAcceptTimes();
+    message.windows = object.windows?.map((e) => AcceptTime.fromPartial(e)) || [];
+    message.timeZone = object.timeZone ?? "";
+    return message;
+  },
+};
+
+function createBaseLoop(): Loop {
+  return { interval: 0, endTimeMs: 0 };
+}
+
+export const Loop: MessageFns<Loop> = {
+  encode(message: Loop, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.interval !== 0) {
+      writer.uint32(8).int32(message.interval);
+    }
+    if (message.endTimeMs !== 0) {
+      writer.uint32(16).int64(message.endTimeMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Loop {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLoop();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.interval = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.endTimeMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Loop {
+    return {
+      interval: isSet(object.interval) ? loopIntervalFromJSON(object.interval) : 0,
+      endTimeMs: isSet(object.endTimeMs)
+        ? globalThis.Number(object.endTimeMs)
+        : isSet(object.end_time_ms)
+        ? globalThis.Number(object.end_time_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: Loop): unknown {
+    const obj: any = {};
+    if (message.interval !== 0) {
+      obj.interval = loopIntervalToJSON(message.interval);
+    }
+    if (message.endTimeMs !== 0) {
+      obj.endTimeMs = Math.round(message.endTimeMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Loop>, I>>(base?: I): Loop {
+    return Loop.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Loop>, I>>(object: I): Loop {
+    const message = createBaseLoop();
+    message.interval = object.interval ?? 0;
+    message.endTimeMs = object.endTimeMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseAcceptTime(): AcceptTime {
+  return { startMinute: 0, endMinute: 0 };
+}
+
+export const AcceptTime: MessageFns<AcceptTime> = {
+  encode(message: AcceptTime, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.startMinute !== 0) {
+      writer.uint32(8).uint32(message.startMinute);
+    }
+    if (message.endMinute !== 0) {
+      writer.uint32(16).uint32(message.endMinute);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AcceptTime {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAcceptTime();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.startMinute = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.endMinute = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AcceptTime {
+    return {
+      startMinute: isSet(object.startMinute)
+        ? globalThis.Number(object.startMinute)
+        : isSet(object.start_minute)
+        ? globalThis.Number(object.start_minute)
+        : 0,
+      endMinute: isSet(object.endMinute)
+        ? globalThis.Number(object.endMinute)
+        : isSet(object.end_minute)
+        ? globalThis.Number(object.end_minute)
+        : 0,
+    };
+  },
+
+  toJSON(message: AcceptTime): unknown {
+    const obj: any = {};
+    if (message.startMinute !== 0) {
+      obj.startMinute = Math.round(message.startMinute);
+    }
+    if (message.endMinute !== 0) {
+      obj.endMinute = Math.round(message.endMinute);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AcceptTime>, I>>(base?: I): AcceptTime {
+    return AcceptTime.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AcceptTime>, I>>(object: I): AcceptTime {
+    const message = createBaseAcceptTime();
+    message.startMinute = object.startMinute ?? 0;
+    message.endMinute = object.endMinute ?? 0;
     return message;
   },
 };
@@ -882,6 +1362,9 @@ function createBasePushRecord(): PushRecord {
     createdAtMs: 0,
     expiresAtMs: 0,
     target: 0,
+    sendTimeMs: 0,
+    occurrences: 0,
+    failure: "",
   };
 }
 
@@ -913,6 +1396,15 @@ export const PushRecord: MessageFns<PushRecord> = {
     }
     if (message.target !== 0) {
       writer.uint32(72).uint64(message.target);
+    }
+    if (message.sendTimeMs !== 0) {
+      writer.uint32(80).int64(message.sendTimeMs);
+    }
+    if (message.occurrences !== 0) {
+      writer.uint32(88).uint32(message.occurrences);
+    }
+    if (message.failure !== "") {
+      writer.uint32(98).string(message.failure);
     }
     return writer;
   },
@@ -1002,6 +1494,30 @@ export const PushRecord: MessageFns<PushRecord> = {
             message.target = longToNumber(reader.uint64());
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.sendTimeMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.occurrences = reader.uint32();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.failure = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1045,6 +1561,13 @@ export const PushRecord: MessageFns<PushRecord> = {
         ? globalThis.Number(object.expires_at_ms)
         : 0,
       target: isSet(object.target) ? globalThis.Number(object.target) : 0,
+      sendTimeMs: isSet(object.sendTimeMs)
+        ? globalThis.Number(object.sendTimeMs)
+        : isSet(object.send_time_ms)
+        ? globalThis.Number(object.send_time_ms)
+        : 0,
+      occurrences: isSet(object.occurrences) ? globalThis.Number(object.occurrences) : 0,
+      failure: isSet(object.failure) ? globalThis.String(object.failure) : "",
     };
   },
 
@@ -1077,6 +1600,15 @@ export const PushRecord: MessageFns<PushRecord> = {
     if (message.target !== 0) {
       obj.target = Math.round(message.target);
     }
+    if (message.sendTimeMs !== 0) {
+      obj.sendTimeMs = Math.round(message.sendTimeMs);
+    }
+    if (message.occurrences !== 0) {
+      obj.occurrences = Math.round(message.occurrences);
+    }
+    if (message.failure !== "") {
+      obj.failure = message.failure;
+    }
     return obj;
   },
 
@@ -1098,6 +1630,445 @@ export const PushRecord: MessageFns<PushRecord> = {
     message.createdAtMs = object.createdAtMs ?? 0;
     message.expiresAtMs = object.expiresAtMs ?? 0;
     message.target = object.target ?? 0;
+    message.sendTimeMs = object.sendTimeMs ?? 0;
+    message.occurrences = object.occurrences ?? 0;
+    message.failure = object.failure ?? "";
+    return message;
+  },
+};
+
+function createBaseListPushesRequest(): ListPushesRequest {
+  return { accessId: 0, createdFromMs: 0, createdToMs: 0, statuses: [], pageSize: 0, pageToken: "" };
+}
+
+export const ListPushesRequest: MessageFns<ListPushesRequest> = {
+  encode(message: ListPushesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accessId !== 0) {
+      writer.uint32(8).uint64(message.accessId);
+    }
+    if (message.createdFromMs !== 0) {
+      writer.uint32(16).int64(message.createdFromMs);
+    }
+    if (message.createdToMs !== 0) {
+      writer.uint32(24).int64(message.createdToMs);
+    }
+    if (message.statuses.length !== 0) {
+      writer.uint32(34).fork();
+      for (const v of message.statuses) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(40).uint32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(50).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListPushesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListPushesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accessId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.createdFromMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.createdToMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 4: {
+            if (tag === 32) {
+              message.statuses.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 34) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.statuses.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.pageSize = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListPushesRequest {
+    return {
+      accessId: isSet(object.accessId)
+        ? globalThis.Number(object.accessId)
+        : isSet(object.access_id)
+        ? globalThis.Number(object.access_id)
+        : 0,
+      createdFromMs: isSet(object.createdFromMs)
+        ? globalThis.Number(object.createdFromMs)
+        : isSet(object.created_from_ms)
+        ? globalThis.Number(object.created_from_ms)
+        : 0,
+      createdToMs: isSet(object.createdToMs)
+        ? globalThis.Number(object.createdToMs)
+        : isSet(object.created_to_ms)
+        ? globalThis.Number(object.created_to_ms)
+        : 0,
+      statuses: globalThis.Array.isArray(object?.statuses)
+        ? object.statuses.map((e: any) => pushStatusFromJSON(e))
+        : [],
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListPushesRequest): unknown {
+    const obj: any = {};
+    if (message.accessId !== 0) {
+      obj.accessId = Math.round(message.accessId);
+    }
+    if (message.createdFromMs !== 0) {
+      obj.createdFromMs = Math.round(message.createdFromMs);
+    }
+    if (message.createdToMs !== 0) {
+      obj.createdToMs = Math.round(message.createdToMs);
+    }
+    if (message.statuses?.length) {
+      obj.statuses = message.statuses.map((e) => pushStatusToJSON(e));
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListPushesRequest>, I>>(base?: I): ListPushesRequest {
+    return ListPushesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListPushesRequest>, I>>(object: I): ListPushesRequest {
+    const message = createBaseListPushesRequest();
+    message.accessId = object.accessId ?? 0;
+    message.createdFromMs = object.createdFromMs ?? 0;
+    message.createdToMs = object.createdToMs ?? 0;
+    message.statuses = object.statuses?.map((e) => e) || [];
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseListPushesResponse(): ListPushesResponse {
+  return { pushes: [], nextPageToken: "" };
+}
+
+export const ListPushesResponse: MessageFns<ListPushesResponse> = {
+  encode(message: ListPushesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.pushes) {
+      PushRecord.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListPushesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListPushesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pushes.push(PushRecord.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListPushesResponse {
+    return {
+      pushes: globalThis.Array.isArray(object?.pushes) ? object.pushes.map((e: any) => PushRecord.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListPushesResponse): unknown {
+    const obj: any = {};
+    if (message.pushes?.length) {
+      obj.pushes = message.pushes.map((e) => PushRecord.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListPushesResponse>, I>>(base?: I): ListPushesResponse {
+    return ListPushesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListPushesResponse>, I>>(object: I): ListPushesResponse {
+    const message = createBaseListPushesResponse();
+    message.pushes = object.pushes?.map((e) => PushRecord.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseCancelPushRequest(): CancelPushRequest {
+  return { accessId: 0, pushId: "" };
+}
+
+export const CancelPushRequest: MessageFns<CancelPushRequest> = {
+  encode(message: CancelPushRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accessId !== 0) {
+      writer.uint32(8).uint64(message.accessId);
+    }
+    if (message.pushId !== "") {
+      writer.uint32(18).string(message.pushId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CancelPushRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCancelPushRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accessId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pushId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CancelPushRequest {
+    return {
+      accessId: isSet(object.accessId)
+        ? globalThis.Number(object.accessId)
+        : isSet(object.access_id)
+        ? globalThis.Number(object.access_id)
+        : 0,
+      pushId: isSet(object.pushId)
+        ? globalThis.String(object.pushId)
+        : isSet(object.push_id)
+        ? globalThis.String(object.push_id)
+        : "",
+    };
+  },
+
+  toJSON(message: CancelPushRequest): unknown {
+    const obj: any = {};
+    if (message.accessId !== 0) {
+      obj.accessId = Math.round(message.accessId);
+    }
+    if (message.pushId !== "") {
+      obj.pushId = message.pushId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CancelPushRequest>, I>>(base?: I): CancelPushRequest {
+    return CancelPushRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CancelPushRequest>, I>>(object: I): CancelPushRequest {
+    const message = createBaseCancelPushRequest();
+    message.accessId = object.accessId ?? 0;
+    message.pushId = object.pushId ?? "";
+    return message;
+  },
+};
+
+function createBaseCancelPushResponse(): CancelPushResponse {
+  return { push: undefined };
+}
+
+export const CancelPushResponse: MessageFns<CancelPushResponse> = {
+  encode(message: CancelPushResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.push !== undefined) {
+      PushRecord.encode(message.push, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CancelPushResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCancelPushResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.push = PushRecord.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CancelPushResponse {
+    return { push: isSet(object.push) ? PushRecord.fromJSON(object.push) : undefined };
+  },
+
+  toJSON(message: CancelPushResponse): unknown {
+    const obj: any = {};
+    if (message.push !== undefined) {
+      obj.push = PushRecord.toJSON(message.push);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CancelPushResponse>, I>>(base?: I): CancelPushResponse {
+    return CancelPushResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CancelPushResponse>, I>>(object: I): CancelPushResponse {
+    const message = createBaseCancelPushResponse();
+    message.push = (object.push !== undefined && object.push !== null)
+      ? PushRecord.fromPartial(object.push)
+      : undefined;
     return message;
   },
 };
@@ -1374,7 +2345,7 @@ export const FetchPendingRequest: MessageFns<FetchPendingRequest> = {
 };
 
 function createBaseFetchPendingResponse(): FetchPendingResponse {
-  return { messages: [], lastMsgId: 0, lastBroadcastId: 0 };
+  return { messages: [], lastMsgId: 0, lastBroadcastId: 0, dropped: 0 };
 }
 
 export const FetchPendingResponse: MessageFns<FetchPendingResponse> = {
@@ -1387,6 +2358,9 @@ export const FetchPendingResponse: MessageFns<FetchPendingResponse> = {
     }
     if (message.lastBroadcastId !== 0) {
       writer.uint32(24).uint64(message.lastBroadcastId);
+    }
+    if (message.dropped !== 0) {
+      writer.uint32(32).uint32(message.dropped);
     }
     return writer;
   },
@@ -1428,6 +2402,14 @@ export const FetchPendingResponse: MessageFns<FetchPendingResponse> = {
             message.lastBroadcastId = longToNumber(reader.uint64());
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.dropped = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1455,6 +2437,7 @@ export const FetchPendingResponse: MessageFns<FetchPendingResponse> = {
         : isSet(object.last_broadcast_id)
         ? globalThis.Number(object.last_broadcast_id)
         : 0,
+      dropped: isSet(object.dropped) ? globalThis.Number(object.dropped) : 0,
     };
   },
 
@@ -1469,6 +2452,9 @@ export const FetchPendingResponse: MessageFns<FetchPendingResponse> = {
     if (message.lastBroadcastId !== 0) {
       obj.lastBroadcastId = Math.round(message.lastBroadcastId);
     }
+    if (message.dropped !== 0) {
+      obj.dropped = Math.round(message.dropped);
+    }
     return obj;
   },
 
@@ -1480,6 +2466,7 @@ export const FetchPendingResponse: MessageFns<FetchPendingResponse> = {
     message.messages = object.messages?.map((e) => PushMessage.fromPartial(e)) || [];
     message.lastMsgId = object.lastMsgId ?? 0;
     message.lastBroadcastId = object.lastBroadcastId ?? 0;
+    message.dropped = object.dropped ?? 0;
     return message;
   },
 };
@@ -1508,6 +2495,30 @@ export const DispatchServiceService = {
     responseSerialize: (value: GetPushResponse): Buffer => Buffer.from(GetPushResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetPushResponse => GetPushResponse.decode(value),
   },
+  /** Pushes of an app with their status, newest first, filtered by creation time and status. */
+  listPushes: {
+    path: "/pushd.v1.DispatchService/ListPushes" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListPushesRequest): Buffer => Buffer.from(ListPushesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListPushesRequest => ListPushesRequest.decode(value),
+    responseSerialize: (value: ListPushesResponse): Buffer => Buffer.from(ListPushesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListPushesResponse => ListPushesResponse.decode(value),
+  },
+  /**
+   * Cancels a scheduled push (or the remaining occurrences of a recurring one) that has not been sent.
+   * CANCELLED: nothing of it will be delivered. A push already being sent or sent fails with
+   * PUSH_ALREADY_SENT; an immediate push cannot be cancelled (PUSH_NOT_CANCELLABLE).
+   */
+  cancelPush: {
+    path: "/pushd.v1.DispatchService/CancelPush" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CancelPushRequest): Buffer => Buffer.from(CancelPushRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CancelPushRequest => CancelPushRequest.decode(value),
+    responseSerialize: (value: CancelPushResponse): Buffer => Buffer.from(CancelPushResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CancelPushResponse => CancelPushResponse.decode(value),
+  },
   /** Messages kept for a device with msg_id > after_msg_id, oldest first. Cluster token only. */
   fetchPending: {
     path: "/pushd.v1.DispatchService/FetchPending" as const,
@@ -1528,6 +2539,14 @@ export interface DispatchServiceServer extends UntypedServiceImplementation {
    */
   push: handleUnaryCall<PushRequest, PushResponse>;
   getPush: handleUnaryCall<GetPushRequest, GetPushResponse>;
+  /** Pushes of an app with their status, newest first, filtered by creation time and status. */
+  listPushes: handleUnaryCall<ListPushesRequest, ListPushesResponse>;
+  /**
+   * Cancels a scheduled push (or the remaining occurrences of a recurring one) that has not been sent.
+   * CANCELLED: nothing of it will be delivered. A push already being sent or sent fails with
+   * PUSH_ALREADY_SENT; an immediate push cannot be cancelled (PUSH_NOT_CANCELLABLE).
+   */
+  cancelPush: handleUnaryCall<CancelPushRequest, CancelPushResponse>;
   /** Messages kept for a device with msg_id > after_msg_id, oldest first. Cluster token only. */
   fetchPending: handleUnaryCall<FetchPendingRequest, FetchPendingResponse>;
 }
@@ -1563,6 +2582,42 @@ export interface DispatchServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetPushResponse) => void,
+  ): ClientUnaryCall;
+  /** Pushes of an app with their status, newest first, filtered by creation time and status. */
+  listPushes(
+    request: ListPushesRequest,
+    callback: (error: ServiceError | null, response: ListPushesResponse) => void,
+  ): ClientUnaryCall;
+  listPushes(
+    request: ListPushesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListPushesResponse) => void,
+  ): ClientUnaryCall;
+  listPushes(
+    request: ListPushesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListPushesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Cancels a scheduled push (or the remaining occurrences of a recurring one) that has not been sent.
+   * CANCELLED: nothing of it will be delivered. A push already being sent or sent fails with
+   * PUSH_ALREADY_SENT; an immediate push cannot be cancelled (PUSH_NOT_CANCELLABLE).
+   */
+  cancelPush(
+    request: CancelPushRequest,
+    callback: (error: ServiceError | null, response: CancelPushResponse) => void,
+  ): ClientUnaryCall;
+  cancelPush(
+    request: CancelPushRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CancelPushResponse) => void,
+  ): ClientUnaryCall;
+  cancelPush(
+    request: CancelPushRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CancelPushResponse) => void,
   ): ClientUnaryCall;
   /** Messages kept for a device with msg_id > after_msg_id, oldest first. Cluster token only. */
   fetchPending(
