@@ -63,7 +63,6 @@ function request(accessId: number, token: string, sentAt: number) {
       content: 'a benchmark notification',
       customContent: { t: sentAt.toFixed(3) },
     },
-    expireTimeS: 0,
     platform: Platform.PLATFORM_UNSPECIFIED,
   };
 }

@@ -36,7 +36,6 @@ describe.each([
       accessId: app.accessId,
       audience: { target: audience as never },
       message: { type: MessageType.MESSAGE_TYPE_NOTIFY, title: '', content, customContent: {} },
-      expireTimeS: 0,
       platform,
     });
 

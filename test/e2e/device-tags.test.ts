@@ -37,7 +37,6 @@ describe.each([
       accessId: app.accessId,
       audience: { target: audience as never },
       message: { type: MessageType.MESSAGE_TYPE_NOTIFY, title: '', content, customContent: {} },
-      expireTimeS: 0,
       platform: Platform.PLATFORM_UNSPECIFIED,
       ...fields,
     });

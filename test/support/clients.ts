@@ -66,7 +66,8 @@ export function notifyToken(
   token: string,
   title: string,
   content: string,
-  expireTimeS = 0,
+  /** Default: absent (72 hours). 0: online only. */
+  expireTimeS?: number,
 ) {
   return {
     accessId,

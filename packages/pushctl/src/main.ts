@@ -24,7 +24,7 @@ Commands:
                                   print each message it receives and acknowledge it
   push [--token T | --tokens T1,T2 | --account A | --accounts A1,A2 | --all | --tags T1,T2 [--tags-op and|or]]
        [--only android|ios]
-       --content TEXT [--title TEXT] [--type notify|message] [--custom k=v]... [--expire SECONDS]
+       --content TEXT [--title TEXT] [--type notify|message] [--custom k=v]... [--expire SECONDS (0: online only)]
                                   push to devices (default: the simulated device), print the push id
   stats [--push-id P]             sent and arrived counts of a push (default: the last one)
 
@@ -58,7 +58,7 @@ const { values, positionals } = parseArgs({
     content: { type: 'string' },
     type: { type: 'string', default: 'notify' },
     custom: { type: 'string', multiple: true, default: [] },
-    expire: { type: 'string', default: '0' },
+    expire: { type: 'string' },
     'push-id': { type: 'string' },
     registry: { type: 'string' },
     dispatch: { type: 'string' },
@@ -275,8 +275,9 @@ async function push(): Promise<void> {
     if (at <= 0) fail(`--custom takes key=value, got ${JSON.stringify(pair)}`);
     customContent[pair.slice(0, at)] = pair.slice(at + 1);
   }
-  const expire = Number(values.expire);
-  if (!Number.isInteger(expire) || expire < 0) fail('--expire is a number of seconds');
+  const expire = values.expire === undefined ? undefined : Number(values.expire);
+  if (expire !== undefined && (!Number.isInteger(expire) || expire < 0))
+    fail('--expire is a number of seconds');
   const dispatch = createRpcClient(DispatchServiceService, {
     address: endpoints.dispatch,
     authorization: appAuthorization(),

@@ -32,7 +32,13 @@ import {
 import { waitFor } from '@pushd/testkit';
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
-import { DispatchService, MAX_EXPIRE_S, MAX_MESSAGE_BYTES, validateMessage } from './dispatch-service.js';
+import {
+  DispatchService,
+  MAX_EXPIRE_S,
+  MAX_MESSAGE_BYTES,
+  ONLINE_ONLY_TTL_MS,
+  validateMessage,
+} from './dispatch-service.js';
 import { DispatchEventConsumer } from './event-consumer.js';
 import { createDispatchMetrics, type DispatchMetrics } from './metrics.js';
 import { PushApplier } from './push-applier.js';
@@ -205,7 +211,6 @@ function notify(token: string, fields: Partial<PushRequest> = {}): PushRequest {
     accessId: 0,
     audience: { target: { $case: 'token', value: token } },
     message: { type: MessageType.MESSAGE_TYPE_NOTIFY, title: 'Hello', content: 'World', customContent: {} },
-    expireTimeS: 0,
     platform: Platform.PLATFORM_UNSPECIFIED,
     ...fields,
   };
@@ -933,5 +938,84 @@ describe('DispatchService.push to all devices and to tag expressions', () => {
       PushStatus.PUSH_STATUS_FAILED,
     );
     expect((await stores.inboxes.pending(app.accessId, token, 0, 0)).messages).toEqual([]);
+  });
+});
+
+describe('DispatchService.push online only (expire_time_s 0)', () => {
+  it('sends a targeted push to the devices connected now, stores it nowhere and counts only them as sent', async () => {
+    const { push, registerDevice, routeToNode, deliveries, pending, sentEvents, bus, h, app } = await setup();
+    const online = await registerDevice();
+    const offline = await registerDevice();
+    await routeToNode(online);
+    const stored = await push(online);
+    const result = await pushRequest(
+      notify('', {
+        audience: { target: { $case: 'tokenList', value: { tokens: [online, offline] } } },
+        expireTimeS: 0,
+      }),
+    );
+    await waitFor(() => deliveries.length >= 2, 'two node deliveries');
+    await bus.flush();
+    // No window predecessor claimed: it was never in a window.
+    expect(deliveries[1]).toMatchObject({
+      tokens: [online],
+      message: { msgId: result.msgId },
+      previousMsgIds: [0],
+    });
+    expect((await pending(online)).messages.map((m) => m.msgId)).toEqual([stored.msgId]);
+    expect((await pending(offline)).messages).toEqual([]);
+    expect(
+      sentEvents.filter((event) => event.pushId === result.pushId).flatMap((event) => event.tokens),
+    ).toEqual([online]);
+    expect(result.target).toBe(2);
+    const { push: record } = await h.getPush({ accessId: 0, pushId: result.pushId }, app.auth());
+    expect(record?.status).toBe(PushStatus.PUSH_STATUS_DONE);
+    async function pushRequest(request: PushRequest) {
+      const accepted = await h.push(request, app.auth());
+      await waitFor(
+        async () =>
+          (await h.getPush({ accessId: 0, pushId: accepted.pushId }, app.auth())).push?.status !==
+          PushStatus.PUSH_STATUS_SENDING,
+        'applied',
+      );
+      return accepted;
+    }
+  });
+
+  it('keeps an online-only broadcast out of the log but in the broadcast chain', async () => {
+    const { pushRequest, registerIndexed, stores, app, clock, bus, pending } = await setup();
+    const broadcasts: BroadcastDelivery[] = [];
+    bus.subscribe(subjects.allBroadcasts, (data) => broadcasts.push(BroadcastDelivery.decode(data)));
+    const device = await registerIndexed();
+    const live = await pushRequest(toAll({ expireTimeS: 0 }));
+    clock.advance(3_000);
+    const kept = await pushRequest(toAll());
+    await bus.flush();
+    expect(broadcasts.map((b) => [b.message?.msgId, b.previousBroadcastId])).toEqual([
+      [live.msgId, 0],
+      [kept.msgId, live.msgId],
+    ]);
+    expect(
+      (await stores.broadcasts.since(app.accessId, 0, clock.now(), 10)).entries.map((e) => e.msgId),
+    ).toEqual([kept.msgId]);
+    expect((await pending(device)).messages.map((m) => m.msgId)).toEqual([kept.msgId]);
+  });
+
+  it('drops an online-only push that waited in the log longer than a minute', async () => {
+    const { h, app, applier, stores, clock, registerIndexed, routeToNode, deliveries, applied, bus } =
+      await setup({
+        startApplier: false,
+      });
+    const token = await registerIndexed();
+    await routeToNode(token);
+    const accepted = await h.push(notify(token, { expireTimeS: 0 }), app.auth());
+    clock.advance(ONLINE_ONLY_TTL_MS);
+    applier.start();
+    await applied(accepted.pushId);
+    await bus.flush();
+    expect(deliveries).toEqual([]);
+    expect((await stores.pushes.get(app.accessId, accepted.pushId))?.status).toBe(
+      PushStatus.PUSH_STATUS_FAILED,
+    );
   });
 });

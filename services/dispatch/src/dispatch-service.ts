@@ -32,6 +32,11 @@ export { OFFLINE_CAPACITY } from './push-applier.js';
 export const MAX_EXPIRE_S = 72 * 3600;
 /** Most tokens in a token_list and accounts in an account_list (the limit, as TPNS). */
 export const MAX_LIST_ENTRIES = 1000;
+/**
+ * An online-only push (expire_time_s 0) not applied within this time is dropped: the devices that were
+ * connected when it was sent may be gone, and it was never meant to wait.
+ */
+export const ONLINE_ONLY_TTL_MS = 60_000;
 /** The brief: at most one push to all devices per 3 seconds per app. */
 export const ALL_AUDIENCE_INTERVAL_MS = 3000;
 /**
@@ -167,7 +172,10 @@ export class DispatchService {
 
     // The store hands out push ids; msg ids come from the log (its msgId counter is not used here).
     const { pushId } = await this.options.pushes.nextIds(accessId);
-    const expiresAtMs = now + (request.expireTimeS || MAX_EXPIRE_S) * 1000;
+    const onlineOnly = request.expireTimeS === 0;
+    const expiresAtMs = onlineOnly
+      ? now + ONLINE_ONLY_TTL_MS
+      : now + (request.expireTimeS ?? MAX_EXPIRE_S) * 1000;
     // Saved before the command is logged, so that the applier's DONE always comes after this SENDING.
     await this.options.pushes.save({
       accessId,
@@ -193,7 +201,7 @@ export class DispatchService {
       audience: request.audience,
       devices,
       countedTarget: targetCount,
-      onlineOnly: false,
+      onlineOnly,
       occurrence: 0,
       moreOccurrences: false,
     }).finish();

@@ -151,9 +151,11 @@ export class PushApplier {
       previousBroadcastId: previousBroadcastId >= message.msgId ? 0 : previousBroadcastId,
     };
     const data = BroadcastDelivery.encode(delivery).finish();
+    // Online only: the log keeps nothing (an entry expired on arrival), but its head still moves, so the
+    // broadcast chain stays unbroken for gateways.
     const appended = await broadcasts.append(
       accessId,
-      { msgId: message.msgId, expiresAtMs: message.expiresAtMs, data },
+      { msgId: message.msgId, expiresAtMs: command.onlineOnly ? now : message.expiresAtMs, data },
       now,
     );
     if (!appended.appended) {
@@ -170,6 +172,10 @@ export class PushApplier {
   private async applyTargeted(command: PushCommand, message: PushMessage, now: number): Promise<void> {
     const { accessId, pushId } = command;
     const previousBroadcastId = await this.options.broadcasts.head(accessId);
+    if (command.onlineOnly) {
+      await this.applyOnlineOnly(command, message, previousBroadcastId);
+      return;
+    }
     const appended = await mapConcurrently(command.devices, APPEND_CONCURRENCY, async (device) => {
       const result = await this.options.inboxes.append(
         accessId,
@@ -192,16 +198,39 @@ export class PushApplier {
   }
 
   /**
+   * expire_time_s 0: published to the devices that have a route, stored nowhere. It claims no window
+   * predecessor (0): it was never in a window, and the log order already puts it after every stored
+   * message of the app published before it.
+   */
+  private async applyOnlineOnly(
+    command: PushCommand,
+    message: PushMessage,
+    previousBroadcastId: number,
+  ): Promise<void> {
+    const { accessId, pushId } = command;
+    const routed = await this.route(
+      accessId,
+      message,
+      command.devices.map((device) => ({ device, previousMsgId: 0 })),
+      previousBroadcastId,
+    );
+    for (const platform of [Platform.PLATFORM_ANDROID, Platform.PLATFORM_IOS]) {
+      const tokens = routed.filter((device) => device.platform === platform).map((d) => d.token);
+      if (tokens.length > 0) await this.publishSent(accessId, pushId, message.msgId, platform, tokens);
+    }
+  }
+
+  /**
    * One publish per gateway node, however many of its devices the push targets; devices without a route
-   * are offline and keep the message in their windows.
+   * are offline and keep the message in their windows. Returns the devices that had a route.
    */
   private async route(
     accessId: number,
     message: PushMessage,
     appended: { device: TargetDevice; previousMsgId: number }[],
     previousBroadcastId: number,
-  ): Promise<void> {
-    if (appended.length === 0) return;
+  ): Promise<TargetDevice[]> {
+    if (appended.length === 0) return [];
     const routes = await this.options.routes.getMany(
       accessId,
       appended.map((entry) => entry.device.token),
@@ -228,10 +257,11 @@ export class PushApplier {
       }).finish();
       this.options.bus.publish(subjects.nodeDelivery(nodeId), delivery);
     }
-    const online = routes.filter((route) => route !== undefined).length;
-    if (online > 0) this.options.metrics.routed.inc({ route: 'online' }, online);
-    if (appended.length > online)
-      this.options.metrics.routed.inc({ route: 'offline' }, appended.length - online);
+    const routed = appended.filter((_, index) => routes[index] !== undefined).map((entry) => entry.device);
+    if (routed.length > 0) this.options.metrics.routed.inc({ route: 'online' }, routed.length);
+    if (appended.length > routed.length)
+      this.options.metrics.routed.inc({ route: 'offline' }, appended.length - routed.length);
+    return routed;
   }
 
   /**

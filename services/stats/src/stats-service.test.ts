@@ -103,7 +103,6 @@ async function setup() {
           accessId: 0,
           audience: { target: { $case: 'token', value: token } },
           message: { type: MessageType.MESSAGE_TYPE_NOTIFY, title: '', content: 'hi', customContent: {} },
-          expireTimeS: 0,
           platform: Platform.PLATFORM_UNSPECIFIED,
         },
         auth(),
