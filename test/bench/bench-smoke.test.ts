@@ -17,6 +17,21 @@ const FIGURES = {
     'ratio',
     'offline_msgs_delivered',
   ],
+  tags: [
+    'devices',
+    'registered',
+    'indexed',
+    'registrations_per_s',
+    'redis_bytes_per_device',
+    'dry_run_p50_ms',
+    'dry_run_p90_ms',
+    'dry_run_1term_p50_ms',
+    'accept_token_p50_ms',
+    'accept_1pct_p50_ms',
+    'accept_10pct_p50_ms',
+    'accept_50pct_p50_ms',
+    'apply_10pct_p50_ms',
+  ],
 } as const;
 
 /** Runs one benchmark in smoke mode; resolves with its stdout, stderr and exit code. */
@@ -61,6 +76,13 @@ describe('benchmark smoke runs', () => {
       if ('lost' in result) expect(result.lost).toBe(0);
       if (name === 'reconnect') expect(result.offline_msgs_delivered).toBe(result.offline_msgs_accepted);
       if (name !== 'targeted') expect(result.devices).toBeGreaterThan(0);
+      if (name === 'tags') {
+        // Every device registered and indexed, the 10 % cohort exactly 10 %, memory measured.
+        expect(result.registered).toBe(result.devices);
+        expect(result.indexed).toBe(result.devices);
+        expect(result.accept_10pct_target).toBe(Math.floor((result.devices as number) / 10));
+        expect(result.redis_bytes_per_device).toBeGreaterThan(0);
+      }
     });
   }
 });

@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 
-export const BENCHMARKS = ['connections', 'targeted', 'reconnect'] as const;
+export const BENCHMARKS = ['connections', 'targeted', 'reconnect', 'tags'] as const;
 export type BenchName = (typeof BENCHMARKS)[number];
 
 /** Options of `pnpm bench <name>`; each benchmark fills what is unset from its own defaults. */
@@ -14,7 +14,7 @@ export interface BenchOptions {
   durationS?: number;
   /** Device processes (default: one per 12,500 devices, at least one per 15,000). */
   deviceWorkers?: number;
-  /** Handshakes in flight per server per device process. */
+  /** Handshakes in flight per server per device process; tags: registrations in flight. */
   inflight?: number;
   /** targeted: pushes/s of each step, in order. */
   rates?: number[];
@@ -40,11 +40,13 @@ export interface BenchOptions {
 export const USAGE = `usage: pnpm bench <${BENCHMARKS.join('|')}> [options]
 
   --smoke              tiny N and short phases (CI)
-  --devices N          devices (connections, targeted: 18000; reconnect: 50000)
+  --devices N          devices (connections, targeted: 18000; reconnect: 50000;
+                       tags: 1000000, or TAGS_BENCH_DEVICES)
   --gateways N         gateway processes (reconnect: 3, smoke 2; others: 1)
   --duration-s N       connections: idle hold before reading memory (10); targeted: each rate step (30)
   --device-workers N   device processes (default: one per 12,500 devices)
-  --inflight N         handshakes in flight per server per device process (default: 400 per server in all)
+  --inflight N         handshakes in flight per server per device process (default: 400 per server in all);
+                       tags: registrations in flight (256)
   --rates A,B,C        targeted: pushes/s of the steps
   --pushers N          pusher processes (2; smoke: 1)
   --drain-s N          targeted: wait for deliveries after each step (5)

@@ -7,6 +7,7 @@ import { log, runBounded } from './lifecycle.js';
 import { type BenchOptions, parseOptions } from './options.js';
 import { reconnectBench } from './reconnect.js';
 import { printResult } from './report.js';
+import { tagsBench } from './tags.js';
 import { targetedBench } from './targeted.js';
 
 let options: BenchOptions;
@@ -17,7 +18,12 @@ try {
   process.exit(2);
 }
 
-const benches = { connections: connectionsBench, targeted: targetedBench, reconnect: reconnectBench };
+const benches = {
+  connections: connectionsBench,
+  targeted: targetedBench,
+  reconnect: reconnectBench,
+  tags: tagsBench,
+};
 const deadlineS = options.timeoutS ?? (options.smoke ? 90 : 3_600);
 
 await runBounded(deadlineS, async (cleanup) => {
