@@ -17,8 +17,23 @@ export interface SystemUnderTest {
   tag: string;
   opsPorts: number[];
   stop(): Promise<void>;
-  /** Processes mode: kill one service process (SIGKILL) and start it again with the same settings. */
-  restart?(service: ServiceName): Promise<void>;
+  /**
+   * Processes mode: kill one service process (SIGKILL) and start it again with the same settings
+   * (`instance` picks one of several dispatch or gateway instances; default 0).
+   */
+  restart?(service: ServiceName, instance?: number): Promise<void>;
+  /** Processes mode: kill one service process (SIGKILL) for good, as a crash would. */
+  kill?(service: ServiceName, instance?: number): Promise<void>;
+  /** Processes mode: every gateway's URL and every dispatch address, in instance order. */
+  gatewayUrls?: string[];
+  dispatches?: string[];
+}
+
+export interface ProcessSystemOptions {
+  /** Dispatch processes sharing the work (the push log's partitions). Default: 1. */
+  dispatchInstances?: number;
+  /** Gateway processes (node ids gw-e2e-1, gw-e2e-2, ...). Default: 1. */
+  gatewayInstances?: number;
 }
 
 export type ServiceName = 'registry' | 'tag' | 'dispatch' | 'stats' | 'gateway';
@@ -46,6 +61,7 @@ export async function startEmbeddedSystem(): Promise<SystemUnderTest> {
 
 interface ServiceProcess {
   name: ServiceName;
+  instance: number;
   env: Record<string, string>;
   opsPort: number;
   child?: ChildProcess;
@@ -56,17 +72,20 @@ interface ServiceProcess {
  * Production shape: a real nats-server (JetStream) and redis-server on free ports, and each service as
  * its own Node.js process (`services/<name>/src/main.ts`) configured only through its environment.
  */
-export async function startProcessSystem(): Promise<
-  SystemUnderTest & { nats: TestServer; redis: TestServer }
-> {
+export async function startProcessSystem(
+  options: ProcessSystemOptions = {},
+): Promise<SystemUnderTest & { nats: TestServer; redis: TestServer }> {
   const [nats, redis] = await Promise.all([startNatsServer(), startRedisServer()]);
+  const dispatchPorts: number[] = [];
+  for (let i = 0; i < (options.dispatchInstances ?? 1); i++) dispatchPorts.push(await freePort());
+  const wsPorts: number[] = [];
+  for (let i = 0; i < (options.gatewayInstances ?? 1); i++) wsPorts.push(await freePort());
   const grpc = {
     registry: await freePort(),
     tag: await freePort(),
-    dispatch: await freePort(),
+    dispatch: dispatchPorts[0] as number,
     stats: await freePort(),
   };
-  const wsPort = await freePort();
   const common = {
     CLUSTER_TOKEN,
     NATS_URL: nats.url,
@@ -78,15 +97,36 @@ export async function startProcessSystem(): Promise<
     TAG_ADDR: `127.0.0.1:${grpc.tag}`,
   };
   const services: ServiceProcess[] = [];
-  for (const name of ['registry', 'dispatch', 'tag', 'stats', 'gateway'] as const) {
+  const add = async (name: ServiceName, instance: number, own: Record<string, string>) => {
     const opsPort = await freePort();
-    const own: Record<string, string> =
-      name === 'gateway'
-        ? { WS_PORT: String(wsPort), NODE_ID: 'gw-e2e-1' }
-        : { GRPC_PORT: String(grpc[name]) };
-    services.push({ name, env: { ...common, ...own, OPS_PORT: String(opsPort) }, opsPort, output: [] });
+    services.push({
+      name,
+      instance,
+      env: { ...common, ...own, OPS_PORT: String(opsPort) },
+      opsPort,
+      output: [],
+    });
+  };
+  await add('registry', 0, { GRPC_PORT: String(grpc.registry) });
+  for (const [instance, port] of dispatchPorts.entries())
+    await add('dispatch', instance, { GRPC_PORT: String(port) });
+  await add('tag', 0, { GRPC_PORT: String(grpc.tag) });
+  await add('stats', 0, { GRPC_PORT: String(grpc.stats) });
+  for (const [instance, port] of wsPorts.entries()) {
+    await add('gateway', instance, { WS_PORT: String(port), NODE_ID: `gw-e2e-${instance + 1}` });
   }
-  const byName = new Map(services.map((s) => [s.name, s]));
+  const find = (name: ServiceName, instance = 0) => {
+    const service = services.find((s) => s.name === name && s.instance === instance);
+    if (!service) throw new Error(`no service ${name} #${instance}`);
+    return service;
+  };
+  const kill = async (service: ServiceProcess) => {
+    const child = service.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    child.kill('SIGKILL');
+    await exited;
+  };
   const stopAllServices = async () => {
     await Promise.all(services.map((s) => stopProcess(s)));
     await Promise.all([nats.stop(), redis.stop()]);
@@ -101,19 +141,22 @@ export async function startProcessSystem(): Promise<
     mode: 'processes',
     nats,
     redis,
-    gatewayUrl: `ws://127.0.0.1:${wsPort}/v1/ws`,
+    gatewayUrl: `ws://127.0.0.1:${wsPorts[0]}/v1/ws`,
+    gatewayUrls: wsPorts.map((port) => `ws://127.0.0.1:${port}/v1/ws`),
+    dispatches: dispatchPorts.map((port) => `127.0.0.1:${port}`),
     registry: `127.0.0.1:${grpc.registry}`,
     dispatch: `127.0.0.1:${grpc.dispatch}`,
     stats: `127.0.0.1:${grpc.stats}`,
     tag: `127.0.0.1:${grpc.tag}`,
     opsPorts: services.map((s) => s.opsPort),
     stop: stopAllServices,
-    async restart(name) {
-      const service = byName.get(name);
-      if (!service) throw new Error(`no service ${name}`);
-      service.child?.kill('SIGKILL');
-      await new Promise((resolve) => service.child?.once('exit', resolve));
+    async restart(name, instance) {
+      const service = find(name, instance);
+      await kill(service);
       await startProcess(service);
+    },
+    async kill(name, instance) {
+      await kill(find(name, instance));
     },
   };
 }
