@@ -9,6 +9,9 @@
 // and decode every request and reply as over the wire: there is no gRPC hop, no socket between services.
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+// test/package.json does not list @pushd/audience (the expression parser); its sources are imported
+// directly, as test/integration/nats-bus.test.ts does for the bus contract.
+import { normalize, parseInfix } from '@pushd/audience';
 import { NatsBus, streams } from '@pushd/bus';
 import { createMetricsRegistry, silentLogger } from '@pushd/common';
 import { generateDeviceId } from '@pushd/device-sdk';
@@ -30,9 +33,6 @@ import { bearerAuthorization, callContext, inProcessClient } from '@pushd/rpc';
 import { createRedisClient, createRedisStores, type RedisClient, RedisKeys, type Stores } from '@pushd/store';
 import { AudienceEvents, TagService } from '@pushd/tag';
 import { startNatsServer, startRedisServer } from '@pushd/testkit';
-// test/package.json does not list @pushd/audience (the expression parser); its sources are imported
-// directly, as test/integration/nats-bus.test.ts does for the bus contract.
-import { normalize, parseInfix } from '../../packages/audience/src/index.js';
 import { type Cleanup, log } from './lifecycle.js';
 import { CpuMeter, findPid, formatCpu, percentiles, sleep } from './measure.js';
 import type { BenchOptions } from './options.js';
