@@ -118,10 +118,12 @@ export class PushApplier {
       await this.options.pushes.setStatus(accessId, pushId, PushStatus.PUSH_STATUS_FAILED, 0);
       return;
     }
+    // SENT events are stored while the record is saved; both before the log entry is acknowledged, so
+    // that a crash makes this push apply again rather than lose its counts.
+    const sent = broadcast ? [] : await this.applyTargeted(command, message, now);
     if (broadcast) await this.applyBroadcast(command, message, now);
-    else await this.applyTargeted(command, message, now);
     const target = broadcast ? command.countedTarget : command.devices.length;
-    await this.options.pushes.save({
+    const saved = this.options.pushes.save({
       accessId,
       pushId,
       msgId,
@@ -135,6 +137,7 @@ export class PushApplier {
       occurrences: command.occurrence,
       failure: '',
     });
+    await Promise.all([saved, ...sent]);
   }
 
   private async applyBroadcast(command: PushCommand, message: PushMessage, now: number): Promise<void> {
@@ -169,14 +172,17 @@ export class PushApplier {
     bus.publish(subjects.broadcast(accessId), data);
   }
 
-  private async applyTargeted(command: PushCommand, message: PushMessage, now: number): Promise<void> {
+  /** Windows, then routes; returns the SENT event publishes, started and not yet awaited. */
+  private async applyTargeted(
+    command: PushCommand,
+    message: PushMessage,
+    now: number,
+  ): Promise<Promise<void>[]> {
     const { accessId, pushId } = command;
-    const previousBroadcastId = await this.options.broadcasts.head(accessId);
-    if (command.onlineOnly) {
-      await this.applyOnlineOnly(command, message, previousBroadcastId);
-      return;
-    }
-    const appended = await mapConcurrently(command.devices, APPEND_CONCURRENCY, async (device) => {
+    // Read beside the appends: only this partition's applier moves the app's broadcast head.
+    const head = this.options.broadcasts.head(accessId);
+    if (command.onlineOnly) return this.applyOnlineOnly(command, message, await head);
+    const appending = mapConcurrently(command.devices, APPEND_CONCURRENCY, async (device) => {
       const result = await this.options.inboxes.append(
         accessId,
         device.token,
@@ -190,11 +196,9 @@ export class PushApplier {
       this.options.metrics.appliedAgain.inc();
       return { device, previousMsgId: message.msgId };
     });
+    const [previousBroadcastId, appended] = await Promise.all([head, appending]);
     await this.route(accessId, message, appended, previousBroadcastId);
-    for (const platform of [Platform.PLATFORM_ANDROID, Platform.PLATFORM_IOS]) {
-      const tokens = command.devices.filter((device) => device.platform === platform).map((d) => d.token);
-      if (tokens.length > 0) await this.publishSent(accessId, pushId, message.msgId, platform, tokens);
-    }
+    return this.publishSentByPlatform(accessId, pushId, message.msgId, command.devices);
   }
 
   /**
@@ -206,7 +210,7 @@ export class PushApplier {
     command: PushCommand,
     message: PushMessage,
     previousBroadcastId: number,
-  ): Promise<void> {
+  ): Promise<Promise<void>[]> {
     const { accessId, pushId } = command;
     const routed = await this.route(
       accessId,
@@ -214,10 +218,22 @@ export class PushApplier {
       command.devices.map((device) => ({ device, previousMsgId: 0 })),
       previousBroadcastId,
     );
+    return this.publishSentByPlatform(accessId, pushId, message.msgId, routed);
+  }
+
+  /** One SENT event per platform with devices, publishes started together. */
+  private publishSentByPlatform(
+    accessId: number,
+    pushId: string,
+    msgId: number,
+    devices: TargetDevice[],
+  ): Promise<void>[] {
+    const publishes: Promise<void>[] = [];
     for (const platform of [Platform.PLATFORM_ANDROID, Platform.PLATFORM_IOS]) {
-      const tokens = routed.filter((device) => device.platform === platform).map((d) => d.token);
-      if (tokens.length > 0) await this.publishSent(accessId, pushId, message.msgId, platform, tokens);
+      const tokens = devices.filter((device) => device.platform === platform).map((d) => d.token);
+      if (tokens.length > 0) publishes.push(this.publishSent(accessId, pushId, msgId, platform, tokens));
     }
+    return publishes;
   }
 
   /**
