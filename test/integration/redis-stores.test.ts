@@ -161,6 +161,52 @@ describe('Redis stores: layout and recovery', () => {
     );
     await waitFor(async () => (await redis.exists(keys.inbox(APP, OTHER))) === 0, 'the inbox key to expire');
     expect((await inboxes.pending(APP, OTHER, 0, NOW)).lastMsgId).toBe(3);
+    // Its meta entry stays (no TTL), so the expired message is still counted as dropped, once.
+    expect(await redis.pttl(keys.inboxMeta(APP, OTHER))).toBe(-1);
+    expect(await inboxes.pending(APP, OTHER, 0, Date.now())).toEqual({
+      messages: [],
+      lastMsgId: 3,
+      dropped: 1,
+    });
+    expect(await redis.exists(keys.inboxMeta(APP, OTHER))).toBe(0);
+  });
+
+  it('serves inbox members stored before the meta hash existed, without counting them', async () => {
+    const { inboxes } = stores();
+    const now = Date.now();
+    const legacy = (msgId: number, expiresAtMs: number) => {
+      const encoded = PushMessage.encode(PushMessage.fromPartial({ msgId, expiresAtMs })).finish();
+      const member = Buffer.alloc(8 + encoded.length);
+      member.writeDoubleBE(expiresAtMs, 0);
+      member.set(encoded, 8);
+      return redis.zadd(keys.inbox(APP, TOKEN), msgId, member);
+    };
+    await legacy(1, now + 10);
+    await legacy(2, now + 3_600_000);
+    await redis.set(keys.inboxLast(APP, TOKEN), '2');
+    expect(await inboxes.pending(APP, TOKEN, 0, now)).toMatchObject({ lastMsgId: 2, dropped: 0 });
+    expect((await inboxes.pending(APP, TOKEN, 0, now)).messages.map((m) => m.msgId)).toEqual([1, 2]);
+    // Evicted by the capacity they count; expired they leave uncounted (nothing recorded their expiry).
+    await inboxes.append(
+      APP,
+      TOKEN,
+      PushMessage.fromPartial({ msgId: 3, expiresAtMs: now + 3_600_000 }),
+      2,
+      now + 20,
+    );
+    expect(await inboxes.pending(APP, TOKEN, 0, now + 20)).toMatchObject({ lastMsgId: 3, dropped: 0 });
+    await inboxes.append(
+      APP,
+      TOKEN,
+      PushMessage.fromPartial({ msgId: 4, expiresAtMs: now + 3_600_000 }),
+      2,
+      now + 20,
+    );
+    const after = await inboxes.pending(APP, TOKEN, 0, now + 20);
+    expect({ ids: after.messages.map((m) => m.msgId), dropped: after.dropped }).toEqual({
+      ids: [3, 4],
+      dropped: 1,
+    });
   });
 
   it('forgets who was counted after the dedup window but keeps the counts', async () => {

@@ -537,6 +537,33 @@ describe('DeviceClient delivery', () => {
     expect(device.lastMsgId).toBe(3);
   });
 
+  it("reports a Deliver frame's dropped count before its messages, also when it has no messages", async () => {
+    const { device, connection } = await connectedSession();
+    const events: string[] = [];
+    device.on('dropped', (count) => events.push(`dropped ${count}`));
+    device.on('message', (message) => events.push(`message ${message.msgId}`));
+
+    connection.send({
+      id: 0,
+      body: { $case: 'deliver', value: { messages: [pushMessage(4), pushMessage(5)], dropped: 3 } },
+    });
+    expect(await connection.nextFrame()).toEqual({
+      id: 0,
+      body: { $case: 'ack', value: { msgIds: [4, 5] } },
+    });
+    // Only a count: nothing to acknowledge.
+    connection.send({ id: 0, body: { $case: 'deliver', value: { messages: [], dropped: 2 } } });
+    // A collapse id reaches the app as it was pushed (replacing a shown notification is the app's part).
+    const collapsing = pushMessage(6);
+    if (collapsing.message) collapsing.message.collapseId = 'score';
+    connection.send({ id: 0, body: { $case: 'deliver', value: { messages: [collapsing] } } });
+    const received: PushMessage[] = [];
+    device.on('message', (message) => received.push(message));
+    expect(await connection.nextFrame()).toEqual({ id: 0, body: { $case: 'ack', value: { msgIds: [6] } } });
+    expect(events).toEqual(['dropped 3', 'message 4', 'message 5', 'dropped 2', 'message 6']);
+    expect(received.map((m) => m.message?.collapseId)).toEqual(['score']);
+  });
+
   it('leaves acks to the app with autoAck off, except for duplicates', async () => {
     const { device, connection } = await connectedSession({ autoAck: false, lastMsgId: 10 });
     const received: number[] = [];

@@ -147,9 +147,16 @@ export interface DeviceCloseEvent {
 export interface DeviceClientEvents {
   /**
    * One message, in increasing msg_id order; duplicates are dropped before this. The message counts as
-   * delivered once emitted: a listener that throws does not get it again.
+   * delivered once emitted: a listener that throws does not get it again. A message with
+   * `message.collapseId` replaces any notification the app shows under the same collapse id.
    */
   message: [message: PushMessage];
+  /**
+   * Messages owed to this device that it will never get (pushed out of its offline window by newer ones,
+   * or expired while it was away), as the first Deliver frame of a catch-up reports them, before that
+   * frame's messages. The app should resync with its server. Reported once: not again on reconnect.
+   */
+  dropped: [count: number];
   /** A session was established (after connect() and after each reconnect). */
   connected: [connected: Connected];
   /** A connection ended, or a reconnect attempt failed. */
@@ -532,6 +539,8 @@ export class DeviceClient extends EventEmitter<DeviceClientEvents> {
     const body = frame.body;
     switch (body?.$case) {
       case 'deliver':
+        // Before the frame's messages: the lost ones came before them.
+        if ((body.value.dropped ?? 0) > 0) this.emit('dropped', body.value.dropped as number);
         this.onDeliver(body.value.messages);
         return;
       case 'connected':

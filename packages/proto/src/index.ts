@@ -27,7 +27,18 @@ export {
   PushCommand,
   TargetDevice,
 } from './gen/pushd/v1/bus.js';
-export { Message, MessageType, Platform, platformFromJSON, platformToJSON } from './gen/pushd/v1/common.js';
+export {
+  AndroidStyle,
+  Badge,
+  ClickAction,
+  IosStyle,
+  Message,
+  MessageType,
+  Platform,
+  platformFromJSON,
+  platformToJSON,
+  Toggle,
+} from './gen/pushd/v1/common.js';
 export {
   Ack,
   ClientFrame,
@@ -131,3 +142,4 @@ export {
   type TagServiceServer,
   TagServiceService,
 } from './gen/pushd/v1/tag.js';
+export { forPlatform } from './message-platform.js';

@@ -1,9 +1,9 @@
 import { PushMessage } from '@pushd/proto';
 import type { AppendResult, InboxStore, PendingResult } from './inbox-store.js';
 import type { RedisKeys } from './keys.js';
-import { execPipeline, redisCall } from './redis-call.js';
+import { redisCall } from './redis-call.js';
 import type { RedisClient } from './redis-client.js';
-import { defineScripts, runScript } from './redis-scripts.js';
+import { defineScripts, runScript, runScriptBuffer } from './redis-scripts.js';
 
 export interface RedisInboxStoreOptions {
   redis: RedisClient;
@@ -15,8 +15,11 @@ const EXPIRY_BYTES = 8;
 
 /**
  * Offline windows on Redis: per device a sorted set (score msgId, member expiry + PushMessage bytes)
- * that expires with its newest message, and the device's lastMsgId beside it, which does not expire (it
- * orders the device's messages for as long as the device is registered). Append is one Lua call.
+ * that expires with its newest message, the device's lastMsgId beside it, which does not expire (it
+ * orders the device's messages for as long as the device is registered), and a small meta hash (each
+ * entry's expiry and collapse id, and the dropped count) that does not expire either, so that messages
+ * whose payloads vanished with the sorted set are still counted as dropped. Append and pending are one
+ * Lua call each (inbox-append.lua, inbox-pending.lua).
  */
 export class RedisInboxStore implements InboxStore {
   private readonly redis: RedisClient;
@@ -40,38 +43,49 @@ export class RedisInboxStore implements InboxStore {
     member.writeDoubleBE(message.expiresAtMs, 0);
     member.set(encoded, EXPIRY_BYTES);
     const [appended, msgId] = (await redisCall(
-      runScript(
-        this.redis,
-        'inboxAppend',
-        [this.keys.inbox(accessId, token), this.keys.inboxLast(accessId, token)],
-        [message.msgId, message.expiresAtMs, member, capacity, nowMs],
-      ),
+      runScript(this.redis, 'inboxAppend', this.windowKeys(accessId, token), [
+        message.msgId,
+        message.expiresAtMs,
+        member,
+        capacity,
+        nowMs,
+        message.message?.collapseId ?? '',
+      ]),
     )) as [number, number];
     return appended === 1 ? { appended: true, previousMsgId: msgId } : { appended: false, lastMsgId: msgId };
   }
 
   async pending(accessId: number, token: string, afterMsgId: number, nowMs: number): Promise<PendingResult> {
-    // Both keys share the device's slot: one pipeline, one round trip, also on a cluster.
-    const [last, members] = (await execPipeline(
-      this.redis
-        .pipeline()
-        .get(this.keys.inboxLast(accessId, token))
-        .zrangebyscoreBuffer(this.keys.inbox(accessId, token), `(${afterMsgId}`, '+inf'),
-    )) as [string | null, Buffer[]];
-    const messages: PushMessage[] = [];
-    for (const member of members) {
-      if (member.readDoubleBE(0) <= nowMs) continue;
-      messages.push(PushMessage.decode(member.subarray(EXPIRY_BYTES)));
-    }
-    return { messages, lastMsgId: Number(last ?? 0) };
+    // A script, not reads: expired entries are counted and the dropped count is taken in one step.
+    const [lastMsgId, dropped, ...members] = (await redisCall(
+      runScriptBuffer(this.redis, 'inboxPending', this.windowKeys(accessId, token), [afterMsgId, nowMs]),
+    )) as [number, number, ...Buffer[]];
+    const messages = members.map((member) => PushMessage.decode(member.subarray(EXPIRY_BYTES)));
+    return { messages, lastMsgId, dropped };
   }
 
   async ack(accessId: number, token: string, msgIds: number[]): Promise<void> {
     if (msgIds.length === 0) return;
-    await redisCall(runScript(this.redis, 'inboxAck', [this.keys.inbox(accessId, token)], msgIds));
+    await redisCall(
+      runScript(
+        this.redis,
+        'inboxAck',
+        [this.keys.inbox(accessId, token), this.keys.inboxMeta(accessId, token)],
+        msgIds,
+      ),
+    );
   }
 
   async clear(accessId: number, token: string): Promise<void> {
-    await redisCall(this.redis.del(this.keys.inbox(accessId, token), this.keys.inboxLast(accessId, token)));
+    await redisCall(this.redis.del(...this.windowKeys(accessId, token)));
+  }
+
+  /** The keys of inbox-append.lua and inbox-pending.lua, all in the device's slot. */
+  private windowKeys(accessId: number, token: string): string[] {
+    return [
+      this.keys.inbox(accessId, token),
+      this.keys.inboxLast(accessId, token),
+      this.keys.inboxMeta(accessId, token),
+    ];
   }
 }

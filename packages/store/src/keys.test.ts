@@ -17,6 +17,7 @@ describe('RedisKeys', () => {
       keys.device(1, token),
       keys.inbox(1, token),
       keys.inboxLast(1, token),
+      keys.inboxMeta(1, token),
       keys.route(1, token),
       keys.tags(1, token),
       keys.tagMeta(1, token),

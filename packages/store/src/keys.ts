@@ -25,6 +25,8 @@ import { ConfigError, invalidArgument } from '@pushd/common';
  * | P:{d:a:enc(t)}:dev               | hash   | device record (see device-store-redis.ts)                 | registry |
  * | P:{d:a:enc(t)}:inbox             | zset   | score msg id, member 8-byte expiry + PushMessage bytes    | dispatch |
  * | P:{d:a:enc(t)}:last              | string | highest msg id ever appended to the inbox                 | dispatch |
+ * | P:{d:a:enc(t)}:inboxmeta         | hash   | <msg id> -> `<expiry ms>:<collapse id>` per inbox entry,  | dispatch |
+ * |                                  |        | d dropped since the last pending (no TTL, <= capacity+1)  |          |
  * | P:{d:a:enc(t)}:route             | string | `<session id length>:<session id><node id>`, with a TTL    | gateway  |
  * | P:{d:a:enc(t)}:tags              | set    | the device's tags                                         | tag      |
  * | P:{d:a:enc(t)}:tagmeta           | hash   | tag service's view of the device (tag-store-redis.ts)     | tag      |
@@ -98,6 +100,11 @@ export class RedisKeys {
 
   inboxLast(accessId: number, token: string): string {
     return `${this.deviceTag(accessId, token)}:last`;
+  }
+
+  /** What Lua needs of each inbox entry (expiry, collapse id) and the dropped count; outlives payloads. */
+  inboxMeta(accessId: number, token: string): string {
+    return `${this.deviceTag(accessId, token)}:inboxmeta`;
   }
 
   route(accessId: number, token: string): string {

@@ -13,6 +13,7 @@ import {
   EventBatch,
   EventType,
   encodeClientFrame,
+  encodeServerFrame,
   MessageType,
   NodeDelivery,
   Platform,
@@ -36,10 +37,16 @@ import { createMemoryStores, type TagLimits } from '@pushd/store';
 import { TagService } from '@pushd/tag';
 import { waitFor } from '@pushd/testkit';
 import { Registry } from 'prom-client';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { WebSocket } from 'ws';
 import { Gateway, type GatewayOptions } from './gateway.js';
 import { createGatewayMetrics } from './metrics.js';
+
+// The real codec, watched: a test counts how often the gateway encodes a Deliver frame.
+vi.mock('@pushd/proto', async (importOriginal) => {
+  const actual = await importOriginal<typeof import('@pushd/proto')>();
+  return { ...actual, encodeServerFrame: vi.fn(actual.encodeServerFrame) };
+});
 
 const CLUSTER_TOKEN = 'gateway-unit-test-cluster-token';
 const NODE_ID = 'gw-unit';
@@ -817,6 +824,66 @@ describe('Gateway delivery', () => {
     expect(raw.delivered).toEqual([second.msgId]);
   });
 
+  it('tells the device in the first Deliver of a catch-up how many messages it lost, even with none to deliver', async () => {
+    // Dispatch's count per token, handed out once as the store does.
+    const lost = new Map<string, number>();
+    const system = await startGateway({
+      dispatch: (real) => ({
+        ...real,
+        fetchPending: async (request) => {
+          const response = await real.fetchPending(request);
+          const dropped = lost.get(request.token) ?? 0;
+          lost.delete(request.token);
+          return { ...response, dropped };
+        },
+      }),
+    });
+    const { accessId } = system.app;
+    const withMessages = await system.registerDevice();
+    await system.stores.inboxes.append(accessId, withMessages.token, pushMessage(1), 2, Date.now());
+    await system.stores.inboxes.append(accessId, withMessages.token, pushMessage(2), 2, Date.now());
+    lost.set(withMessages.token, 3);
+    const raw = await openRaw(system.url, system.sessionHeaders(withMessages));
+    await connected(raw);
+    await waitFor(() => raw.delivered.length >= 2, 'the window');
+    // A live message afterwards carries no count.
+    await system.stores.inboxes.append(accessId, withMessages.token, pushMessage(3), 2, Date.now());
+    system.bus.publish(
+      subjects.nodeDelivery(NODE_ID),
+      NodeDelivery.encode({
+        accessId,
+        tokens: [withMessages.token],
+        message: pushMessage(3),
+        previousMsgIds: [2],
+        previousBroadcastId: 0,
+      }).finish(),
+    );
+    await waitFor(() => raw.delivered.length >= 3, 'the live message');
+    const delivers = raw.frames.flatMap((f) => (f.body?.$case === 'deliver' ? [f.body.value] : []));
+    expect(delivers.map((d) => ({ ids: d.messages.map((m) => m.msgId), dropped: d.dropped }))).toEqual([
+      { ids: [1, 2], dropped: 3 },
+      { ids: [3], dropped: undefined },
+    ]);
+
+    // Nothing left to deliver, but messages were lost: a Deliver with the count alone, which the SDK reports.
+    const emptyWindow = await system.registerDevice();
+    lost.set(emptyWindow.token, 2);
+    const { device, received } = system.client({ session: emptyWindow });
+    const drops: number[] = [];
+    device.on('dropped', (count) => drops.push(count));
+    await device.connect();
+    await waitFor(() => drops.length === 1, 'the dropped count');
+    await device.ping();
+    expect(drops).toEqual([2]);
+    expect(received).toEqual([]);
+
+    // With nothing lost and nothing pending, no Deliver at all.
+    const quiet = await openRaw(system.url, system.sessionHeaders(await system.registerDevice()));
+    await connected(quiet);
+    await quiet.roundTrip();
+    expect(quiet.frames.map((f) => f.body?.$case)).toEqual(['connected', 'pong']);
+  });
+
   it('turns acks into ARRIVED events carrying the push id, and dispatch then empties the window', async () => {
     const system = await startGateway();
     const events: Event[] = [];
@@ -995,6 +1062,88 @@ describe('Gateway broadcasts and tag pushes', () => {
     await device.raw.roundTrip();
     expect(device.raw.delivered).toEqual([after]);
     expect(before).toBeLessThan(after);
+  });
+
+  it("gives each device only its platform's style of a broadcast, encoding it once per platform and encoding", async () => {
+    const system = await startGateway();
+    const open = async (platform: Platform, protocols?: string[]) => {
+      const raw = await openRaw(system.url, system.sessionHeaders(await system.registerDevice(platform)), {
+        protocols,
+      });
+      await connected(raw);
+      return raw;
+    };
+    const androids = [
+      await open(Platform.PLATFORM_ANDROID),
+      await open(Platform.PLATFORM_ANDROID),
+      await open(Platform.PLATFORM_ANDROID, ['pushd.v1.json']),
+    ];
+    const ios = await open(Platform.PLATFORM_IOS);
+    const android = {
+      channelId: 'promo',
+      builderId: 0,
+      ring: 1,
+      ringRaw: '',
+      vibrate: 0,
+      lights: 0,
+      clearable: 0,
+      icon: 'ic_sale',
+      smallIcon: '',
+      badge: { change: { $case: 'add' as const, value: 1 } },
+      action: { target: { $case: 'openUrl' as const, value: 'https://example.com/sale' } },
+    };
+    const iosStyle = {
+      subtitle: 'Today only',
+      badge: { change: { $case: 'set' as const, value: 5 } },
+      sound: 'default',
+      category: '',
+      mutableContent: false,
+      contentAvailable: false,
+    };
+    const encoded = vi.mocked(encodeServerFrame);
+    encoded.mockClear();
+    const msgId = await pushTo(system, {
+      audience: { target: { $case: 'all', value: {} } },
+      message: {
+        type: MessageType.MESSAGE_TYPE_NOTIFY,
+        title: 'Sale',
+        content: 'Half price',
+        customContent: {},
+        collapseId: 'sale',
+        android,
+        ios: iosStyle,
+      },
+    });
+    for (const raw of [...androids, ios]) {
+      await waitFor(() => raw.delivered.includes(msgId), 'the broadcast');
+      await raw.roundTrip();
+    }
+    const received = (raw: RawDevice) =>
+      raw.frames.flatMap((f) => (f.body?.$case === 'deliver' ? f.body.value.messages : []));
+    for (const raw of androids) {
+      const [message] = received(raw);
+      expect(message?.message).toEqual({
+        type: MessageType.MESSAGE_TYPE_NOTIFY,
+        title: 'Sale',
+        content: 'Half price',
+        customContent: {},
+        collapseId: 'sale',
+        android,
+        ios: undefined,
+      });
+    }
+    expect(received(ios)[0]?.message).toEqual({
+      type: MessageType.MESSAGE_TYPE_NOTIFY,
+      title: 'Sale',
+      content: 'Half price',
+      customContent: {},
+      collapseId: 'sale',
+      android: undefined,
+      ios: iosStyle,
+    });
+    // Android over proto (shared by two sessions), Android over JSON, iOS over proto.
+    const delivers = encoded.mock.calls.filter(([frame]) => frame.body?.$case === 'deliver');
+    expect(delivers.map(([, encoding]) => encoding).sort()).toEqual(['json', 'proto', 'proto']);
   });
 
   it('fetches a broadcast it missed before delivering what follows it, targeted or broadcast, in id order', async () => {

@@ -32,6 +32,7 @@ import {
   encodeServerFrame,
   encodingOfSubprotocol,
   type FrameEncoding,
+  forPlatform,
   MAX_ACK_IDS,
   NodeDelivery,
   Platform,
@@ -110,7 +111,10 @@ type TagFrameBody =
   | { $case: 'updateTags'; value: UpdateTags }
   | { $case: 'reportLocation'; value: ReportLocation };
 
-/** The ServerFrame of one delivery, encoded at most once per encoding whatever the number of devices. */
+/**
+ * The ServerFrame of one delivery, encoded at most once per encoding whatever the number of devices that
+ * get it (see Gateway.liveFrame).
+ */
 class EncodedFrame {
   private proto: Uint8Array | undefined;
   private json: string | undefined;
@@ -157,6 +161,13 @@ export class Gateway {
   /** Connects and disconnects, on their own subject (the tag service keeps online counts from them). */
   private readonly presence: EventBatcher;
   private readonly timers: NodeJS.Timeout[] = [];
+  /**
+   * The Deliver frames of live messages, by message and platform (index: Platform; PLATFORM_UNSPECIFIED
+   * also serves every platform when the message has no style to drop). A broadcast or a node delivery
+   * hands the same PushMessage object to all its sessions, so it is encoded once per platform and encoding
+   * however many devices get it; the entry goes with the message once no session holds it any more.
+   */
+  private readonly liveFrames = new WeakMap<PushMessage, (EncodedFrame | undefined)[]>();
   private subscriptions: BusSubscription[] = [];
   private shuttingDown = false;
   private boundPort = 0;
@@ -407,14 +418,16 @@ export class Gateway {
 
   private async catchUpLoop(session: Session): Promise<void> {
     while (session.state === 'syncing') {
-      const { messages, lastMsgId, lastBroadcastId } = await this.options.dispatch.fetchPending({
+      const { messages, lastMsgId, lastBroadcastId, dropped } = await this.options.dispatch.fetchPending({
         accessId: session.accessId,
         token: session.token,
         afterMsgId: session.lastDeliveredMsgId,
       });
       if ((session.state as string) === 'closed') return;
       const fresh = messages.filter((message) => message.msgId > session.lastDeliveredMsgId);
-      if (fresh.length > 0) this.deliver(session, fresh, 'pending');
+      // Dispatch reset the count when it answered, so this frame is the device's only chance to learn of
+      // it: sent even without messages (the app then knows to resync with its server).
+      if (fresh.length > 0 || dropped > 0) this.deliver(session, fresh, 'pending', dropped);
       session.chainMsgId = Math.max(session.chainMsgId, lastMsgId);
       session.broadcastChainId = Math.max(session.broadcastChainId, lastBroadcastId);
       const buffered = session.buffered ?? [];
@@ -831,9 +844,28 @@ export class Gateway {
     );
   }
 
-  private deliver(session: Session, messages: PushMessage[], source: 'live' | 'pending'): void {
-    const frame = new EncodedFrame({ id: 0, body: { $case: 'deliver', value: { messages } } });
-    if (!this.write(session, frame.get(session.encoding), 'deliver')) return;
+  /**
+   * Writes one Deliver frame: each message as the session's platform receives it (forPlatform), and the
+   * count of messages the device will never get, when there is one.
+   */
+  private deliver(session: Session, messages: PushMessage[], source: 'live' | 'pending', dropped = 0): void {
+    const data =
+      source === 'live' && messages.length === 1 && dropped === 0
+        ? this.liveFrame(messages[0] as PushMessage, session.platform).get(session.encoding)
+        : encodeServerFrame(
+            {
+              id: 0,
+              body: {
+                $case: 'deliver',
+                value: {
+                  messages: messages.map((message) => pushForPlatform(message, session.platform)),
+                  dropped: dropped > 0 ? dropped : undefined,
+                },
+              },
+            },
+            session.encoding,
+          );
+    if (!this.write(session, data, 'deliver')) return;
     const now = this.clock.now();
     session.unacked ??= new Map();
     for (const message of messages) {
@@ -849,6 +881,28 @@ export class Gateway {
       session.unacked.delete(oldest);
     }
     this.options.metrics.messagesDelivered.inc({ source }, messages.length);
+  }
+
+  /** The shared frame of a live message for a platform (see liveFrames). */
+  private liveFrame(message: PushMessage, platform: Platform): EncodedFrame {
+    let frames = this.liveFrames.get(message);
+    if (frames === undefined) {
+      frames = [];
+      this.liveFrames.set(message, frames);
+    }
+    // Nothing to drop for this platform: the frame every such platform shares. Decided without building
+    // the platform's view, which only a cache miss needs (this runs once per session of a broadcast).
+    const drops =
+      (platform === Platform.PLATFORM_ANDROID && message.message?.ios !== undefined) ||
+      (platform === Platform.PLATFORM_IOS && message.message?.android !== undefined);
+    const slot = drops ? platform : Platform.PLATFORM_UNSPECIFIED;
+    let frame = frames[slot];
+    if (frame === undefined) {
+      const view = pushForPlatform(message, platform);
+      frame = new EncodedFrame({ id: 0, body: { $case: 'deliver', value: { messages: [view] } } });
+      frames[slot] = frame;
+    }
+    return frame;
   }
 
   private onRegistryEvents(data: Uint8Array): void {
@@ -1035,6 +1089,13 @@ function onSocketPong(this: SocketWithSession): void {
 function toBytes(data: RawData): Uint8Array {
   if (Array.isArray(data)) return Buffer.concat(data);
   return data instanceof ArrayBuffer ? new Uint8Array(data) : data;
+}
+
+/** The push as a device of `platform` receives it: only its own platform's style (same object if unchanged). */
+function pushForPlatform(push: PushMessage, platform: Platform): PushMessage {
+  if (push.message === undefined) return push;
+  const message = forPlatform(push.message, platform);
+  return message === push.message ? push : { ...push, message };
 }
 
 function platformLabel(platform: Platform): string {
