@@ -49,6 +49,37 @@ describe('delivery order and failures: two dispatch and two gateway processes', 
     platform: Platform.PLATFORM_UNSPECIFIED,
   });
 
+  it('Android keeps the newest 2 and iOS the newest 1 of 5 missed messages, and each is told how many it lost', async () => {
+    const app = await clients.createApp('offline-window');
+    const [dispatch] = dispatchClients(app);
+    const android = await TestDevice.register(system, app);
+    const ios = await TestDevice.register(system, app, { platform: Platform.PLATFORM_IOS });
+    devices.push(android, ios);
+    await android.client.close();
+    await ios.client.close();
+    const sent = { android: [] as number[], ios: [] as number[] };
+    for (let n = 1; n <= 5; n++) {
+      for (const [name, device] of [
+        ['android', android],
+        ['ios', ios],
+      ] as const) {
+        const result = await dispatch?.push(
+          request(app, { $case: 'token', value: device.token }, `${name} ${n}`),
+        );
+        sent[name].push(result?.msgId ?? 0);
+      }
+    }
+    await android.reconnect(system, app);
+    await ios.reconnect(system, app);
+    await android.waitForMessages(2);
+    await ios.waitForMessages(1);
+    await waitFor(() => android.dropped.length > 0 && ios.dropped.length > 0, 'the dropped counts');
+    expect(android.received.map((m) => m.msgId)).toEqual(sent.android.slice(3));
+    expect(ios.received.map((m) => m.msgId)).toEqual(sent.ios.slice(4));
+    expect(android.dropped).toEqual([3]);
+    expect(ios.dropped).toEqual([4]);
+  });
+
   it('concurrent pushes through both dispatch instances reach a device in increasing id order, every one (20 random rounds)', async () => {
     const app = await clients.createApp('two-dispatchers');
     const [first, second] = dispatchClients(app);

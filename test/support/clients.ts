@@ -81,11 +81,14 @@ export function notifyToken(
 /** A simulated device that records what it receives. */
 export class TestDevice {
   readonly received: PushMessage[] = [];
+  /** The `dropped` counts the gateway reported (messages lost to the offline window's cap or expiry). */
+  readonly dropped: number[] = [];
   client: DeviceClient;
 
   constructor(options: DeviceClientOptions) {
     this.client = new DeviceClient(options);
     this.client.on('message', (message) => this.received.push(message));
+    this.client.on('dropped', (count) => this.dropped.push(count));
     this.client.on('error', () => undefined);
   }
 
@@ -128,6 +131,7 @@ export class TestDevice {
       ...options,
     });
     this.client.on('message', (message) => this.received.push(message));
+    this.client.on('dropped', (count) => this.dropped.push(count));
     this.client.on('error', () => undefined);
     await this.client.connect();
   }

@@ -858,11 +858,18 @@ describe('DispatchService.push to all devices and to tag expressions', () => {
     ids.notSports = (await pushRequest(toTags(['news'], 'OR'))).msgId;
 
     // Android: t1, all, sports are its; the newest 2 win. iOS: t2, all, sports, iosOnly; the newest 1.
-    expect((await pending(android)).messages.map((m) => m.msgId)).toEqual([ids.all, ids.sports]);
+    const androidPending = await pending(android);
+    expect(androidPending.messages.map((m) => m.msgId)).toEqual([ids.all, ids.sports]);
+    // What the window lost and what the merge leaves out are counted for the device to resync.
+    expect(androidPending.dropped).toBe(1);
     const iosPending = await pending(ios);
     expect(iosPending.messages.map((m) => m.msgId)).toEqual([ids.iosOnly]);
+    expect(iosPending.dropped).toBe(3);
     expect(iosPending.lastBroadcastId).toBe(ids.notSports);
-    expect((await pending(outsider)).messages.map((m) => m.msgId)).toEqual([ids.all, ids.notSports]);
+    expect(await pending(outsider)).toMatchObject({
+      messages: [{ msgId: ids.all }, { msgId: ids.notSports }],
+      dropped: 0,
+    });
     // Past what the device reports having, and never after expiry.
     expect((await pending(android, ids.sports)).messages).toEqual([]);
     expect((await pending(android, ids.all)).messages.map((m) => m.msgId)).toEqual([ids.sports]);

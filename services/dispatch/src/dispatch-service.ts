@@ -247,15 +247,18 @@ export class DispatchService {
       this.options.broadcasts.since(accessId, afterMsgId, now, BROADCAST_CATCH_UP_SCAN),
     ]);
     let messages = window.messages;
+    // Dropped: what the window lost to its capacity or to expiry, plus matching broadcasts that the
+    // capacity leaves out now (targeted and broadcast messages compete for the same places).
+    let dropped = window.dropped;
     if (log.entries.length > 0) {
       const missed = await this.missedBroadcasts(accessId, token, afterMsgId, log.entries);
       if (missed !== undefined && missed.messages.length > 0) {
-        messages = [...messages, ...missed.messages]
-          .sort((a, b) => a.msgId - b.msgId)
-          .slice(-OFFLINE_CAPACITY[missed.platform]);
+        const merged = [...messages, ...missed.messages].sort((a, b) => a.msgId - b.msgId);
+        messages = merged.slice(-OFFLINE_CAPACITY[missed.platform]);
+        dropped += merged.length - messages.length;
       }
     }
-    return { messages, lastMsgId: window.lastMsgId, lastBroadcastId: log.lastMsgId, dropped: 0 };
+    return { messages, lastMsgId: window.lastMsgId, lastBroadcastId: log.lastMsgId, dropped };
   }
 
   /** The log entries this device matches (undefined: the token is not registered). */
