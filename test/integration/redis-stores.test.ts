@@ -1,5 +1,5 @@
 import { createMetricsRegistry, PushdError, silentLogger } from '@pushd/common';
-import { MessageType, Platform, PushMessage } from '@pushd/proto';
+import { MessageType, Platform, PushMessage, PushRecord, PushStatus } from '@pushd/proto';
 import {
   createRedisClient,
   createRedisStores,
@@ -16,6 +16,7 @@ import {
   describeInboxStoreContract,
   describePushStoreContract,
   describeRouteStoreContract,
+  describeScheduleStoreContract,
   describeStatsStoreContract,
   describeTagStoreContract,
 } from '@pushd/store/contract';
@@ -50,6 +51,7 @@ describeDeviceStoreContract('redis', () => stores().devices);
 describeInboxStoreContract('redis', () => stores().inboxes);
 describePushStoreContract('redis', () => stores().pushes);
 describeRouteStoreContract('redis', () => stores().routes);
+describeScheduleStoreContract('redis', () => stores().schedules);
 describeStatsStoreContract('redis', () => stores().stats);
 describeTagStoreContract('redis', () => stores().tags);
 
@@ -73,6 +75,45 @@ function device(token: string) {
 }
 
 describe('Redis stores: layout and recovery', () => {
+  it('keeps a push in its slot and its index in the app slot, expiring 30 days on or after its loop', async () => {
+    const { pushes, schedules } = stores();
+    const day = 24 * 3_600_000;
+    const now = Date.now();
+    const push = PushRecord.fromPartial({
+      accessId: APP,
+      pushId: '7',
+      status: PushStatus.PUSH_STATUS_SCHEDULED,
+      createdAtMs: now,
+      sendTimeMs: now + day,
+    });
+    await pushes.save(push);
+    expect((await redis.keys('*')).sort()).toEqual(
+      [keys.push(APP, '7'), keys.pushIndex(APP), keys.pushRetention(APP)].sort(),
+    );
+    for (const key of [keys.push(APP, '7'), keys.pushIndex(APP), keys.pushRetention(APP)]) {
+      expect(await redis.pexpiretime(key)).toBe(now + 31 * day);
+    }
+    await pushes.saveCommand(APP, '7', {
+      command: new Uint8Array([1]),
+      firstNominalMs: now + day,
+      loop: { interval: 1, endTimeMs: now + 200 * day },
+    });
+    await pushes.save({ ...push, status: PushStatus.PUSH_STATUS_SENDING });
+    for (const key of [keys.push(APP, '7'), keys.pushIndex(APP), keys.pushRetention(APP)]) {
+      expect(await redis.pexpiretime(key)).toBe(now + 230 * day);
+    }
+    // Mutable fields beside the record, readable without decoding it.
+    await pushes.update(APP, '7', { status: PushStatus.PUSH_STATUS_SENDING, firing: 1, failure: 'x' });
+    expect(await redis.hmget(keys.push(APP, '7'), 's', 'x', 'f', 't')).toEqual(['2', '1', 'x', String(now)]);
+    // An index entry whose push is gone (a save that failed half-way) is skipped.
+    await redis.del(keys.push(APP, '7'));
+    expect(await pushes.list(APP, { limit: 10 })).toEqual({ pushes: [] });
+
+    await schedules.add(3, { accessId: APP, pushId: '7', occurrence: 1, fireAtMs: now });
+    expect(await redis.zrange(keys.scheduleDue(3), 0, -1)).toEqual([`${APP}:7:1:${now}`]);
+    expect(await redis.zrange(keys.scheduleByPush(3), 0, -1)).toEqual([`${APP}:7:1:${now}`]);
+  });
+
   it('keeps the broadcast log in the app slot, expiring with its newest entry, and the head for good', async () => {
     const { broadcasts } = stores();
     const now = Date.now();

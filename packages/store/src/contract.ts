@@ -7,5 +7,6 @@ export { describeDeviceStoreContract } from './device-store.contract.js';
 export { describeInboxStoreContract } from './inbox-store.contract.js';
 export { describePushStoreContract } from './push-store.contract.js';
 export { describeRouteStoreContract } from './route-store.contract.js';
+export { describeScheduleStoreContract } from './schedule-store.contract.js';
 export { describeStatsStoreContract } from './stats-store.contract.js';
 export { describeTagStoreContract } from './tag-store.contract.js';

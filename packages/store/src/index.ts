@@ -39,13 +39,26 @@ export type { AppendResult, InboxStore, PendingResult } from './inbox-store.js';
 export { MemoryInboxStore } from './inbox-store-memory.js';
 export { RedisInboxStore, type RedisInboxStoreOptions } from './inbox-store-redis.js';
 export { encodePart, RedisKeys, type RedisKeysOptions } from './keys.js';
-export type { PushStore } from './push-store.js';
-export { MemoryPushStore } from './push-store-memory.js';
+export {
+  LIST_SCAN_FACTOR,
+  MAX_LIST_LIMIT,
+  PUSH_RETENTION_MS,
+  type PushListPage,
+  type PushListQuery,
+  type PushPatch,
+  type PushStore,
+  type PushUpdateResult,
+  type ScheduledCommand,
+} from './push-store.js';
+export { MemoryPushStore, type MemoryPushStoreOptions } from './push-store-memory.js';
 export { RedisPushStore, type RedisPushStoreOptions } from './push-store-redis.js';
 export { type CreateRedisClientOptions, createRedisClient, type RedisClient } from './redis-client.js';
 export type { Route, RouteKey, RouteStore } from './route-store.js';
 export { MemoryRouteStore, type MemoryRouteStoreOptions } from './route-store-memory.js';
 export { RedisRouteStore, type RedisRouteStoreOptions } from './route-store-redis.js';
+export { MAX_CLAIM, type ScheduleEntry, type ScheduleStore } from './schedule-store.js';
+export { MemoryScheduleStore } from './schedule-store-memory.js';
+export { RedisScheduleStore, type RedisScheduleStoreOptions } from './schedule-store-redis.js';
 export { DEFAULT_DEDUP_TTL_MS, type PushCounts, type StatsStore } from './stats-store.js';
 export { MemoryStatsStore, type MemoryStatsStoreOptions } from './stats-store-memory.js';
 export { RedisStatsStore, type RedisStatsStoreOptions } from './stats-store-redis.js';

@@ -38,6 +38,8 @@ describe('RedisKeys', () => {
       keys.broadcastExpiry(1),
       keys.broadcastHead(1),
       keys.broadcastGate(1),
+      keys.pushIndex(1),
+      keys.pushRetention(1),
     ];
     expect(new Set(app.map(hashTag))).toEqual(new Set(['a:1']));
     const push = [
@@ -47,6 +49,8 @@ describe('RedisKeys', () => {
       keys.pushArrived(1, '9'),
     ];
     expect(new Set(push.map(hashTag))).toEqual(new Set(['p:1:9']));
+    expect(new Set([keys.scheduleDue(7), keys.scheduleByPush(7)].map(hashTag))).toEqual(new Set(['s:7']));
+    expect(hashTag(keys.scheduleDue(8))).toBe('s:8');
     expect(keys.device(1, token)).toBe(`pushd:{d:1:${token}}:dev`);
     expect(keys.audienceTag(1, 'vip')).toBe('pushd:{a:1}:aud:t:vip');
     expect(keys.broadcastLog(1)).toBe('pushd:{a:1}:bcast');

@@ -22,6 +22,9 @@ import { ConfigError, invalidArgument } from '@pushd/common';
  * | P:{a:a}:bcast:exp                | zset   | score expiry, member the 8-byte msg id of a bcast entry   | dispatch |
  * | P:{a:a}:bcast:head               | string | highest msg id ever appended to the broadcast log         | dispatch |
  * | P:{a:a}:bcast:gate               | string | '1' while a broadcast to all devices holds the rate gate  | dispatch |
+ * | P:{a:a}:pushes                   | zset   | all score 0, member `<created ms, 15 digits>:<id length,  | dispatch |
+ * |                                  |        | 3 digits>:<push id>`: the app's pushes by creation time   |          |
+ * | P:{a:a}:pushes:ret               | zset   | same members, score the push's retention deadline (ms)    | dispatch |
  * | P:{d:a:enc(t)}:dev               | hash   | device record (see device-store-redis.ts)                 | registry |
  * | P:{d:a:enc(t)}:inbox             | zset   | score msg id, member 8-byte expiry + PushMessage bytes    | dispatch |
  * | P:{d:a:enc(t)}:last              | string | highest msg id ever appended to the inbox                 | dispatch |
@@ -31,13 +34,18 @@ import { ConfigError, invalidArgument } from '@pushd/common';
  * | P:{d:a:enc(t)}:tags              | set    | the device's tags                                         | tag      |
  * | P:{d:a:enc(t)}:tagmeta           | hash   | tag service's view of the device (tag-store-redis.ts)     | tag      |
  * | P:{c:a:enc(c)}:tokens            | hash   | token -> bind version (account index, read-repaired)      | registry |
- * | P:{p:a:enc(id)}:push             | hash   | r PushRecord bytes, s status, n target                    | dispatch |
+ * | P:{p:a:enc(id)}:push             | hash   | r PushRecord bytes, s status, n target, m msg id, o       | dispatch |
+ * |                                  |        | occurrences, f failure, t created ms, x firing occurrence,|          |
+ * |                                  |        | c command bytes, q command plan (push-store-redis.ts)     |          |
  * | P:{p:a:enc(id)}:counts           | hash   | s sent, a arrived                                         | stats    |
  * | P:{p:a:enc(id)}:sent / :arrived  | set    | tokens already counted (dedup), with a TTL                | stats    |
+ * | P:{s:n}:sched                    | zset   | push-log partition n's schedule: score due ms (fire time  | dispatch |
+ * |                                  |        | or lease end), member `a:enc(id):<occurrence>:<fire ms>`  |          |
+ * | P:{s:n}:sched:lex                | zset   | same members, score 0 (the entries of a push, by prefix)  | dispatch |
  *
  * The `{...}` part is the Redis Cluster hash tag: every key of one entity (an app, a device, an account, a
- * push) lands in one slot, so a Lua script may touch all of them. Operations spanning entities run as
- * ordered single-slot steps (see the stores).
+ * push, a schedule partition) lands in one slot, so a Lua script may touch all of them. Operations
+ * spanning entities run as ordered single-slot steps (see the stores).
  */
 
 /** Characters that pass into a key as they are: no '{', '}', ':' or anything needing thought. */
@@ -190,6 +198,26 @@ export class RedisKeys {
 
   pushArrived(accessId: number, pushId: string): string {
     return `${this.pushTag(accessId, pushId)}:arrived`;
+  }
+
+  /** The app's pushes by creation time (ListPushes). */
+  pushIndex(accessId: number): string {
+    return `${this.appTag(accessId)}:pushes`;
+  }
+
+  /** Retention deadlines of the entries of pushIndex, in the app's slot so that one script trims both. */
+  pushRetention(accessId: number): string {
+    return `${this.appTag(accessId)}:pushes:ret`;
+  }
+
+  /** Schedule of one push-log partition: entries by due time. Its own slot, so partitions spread. */
+  scheduleDue(partition: number): string {
+    return `${this.prefix}:{s:${id(partition, 'partition')}}:sched`;
+  }
+
+  /** The same entries by push (lexicographic), for cancels. */
+  scheduleByPush(partition: number): string {
+    return `${this.prefix}:{s:${id(partition, 'partition')}}:sched:lex`;
   }
 
   private appTag(accessId: number): string {

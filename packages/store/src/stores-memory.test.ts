@@ -1,4 +1,5 @@
 import { ManualClock } from '@pushd/common';
+import { PushRecord, PushStatus } from '@pushd/proto';
 import { describe, expect, it } from 'vitest';
 import { describeAppStoreContract } from './app-store.contract.js';
 import { MemoryAppStore } from './app-store-memory.js';
@@ -14,6 +15,8 @@ import { describePushStoreContract } from './push-store.contract.js';
 import { MemoryPushStore } from './push-store-memory.js';
 import { describeRouteStoreContract } from './route-store.contract.js';
 import { MemoryRouteStore } from './route-store-memory.js';
+import { describeScheduleStoreContract } from './schedule-store.contract.js';
+import { MemoryScheduleStore } from './schedule-store-memory.js';
 import { describeStatsStoreContract } from './stats-store.contract.js';
 import { MemoryStatsStore } from './stats-store-memory.js';
 import { createMemoryStores } from './stores.js';
@@ -27,6 +30,7 @@ describeDeviceStoreContract('memory', () => new MemoryDeviceStore());
 describeInboxStoreContract('memory', () => new MemoryInboxStore());
 describePushStoreContract('memory', () => new MemoryPushStore());
 describeRouteStoreContract('memory', () => new MemoryRouteStore());
+describeScheduleStoreContract('memory', () => new MemoryScheduleStore());
 describeStatsStoreContract('memory', () => new MemoryStatsStore());
 describeTagStoreContract('memory', () => new MemoryTagStore());
 
@@ -71,9 +75,56 @@ describe('memory stores with an injected clock', () => {
       'inboxes',
       'pushes',
       'routes',
+      'schedules',
       'stats',
       'tags',
     ]);
+  });
+});
+
+describe('memory push store retention, by its clock', () => {
+  const DAY = 24 * 3_600_000;
+  const push = (pushId: string, createdAtMs: number) =>
+    PushRecord.fromPartial({
+      accessId: APP,
+      pushId,
+      createdAtMs,
+      sendTimeMs: createdAtMs,
+      status: PushStatus.PUSH_STATUS_SCHEDULED,
+    });
+
+  it('forgets a push 30 days after its creation, and removes it on the next save', async () => {
+    const clock = new ManualClock();
+    const pushes = new MemoryPushStore({ clock });
+    await pushes.save(push('1', clock.now()));
+    clock.advance(30 * DAY - 1);
+    expect(await pushes.get(APP, '1')).toBeDefined();
+    clock.advance(1);
+    expect(await pushes.get(APP, '1')).toBeUndefined();
+    expect((await pushes.list(APP, { limit: 10 })).pushes).toEqual([]);
+    await pushes.save(push('2', clock.now()));
+    expect((await pushes.list(APP, { limit: 10 })).pushes.map((p) => p.pushId)).toEqual(['2']);
+  });
+
+  it('keeps a recurring push until 30 days after its loop ends', async () => {
+    const clock = new ManualClock();
+    const pushes = new MemoryPushStore({ clock });
+    const start = clock.now();
+    await pushes.save(push('1', start));
+    await pushes.saveCommand(APP, '1', {
+      command: new Uint8Array([1]),
+      firstNominalMs: start,
+      loop: { interval: 1, endTimeMs: start + 100 * DAY },
+    });
+    // Saving the record again (the applier) does not shorten it.
+    await pushes.save({ ...push('1', start), status: PushStatus.PUSH_STATUS_SENDING });
+    clock.advance(130 * DAY - 1);
+    await pushes.save(push('2', clock.now()));
+    expect((await pushes.get(APP, '1'))?.status).toBe(PushStatus.PUSH_STATUS_SENDING);
+    expect((await pushes.list(APP, { limit: 10 })).pushes.map((p) => p.pushId)).toEqual(['2', '1']);
+    clock.advance(1);
+    expect(await pushes.get(APP, '1')).toBeUndefined();
+    expect(await pushes.command(APP, '1')).toBeUndefined();
   });
 });
 

@@ -22,6 +22,9 @@ import type { RedisClient } from './redis-client.js';
 import type { RouteStore } from './route-store.js';
 import { MemoryRouteStore } from './route-store-memory.js';
 import { RedisRouteStore } from './route-store-redis.js';
+import type { ScheduleStore } from './schedule-store.js';
+import { MemoryScheduleStore } from './schedule-store-memory.js';
+import { RedisScheduleStore } from './schedule-store-redis.js';
 import type { StatsStore } from './stats-store.js';
 import { MemoryStatsStore } from './stats-store-memory.js';
 import { RedisStatsStore } from './stats-store-redis.js';
@@ -38,12 +41,13 @@ export interface Stores {
   inboxes: InboxStore;
   pushes: PushStore;
   routes: RouteStore;
+  schedules: ScheduleStore;
   stats: StatsStore;
   tags: TagStore;
 }
 
 export interface CreateMemoryStoresOptions {
-  /** Time source of route and stats expiry. Default: systemClock. */
+  /** Time source of route and stats expiry and of push retention. Default: systemClock. */
   clock?: Clock;
 }
 
@@ -59,8 +63,9 @@ export function createMemoryStores(options: CreateMemoryStoresOptions = {}): Sto
     broadcasts: new MemoryBroadcastLog(),
     devices: new MemoryDeviceStore(),
     inboxes: new MemoryInboxStore(),
-    pushes: new MemoryPushStore(),
+    pushes: new MemoryPushStore(clock),
     routes: new MemoryRouteStore(clock),
+    schedules: new MemoryScheduleStore(),
     stats: new MemoryStatsStore(clock),
     tags: new MemoryTagStore(),
   };
@@ -83,6 +88,7 @@ export function createRedisStores(options: CreateRedisStoresOptions): Stores {
     inboxes: new RedisInboxStore(context),
     pushes: new RedisPushStore(context),
     routes: new RedisRouteStore(context),
+    schedules: new RedisScheduleStore(context),
     stats: new RedisStatsStore(context),
     tags: new RedisTagStore(context),
   };

@@ -1,4 +1,4 @@
-import { Counter, Histogram, type Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 
 export interface DispatchMetrics {
   pushes: Counter<'audience' | 'outcome'>;
@@ -9,6 +9,11 @@ export interface DispatchMetrics {
   appliedAgain: Counter;
   applyLag: Histogram<'kind'>;
   applyFailures: Counter;
+  scheduledPushes: Gauge;
+  scheduleOverdue: Gauge;
+  scheduleLateness: Histogram;
+  scheduledFired: Counter<'outcome'>;
+  scheduleFailures: Counter;
 }
 
 export function createDispatchMetrics(registry: Registry): DispatchMetrics {
@@ -62,6 +67,39 @@ export function createDispatchMetrics(registry: Registry): DispatchMetrics {
     applyFailures: new Counter({
       name: 'dispatch_apply_failures_total',
       help: 'Push log entries whose application failed and will be retried (Redis or NATS unavailable).',
+      registers: [registry],
+    }),
+    scheduledPushes: new Gauge({
+      name: 'dispatch_scheduled_pushes',
+      help:
+        'Occurrences of scheduled and recurring pushes waiting to be fired (or being fired), over all ' +
+        'partitions. Every dispatch instance reports the same figure: aggregate with max, not sum.',
+      registers: [registry],
+    }),
+    scheduleOverdue: new Gauge({
+      name: 'dispatch_schedule_overdue_seconds',
+      help:
+        'How long the oldest due occurrence has waited without being claimed (0 when none waits): ' +
+        'above a second, the schedulers are behind or none runs. The same on every instance.',
+      registers: [registry],
+    }),
+    scheduleLateness: new Histogram({
+      name: 'dispatch_schedule_lateness_seconds',
+      help: 'Time from an occurrence being due (its fire time) to the scheduler firing it.',
+      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600],
+      registers: [registry],
+    }),
+    scheduledFired: new Counter({
+      name: 'dispatch_scheduled_fired_total',
+      help:
+        'Occurrences of scheduled pushes taken from the schedule, by outcome: sent (appended to the push ' +
+        'log), cancelled, expired (failed: due longer than its TTL ago), skipped (already fired or gone).',
+      labelNames: ['outcome'],
+      registers: [registry],
+    }),
+    scheduleFailures: new Counter({
+      name: 'dispatch_schedule_failures_total',
+      help: 'Schedule polls or occurrences that failed (Redis or NATS unavailable); retried after the lease.',
       registers: [registry],
     }),
   };
