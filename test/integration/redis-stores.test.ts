@@ -3,6 +3,7 @@ import { MessageType, Platform, PushMessage, PushRecord, PushStatus } from '@pus
 import {
   createRedisClient,
   createRedisStores,
+  IDEMPOTENCY_TTL_MS,
   RedisBroadcastLog,
   type RedisClient,
   RedisKeys,
@@ -112,6 +113,32 @@ describe('Redis stores: layout and recovery', () => {
     await schedules.add(3, { accessId: APP, pushId: '7', occurrence: 1, fireAtMs: now });
     expect(await redis.zrange(keys.scheduleDue(3), 0, -1)).toEqual([`${APP}:7:1:${now}`]);
     expect(await redis.zrange(keys.scheduleByPush(3), 0, -1)).toEqual([`${APP}:7:1:${now}`]);
+  });
+
+  it('keeps an idempotency key in the app slot for 24 hours, binary-safe, completing keeps its expiry', async () => {
+    const { pushes } = stores();
+    const key = '{x}:用户';
+    expect(await pushes.claimIdempotencyKey(APP, key, '7')).toEqual({ claimed: true });
+    expect(await redis.keys('*')).toEqual([keys.idempotency(APP, key)]);
+    expect(keys.idempotency(APP, key)).toMatch(/^pushd:\{a:1500000001\}:idem:~/);
+    const ttl = await redis.pttl(keys.idempotency(APP, key));
+    expect(ttl).toBeGreaterThan(IDEMPOTENCY_TTL_MS - 60_000);
+    expect(ttl).toBeLessThanOrEqual(IDEMPOTENCY_TTL_MS);
+    expect(IDEMPOTENCY_TTL_MS).toBe(24 * 3_600_000);
+    // Completing a minute later keeps the claim's expiry.
+    await redis.pexpire(keys.idempotency(APP, key), IDEMPOTENCY_TTL_MS - 60_000);
+    const response = new Uint8Array([0, 0xff, 0xfe, 0, 13, 10]);
+    await pushes.completeIdempotencyKey(APP, key, '7', response);
+    expect(await redis.pttl(keys.idempotency(APP, key))).toBeLessThanOrEqual(IDEMPOTENCY_TTL_MS - 60_000);
+    expect(await redis.hgetBuffer(keys.idempotency(APP, key), 'r')).toEqual(Buffer.from(response));
+    expect(await redis.hget(keys.idempotency(APP, key), 'p')).toBe('7');
+    // Once it expires, the key can be claimed again.
+    await redis.pexpire(keys.idempotency(APP, key), 1);
+    await waitFor(
+      async () => (await redis.exists(keys.idempotency(APP, key))) === 0,
+      'the idempotency key to expire',
+    );
+    expect(await pushes.claimIdempotencyKey(APP, key, '8')).toEqual({ claimed: true });
   });
 
   it('keeps the broadcast log in the app slot, expiring with its newest entry, and the head for good', async () => {

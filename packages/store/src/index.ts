@@ -40,6 +40,8 @@ export { MemoryInboxStore } from './inbox-store-memory.js';
 export { RedisInboxStore, type RedisInboxStoreOptions } from './inbox-store-redis.js';
 export { encodePart, RedisKeys, type RedisKeysOptions } from './keys.js';
 export {
+  IDEMPOTENCY_TTL_MS,
+  type IdempotencyClaim,
   LIST_SCAN_FACTOR,
   MAX_LIST_LIMIT,
   PUSH_RETENTION_MS,

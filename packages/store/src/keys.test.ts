@@ -40,6 +40,7 @@ describe('RedisKeys', () => {
       keys.broadcastGate(1),
       keys.pushIndex(1),
       keys.pushRetention(1),
+      keys.idempotency(1, 'k}{:1'),
     ];
     expect(new Set(app.map(hashTag))).toEqual(new Set(['a:1']));
     const push = [
@@ -54,6 +55,8 @@ describe('RedisKeys', () => {
     expect(keys.device(1, token)).toBe(`pushd:{d:1:${token}}:dev`);
     expect(keys.audienceTag(1, 'vip')).toBe('pushd:{a:1}:aud:t:vip');
     expect(keys.broadcastLog(1)).toBe('pushd:{a:1}:bcast');
+    expect(keys.idempotency(1, 'req-1')).toBe('pushd:{a:1}:idem:req-1');
+    expect(keys.idempotency(1, 'a:b')).not.toBe(keys.idempotency(1, 'a_b'));
     expect(new Set(app).size).toBe(app.length);
     expect(keys.audienceTag(1, 'pushd:locale:zh-CN')).not.toBe(keys.audienceTag(1, 'pushd_locale_zh-CN'));
     expect(keys.accountTokens(1, 'alice')).toBe('pushd:{c:1:alice}:tokens');

@@ -25,6 +25,8 @@ import { ConfigError, invalidArgument } from '@pushd/common';
  * | P:{a:a}:pushes                   | zset   | all score 0, member `<created ms, 15 digits>:<id length,  | dispatch |
  * |                                  |        | 3 digits>:<push id>`: the app's pushes by creation time   |          |
  * | P:{a:a}:pushes:ret               | zset   | same members, score the push's retention deadline (ms)    | dispatch |
+ * | P:{a:a}:idem:enc(key)            | hash   | p push id holding the push call's idempotency key, r its  | dispatch |
+ * |                                  |        | encoded response once completed; 24-hour TTL              |          |
  * | P:{d:a:enc(t)}:dev               | hash   | device record (see device-store-redis.ts)                 | registry |
  * | P:{d:a:enc(t)}:inbox             | zset   | score msg id, member 8-byte expiry + PushMessage bytes    | dispatch |
  * | P:{d:a:enc(t)}:last              | string | highest msg id ever appended to the inbox                 | dispatch |
@@ -208,6 +210,11 @@ export class RedisKeys {
   /** Retention deadlines of the entries of pushIndex, in the app's slot so that one script trims both. */
   pushRetention(accessId: number): string {
     return `${this.appTag(accessId)}:pushes:ret`;
+  }
+
+  /** An idempotency key of the app's push calls (push-store-redis.ts). */
+  idempotency(accessId: number, key: string): string {
+    return `${this.appTag(accessId)}:idem:${encodePart(key)}`;
   }
 
   /** Schedule of one push-log partition: entries by due time. Its own slot, so partitions spread. */

@@ -2,6 +2,8 @@ import { type Clock, systemClock } from '@pushd/common';
 import type { PushRecord, PushStatus } from '@pushd/proto';
 import {
   commandRetainUntil,
+  IDEMPOTENCY_TTL_MS,
+  type IdempotencyClaim,
   indexMember,
   listPushes,
   type PushListPage,
@@ -16,7 +18,7 @@ import {
 } from './push-store.js';
 
 export interface MemoryPushStoreOptions {
-  /** Time source of retention (PUSH_RETENTION_MS). Default: systemClock. */
+  /** Time source of retention (PUSH_RETENTION_MS) and of idempotency keys (IDEMPOTENCY_TTL_MS). Default: systemClock. */
   clock?: Clock;
 }
 
@@ -27,6 +29,12 @@ interface StoredPush {
   /** Entry in the app's index. */
   member: string;
   retainUntilMs: number;
+}
+
+interface IdempotencyEntry {
+  pushId: string;
+  response: Uint8Array | undefined;
+  expiresAtMs: number;
 }
 
 interface AppIndex {
@@ -46,6 +54,11 @@ export class MemoryPushStore implements PushStore {
   private readonly counters = new Map<number, { push: number; msg: number }>();
   private readonly pushes = new Map<string, StoredPush>();
   private readonly indexes = new Map<number, AppIndex>();
+  /**
+   * Idempotency keys of all apps, oldest claim first (every claim lives IDEMPOTENCY_TTL_MS, so this is also
+   * expiry order while the clock moves forward); expired ones are invisible and removed on the next claim.
+   */
+  private readonly idempotency = new Map<string, IdempotencyEntry>();
 
   constructor(options: MemoryPushStoreOptions = {}) {
     this.clock = options.clock ?? systemClock;
@@ -156,6 +169,51 @@ export class MemoryPushStore implements PushStore {
     });
   }
 
+  async claimIdempotencyKey(accessId: number, key: string, pushId: string): Promise<IdempotencyClaim> {
+    const now = this.clock.now();
+    this.trimIdempotency(now);
+    const id = idempotencyId(accessId, key);
+    const held = this.idempotency.get(id);
+    if (held && held.expiresAtMs > now) {
+      return held.response === undefined
+        ? { claimed: false, pushId: held.pushId }
+        : { claimed: false, pushId: held.pushId, response: held.response.slice() };
+    }
+    // Deleted first so that the new claim goes to the end (expiry order).
+    this.idempotency.delete(id);
+    this.idempotency.set(id, { pushId, response: undefined, expiresAtMs: now + IDEMPOTENCY_TTL_MS });
+    return { claimed: true };
+  }
+
+  async completeIdempotencyKey(
+    accessId: number,
+    key: string,
+    pushId: string,
+    response: Uint8Array,
+  ): Promise<void> {
+    const held = this.liveIdempotency(accessId, key);
+    if (held?.pushId === pushId) held.response = response.slice();
+  }
+
+  async releaseIdempotencyKey(accessId: number, key: string, pushId: string): Promise<void> {
+    const held = this.liveIdempotency(accessId, key);
+    if (held?.pushId === pushId && held.response === undefined)
+      this.idempotency.delete(idempotencyId(accessId, key));
+  }
+
+  private liveIdempotency(accessId: number, key: string): IdempotencyEntry | undefined {
+    const held = this.idempotency.get(idempotencyId(accessId, key));
+    return held && held.expiresAtMs > this.clock.now() ? held : undefined;
+  }
+
+  /** Removes expired idempotency keys from the oldest claim on, up to the first one still alive. */
+  private trimIdempotency(now: number): void {
+    for (const [id, entry] of this.idempotency) {
+      if (entry.expiresAtMs > now) break;
+      this.idempotency.delete(id);
+    }
+  }
+
   /** The stored push unless it is past its retention. */
   private live(accessId: number, pushId: string): StoredPush | undefined {
     const stored = this.pushes.get(pushKey(accessId, pushId));
@@ -197,6 +255,10 @@ export class MemoryPushStore implements PushStore {
 
 function pushKey(accessId: number, pushId: string): string {
   return `${accessId}\n${pushId}`;
+}
+
+function idempotencyId(accessId: number, key: string): string {
+  return `${accessId}\n${key}`;
 }
 
 /** Index of the first element >= value. */

@@ -3,6 +3,8 @@ import type { RedisKeys } from './keys.js';
 import {
   commandRetainUntil,
   createdAtOfMember,
+  IDEMPOTENCY_TTL_MS,
+  type IdempotencyClaim,
   indexMember,
   listPushes,
   type PushListPage,
@@ -17,7 +19,7 @@ import {
 } from './push-store.js';
 import { redisCall } from './redis-call.js';
 import type { RedisClient } from './redis-client.js';
-import { defineScripts, runScript } from './redis-scripts.js';
+import { defineScripts, runScript, runScriptBuffer } from './redis-scripts.js';
 
 export interface RedisPushStoreOptions {
   redis: RedisClient;
@@ -35,6 +37,8 @@ const RECORD_FIELDS = ['r', 's', 'n', 'm', 'o', 'f'] as const;
  * plan (a PushRequest holding send_time_ms = the first nominal time, loop and accept_time). Per app (the
  * app's slot) an index of the pushes by creation time and a set of their retention deadlines. Id counters
  * are one hash per app. Everything expires PUSH_RETENTION_MS after creation, or after a loop's end.
+ * Idempotency keys of push calls are one small hash each in the app's slot (`p` holding push id, `r` the
+ * encoded response), expiring IDEMPOTENCY_TTL_MS after the claim; one script checks and sets them.
  */
 export class RedisPushStore implements PushStore {
   private readonly redis: RedisClient;
@@ -202,6 +206,45 @@ export class RedisPushStore implements PushStore {
           belongs(members[i]!, fields[6] ?? null) ? decodeRecord(fields) : undefined,
         ),
     });
+  }
+
+  async claimIdempotencyKey(accessId: number, key: string, pushId: string): Promise<IdempotencyClaim> {
+    // Bulk replies as Buffers: the response is binary.
+    const [claimed, holder, response] = (await redisCall(
+      runScriptBuffer(
+        this.redis,
+        'idempotency',
+        [this.keys.idempotency(accessId, key)],
+        ['claim', pushId, IDEMPOTENCY_TTL_MS],
+      ),
+    )) as [number, Buffer?, (Buffer | null)?];
+    if (claimed === 1) return { claimed: true };
+    const held = holder!.toString('utf8');
+    return response == null
+      ? { claimed: false, pushId: held }
+      : { claimed: false, pushId: held, response: new Uint8Array(response) };
+  }
+
+  async completeIdempotencyKey(
+    accessId: number,
+    key: string,
+    pushId: string,
+    response: Uint8Array,
+  ): Promise<void> {
+    await redisCall(
+      runScript(
+        this.redis,
+        'idempotency',
+        [this.keys.idempotency(accessId, key)],
+        ['complete', pushId, Buffer.from(response)],
+      ),
+    );
+  }
+
+  async releaseIdempotencyKey(accessId: number, key: string, pushId: string): Promise<void> {
+    await redisCall(
+      runScript(this.redis, 'idempotency', [this.keys.idempotency(accessId, key)], ['release', pushId]),
+    );
   }
 
   private async index(accessId: number, member: string, retainUntil: number, remove: string): Promise<void> {

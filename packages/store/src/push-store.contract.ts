@@ -345,6 +345,139 @@ export function describePushStoreContract(
       });
     });
 
+    describe('idempotency keys', () => {
+      const RESPONSE = new Uint8Array([0x00, 0xff, 0x0a, 0x00, 0x80, 0x7f, 0xff, 0x00]);
+
+      it('lets the first claim win; others see its push id, then its response bytes once completed', async () => {
+        expect(await store.claimIdempotencyKey(APP, 'req-1', '10')).toEqual({ claimed: true });
+        expect(await store.claimIdempotencyKey(APP, 'req-1', '11')).toEqual({ claimed: false, pushId: '10' });
+        // The holder claiming again (a retry that reached another instance) is no winner either.
+        expect(await store.claimIdempotencyKey(APP, 'req-1', '10')).toEqual({ claimed: false, pushId: '10' });
+        await store.completeIdempotencyKey(APP, 'req-1', '10', RESPONSE);
+        const seen = await store.claimIdempotencyKey(APP, 'req-1', '12');
+        expect(seen).toEqual({ claimed: false, pushId: '10', response: RESPONSE });
+        if (seen.claimed) throw new Error('claimed');
+        expect(seen.response).toBeInstanceOf(Uint8Array);
+        expect([...(seen.response ?? [])]).toEqual([...RESPONSE]);
+        // A copy: changing it changes nothing stored.
+        seen.response![0] = 9;
+        expect(await store.claimIdempotencyKey(APP, 'req-1', '12')).toEqual({
+          claimed: false,
+          pushId: '10',
+          response: RESPONSE,
+        });
+      });
+
+      it('keeps an empty response as a response', async () => {
+        await store.claimIdempotencyKey(APP, 'k', '1');
+        await store.completeIdempotencyKey(APP, 'k', '1', new Uint8Array());
+        expect(await store.claimIdempotencyKey(APP, 'k', '2')).toEqual({
+          claimed: false,
+          pushId: '1',
+          response: new Uint8Array(),
+        });
+        await store.releaseIdempotencyKey(APP, 'k', '1');
+        expect(await store.claimIdempotencyKey(APP, 'k', '2')).toMatchObject({ claimed: false, pushId: '1' });
+      });
+
+      it('ignores a complete by a call that does not hold the key, or of a key never claimed', async () => {
+        await store.claimIdempotencyKey(APP, 'k', '1');
+        await store.completeIdempotencyKey(APP, 'k', '2', RESPONSE);
+        expect(await store.claimIdempotencyKey(APP, 'k', '3')).toEqual({ claimed: false, pushId: '1' });
+        await store.completeIdempotencyKey(APP, 'free', '2', RESPONSE);
+        expect(await store.claimIdempotencyKey(APP, 'free', '3')).toEqual({ claimed: true });
+        // The holder's response stays when a non-holder completes later.
+        await store.completeIdempotencyKey(APP, 'k', '1', RESPONSE);
+        await store.completeIdempotencyKey(APP, 'k', '2', new Uint8Array([1]));
+        expect(await store.claimIdempotencyKey(APP, 'k', '3')).toEqual({
+          claimed: false,
+          pushId: '1',
+          response: RESPONSE,
+        });
+      });
+
+      it('frees the key on release by its holder, so that a retry proceeds; not after it completed', async () => {
+        await store.claimIdempotencyKey(APP, 'k', '1');
+        // Not the holder: nothing happens.
+        await store.releaseIdempotencyKey(APP, 'k', '2');
+        expect(await store.claimIdempotencyKey(APP, 'k', '2')).toEqual({ claimed: false, pushId: '1' });
+        await store.releaseIdempotencyKey(APP, 'k', '1');
+        expect(await store.claimIdempotencyKey(APP, 'k', '2')).toEqual({ claimed: true });
+        // The former holder can neither complete nor release it any more.
+        await store.completeIdempotencyKey(APP, 'k', '1', RESPONSE);
+        await store.releaseIdempotencyKey(APP, 'k', '1');
+        expect(await store.claimIdempotencyKey(APP, 'k', '3')).toEqual({ claimed: false, pushId: '2' });
+        await store.completeIdempotencyKey(APP, 'k', '2', RESPONSE);
+        await store.releaseIdempotencyKey(APP, 'k', '2');
+        expect(await store.claimIdempotencyKey(APP, 'k', '3')).toEqual({
+          claimed: false,
+          pushId: '2',
+          response: RESPONSE,
+        });
+        // Releasing a key nobody holds is harmless.
+        await store.releaseIdempotencyKey(APP, 'none', '1');
+        expect(await store.claimIdempotencyKey(APP, 'none', '1')).toEqual({ claimed: true });
+      });
+
+      it('keeps keys per app', async () => {
+        expect(await store.claimIdempotencyKey(APP, 'k', '1')).toEqual({ claimed: true });
+        expect(await store.claimIdempotencyKey(APP + 1, 'k', '1')).toEqual({ claimed: true });
+        await store.completeIdempotencyKey(APP + 1, 'k', '1', RESPONSE);
+        expect(await store.claimIdempotencyKey(APP, 'k', '2')).toEqual({ claimed: false, pushId: '1' });
+        await store.releaseIdempotencyKey(APP, 'k', '1');
+        expect(await store.claimIdempotencyKey(APP + 1, 'k', '2')).toEqual({
+          claimed: false,
+          pushId: '1',
+          response: RESPONSE,
+        });
+        expect(await store.claimIdempotencyKey(APP, 'k', '2')).toEqual({ claimed: true });
+      });
+
+      it('takes keys with any characters, each its own', async () => {
+        const odd = [
+          '{a}',
+          'a:b',
+          'a_b',
+          '~',
+          '~fg',
+          '用户-🎉',
+          'x'.repeat(64),
+          '🎉'.repeat(64),
+          ' ',
+          'A',
+          'a',
+        ];
+        for (const [i, key] of odd.entries()) {
+          expect(await store.claimIdempotencyKey(APP, key, String(i))).toEqual({ claimed: true });
+        }
+        for (const [i, key] of odd.entries()) {
+          expect(await store.claimIdempotencyKey(APP, key, 'other')).toEqual({
+            claimed: false,
+            pushId: String(i),
+          });
+          await store.completeIdempotencyKey(APP, key, String(i), new Uint8Array([i, 0xff]));
+        }
+        for (const [i, key] of odd.entries()) {
+          expect(await store.claimIdempotencyKey(APP, key, 'other')).toEqual({
+            claimed: false,
+            pushId: String(i),
+            response: new Uint8Array([i, 0xff]),
+          });
+        }
+      });
+
+      it('lets exactly one of racing claims win', async () => {
+        const results = await Promise.all(
+          Array.from({ length: 20 }, (_, i) => store.claimIdempotencyKey(APP, 'race', String(i + 1))),
+        );
+        const winners = results.flatMap((r, i) => (r.claimed ? [String(i + 1)] : []));
+        expect(winners).toHaveLength(1);
+        for (const result of results) {
+          if (!result.claimed) expect(result).toEqual({ claimed: false, pushId: winners[0] });
+        }
+      });
+    });
+
     describe('retention', () => {
       it('keeps a push 30 days after its creation or send time, whichever is later', async () => {
         await store.save(record('1', 1, NOW - 31 * DAY));

@@ -10,6 +10,9 @@ const DAY_MS = 24 * 3600 * 1000;
  */
 export const PUSH_RETENTION_MS = 30 * DAY_MS;
 
+/** How long an idempotency key is remembered: 24 hours. */
+export const IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000;
+
 /** Most pushes one list call returns. */
 export const MAX_LIST_LIMIT = 1000;
 
@@ -19,6 +22,12 @@ export const MAX_LIST_LIMIT = 1000;
  * returns fewer than `limit` pushes, even none, with a cursor to continue.
  */
 export const LIST_SCAN_FACTOR = 10;
+
+/** What claimIdempotencyKey found. */
+export type IdempotencyClaim =
+  | { claimed: true }
+  /** Another call holds the key: its push id, and its encoded response once it completed (may be empty). */
+  | { claimed: false; pushId: string; response?: Uint8Array };
 
 /** The mutable fields of a push; absent fields are left as they are. */
 export interface PushPatch {
@@ -138,6 +147,25 @@ export interface PushStore {
    * range, bad bounds or a cursor this store did not hand out.
    */
   list(accessId: number, query: PushListQuery): Promise<PushListPage>;
+
+  /**
+   * Claims `key` for `pushId` (SET NX, kept IDEMPOTENCY_TTL_MS). When another call holds it: its push id, and
+   * its encoded response once that call completed. Keys are per app; any string works (the caller checks
+   * PushRequest.idempotency_key's 1 to 64 characters).
+   */
+  claimIdempotencyKey(accessId: number, key: string, pushId: string): Promise<IdempotencyClaim>;
+
+  /**
+   * Records the response of the call holding the key (only if `pushId` still holds it), keeping its expiry.
+   * Bytes are kept as they are (an empty response is a response).
+   */
+  completeIdempotencyKey(accessId: number, key: string, pushId: string, response: Uint8Array): Promise<void>;
+
+  /**
+   * Frees the key after the holding call failed (only if `pushId` holds it and it has no response), so a
+   * retry can proceed.
+   */
+  releaseIdempotencyKey(accessId: number, key: string, pushId: string): Promise<void>;
 }
 
 // ---- helpers shared by the implementations -----------------------------------------------------------

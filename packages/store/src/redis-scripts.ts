@@ -19,6 +19,7 @@ const SCRIPTS = {
   deviceRemove: { file: 'device-remove', keys: 1 },
   deviceUpsert: { file: 'device-upsert', keys: 1 },
   hashIncr: { file: 'hash-incr', keys: 1 },
+  idempotency: { file: 'idempotency', keys: 1 },
   inboxAck: { file: 'inbox-ack', keys: 2 },
   inboxAppend: { file: 'inbox-append', keys: 3 },
   inboxPending: { file: 'inbox-pending', keys: 3 },
