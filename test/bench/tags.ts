@@ -15,7 +15,7 @@ import { normalize, parseInfix } from '@pushd/audience';
 import { NatsBus, streams } from '@pushd/bus';
 import { createMetricsRegistry, silentLogger } from '@pushd/common';
 import { generateDeviceId } from '@pushd/device-sdk';
-import { createDispatchMetrics, DispatchService, PushApplier } from '@pushd/dispatch';
+import { createDispatchMetrics, DispatchService, PushApplier, Scheduler } from '@pushd/dispatch';
 import {
   type Audience,
   DispatchServiceService,
@@ -417,6 +417,9 @@ export async function tagsBench(cleanup: Cleanup, options: BenchOptions): Promis
   const phases = new PhaseTimes();
   const dispatchStores = dispatchConn.stores;
   const dispatchRegistry = timed(registryClient(), 'registry', phases);
+  const acceptMetrics = createDispatchMetrics(
+    createMetricsRegistry({ service: 'bench', processMetrics: false }),
+  );
   const dispatchService = new DispatchService({
     pushes: timed(dispatchStores.pushes, 'pushes', phases),
     inboxes: dispatchStores.inboxes,
@@ -426,8 +429,16 @@ export async function tagsBench(cleanup: Cleanup, options: BenchOptions): Promis
     bus: timed(dispatchConn.bus, 'bus', phases),
     registry: dispatchRegistry,
     clusterToken: CLUSTER_TOKEN,
-    metrics: createDispatchMetrics(createMetricsRegistry({ service: 'bench', processMetrics: false })),
+    metrics: acceptMetrics,
     logger,
+    // Not started: these pushes are immediate, the scheduler only backs the service's scheduling calls.
+    scheduler: new Scheduler({
+      schedule: dispatchStores.schedules,
+      pushes: dispatchStores.pushes,
+      bus: dispatchConn.bus,
+      metrics: acceptMetrics,
+      logger,
+    }),
   });
   const dispatchClient = inProcessClient(
     DispatchServiceService,

@@ -5,6 +5,7 @@ import {
   type Event,
   EventBatch,
   EventType,
+  LoopInterval,
   type Message,
   MessageType,
   NodeDelivery,
@@ -32,16 +33,10 @@ import {
 import { waitFor } from '@pushd/testkit';
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
-import {
-  DispatchService,
-  MAX_EXPIRE_S,
-  MAX_MESSAGE_BYTES,
-  ONLINE_ONLY_TTL_MS,
-  validateMessage,
-} from './dispatch-service.js';
+import { createDispatch } from './dispatch.js';
+import { MAX_EXPIRE_S, MAX_MESSAGE_BYTES, ONLINE_ONLY_TTL_MS, validateMessage } from './dispatch-service.js';
 import { DispatchEventConsumer } from './event-consumer.js';
 import { createDispatchMetrics, type DispatchMetrics } from './metrics.js';
-import { PushApplier } from './push-applier.js';
 
 const CLUSTER_TOKEN = 'dispatch-unit-test-cluster-token';
 const PARTITIONS = 4;
@@ -91,26 +86,15 @@ async function setup(options: SetupOptions = {}) {
   const metrics = createDispatchMetrics(metricsRegistry);
   const pushes = options.pushes?.(stores.pushes) ?? stores.pushes;
   const bus = options.bus?.(memoryBus) ?? memoryBus;
-  const service = new DispatchService({
-    pushes,
-    inboxes: stores.inboxes,
-    broadcasts: stores.broadcasts,
-    audience: stores.audience,
-    tags: stores.tags,
+  const { service, applier, scheduler } = createDispatch({
+    stores: {
+      ...stores,
+      pushes,
+      routes: options.routes?.(stores.routes) ?? stores.routes,
+    },
     bus,
     registry: options.registry?.(realRegistry) ?? realRegistry,
     clusterToken: CLUSTER_TOKEN,
-    partitions: PARTITIONS,
-    metrics,
-    logger: silentLogger(),
-    clock,
-  });
-  const applier = new PushApplier({
-    pushes,
-    inboxes: stores.inboxes,
-    routes: options.routes?.(stores.routes) ?? stores.routes,
-    broadcasts: stores.broadcasts,
-    bus,
     partitions: PARTITIONS,
     metrics,
     logger: silentLogger(),
@@ -198,6 +182,7 @@ async function setup(options: SetupOptions = {}) {
     pushRequest,
     applied,
     applier,
+    scheduler,
     pending,
     pendingIds,
     routeToNode,
@@ -1024,5 +1009,234 @@ describe('DispatchService.push online only (expire_time_s 0)', () => {
     expect((await stores.pushes.get(app.accessId, accepted.pushId))?.status).toBe(
       PushStatus.PUSH_STATUS_FAILED,
     );
+  });
+});
+
+describe('DispatchService scheduling, cancel, list and idempotency', () => {
+  it('keeps a push with a future send_time SCHEDULED, then sends it once when it is due', async () => {
+    const { h, app, clock, scheduler, registerDevice, routeToNode, deliveries, applied, bus } = await setup();
+    const token = await registerDevice();
+    await routeToNode(token);
+    const accepted = await h.push(notify(token, { sendTimeMs: clock.now() + 60_000 }), app.auth());
+    expect(accepted.msgId).toBe(0);
+    const record = async () => (await h.getPush({ accessId: 0, pushId: accepted.pushId }, app.auth())).push;
+    expect(await record()).toMatchObject({
+      status: PushStatus.PUSH_STATUS_SCHEDULED,
+      sendTimeMs: clock.now() + 60_000,
+    });
+
+    clock.advance(59_999);
+    await scheduler.poll();
+    await bus.flush();
+    expect(deliveries).toEqual([]);
+    clock.advance(1);
+    await scheduler.poll();
+    await scheduler.poll();
+    await applied(accepted.pushId);
+    await waitFor(() => deliveries.length === 1, 'the scheduled delivery');
+    expect(await record()).toMatchObject({ status: PushStatus.PUSH_STATUS_DONE, occurrences: 1 });
+    expect((await record())?.msgId).toBe(deliveries[0]?.message?.msgId);
+  });
+
+  it('cancels a scheduled push (nothing is sent), refuses an immediate one, a sent one and an unknown one', async () => {
+    const { h, app, clock, scheduler, registerDevice, routeToNode, deliveries, bus } = await setup();
+    const token = await registerDevice();
+    await routeToNode(token);
+    const later = await h.push(notify(token, { sendTimeMs: clock.now() + 60_000 }), app.auth());
+    const cancelled = await h.cancelPush({ accessId: 0, pushId: later.pushId }, app.auth());
+    expect(cancelled.push?.status).toBe(PushStatus.PUSH_STATUS_CANCELLED);
+    // Cancelling twice answers the same.
+    expect((await h.cancelPush({ accessId: 0, pushId: later.pushId }, app.auth())).push?.status).toBe(
+      PushStatus.PUSH_STATUS_CANCELLED,
+    );
+    clock.advance(120_000);
+    await scheduler.poll();
+    await bus.flush();
+    expect(deliveries).toEqual([]);
+
+    const now = await h.push(notify(token), app.auth());
+    await expect(h.cancelPush({ accessId: 0, pushId: now.pushId }, app.auth())).rejects.toMatchObject({
+      code: 'PUSH_NOT_CANCELLABLE',
+    });
+    const soon = await h.push(notify(token, { sendTimeMs: clock.now() + 1_000 }), app.auth());
+    clock.advance(1_000);
+    await scheduler.poll();
+    await waitFor(
+      async () =>
+        (await h.getPush({ accessId: 0, pushId: soon.pushId }, app.auth())).push?.status ===
+        PushStatus.PUSH_STATUS_DONE,
+      'sent',
+    );
+    await expect(h.cancelPush({ accessId: 0, pushId: soon.pushId }, app.auth())).rejects.toMatchObject({
+      code: 'PUSH_ALREADY_SENT',
+      metadata: { status: 'DONE' },
+    });
+    await expect(h.cancelPush({ accessId: 0, pushId: '999' }, app.auth())).rejects.toMatchObject({
+      code: 'PUSH_NOT_FOUND',
+    });
+    await expect(h.cancelPush({ accessId: 0, pushId: '' }, app.auth())).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+    });
+  });
+
+  it('a cancel racing the send is either cancelled with nothing delivered or already sent, never both (200 races)', async () => {
+    // A random head start for either side, so that both orders (and the interleavings between) occur.
+    const jitter = async () => {
+      for (let n = Math.floor(Math.random() * 6); n > 0; n--)
+        await new Promise((resolve) => setImmediate(resolve));
+    };
+    const { h, app, clock, scheduler, registerDevice, routeToNode, deliveries, bus, applied } = await setup();
+    const token = await registerDevice();
+    await routeToNode(token);
+    let cancelledCount = 0;
+    let sentCount = 0;
+    const cancelledIds = new Set<string>();
+    for (let race = 0; race < 200; race++) {
+      const accepted = await h.push(notify(token, { sendTimeMs: clock.now() + 1 }), app.auth());
+      clock.advance(1);
+      const [cancel] = await Promise.allSettled([
+        jitter().then(() => h.cancelPush({ accessId: 0, pushId: accepted.pushId }, app.auth())),
+        jitter().then(() => scheduler.poll()),
+      ]);
+      await scheduler.poll();
+      await bus.flush();
+      if (cancel.status === 'fulfilled') {
+        cancelledCount++;
+        cancelledIds.add(accepted.pushId);
+      } else {
+        expect(cancel.reason).toMatchObject({ code: 'PUSH_ALREADY_SENT' });
+        sentCount++;
+        await applied(accepted.pushId);
+        await waitFor(
+          () => deliveries.some((d) => d.message?.pushId === accepted.pushId),
+          `race ${race} sent`,
+        );
+      }
+    }
+    // Once everything settled, no cancelled push was delivered, and every sent one was.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    await bus.flush();
+    expect(deliveries.filter((d) => cancelledIds.has(d.message?.pushId ?? ''))).toEqual([]);
+    expect(deliveries).toHaveLength(sentCount);
+    // Both outcomes happened: the race was real.
+    expect(cancelledCount + sentCount).toBe(200);
+    expect(cancelledCount).toBeGreaterThan(0);
+    expect(sentCount).toBeGreaterThan(0);
+  });
+
+  it('waits for the accept window, and refuses a push whose next window opens after it expires', async () => {
+    const { h, app, clock, registerDevice } = await setup();
+    const token = await registerDevice();
+    const midnight = Math.ceil(clock.now() / 86_400_000) * 86_400_000;
+    clock.set(midnight + 2 * 3_600_000); // 02:00 UTC
+    const window = { windows: [{ startMinute: 9 * 60, endMinute: 18 * 60 }], timeZone: 'UTC' };
+    const waiting = await h.push(notify(token, { acceptTime: window }), app.auth());
+    const { push } = await h.getPush({ accessId: 0, pushId: waiting.pushId }, app.auth());
+    expect(push).toMatchObject({ status: PushStatus.PUSH_STATUS_SCHEDULED });
+    await expect(
+      h.push(notify(token, { acceptTime: window, expireTimeS: 3_600 }), app.auth()),
+    ).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', metadata: { field: 'accept_time' } });
+  });
+
+  it('answers a retried call with the same idempotency key with the first result and sends once', async () => {
+    const { h, app, registerDevice, routeToNode, deliveries, applied, bus } = await setup();
+    const token = await registerDevice();
+    await routeToNode(token);
+    const first = await h.push(notify(token, { idempotencyKey: 'order-1234' }), app.auth());
+    const again = await h.push(notify(token, { idempotencyKey: 'order-1234' }), app.auth());
+    expect(again).toEqual(first);
+    await applied(first.pushId);
+    await bus.flush();
+    expect(deliveries.filter((d) => d.message?.pushId === first.pushId)).toHaveLength(1);
+    expect(deliveries).toHaveLength(1);
+    // Another key is another push; a refused call frees its key for the retry.
+    const other = await h.push(notify(token, { idempotencyKey: 'order-5678' }), app.auth());
+    expect(other.pushId).not.toBe(first.pushId);
+    await expect(
+      h.push(notify('0'.repeat(40), { idempotencyKey: 'order-9' }), app.auth()),
+    ).rejects.toMatchObject({ code: 'TOKEN_NOT_FOUND' });
+    await expect(h.push(notify(token, { idempotencyKey: 'order-9' }), app.auth())).resolves.toMatchObject({
+      target: 1,
+    });
+    await expect(h.push(notify(token, { idempotencyKey: '' }), app.auth())).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      metadata: { field: 'idempotency_key' },
+    });
+  });
+
+  it('lists pushes newest first, filtered by status and creation time, a page at a time', async () => {
+    const { h, app, clock, registerDevice, applied } = await setup();
+    const token = await registerDevice();
+    const ids: string[] = [];
+    for (let n = 0; n < 5; n++) {
+      const accepted = await h.push(notify(token), app.auth());
+      await applied(accepted.pushId);
+      ids.push(accepted.pushId);
+      clock.advance(1_000);
+    }
+    const scheduled = await h.push(notify(token, { sendTimeMs: clock.now() + 3_600_000 }), app.auth());
+    const list = (fields: Partial<Parameters<typeof h.listPushes>[0]>) =>
+      h.listPushes(
+        {
+          accessId: 0,
+          createdFromMs: 0,
+          createdToMs: 0,
+          statuses: [],
+          pageSize: 0,
+          pageToken: '',
+          ...fields,
+        },
+        app.auth(),
+      );
+    const all = await list({});
+    expect(all.pushes.map((p) => p.pushId)).toEqual([scheduled.pushId, ...[...ids].reverse()]);
+    expect(
+      (await list({ statuses: [PushStatus.PUSH_STATUS_SCHEDULED] })).pushes.map((p) => p.pushId),
+    ).toEqual([scheduled.pushId]);
+    const firstPage = await list({ pageSize: 2, statuses: [PushStatus.PUSH_STATUS_DONE] });
+    expect(firstPage.pushes.map((p) => p.pushId)).toEqual([ids[4], ids[3]]);
+    const secondPage = await list({
+      pageSize: 2,
+      statuses: [PushStatus.PUSH_STATUS_DONE],
+      pageToken: firstPage.nextPageToken,
+    });
+    expect(secondPage.pushes.map((p) => p.pushId)).toEqual([ids[2], ids[1]]);
+    await expect(list({ pageSize: 1001 })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await expect(list({ createdFromMs: 10, createdToMs: 5 })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+    });
+  });
+
+  it('sends a daily recurring push once a day until its end, then marks it done', async () => {
+    const { h, app, clock, scheduler, registerDevice, routeToNode, deliveries, bus } = await setup();
+    const token = await registerDevice();
+    await routeToNode(token);
+    const day = 86_400_000;
+    const start = clock.now() + 1_000;
+    const accepted = await h.push(
+      notify(token, {
+        sendTimeMs: start,
+        loop: { interval: LoopInterval.LOOP_INTERVAL_DAILY, endTimeMs: start + 2 * day + 1 },
+      }),
+      app.auth(),
+    );
+    for (let n = 1; n <= 3; n++) {
+      clock.set(start + (n - 1) * day);
+      await routeToNode(token); // routes expire (an hour) while the clock jumps days
+      await scheduler.poll();
+      await waitFor(() => deliveries.length === n, `occurrence ${n}`);
+      await waitFor(async () => {
+        const { push } = await h.getPush({ accessId: 0, pushId: accepted.pushId }, app.auth());
+        return push?.occurrences === n && push.status !== PushStatus.PUSH_STATUS_SENDING;
+      }, `occurrence ${n} applied`);
+    }
+    clock.set(start + 3 * day);
+    await scheduler.poll();
+    await bus.flush();
+    expect(deliveries).toHaveLength(3);
+    const ids = deliveries.map((d) => d.message?.msgId ?? 0);
+    expect(ids).toEqual([...ids].sort((a, b) => a - b));
+    const { push } = await h.getPush({ accessId: 0, pushId: accepted.pushId }, app.auth());
+    expect(push).toMatchObject({ status: PushStatus.PUSH_STATUS_DONE, occurrences: 3 });
   });
 });

@@ -6,12 +6,15 @@ import {
   BroadcastDelivery,
   type Device,
   type DispatchServiceService,
+  type Message,
   Platform,
   PushCommand,
   type PushMessage,
+  type PushRecord,
   type PushRequest,
-  type PushResponse,
+  PushResponse,
   PushStatus,
+  pushStatusToJSON,
   type RegistryServiceService,
   type TargetDevice,
 } from '@pushd/proto';
@@ -25,6 +28,8 @@ import type { AudienceIndex, BroadcastLog, InboxStore, PushStore, TagStore } fro
 import { validateMessage } from './message-rules.js';
 import type { DispatchMetrics } from './metrics.js';
 import { mapConcurrently, OFFLINE_CAPACITY } from './push-applier.js';
+import { type SchedulePlan, validateSchedule } from './schedule-times.js';
+import type { Scheduler } from './scheduler.js';
 
 export { MAX_MESSAGE_BYTES, validateMessage } from './message-rules.js';
 export { OFFLINE_CAPACITY } from './push-applier.js';
@@ -44,6 +49,10 @@ export const ALL_AUDIENCE_INTERVAL_MS = 3000;
  * so this only has to reach past the app's recent broadcasts that do not concern it.
  */
 const BROADCAST_CATCH_UP_SCAN = 200;
+const DEFAULT_PAGE_SIZE = 100;
+const MAX_PAGE_SIZE = 1000;
+/** Idempotency keys: 1 to 64 characters (the API's rule). */
+const MAX_IDEMPOTENCY_KEY_CHARS = 64;
 
 interface ResolvedAudience {
   devices: Device[];
@@ -65,6 +74,8 @@ export interface DispatchServiceOptions {
   clusterToken: string;
   /** Push-log partitions; must equal the PushApplier's. Default: 16. */
   partitions?: number;
+  /** Keeps scheduled and recurring pushes until they are due, and cancels them. */
+  scheduler: Scheduler;
   metrics: DispatchMetrics;
   logger: Logger;
   /** Default: systemClock. */
@@ -122,12 +133,28 @@ export class DispatchService {
         return { push };
       },
 
-      listPushes: async () => {
-        throw new PushdError('UNIMPLEMENTED', 'ListPushes is not implemented yet');
+      listPushes: async (request, { metadata }) => {
+        const accessId = await this.authorizer.requireApp(metadata, request.accessId);
+        if (request.pageSize > MAX_PAGE_SIZE) {
+          throw invalidArgument('page_size', `at most ${MAX_PAGE_SIZE} (got ${request.pageSize})`);
+        }
+        if (request.createdToMs !== 0 && request.createdToMs <= request.createdFromMs) {
+          throw invalidArgument('created_to_ms', 'must be after created_from_ms');
+        }
+        const page = await this.options.pushes.list(accessId, {
+          ...(request.createdFromMs > 0 ? { fromMs: request.createdFromMs } : {}),
+          ...(request.createdToMs > 0 ? { toMs: request.createdToMs } : {}),
+          ...(request.statuses.length > 0 ? { statuses: request.statuses } : {}),
+          limit: request.pageSize === 0 ? DEFAULT_PAGE_SIZE : request.pageSize,
+          ...(request.pageToken !== '' ? { cursor: request.pageToken } : {}),
+        });
+        return { pushes: page.pushes, nextPageToken: page.nextCursor ?? '' };
       },
 
-      cancelPush: async () => {
-        throw new PushdError('UNIMPLEMENTED', 'CancelPush is not implemented yet');
+      cancelPush: async (request, { metadata }) => {
+        const accessId = await this.authorizer.requireApp(metadata, request.accessId);
+        if (request.pushId === '') throw invalidArgument('push_id', 'required');
+        return { push: await this.cancel(accessId, request.pushId) };
       },
 
       fetchPending: async (request, { metadata }) => {
@@ -140,7 +167,8 @@ export class DispatchService {
 
   /**
    * Validates everything first (bad input changes nothing and does not use up the `all` rate slot), then
-   * stores the push record and appends the command to the log.
+   * claims the idempotency key, resolves the audience, stores the push record and either appends the
+   * command to the log (sent now) or hands it to the scheduler.
    */
   private async accept(accessId: number, request: PushRequest): Promise<PushResponse> {
     const content = validateMessage(request.message);
@@ -148,19 +176,93 @@ export class DispatchService {
       throw invalidArgument('expire_time_s', `must be at most ${MAX_EXPIRE_S} (72 hours)`);
     }
     const platformTag = platformTagOf(request.platform);
+    const key = validIdempotencyKey(request.idempotencyKey);
     const now = this.clock.now();
+    const plan = validateSchedule(request, now);
+    const onlineOnly = request.expireTimeS === 0;
+    const ttlMs = onlineOnly ? ONLINE_ONLY_TTL_MS : (request.expireTimeS ?? MAX_EXPIRE_S) * 1000;
+    if (plan.fireAtMs - plan.nominalMs >= ttlMs) {
+      throw invalidArgument(
+        'accept_time',
+        `the next accept window opens at ${new Date(plan.fireAtMs).toISOString()}, after the message ` +
+          `expires (${ttlMs / 1000} s after ${new Date(plan.nominalMs).toISOString()})`,
+      );
+    }
+    let audienceExpr: AudienceExpr | undefined;
     const target = request.audience?.target;
+    if (target?.$case === 'all' || target?.$case === 'tags') {
+      audienceExpr = target.$case === 'tags' ? fromProto(target.value, 'audience.tags') : { kind: 'all' };
+      if (platformTag !== undefined) {
+        audienceExpr = { kind: 'and', terms: [audienceExpr, { kind: 'tag', tag: platformTag }] };
+      }
+    }
+
+    // With a key, the push id is taken first (the key records it; a refused call leaves a gap in the ids);
+    // without, only once the audience resolved.
+    const pushId = key === undefined ? undefined : await this.newPushId(accessId);
+    if (key !== undefined && pushId !== undefined) {
+      const claim = await this.options.pushes.claimIdempotencyKey(accessId, key, pushId);
+      if (!claim.claimed) {
+        if (claim.response !== undefined) return PushResponse.decode(claim.response);
+        throw new PushdError(
+          'IDEMPOTENCY_KEY_IN_USE',
+          `push ${claim.pushId} holds idempotency key ${JSON.stringify(key)} and is still being accepted; retry`,
+          { metadata: { push_id: claim.pushId } },
+        );
+      }
+    }
+    try {
+      const response = await this.persist(accessId, pushId, request, {
+        content,
+        platformTag,
+        audienceExpr,
+        plan,
+        onlineOnly,
+        ttlMs,
+        now,
+      });
+      if (key !== undefined && pushId !== undefined) {
+        await this.options.pushes.completeIdempotencyKey(
+          accessId,
+          key,
+          pushId,
+          PushResponse.encode(response).finish(),
+        );
+      }
+      return response;
+    } catch (error) {
+      if (key !== undefined && pushId !== undefined) {
+        await this.options.pushes.releaseIdempotencyKey(accessId, key, pushId).catch(() => undefined);
+      }
+      throw error;
+    }
+  }
+
+  /** Everything accept() does once the request is known valid and the idempotency key is held. */
+  private async persist(
+    accessId: number,
+    givenPushId: string | undefined,
+    request: PushRequest,
+    accepted: {
+      content: Message;
+      platformTag: string | undefined;
+      audienceExpr: AudienceExpr | undefined;
+      plan: SchedulePlan;
+      onlineOnly: boolean;
+      ttlMs: number;
+      now: number;
+    },
+  ): Promise<PushResponse> {
+    const { content, platformTag, audienceExpr, plan, onlineOnly, ttlMs, now } = accepted;
     let devices: TargetDevice[] = [];
     let invalidTokens: string[] = [];
     let unknownAccounts: string[] = [];
     let targetCount: number;
-    if (target?.$case === 'all' || target?.$case === 'tags') {
-      let expr: AudienceExpr =
-        target.$case === 'tags' ? fromProto(target.value, 'audience.tags') : { kind: 'all' };
-      if (platformTag !== undefined) expr = { kind: 'and', terms: [expr, { kind: 'tag', tag: platformTag }] };
-      if (target.$case === 'all') await this.takeAllAudienceSlot(accessId, now);
-      targetCount = (await this.options.audience.count(accessId, normalize(expr), now)).matched;
+    if (audienceExpr !== undefined) {
+      if (request.audience?.target?.$case === 'all') await this.takeAllAudienceSlot(accessId, now);
+      targetCount = (await this.options.audience.count(accessId, normalize(audienceExpr), now)).matched;
     } else {
+      // Named devices are resolved now, also for a scheduled push: its occurrences go to these devices.
       const resolved = await this.resolveAudience(accessId, request.audience);
       devices = resolved.devices
         .filter((device) => platformTag === undefined || device.platform === request.platform)
@@ -169,34 +271,28 @@ export class DispatchService {
       unknownAccounts = resolved.unknownAccounts;
       targetCount = devices.length;
     }
-
-    // The store hands out push ids; msg ids come from the log (its msgId counter is not used here).
-    const { pushId } = await this.options.pushes.nextIds(accessId);
-    const onlineOnly = request.expireTimeS === 0;
-    const expiresAtMs = onlineOnly
-      ? now + ONLINE_ONLY_TTL_MS
-      : now + (request.expireTimeS ?? MAX_EXPIRE_S) * 1000;
-    // Saved before the command is logged, so that the applier's DONE always comes after this SENDING.
+    const pushId = givenPushId ?? (await this.newPushId(accessId));
+    // Saved before the command is logged or scheduled, so the applier's update always comes after it.
     await this.options.pushes.save({
       accessId,
       pushId,
       msgId: 0,
-      status: PushStatus.PUSH_STATUS_SENDING,
+      status: plan.scheduled ? PushStatus.PUSH_STATUS_SCHEDULED : PushStatus.PUSH_STATUS_SENDING,
       audience: request.audience,
       message: content,
       createdAtMs: now,
-      expiresAtMs,
+      expiresAtMs: plan.nominalMs + ttlMs,
       target: targetCount,
-      sendTimeMs: now,
+      sendTimeMs: plan.nominalMs,
       occurrences: 0,
       failure: '',
     });
-    const command = PushCommand.encode({
+    const command: PushCommand = {
       accessId,
       pushId,
       message: content,
       acceptedAtMs: now,
-      expiresAtMs,
+      expiresAtMs: now + ttlMs,
       platform: request.platform,
       audience: request.audience,
       devices,
@@ -204,21 +300,67 @@ export class DispatchService {
       onlineOnly,
       occurrence: 0,
       moreOccurrences: false,
-    }).finish();
-    let seq: number;
-    try {
-      ({ seq } = await this.options.bus.publishDurable(
-        subjects.pushes(pushPartition(accessId, this.partitions)),
+    };
+    const response = { pushId, msgId: 0, invalidTokens, unknownAccounts, target: targetCount };
+    if (plan.scheduled) {
+      // The scheduler fires it (each occurrence gets the TTL from its own firing); its msg_id comes then.
+      await this.options.scheduler.schedule({
+        accessId,
+        pushId,
         command,
-      ));
+        nominalMs: plan.nominalMs,
+        fireAtMs: plan.fireAtMs,
+        ...(request.loop === undefined ? {} : { loop: request.loop }),
+        ...(request.acceptTime === undefined ? {} : { acceptTime: request.acceptTime }),
+      });
+      return response;
+    }
+    try {
+      const { seq } = await this.options.bus.publishDurable(
+        subjects.pushes(pushPartition(accessId, this.partitions)),
+        PushCommand.encode(command).finish(),
+      );
+      return { ...response, msgId: seq };
     } catch (error) {
       // Not in the log, so never sent: the record says so, and the caller gets the error to retry.
       await this.options.pushes
-        .setStatus(accessId, pushId, PushStatus.PUSH_STATUS_FAILED, 0)
+        .update(accessId, pushId, {
+          status: PushStatus.PUSH_STATUS_FAILED,
+          failure: 'the push log was unavailable',
+        })
         .catch(() => undefined);
       throw error;
     }
-    return { pushId, msgId: seq, invalidTokens, unknownAccounts, target: targetCount };
+  }
+
+  /**
+   * SCHEDULED -> CANCELLED, atomically against the scheduler's SCHEDULED -> SENDING: exactly one of them
+   * wins, so a cancel that races a send is either "cancelled" (nothing is delivered) or "already sent".
+   */
+  private async cancel(accessId: number, pushId: string): Promise<PushRecord> {
+    const result = await this.options.scheduler.cancel(accessId, pushId);
+    const record = await this.options.pushes.get(accessId, pushId);
+    if (result.status === undefined || record === undefined) {
+      throw new PushdError('PUSH_NOT_FOUND', `no push has id ${JSON.stringify(pushId)} in app ${accessId}`);
+    }
+    if (result.updated) return record;
+    if (result.status === PushStatus.PUSH_STATUS_CANCELLED) return record;
+    if ((await this.options.pushes.command(accessId, pushId)) === undefined) {
+      throw new PushdError(
+        'PUSH_NOT_CANCELLABLE',
+        `push ${pushId} was sent immediately; only a scheduled push can be cancelled`,
+      );
+    }
+    throw new PushdError(
+      'PUSH_ALREADY_SENT',
+      `push ${pushId} is ${pushStatusName(result.status)}; it can no longer be cancelled`,
+      { metadata: { status: pushStatusName(result.status) } },
+    );
+  }
+
+  /** The store hands out push ids; msg ids come from the log (the store's msg id counter is not used). */
+  private async newPushId(accessId: number): Promise<string> {
+    return (await this.options.pushes.nextIds(accessId)).pushId;
   }
 
   private async takeAllAudienceSlot(accessId: number, now: number): Promise<void> {
@@ -433,4 +575,22 @@ export function platformName(platform: Platform): string {
   if (platform === Platform.PLATFORM_ANDROID) return 'android';
   if (platform === Platform.PLATFORM_IOS) return 'ios';
   return '';
+}
+
+/** The key, or undefined when the call has none; INVALID_ARGUMENT when it is empty or too long. */
+function validIdempotencyKey(key: string | undefined): string | undefined {
+  if (key === undefined) return undefined;
+  const chars = [...key].length;
+  if (chars === 0 || chars > MAX_IDEMPOTENCY_KEY_CHARS) {
+    throw invalidArgument(
+      'idempotency_key',
+      `must be 1 to ${MAX_IDEMPOTENCY_KEY_CHARS} characters (got ${chars})`,
+    );
+  }
+  return key;
+}
+
+/** SCHEDULED, SENDING, ... for messages. */
+function pushStatusName(status: PushStatus): string {
+  return pushStatusToJSON(status).replace('PUSH_STATUS_', '');
 }

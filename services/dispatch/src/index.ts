@@ -1,3 +1,4 @@
+export { type CreateDispatchOptions, createDispatch, type DispatchParts } from './dispatch.js';
 export {
   ALL_AUDIENCE_INTERVAL_MS,
   DispatchService,

@@ -1,43 +1,25 @@
-// The dispatch process: accepts pushes, persists them, routes them to gateways. Production wiring.
+// The dispatch process: accepts pushes into the push log, applies it in order, fires scheduled pushes.
+// Production wiring.
 import { DispatchServiceService, RegistryServiceService } from '@pushd/proto';
 import { bindService } from '@pushd/rpc';
 import { bootstrap, clientsComponent, clusterClient, connectNats, connectRedis, run } from '@pushd/runtime';
-import { DispatchService } from './dispatch-service.js';
+import { createDispatch } from './dispatch.js';
 import { dispatchEnv } from './env.js';
-import { DispatchEventConsumer } from './event-consumer.js';
 import { createDispatchMetrics } from './metrics.js';
-import { PushApplier } from './push-applier.js';
 
 const { env, logger, metrics } = bootstrap('dispatch', dispatchEnv);
 const redis = connectRedis('dispatch', env, logger, metrics);
 const nats = await connectNats('dispatch', env, logger, metrics);
 const registry = clusterClient(RegistryServiceService, env.REGISTRY_ADDR, env.CLUSTER_TOKEN);
-const dispatchMetrics = createDispatchMetrics(metrics);
-const { pushes, inboxes, routes, broadcasts, audience, tags } = redis.stores;
-const service = new DispatchService({
-  pushes,
-  inboxes,
-  broadcasts,
-  audience,
-  tags,
+const { service, applier, scheduler, events } = createDispatch({
+  stores: redis.stores,
   bus: nats.bus,
   registry,
   clusterToken: env.CLUSTER_TOKEN,
   partitions: env.PUSH_PARTITIONS,
-  metrics: dispatchMetrics,
+  metrics: createDispatchMetrics(metrics),
   logger,
 });
-const applier = new PushApplier({
-  bus: nats.bus,
-  pushes,
-  inboxes,
-  routes,
-  broadcasts,
-  partitions: env.PUSH_PARTITIONS,
-  metrics: dispatchMetrics,
-  logger,
-});
-const events = new DispatchEventConsumer({ bus: nats.bus, inboxes, metrics: dispatchMetrics, logger });
 await run({
   name: 'dispatch',
   logger,
@@ -48,6 +30,7 @@ await run({
   connections: [redis.component, nats.component, clientsComponent(registry)],
   components: [
     { name: 'apply', start: async () => applier.start(), stop: () => applier.stop() },
+    { name: 'schedule', start: async () => scheduler.start(), stop: () => scheduler.stop() },
     { name: 'events', start: async () => events.start(), stop: () => events.stop() },
   ],
 });

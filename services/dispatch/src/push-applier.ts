@@ -114,8 +114,13 @@ export class PushApplier {
       Math.max(0, now - command.acceptedAtMs) / 1000,
     );
     if (command.expiresAtMs <= now) {
-      // Waited in the log past its expiry (dispatch was down that long): never delivered, by the rules.
-      await this.options.pushes.setStatus(accessId, pushId, PushStatus.PUSH_STATUS_FAILED, 0);
+      // Waited in the log past its expiry (dispatch was down that long): never delivered, by the rules. A
+      // recurring push's later occurrences still come.
+      await this.options.pushes.update(accessId, pushId, {
+        status: command.moreOccurrences ? PushStatus.PUSH_STATUS_SCHEDULED : PushStatus.PUSH_STATUS_FAILED,
+        occurrences: command.occurrence,
+        failure: 'expired in the push log before it could be sent',
+      });
       return;
     }
     // SENT events are stored while the record is saved; both before the log entry is acknowledged, so
@@ -123,19 +128,13 @@ export class PushApplier {
     const sent = broadcast ? [] : await this.applyTargeted(command, message, now);
     if (broadcast) await this.applyBroadcast(command, message, now);
     const target = broadcast ? command.countedTarget : command.devices.length;
-    const saved = this.options.pushes.save({
-      accessId,
-      pushId,
+    // An update, not a save: the record (created at acceptance) keeps its place in the app's list. A
+    // recurring push goes back to SCHEDULED until its last occurrence.
+    const saved = this.options.pushes.update(accessId, pushId, {
+      status: command.moreOccurrences ? PushStatus.PUSH_STATUS_SCHEDULED : PushStatus.PUSH_STATUS_DONE,
       msgId,
-      status: PushStatus.PUSH_STATUS_DONE,
-      audience: command.audience,
-      message: command.message,
-      createdAtMs: command.acceptedAtMs,
-      expiresAtMs: command.expiresAtMs,
       target,
-      sendTimeMs: command.acceptedAtMs,
-      occurrences: command.occurrence,
-      failure: '',
+      ...(command.occurrence > 0 ? { occurrences: command.occurrence } : {}),
     });
     await Promise.all([saved, ...sent]);
   }

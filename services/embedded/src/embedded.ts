@@ -7,7 +7,7 @@ import {
   stopAll,
   systemClock,
 } from '@pushd/common';
-import { createDispatchMetrics, DispatchEventConsumer, DispatchService, PushApplier } from '@pushd/dispatch';
+import { createDispatch, createDispatchMetrics } from '@pushd/dispatch';
 import { createGatewayMetrics, Gateway } from '@pushd/gateway';
 import {
   DispatchServiceService,
@@ -129,24 +129,18 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
     );
     const registryClient = clusterClient(RegistryServiceService, registry.address, clusterToken);
 
-    const dispatchLogger = logger.child({ service: 'dispatch' });
-    const dispatchMetrics = createDispatchMetrics(serviceRegistry('dispatch'));
-    const dispatchService = new DispatchService({
-      pushes: stores.pushes,
-      inboxes: stores.inboxes,
-      broadcasts: stores.broadcasts,
-      audience: stores.audience,
-      tags: stores.tags,
+    const dispatchParts = createDispatch({
+      stores,
       bus,
       registry: registryClient,
       clusterToken,
-      metrics: dispatchMetrics,
-      logger: dispatchLogger,
+      metrics: createDispatchMetrics(serviceRegistry('dispatch')),
+      logger: logger.child({ service: 'dispatch' }),
       clock,
     });
     const dispatch = await serveGrpc(
       'dispatch',
-      bindService('pushd.v1.DispatchService', DispatchServiceService, dispatchService.handlers()),
+      bindService('pushd.v1.DispatchService', DispatchServiceService, dispatchParts.service.handlers()),
       wanted.dispatch,
     );
     consumer(

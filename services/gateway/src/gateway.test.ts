@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import { MemoryBus, streams, subjects } from '@pushd/bus';
 import { silentLogger } from '@pushd/common';
 import { DeviceClient, type DeviceCloseEvent, generateDeviceId } from '@pushd/device-sdk';
-import { createDispatchMetrics, DispatchEventConsumer, DispatchService, PushApplier } from '@pushd/dispatch';
+import { createDispatch, createDispatchMetrics, DispatchEventConsumer } from '@pushd/dispatch';
 import {
   BroadcastDelivery,
   type ClientFrame,
@@ -87,29 +87,21 @@ async function startGateway(options: StartOptions = {}) {
     logger: silentLogger(),
   }).handlers();
   const dispatchMetrics = createDispatchMetrics(new Registry());
-  const dispatch = new DispatchService({
-    pushes: stores.pushes,
-    inboxes: stores.inboxes,
-    broadcasts: stores.broadcasts,
-    audience: stores.audience,
-    tags: stores.tags,
+  const dispatchParts = createDispatch({
+    stores,
     bus,
     registry: inProcessClient(RegistryServiceService, registry, bearer),
     clusterToken: CLUSTER_TOKEN,
     metrics: dispatchMetrics,
     logger: silentLogger(),
-  }).handlers();
-  const applier = new PushApplier({
-    pushes: stores.pushes,
-    inboxes: stores.inboxes,
-    routes: stores.routes,
-    broadcasts: stores.broadcasts,
-    bus,
-    metrics: dispatchMetrics,
-    logger: silentLogger(),
   });
-  applier.start();
-  cleanups.push(() => applier.stop());
+  const dispatch = dispatchParts.service.handlers();
+  dispatchParts.applier.start();
+  dispatchParts.scheduler.start();
+  cleanups.push(
+    () => dispatchParts.applier.stop(),
+    () => dispatchParts.scheduler.stop(),
+  );
   const realDispatch = inProcessClient(DispatchServiceService, dispatch, bearer);
   const tagService = new TagService({
     tags: stores.tags,
@@ -931,6 +923,64 @@ describe('Gateway delivery', () => {
       'the acked messages to leave the window',
     );
   });
+
+  it("puts the message's send time in ARRIVED events, and turns clicks into CLICKED events for their push", async () => {
+    const system = await startGateway();
+    const events: Event[] = [];
+    system.bus.subscribe(subjects.events('gateway'), (data) =>
+      events.push(...EventBatch.decode(data).events),
+    );
+    const registered = await system.registerDevice(Platform.PLATFORM_IOS);
+    const raw = await openRaw(system.url, system.sessionHeaders(registered));
+    await connected(raw);
+    const first = await system.push(registered.token, 'one');
+    const second = await system.push(registered.token, 'two');
+    await waitFor(() => raw.delivered.length === 2, 'both messages');
+    const sentAtMs = raw.frames.flatMap((f) =>
+      f.body?.$case === 'deliver' ? f.body.value.messages.map((m) => m.sentAtMs) : [],
+    );
+    // Clicked before its ack: the gateway knows its push. Then acked, then clicked naming its push.
+    raw.send({ id: 0, body: { $case: 'click', value: { msgId: first.msgId } } });
+    raw.send({ id: 0, body: { $case: 'ack', value: { msgIds: [first.msgId, second.msgId] } } });
+    raw.send({ id: 0, body: { $case: 'click', value: { msgId: second.msgId, pushId: second.pushId } } });
+    // Acked and no push id: nothing to count it under.
+    raw.send({ id: 0, body: { $case: 'click', value: { msgId: first.msgId } } });
+    await raw.roundTrip();
+    await waitFor(() => events.length >= 4, 'two arrivals and two clicks');
+    const device = { accessId: system.app.accessId, token: registered.token, platform: Platform.PLATFORM_IOS };
+    expect(events.filter((e) => e.type === EventType.EVENT_TYPE_ARRIVED)).toMatchObject([
+      { ...device, msgId: first.msgId, pushId: first.pushId, sentAtMs: sentAtMs[0] },
+      { ...device, msgId: second.msgId, pushId: second.pushId, sentAtMs: sentAtMs[1] },
+    ]);
+    expect(events.filter((e) => e.type === EventType.EVENT_TYPE_CLICKED)).toMatchObject([
+      { ...device, msgId: first.msgId, pushId: first.pushId },
+      { ...device, msgId: second.msgId, pushId: second.pushId },
+    ]);
+    expect(events.every((e) => e.atMs > 0)).toBe(true);
+    expect(await system.metric('gateway_clicks_unattributed_total')).toBe(1);
+    expect(await system.metric('gateway_frames_in_total', { type: 'click' })).toBe(3);
+  });
+
+  it.each([
+    ['a msg_id of 0', { msgId: 0 }, 'FRAME_MALFORMED'],
+    ['a push_id over 64 characters', { msgId: 1, pushId: 'x'.repeat(65) }, 'FRAME_MALFORMED'],
+  ])('closes a connection that sends a click with %s', async (_name, click, code) => {
+    const system = await startGateway();
+    const raw = await openRaw(system.url, system.sessionHeaders(await system.registerDevice()));
+    await connected(raw);
+    raw.send({ id: 3, body: { $case: 'click', value: click } });
+    expect((await raw.closed).reason).toBe(code);
+  });
+
+  it('closes a registration connection that clicks before Register with PROTOCOL_VIOLATION', async () => {
+    const system = await startGateway();
+    const raw = await openRaw(system.url, {
+      'x-pushd-access-id': String(system.app.accessId),
+      'x-pushd-access-key': system.app.accessKey,
+    });
+    raw.send({ id: 0, body: { $case: 'click', value: { msgId: 1, pushId: '1' } } });
+    expect((await raw.closed).reason).toBe('PROTOCOL_VIOLATION');
+  });
 });
 
 /** Pushes to an audience and waits until it was applied. */
@@ -1037,6 +1087,28 @@ describe('Gateway broadcasts and tag pushes', () => {
     expect(sportsIos.raw.delivered).toEqual([everyone]);
     expect(newVersion.raw.delivered).toEqual([onVersion2, notSports, everyone]);
     expect(await system.metric('gateway_broadcasts_received_total')).toBe(4);
+  });
+
+  it('counts a broadcast as SENT where a device gets it: live, and from the log when it comes back', async () => {
+    const system = await startGateway();
+    const sent: Event[] = [];
+    system.bus.subscribe(subjects.events('gateway'), (data) =>
+      sent.push(...EventBatch.decode(data).events.filter((e) => e.type === EventType.EVENT_TYPE_SENT)),
+    );
+    const live = await online(system, Platform.PLATFORM_ANDROID, []);
+    const away = await online(system, Platform.PLATFORM_IOS, []);
+    away.raw.socket.close();
+    await waitFor(async () => (await system.route(away.token)) === undefined, 'the device to be offline');
+    const msgId = await pushTo(system, {});
+    await waitFor(() => live.raw.delivered.includes(msgId), 'the live delivery');
+    const back = await openRaw(system.url, system.sessionHeaders(away));
+    await waitFor(() => back.delivered.includes(msgId), 'the delivery from the log');
+    await waitFor(() => sent.length >= 2, 'two SENT events');
+    expect(sent.map((e) => ({ msgId: e.msgId, tokens: e.tokens, platform: e.platform }))).toEqual([
+      { msgId, tokens: [live.token], platform: Platform.PLATFORM_ANDROID },
+      { msgId, tokens: [away.token], platform: Platform.PLATFORM_IOS },
+    ]);
+    expect(new Set(sent.map((e) => e.pushId)).size).toBe(1);
   });
 
   it('evaluates a tag push on the tags a device got while online, once the tag service announced them', async () => {
