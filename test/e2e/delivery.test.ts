@@ -3,6 +3,7 @@ import {
   MessageType,
   Platform,
   type PushRequest,
+  PushStatus,
   TagServiceService,
 } from '@pushd/proto';
 import { basicAuthorization, createRpcClient } from '@pushd/rpc';
@@ -140,5 +141,61 @@ describe('delivery order and failures: two dispatch and two gateway processes', 
     );
     const received = device.received.map((m) => m.msgId);
     expect(received).toEqual([...before, during, whileDown]);
+  });
+
+  it('scheduled pushes survive a restart of every dispatch instance and fire once each, cancelled ones never', async () => {
+    const app = await clients.createApp('scheduled');
+    const [first, second] = dispatchClients(app);
+    // Gateway 0 was killed by the test before: this device uses gateway 1.
+    const device = await TestDevice.register(system, app, { url: system.gatewayUrls?.[1] });
+    devices.push(device);
+    const at = Date.now() + 4_000;
+    const schedule = (via: typeof first, offsetMs: number, content: string) =>
+      via?.push({
+        ...request(app, { $case: 'token', value: device.token }, content),
+        sendTimeMs: at + offsetMs,
+      });
+    const one = await schedule(first, 0, 'one');
+    const cancelled = await schedule(second, 500, 'cancelled');
+    const two = await schedule(second, 1_000, 'two');
+    expect([one?.msgId, cancelled?.msgId, two?.msgId]).toEqual([0, 0, 0]);
+    await expect(
+      second?.cancelPush({ accessId: app.accessId, pushId: cancelled?.pushId ?? '' }),
+    ).resolves.toMatchObject({
+      push: { status: PushStatus.PUSH_STATUS_CANCELLED },
+    });
+    // An idempotent retry through the other instance is the same push, not a second one.
+    const retried = await first?.push({
+      ...request(app, { $case: 'token', value: device.token }, 'retried'),
+      idempotencyKey: 'e2e-key',
+    });
+    const again = await second?.push({
+      ...request(app, { $case: 'token', value: device.token }, 'retried'),
+      idempotencyKey: 'e2e-key',
+    });
+    expect(again).toEqual(retried);
+    await device.waitForMessages(1);
+
+    await Promise.all([system.restart?.('dispatch', 0), system.restart?.('dispatch', 1)]);
+    expect(device.received.map((m) => m.message?.content)).toEqual(['retried']);
+    await device.waitForMessages(3, 20_000);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    expect(device.received.map((m) => m.message?.content)).toEqual(['retried', 'one', 'two']);
+    // Not before its time (the device's receipt is after the send time on the same clock).
+    for (const message of device.received.slice(1)) expect(message.sentAtMs).toBeGreaterThanOrEqual(at);
+    const listed = await first?.listPushes({
+      accessId: app.accessId,
+      createdFromMs: 0,
+      createdToMs: 0,
+      statuses: [],
+      pageSize: 10,
+      pageToken: '',
+    });
+    expect(listed?.pushes.map((push) => [push.pushId, push.status])).toEqual([
+      [retried?.pushId, PushStatus.PUSH_STATUS_DONE],
+      [two?.pushId, PushStatus.PUSH_STATUS_DONE],
+      [cancelled?.pushId, PushStatus.PUSH_STATUS_CANCELLED],
+      [one?.pushId, PushStatus.PUSH_STATUS_DONE],
+    ]);
   });
 });
