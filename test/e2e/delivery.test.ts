@@ -81,6 +81,29 @@ describe('delivery order and failures: two dispatch and two gateway processes', 
     expect(ios.dropped).toEqual([4]);
   });
 
+  it('a newer push with the same collapse_id replaces the older one still waiting for an offline device', async () => {
+    const app = await clients.createApp('collapse');
+    const [dispatch] = dispatchClients(app);
+    const device = await TestDevice.register(system, app);
+    devices.push(device);
+    await device.client.close();
+    const push = async (content: string, collapseId?: string) => {
+      const base = request(app, { $case: 'token', value: device.token }, content);
+      const message = { ...base.message!, ...(collapseId === undefined ? {} : { collapseId }) };
+      return (await dispatch?.push({ ...base, message }))?.msgId ?? 0;
+    };
+    await push('score 1-0', 'match-42');
+    const latest = await push('score 2-0', 'match-42');
+    await device.reconnect(system, app);
+    await device.waitForMessages(1);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(device.received.map((m) => [m.msgId, m.message?.content, m.message?.collapseId])).toEqual([
+      [latest, 'score 2-0', 'match-42'],
+    ]);
+    // Replaced, not lost: nothing to resync.
+    expect(device.dropped).toEqual([]);
+  });
+
   it('concurrent pushes through both dispatch instances reach a device in increasing id order, every one (20 random rounds)', async () => {
     const app = await clients.createApp('two-dispatchers');
     const [first, second] = dispatchClients(app);
