@@ -104,6 +104,18 @@ describe('pushctl against the embedded system', () => {
     });
     const [tagged] = await pushctl('push', '--tags', 'vip,beta', '--tags-op', 'and', '--content', 'vips');
     expect(tagged).toMatchObject({ target: 0 });
+
+    // A scheduled push: listed as scheduled, then cancelled.
+    const sendAt = new Date(Date.now() + 3_600_000).toISOString();
+    const [later] = await pushctl('push', '--tags', 'vip', '--content', 'later', '--send-at', sendAt);
+    expect(later).toMatchObject({ pushId: expect.any(String), msgId: 0 });
+    expect(await pushctl('pushes', '--status', 'scheduled')).toEqual([
+      expect.objectContaining({ pushId: later?.pushId, status: 'scheduled', sendTimeMs: Date.parse(sendAt) }),
+    ]);
+    expect(await pushctl('cancel')).toEqual([{ pushId: later?.pushId, status: 'cancelled' }]);
+    expect((await pushctl('pushes', '--status', 'cancelled')).map((line) => line.pushId)).toEqual([
+      later?.pushId,
+    ]);
   });
 
   it('explains a missing app and a refused call on stderr with exit status 1', async () => {

@@ -7,6 +7,8 @@ import {
   DispatchServiceService,
   MessageType,
   Platform,
+  pushStatusFromJSON,
+  pushStatusToJSON,
   RegistryServiceService,
   StatsServiceService,
 } from '@pushd/proto';
@@ -26,7 +28,11 @@ Commands:
        [--only android|ios]
        --content TEXT [--title TEXT] [--type notify|message] [--custom k=v]... [--expire SECONDS (0: online only)]
                                   push to devices (default: the simulated device), print the push id
+       [--send-at ISO-8601-TIME] [--idempotency-key K]
   stats [--push-id P]             sent and arrived counts of a push (default: the last one)
+  pushes [--status scheduled|sending|done|cancelled|failed]
+                                  the app's pushes, newest first, with their status
+  cancel [--push-id P]            cancel a scheduled push (default: the last one)
 
 Options for every command:
   --registry HOST:PORT   (default localhost:50051)   --dispatch HOST:PORT (default localhost:50053)
@@ -60,6 +66,9 @@ const { values, positionals } = parseArgs({
     custom: { type: 'string', multiple: true, default: [] },
     expire: { type: 'string' },
     'push-id': { type: 'string' },
+    'send-at': { type: 'string' },
+    'idempotency-key': { type: 'string' },
+    status: { type: 'string' },
     registry: { type: 'string' },
     dispatch: { type: 'string' },
     stats: { type: 'string' },
@@ -278,12 +287,18 @@ async function push(): Promise<void> {
   const expire = values.expire === undefined ? undefined : Number(values.expire);
   if (expire !== undefined && (!Number.isInteger(expire) || expire < 0))
     fail('--expire is a number of seconds');
+  const sendTimeMs = values['send-at'] === undefined ? undefined : Date.parse(values['send-at']);
+  if (sendTimeMs !== undefined && Number.isNaN(sendTimeMs)) {
+    fail(`--send-at takes an ISO 8601 time such as 2026-12-01T09:00:00Z, got ${values['send-at']}`);
+  }
   const dispatch = createRpcClient(DispatchServiceService, {
     address: endpoints.dispatch,
     authorization: appAuthorization(),
   });
   try {
     const result = await dispatch.push({
+      ...(sendTimeMs === undefined ? {} : { sendTimeMs }),
+      ...(values['idempotency-key'] === undefined ? {} : { idempotencyKey: values['idempotency-key'] }),
       accessId,
       audience: { target },
       message: { type, title: values.title, content, customContent },
@@ -304,6 +319,57 @@ async function push(): Promise<void> {
         unknownAccounts: result.unknownAccounts,
       },
     );
+  } finally {
+    dispatch.close();
+  }
+}
+
+/** The app's pushes with their status, newest first (one page of 100). */
+async function pushes(): Promise<void> {
+  const { accessId } = app();
+  const named = values.status === undefined ? undefined : `PUSH_STATUS_${values.status.toUpperCase()}`;
+  const known = ['SCHEDULED', 'SENDING', 'DONE', 'CANCELLED', 'FAILED'].map((name) => `PUSH_STATUS_${name}`);
+  if (named !== undefined && !known.includes(named)) {
+    fail('--status is scheduled, sending, done, cancelled or failed');
+  }
+  const statuses = named === undefined ? [] : [pushStatusFromJSON(named)];
+  const dispatch = createRpcClient(DispatchServiceService, {
+    address: endpoints.dispatch,
+    authorization: appAuthorization(),
+  });
+  try {
+    const page = await dispatch.listPushes({
+      accessId,
+      createdFromMs: 0,
+      createdToMs: 0,
+      statuses,
+      pageSize: 100,
+      pageToken: '',
+    });
+    for (const push of page.pushes) {
+      const status = pushStatusToJSON(push.status).replace('PUSH_STATUS_', '').toLowerCase();
+      print(
+        `${push.pushId}\t${status}\t${new Date(push.sendTimeMs).toISOString()}\ttarget ${push.target}\t${
+          push.message?.content ?? ''
+        }`,
+        { pushId: push.pushId, status, sendTimeMs: push.sendTimeMs, target: push.target, msgId: push.msgId },
+      );
+    }
+  } finally {
+    dispatch.close();
+  }
+}
+
+async function cancel(): Promise<void> {
+  const { accessId } = app();
+  const pushId = values['push-id'] ?? profile.lastPushId ?? fail('cancel needs --push-id');
+  const dispatch = createRpcClient(DispatchServiceService, {
+    address: endpoints.dispatch,
+    authorization: appAuthorization(),
+  });
+  try {
+    await dispatch.cancelPush({ accessId, pushId });
+    print(`push ${pushId} cancelled`, { pushId, status: 'cancelled' });
   } finally {
     dispatch.close();
   }
@@ -338,6 +404,8 @@ async function main(): Promise<void> {
   if (command === 'device') return device();
   if (command === 'push') return push();
   if (command === 'stats') return stats();
+  if (command === 'pushes') return pushes();
+  if (command === 'cancel') return cancel();
   fail(`unknown command ${JSON.stringify(positionals.join(' '))}; see pushctl --help`);
 }
 
