@@ -86,6 +86,7 @@ export {
   PushStatus,
   pushStatusToJSON,
   TokenList,
+  pushStatusFromJSON,
 } from './gen/pushd/v1/dispatch.js';
 export {
   App,
