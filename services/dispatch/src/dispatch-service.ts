@@ -211,8 +211,9 @@ export class DispatchService {
         );
       }
     }
+    let response: PushResponse;
     try {
-      const response = await this.persist(accessId, pushId, request, {
+      response = await this.persist(accessId, pushId, request, {
         content,
         platformTag,
         audienceExpr,
@@ -221,21 +222,26 @@ export class DispatchService {
         ttlMs,
         now,
       });
-      if (key !== undefined && pushId !== undefined) {
-        await this.options.pushes.completeIdempotencyKey(
-          accessId,
-          key,
-          pushId,
-          PushResponse.encode(response).finish(),
-        );
-      }
-      return response;
     } catch (error) {
+      // Nothing was accepted: the retry this error asks for must be free to proceed.
       if (key !== undefined && pushId !== undefined) {
         await this.options.pushes.releaseIdempotencyKey(accessId, key, pushId).catch(() => undefined);
       }
       throw error;
     }
+    if (key !== undefined && pushId !== undefined) {
+      // The push is accepted whatever happens here. Should recording the answer fail, the key stays held
+      // without one: retries get IDEMPOTENCY_KEY_IN_USE naming this push (never a second push).
+      await this.options.pushes
+        .completeIdempotencyKey(accessId, key, pushId, PushResponse.encode(response).finish())
+        .catch((error: unknown) => {
+          this.options.logger.error(
+            { err: error, accessId, pushId },
+            'recording an idempotent answer failed',
+          );
+        });
+    }
+    return response;
   }
 
   /** Everything accept() does once the request is known valid and the idempotency key is held. */
