@@ -284,6 +284,23 @@ describe('Redis stores: layout and recovery', () => {
     expect(await redis.pttl(keys.pushCounts(APP, '1'))).toBe(-1);
   });
 
+  it("carries a fold's counts into the app's day when the fold is repeated after failing between its steps", async () => {
+    const { stats } = createRedisStores({ redis, keys });
+    const day = Math.floor(NOW / 86_400_000);
+    const devices = [
+      { token: TOKEN, platform: Platform.PLATFORM_ANDROID },
+      { token: OTHER, platform: Platform.PLATFORM_IOS },
+    ];
+    expect(await stats.add({ stage: 'sent', accessId: APP, pushId: '1', day, devices })).toBe(2);
+    // As if the first attempt had died after counting the push, before the day figures.
+    await redis.del(keys.statsDay(APP, day), keys.statsDayCarried(APP, day));
+    expect(await stats.add({ stage: 'sent', accessId: APP, pushId: '1', day, devices })).toBe(0);
+    expect(await stats.getDays(APP, day, day)).toEqual([{ day, pushes: 1, sent: 2, arrived: 0, clicked: 0 }]);
+    // Kept 30 days (plus the current one), what was carried while events may still be replayed.
+    expect(await redis.pttl(keys.statsDay(APP, day))).toBeGreaterThan(30 * 86_400_000);
+    expect(await redis.pttl(keys.statsDayCarried(APP, day))).toBeGreaterThan(96 * 3_600_000);
+  });
+
   it('keeps deployments with different prefixes apart on one Redis', async () => {
     const a = createRedisStores({ redis, keys: new RedisKeys({ prefix: 'a' }) });
     const b = createRedisStores({ redis, keys: new RedisKeys({ prefix: 'b' }) });

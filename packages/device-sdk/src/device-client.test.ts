@@ -579,6 +579,40 @@ describe('DeviceClient delivery', () => {
     });
   });
 
+  it('reports clicks with the push of a recent message, or the push id given, and keeps them while offline', async () => {
+    const { device, connection } = await connectedSession({ autoAck: false });
+    connection.deliver(5, 6);
+    await new Promise<void>((resolve) => device.once('message', () => resolve()));
+    // Found among the messages emitted: its push id goes with it.
+    expect(device.reportClick(6)).toBe(true);
+    expect(await connection.nextFrame()).toEqual({
+      id: 0,
+      body: { $case: 'click', value: { msgId: 6, pushId: 'push-6' } },
+    });
+    // Unknown here: the gateway may still know it (unacknowledged there); a given push id wins.
+    device.reportClick(99);
+    device.reportClick(5, 'other');
+    expect(await connection.nextFrame()).toEqual({ id: 0, body: { $case: 'click', value: { msgId: 99 } } });
+    expect(await connection.nextFrame()).toEqual({
+      id: 0,
+      body: { $case: 'click', value: { msgId: 5, pushId: 'other' } },
+    });
+    expect(() => device.reportClick(0)).toThrow(/msgId/);
+    expect(() => device.reportClick(1, 'x'.repeat(65))).toThrow(/pushId/);
+
+    // Offline: kept and sent once the next session is established.
+    await device.close();
+    expect(device.reportClick(5)).toBe(false);
+    const connecting = device.connect();
+    const next = await gateway.nextConnection();
+    next.sendConnected();
+    await connecting;
+    expect(await next.nextFrame()).toEqual({
+      id: 0,
+      body: { $case: 'click', value: { msgId: 5, pushId: 'push-5' } },
+    });
+  });
+
   it('splits a large ack under the gateway frame limit', async () => {
     const device = client({ session: { token: 'tok-1', credential: 'cred-1' } });
     const connecting = device.connect();

@@ -8,6 +8,7 @@ import {
   encodeClientFrame,
   type FrameEncoding,
   MAX_ACK_IDS,
+  MAX_CLICK_PUSH_ID_CHARS,
   Platform,
   type Pong,
   type PushMessage,
@@ -38,6 +39,10 @@ const MAX_REFUSAL_BODY_BYTES = 16 * 1024;
  */
 const ACK_BYTES_PER_ID = { proto: 11, json: 24 } as const;
 const ACK_FRAME_OVERHEAD_BYTES = 64;
+/** Messages whose push id reportClick() finds by msg id alone: the last ones emitted. */
+const RECENT_MESSAGES = 64;
+/** Clicks kept while disconnected, sent on the next connection; past this the oldest are dropped. */
+const MAX_QUEUED_CLICKS = 100;
 
 export type DevicePlatform = 'android' | 'ios' | Platform;
 
@@ -234,6 +239,15 @@ export class DeviceClient extends EventEmitter<DeviceClientEvents> {
   private readonly pending = new Map<number, PendingRequest>();
   private closeWaiters: Array<() => void> = [];
   private idsPerAck = Number.POSITIVE_INFINITY;
+  /**
+   * The msg ids and push ids of the last RECENT_MESSAGES messages emitted (a ring, `recentNext` the next
+   * slot), for reportClick(msgId). Allocated on the first message: a load test's idle clients pay nothing.
+   */
+  private recentMsgIds: number[] | undefined;
+  private recentPushIds: string[] | undefined;
+  private recentNext = 0;
+  /** Clicks reported while disconnected. */
+  private queuedClicks: { msgId: number; pushId: string | undefined }[] = [];
 
   // The one timer. `deadline` is the state's own (connect, close, next reconnect attempt); the heartbeat
   // fields are read when it fires, so hearing from the gateway costs a clock read, not a timer reset.
@@ -363,6 +377,30 @@ export class DeviceClient extends EventEmitter<DeviceClientEvents> {
       const chunk = msgIds.length <= perFrame ? msgIds : msgIds.slice(start, start + perFrame);
       this.send(socket, { id: 0, body: { $case: 'ack', value: { msgIds: chunk as number[] } } });
     }
+    return true;
+  }
+
+  /**
+   * Reports that the user opened the notification of a message (or the app handled it as opened): the
+   * push's funnel counts this device as clicked, once however often it is reported. `pushId` defaults to
+   * the push of that message when it is among the last 64 emitted; without it the gateway can attribute
+   * the click only while the message is unacknowledged. Returns true when sent now; false when not
+   * connected: the click is then sent on the next connection (up to 100 kept, oldest dropped first).
+   */
+  reportClick(msgId: number, pushId?: string): boolean {
+    if (!Number.isSafeInteger(msgId) || msgId <= 0)
+      throw invalidArgument('msgId', 'must be a positive integer');
+    if (pushId !== undefined && pushId.length > MAX_CLICK_PUSH_ID_CHARS) {
+      throw invalidArgument('pushId', `must have at most ${MAX_CLICK_PUSH_ID_CHARS} characters`);
+    }
+    const click = { msgId, pushId: pushId ?? this.recentPushId(msgId) };
+    const socket = this.socket;
+    if (this.stateValue !== 'open' || socket === undefined || socket.readyState !== WebSocket.OPEN) {
+      this.queuedClicks.push(click);
+      if (this.queuedClicks.length > MAX_QUEUED_CLICKS) this.queuedClicks.shift();
+      return false;
+    }
+    this.sendClick(socket, click);
     return true;
   }
 
@@ -637,6 +675,7 @@ export class DeviceClient extends EventEmitter<DeviceClientEvents> {
     const waiter = this.connectWaiter;
     this.connectWaiter = undefined;
     waiter?.resolve(registered === undefined ? { connected } : { connected, registered });
+    for (const click of this.queuedClicks.splice(0)) this.sendClick(socket, click);
     this.emit('connected', connected);
   }
 
@@ -648,6 +687,7 @@ export class DeviceClient extends EventEmitter<DeviceClientEvents> {
       const message = messages[i]!;
       if (message.msgId > this.highestMsgId) {
         this.highestMsgId = message.msgId;
+        this.rememberMessage(message);
         this.emit('message', message);
         if (this.autoAck) acks.push(message.msgId);
       } else {
@@ -840,6 +880,24 @@ export class DeviceClient extends EventEmitter<DeviceClientEvents> {
 
   private send(socket: WebSocket, frame: ClientFrame): void {
     socket.send(encodeClientFrame(frame, this.encoding));
+  }
+
+  private sendClick(socket: WebSocket, click: { msgId: number; pushId: string | undefined }): void {
+    this.send(socket, { id: 0, body: { $case: 'click', value: click } });
+  }
+
+  private rememberMessage(message: PushMessage): void {
+    this.recentMsgIds ??= new Array<number>(RECENT_MESSAGES).fill(0);
+    this.recentPushIds ??= new Array<string>(RECENT_MESSAGES).fill('');
+    this.recentMsgIds[this.recentNext] = message.msgId;
+    this.recentPushIds[this.recentNext] = message.pushId;
+    this.recentNext = (this.recentNext + 1) % RECENT_MESSAGES;
+  }
+
+  private recentPushId(msgId: number): string | undefined {
+    const index = this.recentMsgIds?.indexOf(msgId) ?? -1;
+    const pushId = index < 0 ? undefined : this.recentPushIds?.[index];
+    return pushId === '' ? undefined : pushId;
   }
 
   /** Ends the connection because of something the gateway sent; the close reports `error`. */

@@ -13,6 +13,9 @@ export type FrameEncoding = 'proto' | 'json';
 /** Most msg_ids one Ack frame may carry; a device with more to acknowledge sends several frames. */
 export const MAX_ACK_IDS = 1000;
 
+/** Longest push_id a Click frame may name (push ids are short decimal numbers; this bounds what a device can make the gateway carry). */
+export const MAX_CLICK_PUSH_ID_CHARS = 64;
+
 export function encodingOfSubprotocol(subprotocol: string): FrameEncoding | undefined {
   if (subprotocol === SUBPROTOCOL_PROTO) return 'proto';
   if (subprotocol === SUBPROTOCOL_JSON) return 'json';
@@ -106,6 +109,7 @@ const CLIENT_KINDS = [
   'update_tags',
   'reportLocation',
   'report_location',
+  'click',
 ] as const;
 const SERVER_KINDS = [
   'connected',

@@ -86,6 +86,7 @@ describe('docs/protocol.md frame examples', () => {
       );
     expect([...kinds('client')].sort()).toEqual([
       'ack',
+      'click',
       'ping',
       'register',
       'reportLocation',

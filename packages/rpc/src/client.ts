@@ -20,12 +20,29 @@ export interface RpcClientOptions {
   channelOptions?: ChannelOptions;
 }
 
-/** A promise-returning client: one method per RPC of the definition, errors as PushdError. */
+/** Options of one server-streaming call. */
+export interface StreamCallOptions {
+  /** Aborting it cancels the call; the iteration then ends without an error. Default: none. */
+  signal?: AbortSignal;
+  /** Deadline of the whole stream. Default: none (a stream lasts until it ends or is cancelled). */
+  deadlineMs?: number;
+}
+
+/**
+ * A promise-returning client: one method per RPC of the definition, errors as PushdError. A
+ * server-streaming method returns an async iterable of its responses; leaving the loop early (break,
+ * return, throw) cancels the call.
+ */
 export type PromiseClient<Definition extends ServiceDefinitionShape> = {
-  [Name in keyof Definition]: (
-    request: RequestOf<Definition[Name]>,
-    options?: { deadlineMs?: number },
-  ) => Promise<ResponseOf<Definition[Name]>>;
+  [Name in keyof Definition]: Definition[Name] extends { responseStream: true }
+    ? (
+        request: RequestOf<Definition[Name]>,
+        options?: StreamCallOptions,
+      ) => AsyncIterable<ResponseOf<Definition[Name]>>
+    : (
+        request: RequestOf<Definition[Name]>,
+        options?: { deadlineMs?: number },
+      ) => Promise<ResponseOf<Definition[Name]>>;
 } & { close(): void };
 
 /**
@@ -47,11 +64,20 @@ export function createRpcClient<Definition extends ServiceDefinitionShape>(
   });
   const defaultDeadlineMs = options.deadlineMs ?? 5_000;
   const methods: Record<string, unknown> = { close: () => client.close() };
+  const metadataOf = () => {
+    const metadata = new Metadata();
+    metadata.set('authorization', options.authorization);
+    return metadata;
+  };
   for (const [name, method] of Object.entries(definition)) {
+    if (method.responseStream) {
+      methods[name] = (request: unknown, callOptions: StreamCallOptions = {}) =>
+        streamCall(client, method, request, metadataOf(), callOptions);
+      continue;
+    }
     methods[name] = (request: unknown, callOptions?: { deadlineMs?: number }) =>
       new Promise((resolve, reject) => {
-        const metadata = new Metadata();
-        metadata.set('authorization', options.authorization);
+        const metadata = metadataOf();
         const grpcOptions: CallOptions = {
           deadline: Date.now() + (callOptions?.deadlineMs ?? defaultDeadlineMs),
         };
@@ -70,4 +96,39 @@ export function createRpcClient<Definition extends ServiceDefinitionShape>(
       });
   }
   return methods as PromiseClient<Definition>;
+}
+
+/** One server-streaming call as an async iterable; the call starts when iteration does. */
+async function* streamCall(
+  client: Client,
+  method: ServiceDefinitionShape[string],
+  request: unknown,
+  metadata: Metadata,
+  options: StreamCallOptions,
+): AsyncGenerator<unknown> {
+  const { signal } = options;
+  if (signal?.aborted) return;
+  const grpcOptions: CallOptions =
+    options.deadlineMs === undefined ? {} : { deadline: Date.now() + options.deadlineMs };
+  const call = client.makeServerStreamRequest(
+    method.path,
+    method.requestSerialize,
+    method.responseDeserialize,
+    request,
+    metadata,
+    grpcOptions,
+  );
+  const cancel = () => call.cancel();
+  signal?.addEventListener('abort', cancel, { once: true });
+  try {
+    for await (const response of call) yield response;
+  } catch (error) {
+    // Our own cancel ends the stream with CANCELLED: that is the end the caller asked for.
+    if (signal?.aborted) return;
+    throw fromGrpcError(error as ServiceError);
+  } finally {
+    signal?.removeEventListener('abort', cancel);
+    // Leaving the loop early: the server stops producing.
+    call.cancel();
+  }
 }

@@ -7,13 +7,19 @@ export {
   type Caller,
   verifyAppSecretWithRegistry,
 } from './auth.js';
-export { createRpcClient, type PromiseClient, type RpcClientOptions } from './client.js';
+export {
+  createRpcClient,
+  type PromiseClient,
+  type RpcClientOptions,
+  type StreamCallOptions,
+} from './client.js';
 export type {
   CallContext,
   RequestOf,
   ResponseOf,
   ServiceDefinitionShape,
   ServiceHandlers,
+  StreamCallContext,
 } from './definition.js';
 export { ERROR_CODE_TRAILER, ERROR_DOMAIN, fromGrpcError, toGrpcError } from './errors.js';
 export { callContext, inProcessClient } from './in-process.js';

@@ -8,12 +8,54 @@ import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { basicAuthorization, bearerAuthorization, CallAuthorizer } from './auth.js';
 import { createRpcClient } from './client.js';
+import type { StreamCallContext } from './definition.js';
+import { inProcessClient } from './in-process.js';
 import { bindService, GrpcServer } from './server.js';
 
 // A real server on loopback (no broker or database involved): errors cross the wire as catalogue codes,
 // and stock clients can probe health and discover the services by reflection.
 const require = createRequire(import.meta.url);
 const CLUSTER = 'cluster-token-for-tests';
+
+const pushStats = (pushId: string, sent: number) => ({
+  pushId,
+  sent,
+  arrived: 1,
+  clicked: 0,
+  target: 0,
+  conversion: 0,
+  platforms: [],
+});
+
+async function waitFor(condition: () => boolean, what: string): Promise<void> {
+  for (const deadline = Date.now() + 5_000; !condition(); ) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** Streams ended by their client, by push id: the handler saw its signal abort and its loop end. */
+const watchesEnded: string[] = [];
+
+/**
+ * 'three': three responses, then the end. 'forever': one every 10 ms until cancelled. 'fail': one, then
+ * PUSH_NOT_FOUND.
+ */
+async function* watchHandler(
+  request: { pushId: string },
+  { signal }: StreamCallContext,
+): AsyncGenerator<{ stats: ReturnType<typeof pushStats> }> {
+  try {
+    for (let n = 1; !signal.aborted; n++) {
+      if (request.pushId === 'three' && n > 3) return;
+      yield { stats: pushStats(request.pushId, n) };
+      if (request.pushId === 'fail') throw new PushdError('PUSH_NOT_FOUND', 'gone');
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  } finally {
+    if (signal.aborted) watchesEnded.push(request.pushId);
+  }
+}
 
 describe('GrpcServer', () => {
   const metrics = new Registry();
@@ -37,8 +79,10 @@ describe('GrpcServer', () => {
             });
           }
           if (request.pushId === 'boom') throw new Error('unexpected');
-          return { stats: { pushId: `${accessId}:${request.pushId}`, sent: 2, arrived: 1 } };
+          return { stats: pushStats(`${accessId}:${request.pushId}`, 2) };
         },
+        watchPushStats: watchHandler,
+        getAppStats: async () => ({ coveredDevices: 0, onlineDevices: 0, platforms: [], days: [] }),
       }),
     ],
   });
@@ -96,6 +140,46 @@ describe('GrpcServer', () => {
       code: 'UNAUTHENTICATED',
     });
     for (const client of [wrong, other, none]) client.close();
+  });
+
+  it('streams a server-streaming method to its end, and its error as a catalogue code', async () => {
+    const client = createRpcClient(StatsServiceService, {
+      address: address(),
+      authorization: bearerAuthorization(CLUSTER),
+    });
+    const sent: number[] = [];
+    for await (const response of client.watchPushStats({ accessId: 7, pushId: 'three' }))
+      sent.push(response.stats?.sent ?? 0);
+    expect(sent).toEqual([1, 2, 3]);
+
+    const failing: number[] = [];
+    const consume = async () => {
+      for await (const response of client.watchPushStats({ accessId: 7, pushId: 'fail' }))
+        failing.push(response.stats?.sent ?? 0);
+    };
+    await expect(consume()).rejects.toMatchObject({ code: 'PUSH_NOT_FOUND', message: 'gone' });
+    expect(failing).toEqual([1]);
+    client.close();
+  });
+
+  it('ends a stream on the server when the client cancels, by its signal or by leaving the loop', async () => {
+    const client = createRpcClient(StatsServiceService, {
+      address: address(),
+      authorization: bearerAuthorization(CLUSTER),
+    });
+    const controller = new AbortController();
+    let received = 0;
+    for await (const _ of client.watchPushStats({ accessId: 7, pushId: 'forever' }, controller)) {
+      if (++received === 3) controller.abort();
+    }
+    expect(received).toBe(3);
+    await waitFor(() => watchesEnded.includes('forever'), 'the handler to see the cancel');
+
+    for await (const response of client.watchPushStats({ accessId: 7, pushId: 'forever' })) {
+      if ((response.stats?.sent ?? 0) >= 2) break;
+    }
+    await waitFor(() => watchesEnded.filter((id) => id === 'forever').length === 2, 'the second cancel');
+    client.close();
   });
 
   it('reports an unreachable server as UNAVAILABLE', async () => {
@@ -165,5 +249,27 @@ describe('GrpcServer', () => {
     const text = await metrics.metrics();
     expect(text).toMatch(/test_grpc_requests_total\{method="GetPushStats",code="OK"\} \d+/);
     expect(text).toMatch(/test_grpc_requests_total\{method="GetPushStats",code="PUSH_NOT_FOUND"\} \d+/);
+  });
+});
+
+describe('inProcessClient', () => {
+  it('streams through the serializers and aborts the handler when the caller leaves its loop', async () => {
+    const client = inProcessClient(
+      StatsServiceService,
+      {
+        getPushStats: async () => ({ stats: pushStats('x', 0) }),
+        watchPushStats: watchHandler,
+        getAppStats: async () => ({ coveredDevices: 0, onlineDevices: 0, platforms: [], days: [] }),
+      },
+      bearerAuthorization(CLUSTER),
+    );
+    const sent: number[] = [];
+    for await (const response of client.watchPushStats({ accessId: 7, pushId: 'three' }))
+      sent.push(response.stats?.sent ?? 0);
+    expect(sent).toEqual([1, 2, 3]);
+    for await (const response of client.watchPushStats({ accessId: 7, pushId: 'in-process' })) {
+      if ((response.stats?.sent ?? 0) === 2) break;
+    }
+    expect(watchesEnded).toContain('in-process');
   });
 });

@@ -1,19 +1,26 @@
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import {
   Server,
   ServerCredentials,
   type ServerUnaryCall,
+  type ServerWritableStream,
   type ServiceDefinition,
   type sendUnaryData,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import { loadFileDescriptorSetFromBuffer } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
-import type { Logger } from '@pushd/common';
+import { type Logger, PushdError } from '@pushd/common';
 import { descriptorSetPath } from '@pushd/proto';
 import { HealthImplementation } from 'grpc-health-check';
 import { Counter, Histogram, type Registry } from 'prom-client';
-import type { ServiceDefinitionShape, ServiceHandlers } from './definition.js';
+import type {
+  CallContext,
+  ServiceDefinitionShape,
+  ServiceHandlers,
+  StreamCallContext,
+} from './definition.js';
 import { toGrpcError } from './errors.js';
 
 export interface GrpcServiceBinding<Definition extends ServiceDefinitionShape = ServiceDefinitionShape> {
@@ -57,6 +64,8 @@ export class GrpcServer {
     'grpc.max_connection_age_grace_ms': 30_000,
   });
   private readonly health: HealthImplementation;
+  /** Streams in flight: stopping the server ends them (they would otherwise hold the shutdown). */
+  private readonly streams = new Set<AbortController>();
   private boundPort = 0;
 
   constructor(private readonly options: GrpcServerOptions) {
@@ -80,12 +89,33 @@ export class GrpcServer {
         const handler = service.handlers[methodName];
         if (!handler) throw new Error(`${service.name}: no handler for ${methodName}`);
         const label = method.path.slice(method.path.lastIndexOf('/') + 1);
+        const failed = (error: unknown) => {
+          const grpcError = toGrpcError(error);
+          const code = grpcError.metadata?.get('pushd-error-code')[0];
+          requests.inc({ method: label, code: String(code) });
+          if (code === 'INTERNAL') options.logger.error({ err: error, method: label }, 'gRPC handler failed');
+          return grpcError;
+        };
+        if (method.responseStream) {
+          // No duration: a stream lasts as long as its client wants, which would drown the latency figures.
+          const stream = handler as unknown as StreamHandler;
+          implementation[methodName] = (call: ServerWritableStream<unknown, unknown>) => {
+            this.serveStream(call, stream, method.path).then(
+              () => requests.inc({ method: label, code: 'OK' }),
+              (error: unknown) => {
+                if (!call.cancelled) call.emit('error', failed(error));
+              },
+            );
+          };
+          continue;
+        }
+        const unary = handler as unknown as UnaryHandler;
         implementation[methodName] = (
           call: ServerUnaryCall<unknown, unknown>,
           callback: sendUnaryData<unknown>,
         ) => {
           const stop = duration.startTimer({ method: label });
-          handler(call.request, { metadata: call.metadata, path: method.path }).then(
+          unary(call.request, { metadata: call.metadata, path: method.path }).then(
             (response) => {
               stop();
               requests.inc({ method: label, code: 'OK' });
@@ -93,12 +123,7 @@ export class GrpcServer {
             },
             (error: unknown) => {
               stop();
-              const grpcError = toGrpcError(error);
-              const code = grpcError.metadata?.get('pushd-error-code')[0];
-              requests.inc({ method: label, code: String(code) });
-              if (code === 'INTERNAL')
-                options.logger.error({ err: error, method: label }, 'gRPC handler failed');
-              callback(grpcError);
+              callback(failed(error));
             },
           );
         };
@@ -117,6 +142,41 @@ export class GrpcServer {
 
   get port(): number {
     return this.boundPort;
+  }
+
+  /**
+   * Writes the handler's responses as they come, waiting for the client to take them (a slow console must
+   * not grow the server's memory), and ends the call when the handler's iterable ends. A client cancel
+   * aborts the handler's signal and stops the iteration; so does the server stopping.
+   */
+  private async serveStream(
+    call: ServerWritableStream<unknown, unknown>,
+    handler: StreamHandler,
+    path: string,
+  ): Promise<void> {
+    const controller = new AbortController();
+    const abort = () => controller.abort();
+    call.once('cancelled', abort);
+    this.streams.add(controller);
+    try {
+      for await (const response of handler(call.request, {
+        metadata: call.metadata,
+        path,
+        signal: controller.signal,
+      })) {
+        if (controller.signal.aborted) break;
+        if (!call.write(response)) {
+          await Promise.race([once(call, 'drain'), once(controller.signal, 'abort')]);
+        }
+      }
+      if (call.cancelled) return;
+      // Aborted without a cancel: the server is stopping, and the client should follow elsewhere.
+      if (controller.signal.aborted) throw new PushdError('UNAVAILABLE', 'server stopping; call again');
+      call.end();
+    } finally {
+      this.streams.delete(controller);
+      call.off('cancelled', abort);
+    }
   }
 
   async start(): Promise<void> {
@@ -139,6 +199,7 @@ export class GrpcServer {
   /** Reports NOT_SERVING, lets in-flight calls finish for up to graceMs, then forces the rest closed. */
   async stop(graceMs = 5_000): Promise<void> {
     this.setServing(false);
+    for (const stream of this.streams) stream.abort();
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         this.server.forceShutdown();
@@ -151,3 +212,6 @@ export class GrpcServer {
     });
   }
 }
+
+type UnaryHandler = (request: unknown, context: CallContext) => Promise<unknown>;
+type StreamHandler = (request: unknown, context: StreamCallContext) => AsyncIterable<unknown>;

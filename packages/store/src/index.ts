@@ -61,7 +61,23 @@ export { RedisRouteStore, type RedisRouteStoreOptions } from './route-store-redi
 export { MAX_CLAIM, type ScheduleEntry, type ScheduleStore } from './schedule-store.js';
 export { MemoryScheduleStore } from './schedule-store-memory.js';
 export { RedisScheduleStore, type RedisScheduleStoreOptions } from './schedule-store-redis.js';
-export { DEFAULT_DEDUP_TTL_MS, type PushCounts, type StatsStore } from './stats-store.js';
+export {
+  APP_DAYS_KEPT,
+  type AppDay,
+  DEFAULT_DEDUP_TTL_MS,
+  FUNNEL_STAGES,
+  type FunnelAdd,
+  type FunnelDevice,
+  type FunnelStage,
+  latencyBucket,
+  latencyBucketUpperMs,
+  latencyPercentile,
+  MAX_LATENCY_BUCKET,
+  type PushCounts,
+  type PushFunnel,
+  type StageCounts,
+  type StatsStore,
+} from './stats-store.js';
 export { MemoryStatsStore, type MemoryStatsStoreOptions } from './stats-store-memory.js';
 export { RedisStatsStore, type RedisStatsStoreOptions } from './stats-store-redis.js';
 export {

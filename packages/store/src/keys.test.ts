@@ -41,6 +41,8 @@ describe('RedisKeys', () => {
       keys.pushIndex(1),
       keys.pushRetention(1),
       keys.idempotency(1, 'k}{:1'),
+      keys.statsDay(1, 20_000),
+      keys.statsDayCarried(1, 20_000),
     ];
     expect(new Set(app.map(hashTag))).toEqual(new Set(['a:1']));
     const push = [
@@ -48,6 +50,7 @@ describe('RedisKeys', () => {
       keys.pushCounts(1, '9'),
       keys.pushSent(1, '9'),
       keys.pushArrived(1, '9'),
+      keys.pushClicked(1, '9'),
     ];
     expect(new Set(push.map(hashTag))).toEqual(new Set(['p:1:9']));
     expect(new Set([keys.scheduleDue(7), keys.scheduleByPush(7)].map(hashTag))).toEqual(new Set(['s:7']));

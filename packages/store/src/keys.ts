@@ -22,6 +22,8 @@ import { ConfigError, invalidArgument } from '@pushd/common';
  * | P:{a:a}:bcast:exp                | zset   | score expiry, member the 8-byte msg id of a bcast entry   | dispatch |
  * | P:{a:a}:bcast:head               | string | highest msg id ever appended to the broadcast log         | dispatch |
  * | P:{a:a}:bcast:gate               | string | '1' while a broadcast to all devices holds the rate gate  | dispatch |
+ * | P:{a:a}:stats:d:<UTC day number> | hash   | p pushes, s sent, a arrived, c clicked that day; 31 days  | stats    |
+ * | P:{a:a}:stats:dc:<UTC day number>| hash   | <stage><push id> -> that push's count carried into the day| stats    |
  * | P:{a:a}:pushes                   | zset   | all score 0, member `<created ms, 15 digits>:<id length,  | dispatch |
  * |                                  |        | 3 digits>:<push id>`: the app's pushes by creation time   |          |
  * | P:{a:a}:pushes:ret               | zset   | same members, score the push's retention deadline (ms)    | dispatch |
@@ -39,8 +41,10 @@ import { ConfigError, invalidArgument } from '@pushd/common';
  * | P:{p:a:enc(id)}:push             | hash   | r PushRecord bytes, s status, n target, m msg id, o       | dispatch |
  * |                                  |        | occurrences, f failure, t created ms, x firing occurrence,|          |
  * |                                  |        | c command bytes, q command plan (push-store-redis.ts)     |          |
- * | P:{p:a:enc(id)}:counts           | hash   | s sent, a arrived                                         | stats    |
+ * | P:{p:a:enc(id)}:counts           | hash   | s sent, a arrived, c clicked; <stage><platform number>,   | stats    |
+ * |                                  |        | l<latency bucket>, d<day>:<stage> (stats-store-redis.ts)  |          |
  * | P:{p:a:enc(id)}:sent / :arrived  | set    | tokens already counted (dedup), with a TTL                | stats    |
+ * |   / :clicked                     |        |                                                           |          |
  * | P:{s:n}:sched                    | zset   | push-log partition n's schedule: score due ms (fire time  | dispatch |
  * |                                  |        | or lease end), member `a:enc(id):<occurrence>:<fire ms>`  |          |
  * | P:{s:n}:sched:lex                | zset   | same members, score 0 (the entries of a push, by prefix)  | dispatch |
@@ -200,6 +204,20 @@ export class RedisKeys {
 
   pushArrived(accessId: number, pushId: string): string {
     return `${this.pushTag(accessId, pushId)}:arrived`;
+  }
+
+  pushClicked(accessId: number, pushId: string): string {
+    return `${this.pushTag(accessId, pushId)}:clicked`;
+  }
+
+  /** An app's funnel figures of one UTC day (`day`: days since the epoch). */
+  statsDay(accessId: number, day: number): string {
+    return `${this.appTag(accessId)}:stats:d:${id(day, 'day')}`;
+  }
+
+  /** What each push has carried into statsDay, in the same slot so that one script updates both. */
+  statsDayCarried(accessId: number, day: number): string {
+    return `${this.appTag(accessId)}:stats:dc:${id(day, 'day')}`;
   }
 
   /** The app's pushes by creation time (ListPushes). */

@@ -192,9 +192,11 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
       bus,
       registry: registryClient,
       dispatch: dispatchClient,
+      tag: tagClient,
       clusterToken,
       metrics: serviceRegistry('stats'),
       logger: logger.child({ service: 'stats' }),
+      clock,
     });
     const stats = await serveGrpc(
       'stats',

@@ -947,7 +947,11 @@ describe('Gateway delivery', () => {
     raw.send({ id: 0, body: { $case: 'click', value: { msgId: first.msgId } } });
     await raw.roundTrip();
     await waitFor(() => events.length >= 4, 'two arrivals and two clicks');
-    const device = { accessId: system.app.accessId, token: registered.token, platform: Platform.PLATFORM_IOS };
+    const device = {
+      accessId: system.app.accessId,
+      token: registered.token,
+      platform: Platform.PLATFORM_IOS,
+    };
     expect(events.filter((e) => e.type === EventType.EVENT_TYPE_ARRIVED)).toMatchObject([
       { ...device, msgId: first.msgId, pushId: first.pushId, sentAtMs: sentAtMs[0] },
       { ...device, msgId: second.msgId, pushId: second.pushId, sentAtMs: sentAtMs[1] },

@@ -21,6 +21,7 @@ import {
 } from '@pushd/common';
 import {
   BroadcastDelivery,
+  type Click,
   type ClientFrame,
   type Device,
   DeviceTagsChanged,
@@ -34,6 +35,7 @@ import {
   type FrameEncoding,
   forPlatform,
   MAX_ACK_IDS,
+  MAX_CLICK_PUSH_ID_CHARS,
   NodeDelivery,
   Platform,
   type PushMessage,
@@ -427,7 +429,9 @@ export class Gateway {
       const fresh = messages.filter((message) => message.msgId > session.lastDeliveredMsgId);
       // Dispatch reset the count when it answered, so this frame is the device's only chance to learn of
       // it: sent even without messages (the app then knows to resync with its server).
-      if (fresh.length > 0 || dropped > 0) this.deliver(session, fresh, 'pending', dropped);
+      if ((fresh.length > 0 || dropped > 0) && this.deliver(session, fresh, 'pending', dropped)) {
+        for (const message of fresh) this.countSent(session, message);
+      }
       session.chainMsgId = Math.max(session.chainMsgId, lastMsgId);
       session.broadcastChainId = Math.max(session.broadcastChainId, lastBroadcastId);
       const buffered = session.buffered ?? [];
@@ -473,6 +477,9 @@ export class Gateway {
       case 'updateTags':
       case 'reportLocation':
         this.onTagFrame(session, frame.id, body);
+        return;
+      case 'click':
+        this.onClick(session, frame.id, body.value);
         return;
     }
   }
@@ -679,7 +686,7 @@ export class Gateway {
     }
     const now = this.clock.now();
     for (const msgId of msgIds) {
-      const pushId = session.unacked?.get(msgId) ?? '';
+      const message = session.unacked?.get(msgId);
       session.unacked?.delete(msgId);
       this.events.add(
         Event.create({
@@ -688,12 +695,60 @@ export class Gateway {
           token: session.token,
           platform: session.platform,
           msgId,
-          pushId,
+          pushId: message?.pushId ?? '',
           atMs: now,
+          sentAtMs: message !== undefined && message.sentAtMs > 0 ? message.sentAtMs : undefined,
         }),
       );
     }
     if (session.unacked?.size === 0) session.unacked = undefined;
+  }
+
+  /**
+   * A click: batched as a CLICKED event like acks (no reply). Its push is the one the device names, or
+   * that of the message if it was delivered here and not yet acknowledged; a click whose push is unknown
+   * cannot be counted and is dropped. Stats counts a device once per push, and only for a push of its app.
+   */
+  private onClick(session: Session, requestId: number, click: Click): void {
+    if (session.state === 'registering' || session.token === '') {
+      this.closeWith(session, new PushdError('PROTOCOL_VIOLATION', 'click before registering'), requestId);
+      return;
+    }
+    if (!Number.isSafeInteger(click.msgId) || click.msgId <= 0) {
+      this.closeWith(
+        session,
+        new PushdError('FRAME_MALFORMED', 'malformed frame: click msg_id must be a positive integer'),
+        requestId,
+      );
+      return;
+    }
+    if (click.pushId !== undefined && click.pushId.length > MAX_CLICK_PUSH_ID_CHARS) {
+      this.closeWith(
+        session,
+        new PushdError(
+          'FRAME_MALFORMED',
+          `malformed frame: click push_id may have at most ${MAX_CLICK_PUSH_ID_CHARS} characters`,
+        ),
+        requestId,
+      );
+      return;
+    }
+    const pushId = click.pushId || session.unacked?.get(click.msgId)?.pushId || '';
+    if (pushId === '') {
+      this.options.metrics.clicksUnattributed.inc();
+      return;
+    }
+    this.events.add(
+      Event.create({
+        type: EventType.EVENT_TYPE_CLICKED,
+        accessId: session.accessId,
+        token: session.token,
+        platform: session.platform,
+        msgId: click.msgId,
+        pushId,
+        atMs: this.clock.now(),
+      }),
+    );
   }
 
   // ---- messages from dispatch ------------------------------------------------------------------------
@@ -794,8 +849,7 @@ export class Gateway {
       }
       session.broadcastChainId = message.msgId;
       if (!live.broadcastMatch || message.msgId <= session.lastDeliveredMsgId) return;
-      this.deliver(session, [message], 'live');
-      this.countBroadcastSent(session, message);
+      if (this.deliver(session, [message], 'live')) this.countSent(session, message);
       return;
     }
     if (message.msgId <= session.chainMsgId || message.msgId <= session.lastDeliveredMsgId) {
@@ -829,8 +883,12 @@ export class Gateway {
     });
   }
 
-  /** Broadcasts are counted as sent where they reach a connection (dispatch does not know who gets them). */
-  private countBroadcastSent(session: Session, message: PushMessage): void {
+  /**
+   * Broadcasts are counted as sent where they reach a connection (dispatch does not know who gets them),
+   * and so is every message a device gets when it comes back: a broadcast from the log is indistinguishable
+   * there, and a targeted one dispatch counted already counts once anyway.
+   */
+  private countSent(session: Session, message: PushMessage): void {
     this.events.add(
       Event.create({
         type: EventType.EVENT_TYPE_SENT,
@@ -848,7 +906,12 @@ export class Gateway {
    * Writes one Deliver frame: each message as the session's platform receives it (forPlatform), and the
    * count of messages the device will never get, when there is one.
    */
-  private deliver(session: Session, messages: PushMessage[], source: 'live' | 'pending', dropped = 0): void {
+  private deliver(
+    session: Session,
+    messages: PushMessage[],
+    source: 'live' | 'pending',
+    dropped = 0,
+  ): boolean {
     const data =
       source === 'live' && messages.length === 1 && dropped === 0
         ? this.liveFrame(messages[0] as PushMessage, session.platform).get(session.encoding)
@@ -865,11 +928,11 @@ export class Gateway {
             },
             session.encoding,
           );
-    if (!this.write(session, data, 'deliver')) return;
+    if (!this.write(session, data, 'deliver')) return false;
     const now = this.clock.now();
     session.unacked ??= new Map();
     for (const message of messages) {
-      session.unacked.set(message.msgId, message.pushId);
+      session.unacked.set(message.msgId, message);
       session.lastDeliveredMsgId = Math.max(session.lastDeliveredMsgId, message.msgId);
       session.chainMsgId = Math.max(session.chainMsgId, message.msgId);
       this.options.metrics.deliveryLatency.observe({ source }, Math.max(0, now - message.sentAtMs) / 1000);
@@ -881,6 +944,7 @@ export class Gateway {
       session.unacked.delete(oldest);
     }
     this.options.metrics.messagesDelivered.inc({ source }, messages.length);
+    return true;
   }
 
   /** The shared frame of a live message for a platform (see liveFrames). */

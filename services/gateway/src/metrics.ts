@@ -10,6 +10,7 @@ export interface GatewayMetrics {
   bytesOut: Counter;
   messagesDelivered: Counter<'source'>;
   duplicatesDropped: Counter;
+  clicksUnattributed: Counter;
   gapRefetches: Counter;
   broadcastsReceived: Counter;
   tagReloads: Counter;
@@ -72,6 +73,11 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     duplicatesDropped: new Counter({
       name: 'gateway_duplicates_dropped_total',
       help: 'Live messages not written because the session had already delivered them.',
+      registers,
+    }),
+    clicksUnattributed: new Counter({
+      name: 'gateway_clicks_unattributed_total',
+      help: 'Click frames dropped uncounted: no push_id, and no unacknowledged message of that msg_id on the connection.',
       registers,
     }),
     broadcastsReceived: new Counter({

@@ -52,8 +52,13 @@ export class Session {
   catchingUp = false;
   /** Live messages received while syncing; delivered in order once the window was fetched. */
   buffered: LiveMessage[] | undefined;
-  /** msg_id -> push_id of messages delivered and not yet acknowledged (for arrival events). */
-  unacked: Map<number, string> | undefined;
+  /**
+   * Messages delivered and not yet acknowledged, by msg_id: their push and send time go into arrival
+   * events (and name the push of a click that does not). The message itself, not a copy of those two
+   * fields: a live message is one object shared by every session it reaches, so this allocates nothing
+   * per device.
+   */
+  unacked: Map<number, PushMessage> | undefined;
   /** The device sent Unregister and the registry call is in flight. */
   unregistering = false;
   /** Start of the current rate window of UpdateTags / ReportLocation frames, and how many came in it. */

@@ -8,4 +8,6 @@ export const statsEnv = z.object({
   REGISTRY_ADDR: z.string().min(1).default('127.0.0.1:50051'),
   /** host:port (or a gRPC target) of the dispatch service. */
   DISPATCH_ADDR: z.string().min(1).default('127.0.0.1:50053'),
+  /** host:port (or a gRPC target) of the tag service (online devices of GetAppStats). */
+  TAG_ADDR: z.string().min(1).default('127.0.0.1:50052'),
 });

@@ -1,24 +1,33 @@
 import { MemoryBus, streams, subjects } from '@pushd/bus';
-import { silentLogger } from '@pushd/common';
-import { createDispatchMetrics, DispatchService, PushApplier } from '@pushd/dispatch';
+import { ManualClock, PushdError, silentLogger } from '@pushd/common';
 import {
-  DispatchServiceService,
+  type DispatchServiceService,
   type Event,
   EventBatch,
   EventType,
-  MessageType,
   Platform,
+  PushRecord,
   RegistryServiceService,
+  StatsServiceService,
+  type TagServiceService,
 } from '@pushd/proto';
 import { RegistryService } from '@pushd/registry';
-import { basicAuthorization, bearerAuthorization, callContext, inProcessClient } from '@pushd/rpc';
-import { createMemoryStores } from '@pushd/store';
+import {
+  basicAuthorization,
+  bearerAuthorization,
+  callContext,
+  inProcessClient,
+  type PromiseClient,
+} from '@pushd/rpc';
+import { createMemoryStores, DAY_MS, dayOf, latencyBucket, latencyBucketUpperMs } from '@pushd/store';
 import { waitFor } from '@pushd/testkit';
-import { Registry } from 'prom-client';
+import { type MetricValue, Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { StatsService } from './stats-service.js';
 
 const CLUSTER_TOKEN = 'stats-unit-test-cluster-token';
+const NOW = Date.UTC(2026, 4, 20, 12);
+const TODAY = '2026-05-20';
 
 const cluster = () => callContext(bearerAuthorization(CLUSTER_TOKEN));
 
@@ -27,9 +36,15 @@ afterEach(async () => {
   for (const stop of stopAfterTest.splice(0)) await stop();
 });
 
-async function setup() {
-  const stores = createMemoryStores();
-  const bus = new MemoryBus({ streams: [streams.events, streams.pushes] });
+interface SetupOptions {
+  /** Calls of dispatch GetPush fail with UNAVAILABLE while this returns true. */
+  dispatchDown?: () => boolean;
+}
+
+async function setup(options: SetupOptions = {}) {
+  const clock = new ManualClock(NOW);
+  const stores = createMemoryStores({ clock });
+  const bus = new MemoryBus({ streams: [streams.events] });
   const bearer = bearerAuthorization(CLUSTER_TOKEN);
   const registry = new RegistryService({
     apps: stores.apps,
@@ -39,55 +54,75 @@ async function setup() {
     logger: silentLogger(),
   }).handlers();
   const registryClient = inProcessClient(RegistryServiceService, registry, bearer);
-  const dispatchMetrics = createDispatchMetrics(new Registry());
-  const dispatch = new DispatchService({
-    pushes: stores.pushes,
-    inboxes: stores.inboxes,
-    broadcasts: stores.broadcasts,
-    audience: stores.audience,
-    tags: stores.tags,
-    bus,
-    registry: registryClient,
-    clusterToken: CLUSTER_TOKEN,
-    metrics: dispatchMetrics,
-    logger: silentLogger(),
-  }).handlers();
-  const applier = new PushApplier({
-    pushes: stores.pushes,
-    inboxes: stores.inboxes,
-    routes: stores.routes,
-    broadcasts: stores.broadcasts,
-    bus,
-    metrics: dispatchMetrics,
-    logger: silentLogger(),
-  });
-  applier.start();
-  stopAfterTest.push(() => applier.stop());
+
+  // Dispatch as the stats service sees it: push records to read. Pushes are made by `sendPush` below.
+  const pushes = new Map<string, PushRecord>();
+  let getPushCalls = 0;
+  const dispatch = {
+    getPush: async ({ accessId, pushId }: { accessId: number; pushId: string }) => {
+      getPushCalls++;
+      if (options.dispatchDown?.()) throw new PushdError('UNAVAILABLE', 'dispatch is down');
+      const push = pushes.get(`${accessId}:${pushId}`);
+      if (!push) throw new PushdError('PUSH_NOT_FOUND', `no push has id "${pushId}"`);
+      return { push };
+    },
+  } as unknown as PromiseClient<typeof DispatchServiceService>;
+  // The tag service's online counts: what the audience index would say.
+  const online = new Map<number, { android: number; ios: number }>();
+  const tag = {
+    countAudience: async ({ accessId, platform }: { accessId: number; platform: Platform }) => {
+      const { android, ios } = online.get(accessId) ?? { android: 0, ios: 0 };
+      const count =
+        platform === Platform.PLATFORM_ANDROID
+          ? android
+          : platform === Platform.PLATFORM_IOS
+            ? ios
+            : android + ios;
+      return { matched: 0, online: count };
+    },
+  } as unknown as PromiseClient<typeof TagServiceService>;
+
   const metrics = new Registry();
   const service = new StatsService({
     stats: stores.stats,
     bus,
-    registry: inProcessClient(RegistryServiceService, registry, bearer),
-    dispatch: inProcessClient(DispatchServiceService, dispatch, bearer),
+    registry: registryClient,
+    dispatch,
+    tag,
     clusterToken: CLUSTER_TOKEN,
     metrics,
     logger: silentLogger(),
+    clock,
+    watchIntervalMs: 200,
+    watchPollMs: 1_000,
+    redeliverAfterMs: 100,
   });
+  service.startConsuming();
   stopAfterTest.push(() => service.stop());
   const h = service.handlers();
 
-  const createApp = async (name = 'demo') => {
+  let apps = 0;
+  const createApp = async (name = `app${++apps}`) => {
     const created = await registry.createApp({ name }, cluster());
     const accessId = created.app?.accessId ?? 0;
-    const auth = () => callContext(basicAuthorization(accessId, created.secretKey));
+    const credentials = basicAuthorization(accessId, created.secretKey);
+    const auth = () => callContext(credentials);
+    const client = inProcessClient(StatsServiceService, h, credentials);
+    let pushCount = 0;
+    /** A push record as dispatch keeps it; returns its id. */
+    const sendPush = (target: number) => {
+      const pushId = String(++pushCount);
+      pushes.set(`${accessId}:${pushId}`, PushRecord.fromPartial({ accessId, pushId, target }));
+      return pushId;
+    };
     let devices = 0;
-    const register = async () => {
+    const register = async (platform = Platform.PLATFORM_ANDROID) => {
       const registered = await registry.registerDevice(
         {
           accessId,
           accessKey: created.accessKey,
           deviceId: `device_${accessId}_${String(++devices).padStart(8, '0')}`,
-          platform: Platform.PLATFORM_ANDROID,
+          platform,
           appVersion: '',
           osVersion: '',
           locale: '',
@@ -97,26 +132,13 @@ async function setup() {
       );
       return registered.device?.token ?? '';
     };
-    const push = (token: string) =>
-      dispatch.push(
-        {
-          accessId: 0,
-          audience: { target: { $case: 'token', value: token } },
-          message: { type: MessageType.MESSAGE_TYPE_NOTIFY, title: '', content: 'hi', customContent: {} },
-          platform: Platform.PLATFORM_UNSPECIFIED,
-        },
-        auth(),
-      );
     const stats = async (pushId: string) => (await h.getPushStats({ accessId: 0, pushId }, auth())).stats;
-    return { accessId, auth, register, push, stats };
+    return { accessId, auth, client, sendPush, register, stats };
   };
 
   /** Events folded so far, by type (the service's own counter). */
-  const applied = async (type: 'sent' | 'arrived') => {
-    const metric = metrics.getSingleMetric('stats_events_applied_total');
-    const values = (await metric?.get())?.values ?? [];
-    return values.find((v) => v.labels.type === type)?.value ?? 0;
-  };
+  const applied = async (type: 'sent' | 'arrived' | 'clicked') =>
+    metricValue(metrics, 'stats_events_applied_total', { type });
 
   const publish = (source: 'gateway' | 'dispatch', events: Partial<Event>[]) =>
     bus.publishDurable(
@@ -129,127 +151,379 @@ async function setup() {
           msgId: 0,
           token: '',
           platform: Platform.PLATFORM_ANDROID,
-          atMs: 0,
+          atMs: clock.now(),
           tokens: [],
           ...e,
         })),
       }).finish(),
     );
 
-  return { stores, bus, service, h, createApp, applied, publish };
+  return {
+    stores,
+    clock,
+    metrics,
+    h,
+    createApp,
+    applied,
+    publish,
+    online,
+    getPushCalls: () => getPushCalls,
+  };
 }
 
-describe('StatsService', () => {
-  it('counts a push as sent from the SENT event dispatch publishes, and arrivals from ARRIVED events', async () => {
-    const { service, createApp, applied, publish } = await setup();
-    service.startConsuming();
-    const app = await createApp();
-    const token = await app.register();
-    const { pushId, msgId } = await app.push(token);
-    await waitFor(async () => (await app.stats(pushId))?.sent === 1, 'sent to be counted');
-    expect(await app.stats(pushId)).toEqual({ pushId, sent: 1, arrived: 0 });
+async function metricValue(metrics: Registry, name: string, labels: Record<string, string> = {}) {
+  const values = (await metrics.getSingleMetric(name)?.get())?.values ?? [];
+  return values
+    .filter((v) => Object.entries(labels).every(([key, value]) => v.labels[key] === value))
+    .reduce((sum, v) => sum + v.value, 0);
+}
 
-    await publish('gateway', [
-      { type: EventType.EVENT_TYPE_ARRIVED, accessId: app.accessId, pushId, msgId, token },
+const { EVENT_TYPE_SENT: SENT, EVENT_TYPE_ARRIVED: ARRIVED, EVENT_TYPE_CLICKED: CLICKED } = EventType;
+const { PLATFORM_ANDROID: ANDROID, PLATFORM_IOS: IOS } = Platform;
+
+describe('StatsService', () => {
+  it("gives a push's funnel: target, sent, arrived, clicked, conversion, per platform, arrival percentiles", async () => {
+    const { createApp, applied, publish, clock, metrics } = await setup();
+    const app = await createApp();
+    const pushId = app.sendPush(6);
+    const a = { accessId: app.accessId, pushId };
+    const sentAtMs = clock.now() - 10_000;
+    // Dispatch: one SENT per platform; a gateway: a broadcast delivery of another device, counted there.
+    await publish('dispatch', [
+      { ...a, type: SENT, platform: ANDROID, tokens: ['t1', 't2', 't3', 't4'] },
+      { ...a, type: SENT, platform: IOS, tokens: ['t5'] },
     ]);
-    await waitFor(async () => (await app.stats(pushId))?.arrived === 1, 'arrival to be counted');
-    expect(await app.stats(pushId)).toEqual({ pushId, sent: 1, arrived: 1 });
-    expect(await applied('sent')).toBe(1);
+    await publish('gateway', [
+      { ...a, type: SENT, platform: IOS, tokens: ['t6'] },
+      // Acks 300 ms, 2 s and 8 s after the message was sent; t1 acks twice (a redelivery).
+      { ...a, type: ARRIVED, token: 't1', sentAtMs, atMs: sentAtMs + 300 },
+      { ...a, type: ARRIVED, token: 't2', sentAtMs, atMs: sentAtMs + 2_000 },
+      { ...a, type: ARRIVED, token: 't5', platform: IOS, sentAtMs, atMs: sentAtMs + 8_000 },
+      { ...a, type: ARRIVED, token: 't1', sentAtMs, atMs: sentAtMs + 9_000 },
+      // Clicks: t1 twice, and t3, whose ack was lost (it counts: the device got it).
+      { ...a, type: CLICKED, token: 't1' },
+      { ...a, type: CLICKED, token: 't3' },
+      { ...a, type: CLICKED, token: 't1' },
+    ]);
+    await waitFor(async () => (await applied('clicked')) === 3, 'the clicks');
+    const stats = await app.stats(pushId);
+    expect(stats).toEqual({
+      pushId,
+      target: 6,
+      sent: 6,
+      arrived: 3,
+      clicked: 2,
+      conversion: 2 / 3,
+      platforms: [
+        { platform: ANDROID, sent: 4, arrived: 2, clicked: 2 },
+        { platform: IOS, sent: 2, arrived: 1, clicked: 0 },
+      ],
+      arrivalLatency: {
+        count: 3,
+        p50Ms: latencyBucketUpperMs(latencyBucket(2_000)),
+        p90Ms: latencyBucketUpperMs(latencyBucket(8_000)),
+        p99Ms: latencyBucketUpperMs(latencyBucket(8_000)),
+      },
+    });
+    expect(await metricValue(metrics, 'stats_devices_counted_total')).toBe(6 + 3 + 2);
+    expect(await metricValue(metrics, 'stats_events_applied_total')).toBe(3 + 4 + 3);
+    // The lag of each event folded (now - at_ms): the acks' at_ms are up to 9.7 s ago.
+    const lag = ((await metrics.getSingleMetric('stats_event_lag_seconds')?.get())?.values ??
+      []) as (MetricValue<string> & { metricName?: string })[];
+    const count = lag.filter((v) => v.metricName === 'stats_event_lag_seconds_count');
+    expect(count.reduce((sum, v) => sum + v.value, 0)).toBe(10);
+    const sum = lag.filter((v) => v.metricName === 'stats_event_lag_seconds_sum');
+    expect(sum.find((v) => v.labels.type === 'arrived')?.value).toBeCloseTo(9.7 + 8 + 2 + 1, 5);
   });
 
   it('folds batches of many events, counting each device once per push however often it is reported', async () => {
-    const { service, createApp, applied, publish, stores } = await setup();
-    service.startConsuming();
+    const { createApp, applied, publish, stores } = await setup();
     const app = await createApp();
-    const first = await app.register();
-    const { pushId } = await app.push(first);
-    const other = await app.push(first);
-    await waitFor(async () => (await applied('sent')) === 2, 'the two SENT events');
-
-    // A SENT event for more devices (the first is already counted), then arrivals in one batch with a
-    // duplicate, an event of another push and events without a push id (not countable).
+    const pushId = app.sendPush(3);
+    const other = app.sendPush(1);
+    const a = { accessId: app.accessId };
     await publish('dispatch', [
-      { type: EventType.EVENT_TYPE_SENT, accessId: app.accessId, pushId, tokens: [first, 't2', 't3'] },
-      { type: EventType.EVENT_TYPE_SENT, accessId: app.accessId, pushId: '', tokens: ['t4'] },
+      { ...a, pushId, type: SENT, tokens: ['t1', 't2', 't3'] },
+      { ...a, pushId: other, type: SENT, tokens: ['t1'] },
+      // Without a push id: not countable.
+      { ...a, pushId: '', type: SENT, tokens: ['t4'] },
     ]);
     await publish('gateway', [
-      { type: EventType.EVENT_TYPE_ARRIVED, accessId: app.accessId, pushId, token: first },
-      { type: EventType.EVENT_TYPE_ARRIVED, accessId: app.accessId, pushId, token: 't2' },
-      { type: EventType.EVENT_TYPE_ARRIVED, accessId: app.accessId, pushId, token: first },
-      { type: EventType.EVENT_TYPE_ARRIVED, accessId: app.accessId, pushId: other.pushId, token: first },
-      { type: EventType.EVENT_TYPE_ARRIVED, accessId: app.accessId, pushId: '', token: 't3' },
-      { type: EventType.EVENT_TYPE_UNREGISTERED, accessId: app.accessId, token: 't3' },
+      { ...a, pushId, type: ARRIVED, token: 't1' },
+      { ...a, pushId, type: ARRIVED, token: 't2' },
+      { ...a, pushId, type: ARRIVED, token: 't1' },
+      { ...a, pushId: other, type: ARRIVED, token: 't1' },
+      { ...a, pushId: '', type: ARRIVED, token: 't3' },
+      { ...a, type: EventType.EVENT_TYPE_UNREGISTERED, token: 't3' },
     ]);
-    await waitFor(async () => (await applied('arrived')) === 4, 'the four countable arrivals');
-    expect(await app.stats(pushId)).toEqual({ pushId, sent: 3, arrived: 2 });
-    expect(await app.stats(other.pushId)).toEqual({ pushId: other.pushId, sent: 1, arrived: 1 });
-    // Events without a push id count nowhere.
-    expect(await stores.stats.get(app.accessId, '')).toEqual({ sent: 0, arrived: 0 });
+    await waitFor(async () => (await applied('arrived')) === 5, 'the arrivals');
+    expect(await app.stats(pushId)).toMatchObject({ sent: 3, arrived: 2, clicked: 0, conversion: 0 });
+    expect(await app.stats(other)).toMatchObject({ sent: 1, arrived: 1 });
+    expect(await stores.stats.getFunnel(app.accessId, '')).toMatchObject({ sent: 0, arrived: 0 });
 
-    // A duplicate ARRIVED in a later batch (a device acking a redelivery, or the stream redelivering).
-    await publish('gateway', [
-      { type: EventType.EVENT_TYPE_ARRIVED, accessId: app.accessId, pushId, token: 't2' },
-    ]);
-    await waitFor(async () => (await applied('arrived')) === 5, 'the duplicate arrival to be applied');
-    expect(await app.stats(pushId)).toEqual({ pushId, sent: 3, arrived: 2 });
-
-    // A replayed SENT batch does not count the devices again either.
-    await publish('dispatch', [
-      { type: EventType.EVENT_TYPE_SENT, accessId: app.accessId, pushId, tokens: [first, 't2', 't3'] },
-    ]);
-    await waitFor(async () => (await applied('sent')) === 4, 'the replayed SENT event');
-    expect(await app.stats(pushId)).toEqual({ pushId, sent: 3, arrived: 2 });
+    // A duplicate ARRIVED in a later batch (a device acking a redelivery, or the stream redelivering), and
+    // a replayed SENT batch: nothing changes.
+    await publish('gateway', [{ ...a, pushId, type: ARRIVED, token: 't2' }]);
+    await publish('dispatch', [{ ...a, pushId, type: SENT, tokens: ['t1', 't2', 't3'] }]);
+    await waitFor(async () => (await applied('sent')) === 4, 'the replays');
+    expect(await app.stats(pushId)).toMatchObject({ sent: 3, arrived: 2 });
   });
 
   it('keeps the counts of apps apart even for the same push id', async () => {
-    const { service, createApp, applied, publish } = await setup();
-    service.startConsuming();
-    const a = await createApp('a');
-    const b = await createApp('b');
-    const pa = await a.push(await a.register());
-    const pb = await b.push(await b.register());
+    const { createApp, applied, publish } = await setup();
+    const a = await createApp();
+    const b = await createApp();
+    const pa = a.sendPush(1);
+    const pb = b.sendPush(1);
     // Push ids are per app: both apps' first push is '1'.
-    expect(pa.pushId).toBe(pb.pushId);
-    await waitFor(async () => (await applied('sent')) === 2, 'both SENT events');
-    await publish('gateway', [
-      { type: EventType.EVENT_TYPE_ARRIVED, accessId: a.accessId, pushId: pa.pushId, token: 'x' },
+    expect(pa).toBe(pb);
+    await publish('dispatch', [
+      { accessId: a.accessId, pushId: pa, type: SENT, tokens: ['x'] },
+      { accessId: b.accessId, pushId: pb, type: SENT, tokens: ['x'] },
     ]);
+    await publish('gateway', [{ accessId: a.accessId, pushId: pa, type: ARRIVED, token: 'x' }]);
     await waitFor(async () => (await applied('arrived')) === 1, 'the arrival');
-    expect(await a.stats(pa.pushId)).toEqual({ pushId: pa.pushId, sent: 1, arrived: 1 });
-    expect(await b.stats(pb.pushId)).toEqual({ pushId: pb.pushId, sent: 1, arrived: 0 });
+    expect(await a.stats(pa)).toMatchObject({ sent: 1, arrived: 1 });
+    expect(await b.stats(pb)).toMatchObject({ sent: 1, arrived: 0 });
+  });
+
+  it('counts clicks only on pushes of the app, asking dispatch once per push, and retries while it is down', async () => {
+    let down = false;
+    const { createApp, applied, publish, stores, getPushCalls } = await setup({ dispatchDown: () => down });
+    const app = await createApp();
+    const other = await createApp();
+    const pushId = app.sendPush(2);
+    const a = { accessId: app.accessId, pushId };
+    // Clicks before any SENT of the push was folded: dispatch is asked whether the push exists.
+    await publish('gateway', [
+      { ...a, type: CLICKED, token: 't1' },
+      { ...a, type: CLICKED, token: 't2', platform: IOS },
+      // A device naming a push its app never sent, and another app's push id: not counted.
+      { ...a, pushId: '999', type: CLICKED, token: 't1' },
+      { accessId: other.accessId, pushId: '2', type: CLICKED, token: 't1' },
+    ]);
+    await waitFor(async () => (await applied('clicked')) === 4, 'the clicks');
+    expect(getPushCalls()).toBe(3);
+    expect(await app.stats(pushId)).toMatchObject({
+      clicked: 2,
+      platforms: [
+        { platform: ANDROID, sent: 0, arrived: 0, clicked: 1 },
+        { platform: IOS, sent: 0, arrived: 0, clicked: 1 },
+      ],
+    });
+    expect(await stores.stats.getFunnel(app.accessId, '999')).toMatchObject({ clicked: 0 });
+    expect(await stores.stats.getFunnel(other.accessId, '2')).toMatchObject({ clicked: 0 });
+    const asked = getPushCalls();
+
+    // Known now: more clicks on it need no lookup.
+    await publish('gateway', [{ ...a, type: CLICKED, token: 't3' }]);
+    await waitFor(async () => (await applied('clicked')) === 5, 'the next click');
+    expect(getPushCalls()).toBe(asked);
+
+    // A push dispatch cannot be asked about: the batch fails and comes again until it can.
+    const later = app.sendPush(1);
+    down = true;
+    await publish('gateway', [{ accessId: app.accessId, pushId: later, type: CLICKED, token: 't1' }]);
+    await waitFor(() => getPushCalls() >= asked + 3, 'a few attempts');
+    expect(await stores.stats.getFunnel(app.accessId, later)).toMatchObject({ clicked: 0 });
+    down = false;
+    await waitFor(async () => (await stores.stats.getFunnel(app.accessId, later)).clicked === 1, 'the retry');
   });
 
   it('answers PUSH_NOT_FOUND for a push the app never sent, even when events name it', async () => {
-    const { service, h, createApp, applied, publish } = await setup();
-    service.startConsuming();
-    const a = await createApp('a');
-    const b = await createApp('b');
-    const sent = await a.push(await a.register());
+    const { h, createApp, applied, publish } = await setup();
+    const a = await createApp();
+    const b = await createApp();
+    const sent = a.sendPush(1);
 
-    await publish('gateway', [
-      { type: EventType.EVENT_TYPE_ARRIVED, accessId: a.accessId, pushId: '999', token: 'x' },
-    ]);
+    await publish('gateway', [{ accessId: a.accessId, pushId: '999', type: ARRIVED, token: 'x' }]);
     await waitFor(async () => (await applied('arrived')) === 1, 'the stray arrival');
-    const missing = h.getPushStats({ accessId: 0, pushId: '999' }, a.auth());
-    await expect(missing).rejects.toMatchObject({ code: 'PUSH_NOT_FOUND' });
-
-    // Another app's push: not found from b, refused when b names a's access id.
-    await expect(h.getPushStats({ accessId: 0, pushId: sent.pushId }, b.auth())).rejects.toMatchObject({
+    await expect(h.getPushStats({ accessId: 0, pushId: '999' }, a.auth())).rejects.toMatchObject({
       code: 'PUSH_NOT_FOUND',
     });
-    await expect(
-      h.getPushStats({ accessId: a.accessId, pushId: sent.pushId }, b.auth()),
-    ).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+    // Another app's push: not found from b, refused when b names a's access id.
+    await expect(h.getPushStats({ accessId: 0, pushId: sent }, b.auth())).rejects.toMatchObject({
+      code: 'PUSH_NOT_FOUND',
+    });
+    await expect(h.getPushStats({ accessId: a.accessId, pushId: sent }, b.auth())).rejects.toMatchObject({
+      code: 'PERMISSION_DENIED',
+    });
     await expect(h.getPushStats({ accessId: 0, pushId: '' }, a.auth())).rejects.toMatchObject({
       code: 'INVALID_ARGUMENT',
       metadata: { field: 'push_id' },
     });
-    await expect(h.getPushStats({ accessId: 0, pushId: sent.pushId }, callContext())).rejects.toMatchObject({
+    await expect(h.getPushStats({ accessId: 0, pushId: sent }, callContext())).rejects.toMatchObject({
       code: 'UNAUTHENTICATED',
     });
     // The cluster token reads any app's push by access id.
-    await expect(
-      h.getPushStats({ accessId: a.accessId, pushId: sent.pushId }, cluster()),
-    ).resolves.toMatchObject({ stats: { pushId: sent.pushId } });
+    await expect(h.getPushStats({ accessId: a.accessId, pushId: sent }, cluster())).resolves.toMatchObject({
+      stats: { pushId: sent },
+    });
+  });
+});
+
+describe('StatsService.WatchPushStats', () => {
+  it('sends the figures, then each change no sooner than 200 ms after the last, until the client cancels', async () => {
+    const { createApp, publish, metrics } = await setup();
+    const app = await createApp();
+    const pushId = app.sendPush(50);
+    const received: { atMs: number; sent: number; arrived: number }[] = [];
+    const controller = new AbortController();
+    const watching = (async () => {
+      for await (const { stats } of app.client.watchPushStats({ accessId: 0, pushId }, controller)) {
+        received.push({ atMs: performance.now(), sent: stats?.sent ?? 0, arrived: stats?.arrived ?? 0 });
+      }
+    })();
+    await waitFor(() => received.length === 1, 'the first figures');
+    expect(received[0]).toMatchObject({ sent: 0, arrived: 0 });
+    expect(await metricValue(metrics, 'stats_watch_streams')).toBe(1);
+
+    // 25 batches of 2 devices every 20 ms: at most one response per 200 ms, each growing, ending at 50.
+    for (let i = 0; i < 25; i++) {
+      const tokens = [`t${2 * i}`, `t${2 * i + 1}`];
+      await publish('dispatch', [{ accessId: app.accessId, pushId, type: SENT, tokens }]);
+      await publish('gateway', [{ accessId: app.accessId, pushId, type: ARRIVED, token: tokens[0] }]);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    await waitFor(() => received.at(-1)?.sent === 50 && received.at(-1)?.arrived === 25, 'the last figures');
+    const count = received.length;
+    expect(count).toBeGreaterThanOrEqual(3);
+    for (let i = 1; i < count; i++) {
+      const [before, after] = [received[i - 1]!, received[i]!];
+      expect(after.sent).toBeGreaterThanOrEqual(before.sent);
+      expect(after.arrived).toBeGreaterThanOrEqual(before.arrived);
+      expect(after.sent + after.arrived).toBeGreaterThan(before.sent + before.arrived);
+      // Timers may fire a millisecond early.
+      expect(after.atMs - before.atMs).toBeGreaterThanOrEqual(195);
+    }
+    // Nothing changes: nothing is sent.
+    await new Promise((resolve) => setTimeout(resolve, 1_200));
+    expect(received.length).toBe(count);
+
+    controller.abort();
+    await watching;
+    await waitFor(async () => (await metricValue(metrics, 'stats_watch_streams')) === 0, 'the stream to end');
+  });
+
+  it('picks up folds of another stats instance by polling', async () => {
+    const { createApp, stores, clock } = await setup();
+    const app = await createApp();
+    const pushId = app.sendPush(1);
+    const received: number[] = [];
+    for await (const { stats } of app.client.watchPushStats({ accessId: 0, pushId })) {
+      received.push(stats?.sent ?? 0);
+      // Counted straight into the store, as another instance would: no fold here wakes the watch.
+      if (received.length === 1)
+        await stores.stats.add({
+          stage: 'sent',
+          accessId: app.accessId,
+          pushId,
+          day: dayOf(clock.now()),
+          devices: [{ token: 't', platform: 1 }],
+        });
+      else break;
+    }
+    expect(received).toEqual([0, 1]);
+  });
+
+  it('refuses an unknown push, another app and a missing push id when it starts', async () => {
+    const { createApp } = await setup();
+    const a = await createApp();
+    const b = await createApp();
+    const pushId = a.sendPush(1);
+    const first = async (stream: AsyncIterable<unknown>) => {
+      for await (const response of stream) return response;
+    };
+    await expect(first(a.client.watchPushStats({ accessId: 0, pushId: '404' }))).rejects.toMatchObject({
+      code: 'PUSH_NOT_FOUND',
+    });
+    await expect(first(b.client.watchPushStats({ accessId: 0, pushId }))).rejects.toMatchObject({
+      code: 'PUSH_NOT_FOUND',
+    });
+    await expect(first(b.client.watchPushStats({ accessId: a.accessId, pushId }))).rejects.toMatchObject({
+      code: 'PERMISSION_DENIED',
+    });
+    await expect(first(a.client.watchPushStats({ accessId: 0, pushId: '' }))).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+    });
+  });
+});
+
+describe('StatsService.GetAppStats', () => {
+  it("gives an app's covered and online devices, and its figures per day", async () => {
+    const { h, createApp, publish, applied, online, clock } = await setup();
+    const app = await createApp();
+    await app.register();
+    await app.register();
+    await app.register(IOS);
+    online.set(app.accessId, { android: 1, ios: 1 });
+    const yesterday = clock.now() - DAY_MS;
+    const first = app.sendPush(2);
+    const second = app.sendPush(2);
+    const a = { accessId: app.accessId };
+    await publish('dispatch', [
+      { ...a, pushId: first, type: SENT, tokens: ['t1', 't2'], atMs: yesterday },
+      { ...a, pushId: second, type: SENT, tokens: ['t1'] },
+    ]);
+    // Folded before the next batch: t2's send is counted yesterday, whatever the consumer's concurrency.
+    await waitFor(async () => (await applied('sent')) === 2, 'the sends');
+    await publish('gateway', [
+      { ...a, pushId: first, type: ARRIVED, token: 't1', atMs: yesterday },
+      // t2 comes back today and gets the first push: sent and arrived count today.
+      { ...a, pushId: first, type: SENT, tokens: ['t2'] },
+      { ...a, pushId: first, type: ARRIVED, token: 't2' },
+      { ...a, pushId: first, type: CLICKED, token: 't2' },
+      { ...a, pushId: second, type: ARRIVED, token: 't1' },
+    ]);
+    await waitFor(async () => (await applied('clicked')) === 1, 'the events');
+    const response = await h.getAppStats({ accessId: 0, fromDate: '2026-05-18', toDate: TODAY }, app.auth());
+    expect(response).toEqual({
+      coveredDevices: 3,
+      onlineDevices: 2,
+      platforms: [
+        { platform: ANDROID, covered: 2, online: 1 },
+        { platform: IOS, covered: 1, online: 1 },
+      ],
+      days: [
+        { date: '2026-05-18', pushes: 0, sent: 0, arrived: 0, clicked: 0 },
+        { date: '2026-05-19', pushes: 1, sent: 2, arrived: 1, clicked: 0 },
+        // t2 was counted as sent yesterday: its send today is the same device of the same push.
+        { date: TODAY, pushes: 1, sent: 1, arrived: 2, clicked: 1 },
+      ],
+    });
+    // Without dates: the last 7 days.
+    const week = await h.getAppStats({ accessId: 0, fromDate: '', toDate: '' }, app.auth());
+    expect(week.days.map((d) => d.date)).toEqual([
+      '2026-05-14',
+      '2026-05-15',
+      '2026-05-16',
+      '2026-05-17',
+      '2026-05-18',
+      '2026-05-19',
+      TODAY,
+    ]);
+  });
+
+  it.each([
+    ['2026-05-21', '2026-05-21', 'to_date'],
+    ['2026-05-20', '2026-05-19', 'from_date'],
+    ['2026-04-20', TODAY, 'from_date'],
+    ['2026-02-30', TODAY, 'from_date'],
+    ['20260519', TODAY, 'from_date'],
+    ['', TODAY, 'from_date'],
+  ])('refuses the range %s to %s (%s)', async (fromDate, toDate, field) => {
+    const { h, createApp } = await setup();
+    const app = await createApp();
+    await expect(h.getAppStats({ accessId: 0, fromDate, toDate }, app.auth())).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      metadata: { field },
+    });
+  });
+
+  it('accepts the 30 days up to today', async () => {
+    const { h, createApp } = await setup();
+    const app = await createApp();
+    const response = await h.getAppStats({ accessId: 0, fromDate: '2026-04-21', toDate: TODAY }, app.auth());
+    expect(response.days).toHaveLength(30);
   });
 });

@@ -40,6 +40,8 @@ export enum EventType {
    * gateway stopping). A gateway that dies sends none: the device's next session replaces it.
    */
   EVENT_TYPE_DISCONNECTED = 6,
+  /** EVENT_TYPE_CLICKED - A device reported a click on a message (device.proto, Click): token, platform, push_id, msg_id. */
+  EVENT_TYPE_CLICKED = 7,
 }
 
 export function eventTypeFromJSON(object: any): EventType {
@@ -65,6 +67,9 @@ export function eventTypeFromJSON(object: any): EventType {
     case 6:
     case "EVENT_TYPE_DISCONNECTED":
       return EventType.EVENT_TYPE_DISCONNECTED;
+    case 7:
+    case "EVENT_TYPE_CLICKED":
+      return EventType.EVENT_TYPE_CLICKED;
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum EventType");
   }
@@ -86,6 +91,8 @@ export function eventTypeToJSON(object: EventType): string {
       return "EVENT_TYPE_CONNECTED";
     case EventType.EVENT_TYPE_DISCONNECTED:
       return "EVENT_TYPE_DISCONNECTED";
+    case EventType.EVENT_TYPE_CLICKED:
+      return "EVENT_TYPE_CLICKED";
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum EventType");
   }
@@ -201,7 +208,14 @@ export interface Event {
     | number
     | undefined;
   /** CONNECTED, DISCONNECTED: the gateway session. */
-  sessionId?: string | undefined;
+  sessionId?:
+    | string
+    | undefined;
+  /**
+   * ARRIVED: when the acknowledged message was sent (its PushMessage.sent_at_ms), so that the arrival
+   * latency (at_ms - sent_at_ms) is known without looking the push up. Absent: not measured.
+   */
+  sentAtMs?: number | undefined;
 }
 
 /** Events travel in batches (one durable stream message per batch) so that counting does not slow fan-out. */
@@ -916,6 +930,7 @@ function createBaseEvent(): Event {
     locale: undefined,
     deviceIndex: undefined,
     sessionId: undefined,
+    sentAtMs: undefined,
   };
 }
 
@@ -959,6 +974,9 @@ export const Event: MessageFns<Event> = {
     }
     if (message.sessionId !== undefined) {
       writer.uint32(106).string(message.sessionId);
+    }
+    if (message.sentAtMs !== undefined) {
+      writer.uint32(112).int64(message.sentAtMs);
     }
     return writer;
   },
@@ -1080,6 +1098,14 @@ export const Event: MessageFns<Event> = {
             message.sessionId = reader.string();
             continue;
           }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.sentAtMs = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1141,6 +1167,11 @@ export const Event: MessageFns<Event> = {
         : isSet(object.session_id)
         ? globalThis.String(object.session_id)
         : undefined,
+      sentAtMs: isSet(object.sentAtMs)
+        ? globalThis.Number(object.sentAtMs)
+        : isSet(object.sent_at_ms)
+        ? globalThis.Number(object.sent_at_ms)
+        : undefined,
     };
   },
 
@@ -1185,6 +1216,9 @@ export const Event: MessageFns<Event> = {
     if (message.sessionId !== undefined) {
       obj.sessionId = message.sessionId;
     }
+    if (message.sentAtMs !== undefined) {
+      obj.sentAtMs = Math.round(message.sentAtMs);
+    }
     return obj;
   },
 
@@ -1206,6 +1240,7 @@ export const Event: MessageFns<Event> = {
     message.locale = object.locale ?? undefined;
     message.deviceIndex = object.deviceIndex ?? undefined;
     message.sessionId = object.sessionId ?? undefined;
+    message.sentAtMs = object.sentAtMs ?? undefined;
     return message;
   },
 };

@@ -70,7 +70,7 @@ export function tagOperationToJSON(object: TagOperation): string {
 export interface ClientFrame {
   /**
    * Chosen by the device; echoed in the reply (Registered, Unregistered, Pong, TagsUpdated,
-   * LocationReported or Error). 0 when no reply is wanted (acks).
+   * LocationReported or Error). 0 when no reply is wanted (acks, clicks).
    */
   id: number;
   body?:
@@ -80,6 +80,7 @@ export interface ClientFrame {
     | { $case: "unregister"; value: Unregister }
     | { $case: "updateTags"; value: UpdateTags }
     | { $case: "reportLocation"; value: ReportLocation }
+    | { $case: "click"; value: Click }
     | undefined;
 }
 
@@ -177,6 +178,22 @@ export interface Ack {
   msgIds: number[];
 }
 
+/**
+ * The user opened a notification (or the app handled a message as opened): counted once per device and
+ * push in the push's funnel (stats.proto, clicked). No reply, like Ack. A click counts whether or not the
+ * message's arrival was counted (its ack may have been lost); one naming a push the app never sent counts
+ * nowhere.
+ */
+export interface Click {
+  msgId: number;
+  /**
+   * The push of the message (PushMessage.push_id). Absent: the gateway takes it from the messages it
+   * delivered on this connection and has not seen acknowledged; otherwise the click cannot be counted, so
+   * SDKs send it. At most 64 characters.
+   */
+  pushId?: string | undefined;
+}
+
 export interface Ping {
 }
 
@@ -261,6 +278,9 @@ export const ClientFrame: MessageFns<ClientFrame> = {
       case "reportLocation":
         ReportLocation.encode(message.body.value, writer.uint32(122).fork()).join();
         break;
+      case "click":
+        Click.encode(message.body.value, writer.uint32(130).fork()).join();
+        break;
     }
     return writer;
   },
@@ -334,6 +354,14 @@ export const ClientFrame: MessageFns<ClientFrame> = {
             message.body = { $case: "reportLocation", value: ReportLocation.decode(reader, reader.uint32()) };
             continue;
           }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.body = { $case: "click", value: Click.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -365,6 +393,8 @@ export const ClientFrame: MessageFns<ClientFrame> = {
         ? { $case: "reportLocation", value: ReportLocation.fromJSON(object.reportLocation) }
         : isSet(object.report_location)
         ? { $case: "reportLocation", value: ReportLocation.fromJSON(object.report_location) }
+        : isSet(object.click)
+        ? { $case: "click", value: Click.fromJSON(object.click) }
         : undefined,
     };
   },
@@ -386,6 +416,8 @@ export const ClientFrame: MessageFns<ClientFrame> = {
       obj.updateTags = UpdateTags.toJSON(message.body.value);
     } else if (message.body?.$case === "reportLocation") {
       obj.reportLocation = ReportLocation.toJSON(message.body.value);
+    } else if (message.body?.$case === "click") {
+      obj.click = Click.toJSON(message.body.value);
     }
     return obj;
   },
@@ -430,6 +462,12 @@ export const ClientFrame: MessageFns<ClientFrame> = {
       case "reportLocation": {
         if (object.body?.value !== undefined && object.body?.value !== null) {
           message.body = { $case: "reportLocation", value: ReportLocation.fromPartial(object.body.value) };
+        }
+        break;
+      }
+      case "click": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "click", value: Click.fromPartial(object.body.value) };
         }
         break;
       }
@@ -1401,6 +1439,99 @@ export const Ack: MessageFns<Ack> = {
   fromPartial<I extends Exact<DeepPartial<Ack>, I>>(object: I): Ack {
     const message = createBaseAck();
     message.msgIds = object.msgIds?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseClick(): Click {
+  return { msgId: 0, pushId: undefined };
+}
+
+export const Click: MessageFns<Click> = {
+  encode(message: Click, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.msgId !== 0) {
+      writer.uint32(8).uint64(message.msgId);
+    }
+    if (message.pushId !== undefined) {
+      writer.uint32(18).string(message.pushId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Click {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClick();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.msgId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pushId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Click {
+    return {
+      msgId: isSet(object.msgId)
+        ? globalThis.Number(object.msgId)
+        : isSet(object.msg_id)
+        ? globalThis.Number(object.msg_id)
+        : 0,
+      pushId: isSet(object.pushId)
+        ? globalThis.String(object.pushId)
+        : isSet(object.push_id)
+        ? globalThis.String(object.push_id)
+        : undefined,
+    };
+  },
+
+  toJSON(message: Click): unknown {
+    const obj: any = {};
+    if (message.msgId !== 0) {
+      obj.msgId = Math.round(message.msgId);
+    }
+    if (message.pushId !== undefined) {
+      obj.pushId = message.pushId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Click>, I>>(base?: I): Click {
+    return Click.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Click>, I>>(object: I): Click {
+    const message = createBaseClick();
+    message.msgId = object.msgId ?? 0;
+    message.pushId = object.pushId ?? undefined;
     return message;
   },
 };

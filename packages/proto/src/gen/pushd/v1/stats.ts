@@ -11,13 +11,16 @@ import {
   type ChannelCredentials,
   Client,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { Platform, platformFromJSON, platformToJSON } from "./common.js";
 
 export const protobufPackage = "pushd.v1";
 
@@ -30,16 +33,95 @@ export interface GetPushStatsRequest {
   pushId: string;
 }
 
+/** The funnel of one platform. Each device counts at most once per stage. */
+export interface PlatformStats {
+  platform: Platform;
+  sent: number;
+  arrived: number;
+  clicked: number;
+}
+
+/**
+ * Time from the message's send time (PushMessage.sent_at_ms) to the device's ack, over the arrivals
+ * counted. Percentiles come from a histogram with buckets 19 % wide (2^(1/4)): each is the upper bound of
+ * the bucket holding it, so at most 19 % above the true value. All 0 when no arrival was measured.
+ */
+export interface ArrivalLatency {
+  /** Arrivals measured. */
+  count: number;
+  p50Ms: number;
+  p90Ms: number;
+  p99Ms: number;
+}
+
 export interface PushStats {
   pushId: string;
-  /** Delivered to a connection or kept for an offline device. */
+  /**
+   * Delivered to a connection or kept for an offline device (broadcasts and tag pushes: delivered to a
+   * connection, live or when the device came back).
+   */
   sent: number;
   /** Acknowledged by the device (each device counts once). */
   arrived: number;
+  /** Devices that reported a click (Click frame; each device counts once, arrival or not). */
+  clicked: number;
+  /** Devices the push was addressed to when it was sent (PushRecord.target). */
+  target: number;
+  /** clicked / arrived; 0 while nothing arrived. */
+  conversion: number;
+  /** One entry per platform with any count, in platform order. */
+  platforms: PlatformStats[];
+  arrivalLatency?: ArrivalLatency | undefined;
 }
 
 export interface GetPushStatsResponse {
   stats?: PushStats | undefined;
+}
+
+export interface WatchPushStatsRequest {
+  accessId: number;
+  pushId: string;
+}
+
+export interface WatchPushStatsResponse {
+  stats?: PushStats | undefined;
+}
+
+export interface GetAppStatsRequest {
+  accessId: number;
+  /**
+   * UTC dates, YYYY-MM-DD, both included; at most 30 days, none before the 30 days up to today. Both empty:
+   * the last 7 days up to today.
+   */
+  fromDate: string;
+  toDate: string;
+}
+
+export interface PlatformDevices {
+  platform: Platform;
+  /** Registered devices (the covered devices). */
+  covered: number;
+  /** Connected to a gateway now. */
+  online: number;
+}
+
+/** What happened on one UTC day: counted on the day of each device's event (a send, an ack, a click). */
+export interface DayStats {
+  /** YYYY-MM-DD. */
+  date: string;
+  /** Pushes that were sent to at least one device that day. */
+  pushes: number;
+  sent: number;
+  arrived: number;
+  clicked: number;
+}
+
+export interface GetAppStatsResponse {
+  coveredDevices: number;
+  onlineDevices: number;
+  platforms: PlatformDevices[];
+  /** One per day of the range, oldest first (zeros for a day without events). */
+  days: DayStats[];
 }
 
 function createBaseGetPushStatsRequest(): GetPushStatsRequest {
@@ -135,8 +217,263 @@ export const GetPushStatsRequest: MessageFns<GetPushStatsRequest> = {
   },
 };
 
+function createBasePlatformStats(): PlatformStats {
+  return { platform: 0, sent: 0, arrived: 0, clicked: 0 };
+}
+
+export const PlatformStats: MessageFns<PlatformStats> = {
+  encode(message: PlatformStats, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.platform !== 0) {
+      writer.uint32(8).int32(message.platform);
+    }
+    if (message.sent !== 0) {
+      writer.uint32(16).uint64(message.sent);
+    }
+    if (message.arrived !== 0) {
+      writer.uint32(24).uint64(message.arrived);
+    }
+    if (message.clicked !== 0) {
+      writer.uint32(32).uint64(message.clicked);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PlatformStats {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePlatformStats();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.platform = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.sent = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.arrived = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.clicked = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PlatformStats {
+    return {
+      platform: isSet(object.platform) ? platformFromJSON(object.platform) : 0,
+      sent: isSet(object.sent) ? globalThis.Number(object.sent) : 0,
+      arrived: isSet(object.arrived) ? globalThis.Number(object.arrived) : 0,
+      clicked: isSet(object.clicked) ? globalThis.Number(object.clicked) : 0,
+    };
+  },
+
+  toJSON(message: PlatformStats): unknown {
+    const obj: any = {};
+    if (message.platform !== 0) {
+      obj.platform = platformToJSON(message.platform);
+    }
+    if (message.sent !== 0) {
+      obj.sent = Math.round(message.sent);
+    }
+    if (message.arrived !== 0) {
+      obj.arrived = Math.round(message.arrived);
+    }
+    if (message.clicked !== 0) {
+      obj.clicked = Math.round(message.clicked);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PlatformStats>, I>>(base?: I): PlatformStats {
+    return PlatformStats.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PlatformStats>, I>>(object: I): PlatformStats {
+    const message = createBasePlatformStats();
+    message.platform = object.platform ?? 0;
+    message.sent = object.sent ?? 0;
+    message.arrived = object.arrived ?? 0;
+    message.clicked = object.clicked ?? 0;
+    return message;
+  },
+};
+
+function createBaseArrivalLatency(): ArrivalLatency {
+  return { count: 0, p50Ms: 0, p90Ms: 0, p99Ms: 0 };
+}
+
+export const ArrivalLatency: MessageFns<ArrivalLatency> = {
+  encode(message: ArrivalLatency, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.count !== 0) {
+      writer.uint32(8).uint64(message.count);
+    }
+    if (message.p50Ms !== 0) {
+      writer.uint32(16).uint64(message.p50Ms);
+    }
+    if (message.p90Ms !== 0) {
+      writer.uint32(24).uint64(message.p90Ms);
+    }
+    if (message.p99Ms !== 0) {
+      writer.uint32(32).uint64(message.p99Ms);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ArrivalLatency {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseArrivalLatency();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.count = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.p50Ms = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.p90Ms = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.p99Ms = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ArrivalLatency {
+    return {
+      count: isSet(object.count) ? globalThis.Number(object.count) : 0,
+      p50Ms: isSet(object.p50Ms)
+        ? globalThis.Number(object.p50Ms)
+        : isSet(object.p50_ms)
+        ? globalThis.Number(object.p50_ms)
+        : 0,
+      p90Ms: isSet(object.p90Ms)
+        ? globalThis.Number(object.p90Ms)
+        : isSet(object.p90_ms)
+        ? globalThis.Number(object.p90_ms)
+        : 0,
+      p99Ms: isSet(object.p99Ms)
+        ? globalThis.Number(object.p99Ms)
+        : isSet(object.p99_ms)
+        ? globalThis.Number(object.p99_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: ArrivalLatency): unknown {
+    const obj: any = {};
+    if (message.count !== 0) {
+      obj.count = Math.round(message.count);
+    }
+    if (message.p50Ms !== 0) {
+      obj.p50Ms = Math.round(message.p50Ms);
+    }
+    if (message.p90Ms !== 0) {
+      obj.p90Ms = Math.round(message.p90Ms);
+    }
+    if (message.p99Ms !== 0) {
+      obj.p99Ms = Math.round(message.p99Ms);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ArrivalLatency>, I>>(base?: I): ArrivalLatency {
+    return ArrivalLatency.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ArrivalLatency>, I>>(object: I): ArrivalLatency {
+    const message = createBaseArrivalLatency();
+    message.count = object.count ?? 0;
+    message.p50Ms = object.p50Ms ?? 0;
+    message.p90Ms = object.p90Ms ?? 0;
+    message.p99Ms = object.p99Ms ?? 0;
+    return message;
+  },
+};
+
 function createBasePushStats(): PushStats {
-  return { pushId: "", sent: 0, arrived: 0 };
+  return {
+    pushId: "",
+    sent: 0,
+    arrived: 0,
+    clicked: 0,
+    target: 0,
+    conversion: 0,
+    platforms: [],
+    arrivalLatency: undefined,
+  };
 }
 
 export const PushStats: MessageFns<PushStats> = {
@@ -149,6 +486,21 @@ export const PushStats: MessageFns<PushStats> = {
     }
     if (message.arrived !== 0) {
       writer.uint32(24).uint64(message.arrived);
+    }
+    if (message.clicked !== 0) {
+      writer.uint32(32).uint64(message.clicked);
+    }
+    if (message.target !== 0) {
+      writer.uint32(40).uint64(message.target);
+    }
+    if (message.conversion !== 0) {
+      writer.uint32(49).double(message.conversion);
+    }
+    for (const v of message.platforms) {
+      PlatformStats.encode(v!, writer.uint32(58).fork()).join();
+    }
+    if (message.arrivalLatency !== undefined) {
+      ArrivalLatency.encode(message.arrivalLatency, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -190,6 +542,46 @@ export const PushStats: MessageFns<PushStats> = {
             message.arrived = longToNumber(reader.uint64());
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.clicked = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.target = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.conversion = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.platforms.push(PlatformStats.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.arrivalLatency = ArrivalLatency.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -211,6 +603,17 @@ export const PushStats: MessageFns<PushStats> = {
         : "",
       sent: isSet(object.sent) ? globalThis.Number(object.sent) : 0,
       arrived: isSet(object.arrived) ? globalThis.Number(object.arrived) : 0,
+      clicked: isSet(object.clicked) ? globalThis.Number(object.clicked) : 0,
+      target: isSet(object.target) ? globalThis.Number(object.target) : 0,
+      conversion: isSet(object.conversion) ? globalThis.Number(object.conversion) : 0,
+      platforms: globalThis.Array.isArray(object?.platforms)
+        ? object.platforms.map((e: any) => PlatformStats.fromJSON(e))
+        : [],
+      arrivalLatency: isSet(object.arrivalLatency)
+        ? ArrivalLatency.fromJSON(object.arrivalLatency)
+        : isSet(object.arrival_latency)
+        ? ArrivalLatency.fromJSON(object.arrival_latency)
+        : undefined,
     };
   },
 
@@ -225,6 +628,21 @@ export const PushStats: MessageFns<PushStats> = {
     if (message.arrived !== 0) {
       obj.arrived = Math.round(message.arrived);
     }
+    if (message.clicked !== 0) {
+      obj.clicked = Math.round(message.clicked);
+    }
+    if (message.target !== 0) {
+      obj.target = Math.round(message.target);
+    }
+    if (message.conversion !== 0) {
+      obj.conversion = floatToJson(message.conversion);
+    }
+    if (message.platforms?.length) {
+      obj.platforms = message.platforms.map((e) => PlatformStats.toJSON(e));
+    }
+    if (message.arrivalLatency !== undefined) {
+      obj.arrivalLatency = ArrivalLatency.toJSON(message.arrivalLatency);
+    }
     return obj;
   },
 
@@ -236,6 +654,13 @@ export const PushStats: MessageFns<PushStats> = {
     message.pushId = object.pushId ?? "";
     message.sent = object.sent ?? 0;
     message.arrived = object.arrived ?? 0;
+    message.clicked = object.clicked ?? 0;
+    message.target = object.target ?? 0;
+    message.conversion = object.conversion ?? 0;
+    message.platforms = object.platforms?.map((e) => PlatformStats.fromPartial(e)) || [];
+    message.arrivalLatency = (object.arrivalLatency !== undefined && object.arrivalLatency !== null)
+      ? ArrivalLatency.fromPartial(object.arrivalLatency)
+      : undefined;
     return message;
   },
 };
@@ -309,6 +734,642 @@ export const GetPushStatsResponse: MessageFns<GetPushStatsResponse> = {
   },
 };
 
+function createBaseWatchPushStatsRequest(): WatchPushStatsRequest {
+  return { accessId: 0, pushId: "" };
+}
+
+export const WatchPushStatsRequest: MessageFns<WatchPushStatsRequest> = {
+  encode(message: WatchPushStatsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accessId !== 0) {
+      writer.uint32(8).uint64(message.accessId);
+    }
+    if (message.pushId !== "") {
+      writer.uint32(18).string(message.pushId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchPushStatsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchPushStatsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accessId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pushId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchPushStatsRequest {
+    return {
+      accessId: isSet(object.accessId)
+        ? globalThis.Number(object.accessId)
+        : isSet(object.access_id)
+        ? globalThis.Number(object.access_id)
+        : 0,
+      pushId: isSet(object.pushId)
+        ? globalThis.String(object.pushId)
+        : isSet(object.push_id)
+        ? globalThis.String(object.push_id)
+        : "",
+    };
+  },
+
+  toJSON(message: WatchPushStatsRequest): unknown {
+    const obj: any = {};
+    if (message.accessId !== 0) {
+      obj.accessId = Math.round(message.accessId);
+    }
+    if (message.pushId !== "") {
+      obj.pushId = message.pushId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchPushStatsRequest>, I>>(base?: I): WatchPushStatsRequest {
+    return WatchPushStatsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchPushStatsRequest>, I>>(object: I): WatchPushStatsRequest {
+    const message = createBaseWatchPushStatsRequest();
+    message.accessId = object.accessId ?? 0;
+    message.pushId = object.pushId ?? "";
+    return message;
+  },
+};
+
+function createBaseWatchPushStatsResponse(): WatchPushStatsResponse {
+  return { stats: undefined };
+}
+
+export const WatchPushStatsResponse: MessageFns<WatchPushStatsResponse> = {
+  encode(message: WatchPushStatsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.stats !== undefined) {
+      PushStats.encode(message.stats, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchPushStatsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchPushStatsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.stats = PushStats.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchPushStatsResponse {
+    return { stats: isSet(object.stats) ? PushStats.fromJSON(object.stats) : undefined };
+  },
+
+  toJSON(message: WatchPushStatsResponse): unknown {
+    const obj: any = {};
+    if (message.stats !== undefined) {
+      obj.stats = PushStats.toJSON(message.stats);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchPushStatsResponse>, I>>(base?: I): WatchPushStatsResponse {
+    return WatchPushStatsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchPushStatsResponse>, I>>(object: I): WatchPushStatsResponse {
+    const message = createBaseWatchPushStatsResponse();
+    message.stats = (object.stats !== undefined && object.stats !== null)
+      ? PushStats.fromPartial(object.stats)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseGetAppStatsRequest(): GetAppStatsRequest {
+  return { accessId: 0, fromDate: "", toDate: "" };
+}
+
+export const GetAppStatsRequest: MessageFns<GetAppStatsRequest> = {
+  encode(message: GetAppStatsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accessId !== 0) {
+      writer.uint32(8).uint64(message.accessId);
+    }
+    if (message.fromDate !== "") {
+      writer.uint32(18).string(message.fromDate);
+    }
+    if (message.toDate !== "") {
+      writer.uint32(26).string(message.toDate);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetAppStatsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetAppStatsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accessId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.fromDate = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.toDate = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetAppStatsRequest {
+    return {
+      accessId: isSet(object.accessId)
+        ? globalThis.Number(object.accessId)
+        : isSet(object.access_id)
+        ? globalThis.Number(object.access_id)
+        : 0,
+      fromDate: isSet(object.fromDate)
+        ? globalThis.String(object.fromDate)
+        : isSet(object.from_date)
+        ? globalThis.String(object.from_date)
+        : "",
+      toDate: isSet(object.toDate)
+        ? globalThis.String(object.toDate)
+        : isSet(object.to_date)
+        ? globalThis.String(object.to_date)
+        : "",
+    };
+  },
+
+  toJSON(message: GetAppStatsRequest): unknown {
+    const obj: any = {};
+    if (message.accessId !== 0) {
+      obj.accessId = Math.round(message.accessId);
+    }
+    if (message.fromDate !== "") {
+      obj.fromDate = message.fromDate;
+    }
+    if (message.toDate !== "") {
+      obj.toDate = message.toDate;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetAppStatsRequest>, I>>(base?: I): GetAppStatsRequest {
+    return GetAppStatsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetAppStatsRequest>, I>>(object: I): GetAppStatsRequest {
+    const message = createBaseGetAppStatsRequest();
+    message.accessId = object.accessId ?? 0;
+    message.fromDate = object.fromDate ?? "";
+    message.toDate = object.toDate ?? "";
+    return message;
+  },
+};
+
+function createBasePlatformDevices(): PlatformDevices {
+  return { platform: 0, covered: 0, online: 0 };
+}
+
+export const PlatformDevices: MessageFns<PlatformDevices> = {
+  encode(message: PlatformDevices, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.platform !== 0) {
+      writer.uint32(8).int32(message.platform);
+    }
+    if (message.covered !== 0) {
+      writer.uint32(16).uint64(message.covered);
+    }
+    if (message.online !== 0) {
+      writer.uint32(24).uint64(message.online);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PlatformDevices {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePlatformDevices();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.platform = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.covered = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.online = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PlatformDevices {
+    return {
+      platform: isSet(object.platform) ? platformFromJSON(object.platform) : 0,
+      covered: isSet(object.covered) ? globalThis.Number(object.covered) : 0,
+      online: isSet(object.online) ? globalThis.Number(object.online) : 0,
+    };
+  },
+
+  toJSON(message: PlatformDevices): unknown {
+    const obj: any = {};
+    if (message.platform !== 0) {
+      obj.platform = platformToJSON(message.platform);
+    }
+    if (message.covered !== 0) {
+      obj.covered = Math.round(message.covered);
+    }
+    if (message.online !== 0) {
+      obj.online = Math.round(message.online);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PlatformDevices>, I>>(base?: I): PlatformDevices {
+    return PlatformDevices.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PlatformDevices>, I>>(object: I): PlatformDevices {
+    const message = createBasePlatformDevices();
+    message.platform = object.platform ?? 0;
+    message.covered = object.covered ?? 0;
+    message.online = object.online ?? 0;
+    return message;
+  },
+};
+
+function createBaseDayStats(): DayStats {
+  return { date: "", pushes: 0, sent: 0, arrived: 0, clicked: 0 };
+}
+
+export const DayStats: MessageFns<DayStats> = {
+  encode(message: DayStats, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.date !== "") {
+      writer.uint32(10).string(message.date);
+    }
+    if (message.pushes !== 0) {
+      writer.uint32(16).uint64(message.pushes);
+    }
+    if (message.sent !== 0) {
+      writer.uint32(24).uint64(message.sent);
+    }
+    if (message.arrived !== 0) {
+      writer.uint32(32).uint64(message.arrived);
+    }
+    if (message.clicked !== 0) {
+      writer.uint32(40).uint64(message.clicked);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DayStats {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDayStats();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.date = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pushes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.sent = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.arrived = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.clicked = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DayStats {
+    return {
+      date: isSet(object.date) ? globalThis.String(object.date) : "",
+      pushes: isSet(object.pushes) ? globalThis.Number(object.pushes) : 0,
+      sent: isSet(object.sent) ? globalThis.Number(object.sent) : 0,
+      arrived: isSet(object.arrived) ? globalThis.Number(object.arrived) : 0,
+      clicked: isSet(object.clicked) ? globalThis.Number(object.clicked) : 0,
+    };
+  },
+
+  toJSON(message: DayStats): unknown {
+    const obj: any = {};
+    if (message.date !== "") {
+      obj.date = message.date;
+    }
+    if (message.pushes !== 0) {
+      obj.pushes = Math.round(message.pushes);
+    }
+    if (message.sent !== 0) {
+      obj.sent = Math.round(message.sent);
+    }
+    if (message.arrived !== 0) {
+      obj.arrived = Math.round(message.arrived);
+    }
+    if (message.clicked !== 0) {
+      obj.clicked = Math.round(message.clicked);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DayStats>, I>>(base?: I): DayStats {
+    return DayStats.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DayStats>, I>>(object: I): DayStats {
+    const message = createBaseDayStats();
+    message.date = object.date ?? "";
+    message.pushes = object.pushes ?? 0;
+    message.sent = object.sent ?? 0;
+    message.arrived = object.arrived ?? 0;
+    message.clicked = object.clicked ?? 0;
+    return message;
+  },
+};
+
+function createBaseGetAppStatsResponse(): GetAppStatsResponse {
+  return { coveredDevices: 0, onlineDevices: 0, platforms: [], days: [] };
+}
+
+export const GetAppStatsResponse: MessageFns<GetAppStatsResponse> = {
+  encode(message: GetAppStatsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.coveredDevices !== 0) {
+      writer.uint32(8).uint64(message.coveredDevices);
+    }
+    if (message.onlineDevices !== 0) {
+      writer.uint32(16).uint64(message.onlineDevices);
+    }
+    for (const v of message.platforms) {
+      PlatformDevices.encode(v!, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.days) {
+      DayStats.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetAppStatsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetAppStatsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.coveredDevices = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.onlineDevices = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.platforms.push(PlatformDevices.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.days.push(DayStats.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetAppStatsResponse {
+    return {
+      coveredDevices: isSet(object.coveredDevices)
+        ? globalThis.Number(object.coveredDevices)
+        : isSet(object.covered_devices)
+        ? globalThis.Number(object.covered_devices)
+        : 0,
+      onlineDevices: isSet(object.onlineDevices)
+        ? globalThis.Number(object.onlineDevices)
+        : isSet(object.online_devices)
+        ? globalThis.Number(object.online_devices)
+        : 0,
+      platforms: globalThis.Array.isArray(object?.platforms)
+        ? object.platforms.map((e: any) => PlatformDevices.fromJSON(e))
+        : [],
+      days: globalThis.Array.isArray(object?.days) ? object.days.map((e: any) => DayStats.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: GetAppStatsResponse): unknown {
+    const obj: any = {};
+    if (message.coveredDevices !== 0) {
+      obj.coveredDevices = Math.round(message.coveredDevices);
+    }
+    if (message.onlineDevices !== 0) {
+      obj.onlineDevices = Math.round(message.onlineDevices);
+    }
+    if (message.platforms?.length) {
+      obj.platforms = message.platforms.map((e) => PlatformDevices.toJSON(e));
+    }
+    if (message.days?.length) {
+      obj.days = message.days.map((e) => DayStats.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetAppStatsResponse>, I>>(base?: I): GetAppStatsResponse {
+    return GetAppStatsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetAppStatsResponse>, I>>(object: I): GetAppStatsResponse {
+    const message = createBaseGetAppStatsResponse();
+    message.coveredDevices = object.coveredDevices ?? 0;
+    message.onlineDevices = object.onlineDevices ?? 0;
+    message.platforms = object.platforms?.map((e) => PlatformDevices.fromPartial(e)) || [];
+    message.days = object.days?.map((e) => DayStats.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 export type StatsServiceService = typeof StatsServiceService;
 export const StatsServiceService = {
   getPushStats: {
@@ -321,10 +1382,42 @@ export const StatsServiceService = {
       Buffer.from(GetPushStatsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetPushStatsResponse => GetPushStatsResponse.decode(value),
   },
+  /**
+   * The figures of GetPushStats, streamed: the current ones first, then again whenever they change (at
+   * most once per 200 ms), until the client cancels. For a console following a push while it goes out.
+   */
+  watchPushStats: {
+    path: "/pushd.v1.StatsService/WatchPushStats" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: WatchPushStatsRequest): Buffer =>
+      Buffer.from(WatchPushStatsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WatchPushStatsRequest => WatchPushStatsRequest.decode(value),
+    responseSerialize: (value: WatchPushStatsResponse): Buffer =>
+      Buffer.from(WatchPushStatsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WatchPushStatsResponse => WatchPushStatsResponse.decode(value),
+  },
+  /** An app's devices now, and its pushes, sends, arrivals and clicks per UTC day (the last 30 days). */
+  getAppStats: {
+    path: "/pushd.v1.StatsService/GetAppStats" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetAppStatsRequest): Buffer => Buffer.from(GetAppStatsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetAppStatsRequest => GetAppStatsRequest.decode(value),
+    responseSerialize: (value: GetAppStatsResponse): Buffer => Buffer.from(GetAppStatsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetAppStatsResponse => GetAppStatsResponse.decode(value),
+  },
 } as const;
 
 export interface StatsServiceServer extends UntypedServiceImplementation {
   getPushStats: handleUnaryCall<GetPushStatsRequest, GetPushStatsResponse>;
+  /**
+   * The figures of GetPushStats, streamed: the current ones first, then again whenever they change (at
+   * most once per 200 ms), until the client cancels. For a console following a push while it goes out.
+   */
+  watchPushStats: handleServerStreamingCall<WatchPushStatsRequest, WatchPushStatsResponse>;
+  /** An app's devices now, and its pushes, sends, arrivals and clicks per UTC day (the last 30 days). */
+  getAppStats: handleUnaryCall<GetAppStatsRequest, GetAppStatsResponse>;
 }
 
 export interface StatsServiceClient extends Client {
@@ -343,6 +1436,35 @@ export interface StatsServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetPushStatsResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * The figures of GetPushStats, streamed: the current ones first, then again whenever they change (at
+   * most once per 200 ms), until the client cancels. For a console following a push while it goes out.
+   */
+  watchPushStats(
+    request: WatchPushStatsRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WatchPushStatsResponse>;
+  watchPushStats(
+    request: WatchPushStatsRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WatchPushStatsResponse>;
+  /** An app's devices now, and its pushes, sends, arrivals and clicks per UTC day (the last 30 days). */
+  getAppStats(
+    request: GetAppStatsRequest,
+    callback: (error: ServiceError | null, response: GetAppStatsResponse) => void,
+  ): ClientUnaryCall;
+  getAppStats(
+    request: GetAppStatsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetAppStatsResponse) => void,
+  ): ClientUnaryCall;
+  getAppStats(
+    request: GetAppStatsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetAppStatsResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const StatsServiceClient = makeGenericClientConstructor(
@@ -353,6 +1475,10 @@ export const StatsServiceClient = makeGenericClientConstructor(
   service: typeof StatsServiceService;
   serviceName: string;
 };
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 
