@@ -143,28 +143,9 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
       bindService('pushd.v1.DispatchService', DispatchServiceService, dispatchParts.service.handlers()),
       wanted.dispatch,
     );
-    consumer(
-      'dispatch-apply',
-      new PushApplier({
-        bus,
-        pushes: stores.pushes,
-        inboxes: stores.inboxes,
-        routes: stores.routes,
-        broadcasts: stores.broadcasts,
-        metrics: dispatchMetrics,
-        logger: dispatchLogger,
-        clock,
-      }),
-    );
-    consumer(
-      'dispatch-events',
-      new DispatchEventConsumer({
-        bus,
-        inboxes: stores.inboxes,
-        metrics: dispatchMetrics,
-        logger: dispatchLogger,
-      }),
-    );
+    consumer('dispatch-schedule', dispatchParts.scheduler);
+    consumer('dispatch-apply', dispatchParts.applier);
+    consumer('dispatch-events', dispatchParts.events);
     const dispatchClient = clusterClient(DispatchServiceService, dispatch.address, clusterToken);
     started.push(clientsComponent(registryClient, dispatchClient));
 
