@@ -172,7 +172,7 @@ describe('delivery order and failures: two dispatch and two gateway processes', 
     // Gateway 0 was killed by the test before: this device uses gateway 1.
     const device = await TestDevice.register(system, app, { url: system.gatewayUrls?.[1] });
     devices.push(device);
-    const at = Date.now() + 4_000;
+    const at = Date.now() + 3_000;
     const schedule = (via: typeof first, offsetMs: number, content: string) =>
       via?.push({
         ...request(app, { $case: 'token', value: device.token }, content),
@@ -199,8 +199,12 @@ describe('delivery order and failures: two dispatch and two gateway processes', 
     expect(again).toEqual(retried);
     await device.waitForMessages(1);
 
-    await Promise.all([system.restart?.('dispatch', 0), system.restart?.('dispatch', 1)]);
+    // Every dispatch instance dies before the pushes are due and comes back only after: they were pending
+    // in the schedule alone.
+    await Promise.all([system.kill?.('dispatch', 0), system.kill?.('dispatch', 1)]);
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, at + 1_500 - Date.now())));
     expect(device.received.map((m) => m.message?.content)).toEqual(['retried']);
+    await Promise.all([system.restart?.('dispatch', 0), system.restart?.('dispatch', 1)]);
     await device.waitForMessages(3, 20_000);
     await new Promise((resolve) => setTimeout(resolve, 1_000));
     expect(device.received.map((m) => m.message?.content)).toEqual(['retried', 'one', 'two']);
