@@ -37,6 +37,7 @@ import { createDispatch } from './dispatch.js';
 import { MAX_EXPIRE_S, MAX_MESSAGE_BYTES, ONLINE_ONLY_TTL_MS, validateMessage } from './dispatch-service.js';
 import { DispatchEventConsumer } from './event-consumer.js';
 import { createDispatchMetrics, type DispatchMetrics } from './metrics.js';
+import { PushApplier } from './push-applier.js';
 
 const CLUSTER_TOKEN = 'dispatch-unit-test-cluster-token';
 const PARTITIONS = 4;
@@ -1238,5 +1239,60 @@ describe('DispatchService scheduling, cancel, list and idempotency', () => {
     expect(ids).toEqual([...ids].sort((a, b) => a - b));
     const { push } = await h.getPush({ accessId: 0, pushId: accepted.pushId }, app.auth());
     expect(push).toMatchObject({ status: PushStatus.PUSH_STATUS_DONE, occurrences: 3 });
+  });
+});
+
+describe('PushApplier when a push cannot be applied', () => {
+  it('tries again, then gives the push up as FAILED so that the pushes behind it in the partition go on', async () => {
+    const { h, app, stores, bus, metrics, clock, registerDevice, routeToNode, deliveries, applied } =
+      await setup({
+        startApplier: false,
+      });
+    const broken = await registerDevice();
+    const healthy = await registerDevice();
+    await routeToNode(healthy);
+    let failures = 0;
+    const applier = new PushApplier({
+      pushes: stores.pushes,
+      inboxes: {
+        ...stores.inboxes,
+        pending: (...args) => stores.inboxes.pending(...args),
+        ack: (...args) => stores.inboxes.ack(...args),
+        clear: (...args) => stores.inboxes.clear(...args),
+        append: async (accessId, token, ...rest) => {
+          if (token === broken) {
+            failures++;
+            throw new PushdError('UNAVAILABLE', 'redis unreachable (test)');
+          }
+          return stores.inboxes.append(accessId, token, ...rest);
+        },
+      },
+      routes: stores.routes,
+      broadcasts: stores.broadcasts,
+      bus,
+      partitions: 4,
+      takeOverAfterMs: 20,
+      retryDelaysMs: [1, 1],
+      maxDeliveries: 3,
+      metrics,
+      logger: silentLogger(),
+      clock,
+    });
+    applier.start();
+    try {
+      const stuck = await h.push(notify(broken), app.auth());
+      const behind = await h.push(notify(healthy), app.auth());
+      await applied(behind.pushId);
+      expect(await stores.pushes.get(app.accessId, stuck.pushId)).toMatchObject({
+        status: PushStatus.PUSH_STATUS_FAILED,
+        failure: 'could not be applied: redis unreachable (test)',
+      });
+      // Three tries per delivery, three deliveries.
+      expect(failures).toBe(9);
+      await waitFor(() => deliveries.length === 1, 'the push behind it');
+      expect(deliveries[0]?.message?.pushId).toBe(behind.pushId);
+    } finally {
+      await applier.stop();
+    }
   });
 });

@@ -37,8 +37,22 @@ export interface PushApplierOptions {
    * Default: 16.
    */
   partitions?: number;
-  /** How long an instance may take to apply one push before another instance takes it over. Default: 30 s. */
+  /**
+   * How long an instance may take to apply one push before another instance takes it over; also the wait
+   * before a push whose application failed is tried again. Default: 30 s.
+   */
   takeOverAfterMs?: number;
+  /**
+   * Waits between the tries of one delivery of a push whose application fails (Redis or NATS briefly
+   * unavailable), before the delivery is given up and the log redelivers it. Default: [50, 250, 1000] ms.
+   */
+  retryDelaysMs?: readonly number[];
+  /**
+   * Deliveries of one push before it is given up and marked FAILED: every push of the partition waits
+   * behind it, so a push that cannot be applied (a persistent fault) must not hold them for ever.
+   * Default: 10 (with the defaults, about 5 minutes).
+   */
+  maxDeliveries?: number;
   metrics: DispatchMetrics;
   logger: Logger;
   /** Default: systemClock. */
@@ -78,15 +92,7 @@ export class PushApplier {
           filterSubject: subjects.pushes(partition),
           maxAckPending: 1,
           redeliverAfterMs: this.options.takeOverAfterMs ?? 30_000,
-          handler: async (data, meta) => {
-            try {
-              await this.apply(PushCommand.decode(data), meta.seq);
-            } catch (error) {
-              this.options.metrics.applyFailures.inc();
-              this.options.logger.error({ err: error, partition, seq: meta.seq }, 'applying a push failed');
-              throw error;
-            }
-          },
+          handler: (data, meta) => this.handle(partition, data, meta.seq, meta.deliveryCount),
         }),
       );
     }
@@ -95,6 +101,62 @@ export class PushApplier {
   async stop(): Promise<void> {
     await Promise.all(this.consumers.map((consumer) => consumer.stop()));
     this.consumers = [];
+  }
+
+  /**
+   * One delivery of a log entry: tries a few times in place (a brief outage should not stall the
+   * partition for takeOverAfterMs), then lets the log redeliver it, and gives it up after maxDeliveries.
+   */
+  private async handle(
+    partition: number,
+    data: Uint8Array,
+    seq: number,
+    deliveryCount: number,
+  ): Promise<void> {
+    const { metrics, logger } = this.options;
+    let command: PushCommand;
+    try {
+      command = PushCommand.decode(data);
+    } catch (error) {
+      // No retry can read it, and it would block the partition: dropped, loudly.
+      metrics.applyFailures.inc();
+      logger.error({ err: error, partition, seq }, 'an undecodable push-log entry was dropped');
+      return;
+    }
+    const delays = this.options.retryDelaysMs ?? [50, 250, 1000];
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.apply(command, seq);
+        return;
+      } catch (error) {
+        metrics.applyFailures.inc();
+        const { accessId, pushId } = command;
+        logger.error(
+          { err: error, partition, seq, accessId, pushId, deliveryCount, attempt },
+          'applying a push failed',
+        );
+        const delay = delays[attempt];
+        if (delay !== undefined) {
+          await new Promise((resolve) => setTimeout(resolve, delay));
+          continue;
+        }
+        if (deliveryCount < (this.options.maxDeliveries ?? 10)) throw error;
+        const reason = error instanceof Error ? error.message : String(error);
+        await this.options.pushes
+          .update(accessId, pushId, {
+            status: PushStatus.PUSH_STATUS_FAILED,
+            failure: `could not be applied: ${reason}`,
+          })
+          .catch((cause: unknown) =>
+            logger.error({ err: cause, accessId, pushId }, 'marking a push failed failed'),
+          );
+        logger.error(
+          { accessId, pushId, seq, deliveryCount },
+          'a push that could not be applied was given up',
+        );
+        return;
+      }
+    }
   }
 
   /** Applies one push whose log sequence is `msgId`. Public for tests; the log calls it in order. */
