@@ -1,15 +1,12 @@
-import { MessageType, Platform, type PushRequest } from '@pushd/proto';
+import { Platform, type PushRequest } from '@pushd/proto';
 import { waitFor } from '@pushd/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { clientsFor, type TestApp, TestDevice } from '../support/clients.js';
-import { type SystemUnderTest, startEmbeddedSystem, startProcessSystem } from '../support/system.js';
+import { clientsFor, notifyRequest, type TestApp, TestDevice, tagListTarget } from '../support/clients.js';
+import { BOTH_MODES, type SystemUnderTest } from '../support/system.js';
 
 // Broadcasts (`all`) and tag-expression pushes end to end: stored once per app, evaluated by the gateway
 // against the devices it holds, caught up by devices coming back, ordered with targeted messages.
-describe.each([
-  ['separate processes on NATS and Redis', startProcessSystem],
-  ['embedded mode', startEmbeddedSystem],
-] as const)('broadcasts and tag pushes: %s', (_mode, start) => {
+describe.each(BOTH_MODES)('broadcasts and tag pushes: %s', (_mode, start) => {
   let system: SystemUnderTest;
   let clients: ReturnType<typeof clientsFor>;
   const devices: TestDevice[] = [];
@@ -32,18 +29,9 @@ describe.each([
   };
 
   const push = (app: TestApp, audience: object, content: string, fields: Partial<PushRequest> = {}) =>
-    clients.forApp(app).dispatch.push({
-      accessId: app.accessId,
-      audience: { target: audience as never },
-      message: { type: MessageType.MESSAGE_TYPE_NOTIFY, title: '', content, customContent: {} },
-      platform: Platform.PLATFORM_UNSPECIFIED,
-      ...fields,
-    });
+    clients.forApp(app).dispatch.push(notifyRequest(app, audience, content, fields));
   const all = { $case: 'all', value: {} };
-  const tagged = (tags: string[], op = 'OR') => ({
-    $case: 'tags',
-    value: { form: { $case: 'tagList', value: { tags, op } } },
-  });
+  const tagged = tagListTarget;
   const contents = (device: TestDevice) => device.received.map((m) => m.message?.content);
 
   /** Sum of a metric over every process's /metrics. */

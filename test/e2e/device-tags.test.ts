@@ -1,16 +1,13 @@
-import { MessageType, Platform, type PushRequest } from '@pushd/proto';
+import { Platform, type PushRequest } from '@pushd/proto';
 import { waitFor } from '@pushd/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { clientsFor, type TestApp, TestDevice } from '../support/clients.js';
-import { type SystemUnderTest, startEmbeddedSystem, startProcessSystem } from '../support/system.js';
+import { clientsFor, notifyRequest, type TestApp, TestDevice, tagListTarget } from '../support/clients.js';
+import { BOTH_MODES, type SystemUnderTest } from '../support/system.js';
 
 // Devices that set their own tags (UpdateTags) and report their location (ReportLocation) over the
 // WebSocket, end to end: the gateway calls the tag service, tag pushes follow the new tags at once, and the
 // location becomes the built-in tags pushd:province:<p> / pushd:city:<c> of audiences and counts.
-describe.each([
-  ['separate processes on NATS and Redis', startProcessSystem],
-  ['embedded mode', startEmbeddedSystem],
-] as const)('device tags and location over WebSocket: %s', (_mode, start) => {
+describe.each(BOTH_MODES)('device tags and location over WebSocket: %s', (_mode, start) => {
   let system: SystemUnderTest;
   let clients: ReturnType<typeof clientsFor>;
   const devices: TestDevice[] = [];
@@ -33,17 +30,8 @@ describe.each([
   };
 
   const push = (app: TestApp, audience: object, content: string, fields: Partial<PushRequest> = {}) =>
-    clients.forApp(app).dispatch.push({
-      accessId: app.accessId,
-      audience: { target: audience as never },
-      message: { type: MessageType.MESSAGE_TYPE_NOTIFY, title: '', content, customContent: {} },
-      platform: Platform.PLATFORM_UNSPECIFIED,
-      ...fields,
-    });
-  const tagged = (tags: string[], op = 'OR') => ({
-    $case: 'tags',
-    value: { form: { $case: 'tagList', value: { tags, op } } },
-  });
+    clients.forApp(app).dispatch.push(notifyRequest(app, audience, content, fields));
+  const tagged = tagListTarget;
   const contents = (device: TestDevice) => device.received.map((m) => m.message?.content);
   const listTags = (app: TestApp, device: TestDevice) =>
     clients.forApp(app).tag.listTags({ accessId: app.accessId, token: device.token });

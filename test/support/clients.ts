@@ -8,6 +8,7 @@ import {
   DispatchServiceService,
   MessageType,
   Platform,
+  type PushRequest,
   RegistryServiceService,
   StatsServiceService,
   TagServiceService,
@@ -150,4 +151,25 @@ export class TestDevice {
     );
     return this.received;
   }
+}
+
+/** A notification push request of the app (72 h by default) to any audience target. */
+export function notifyRequest(
+  app: TestApp,
+  target: object,
+  content: string,
+  fields: Partial<PushRequest> = {},
+): PushRequest {
+  return {
+    accessId: app.accessId,
+    audience: { target: target as never },
+    message: { type: MessageType.MESSAGE_TYPE_NOTIFY, title: '', content, customContent: {} },
+    platform: Platform.PLATFORM_UNSPECIFIED,
+    ...fields,
+  };
+}
+
+/** The `tags` audience target of a TPNS tag_list: devices with any (OR) or all (AND) of the tags. */
+export function tagListTarget(tags: string[], op = 'OR') {
+  return { $case: 'tags', value: { form: { $case: 'tagList', value: { tags, op } } } };
 }

@@ -38,6 +38,12 @@ export interface ProcessSystemOptions {
 
 export type ServiceName = 'registry' | 'tag' | 'dispatch' | 'stats' | 'gateway';
 
+/** The two ways end-to-end suites run the system, for `describe.each`. */
+export const BOTH_MODES = [
+  ['separate processes on NATS and Redis', () => startProcessSystem()],
+  ['embedded mode', () => startEmbeddedSystem()],
+] as const;
+
 /** Every service in this test process on the in-memory bus and stores (`pnpm start`'s code path). */
 export async function startEmbeddedSystem(): Promise<SystemUnderTest> {
   const system = await startEmbedded({
