@@ -200,6 +200,11 @@ export class MemoryBroker {
     });
   }
 
+  /** See Bus.consumerBacklog. */
+  consumerBacklog(stream: string, consumer: string): number | undefined {
+    return this.streams.get(stream)?.group(consumer)?.backlog();
+  }
+
   consume(member: MemoryDurableConsumer, options: ConsumeOptions): MemoryConsumerGroup {
     const stream = this.streams.get(options.stream);
     if (!stream) {
@@ -329,6 +334,11 @@ class MemoryStream {
     }
   }
 
+  /** The named consumer, if one was ever created. */
+  group(name: string): MemoryConsumerGroup | undefined {
+    return this.groups.get(name);
+  }
+
   consumerGroup(
     name: string,
     filterSubject: string | undefined,
@@ -442,6 +452,21 @@ class MemoryConsumerGroup {
       if (this.members[index]!.hasCapacity()) return index;
     }
     return -1;
+  }
+
+  /** Delivered and not acknowledged, plus stored and matching but not delivered yet. */
+  backlog(): number {
+    let count = 0;
+    for (const entry of this.pending.values()) if (entry.deliveries >= 0) count++;
+    for (let seq = Math.max(this.nextSeq, this.stream.firstSeq); seq <= this.stream.lastSeq; seq++) {
+      const message = this.stream.get(seq);
+      if (
+        message &&
+        (this.filterSubject === undefined || subjectMatches(this.filterSubject, message.subject))
+      )
+        count++;
+    }
+    return count;
   }
 
   /**
@@ -654,6 +679,11 @@ export class MemoryBus implements Bus {
     consumer.attach(this.broker.consume(consumer, options));
     this.consumers.add(consumer);
     return consumer;
+  }
+
+  async consumerBacklog(stream: string, consumer: string): Promise<number | undefined> {
+    if (this.closed) throw closedError();
+    return this.broker.consumerBacklog(stream, consumer);
   }
 
   async ready(): Promise<void> {

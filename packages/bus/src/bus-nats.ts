@@ -277,6 +277,23 @@ export class NatsBus implements Bus {
     }
   }
 
+  async consumerBacklog(stream: string, consumer: string): Promise<number | undefined> {
+    try {
+      const info = await this.jsm.consumers.info(stream, consumer);
+      return info.num_pending + info.num_ack_pending;
+    } catch (error) {
+      if (
+        isApiError(error, JetStreamApiCodes.ConsumerNotFound) ||
+        isApiError(error, JetStreamApiCodes.StreamNotFound)
+      )
+        return undefined;
+      throw new PushdError(
+        'UNAVAILABLE',
+        `reading consumer ${consumer} of ${stream} failed: ${String(error)}`,
+      );
+    }
+  }
+
   async flush(): Promise<void> {
     try {
       await this.nc.flush();

@@ -580,6 +580,36 @@ export function describeBusContract(name: string, setup: () => Promise<BusHarnes
         await Promise.all([consumerB.stop(), consumerC.stop()]);
       });
 
+      it('counts a consumer backlog: waiting and unacknowledged messages, per consumer and filter', async () => {
+        const [a] = await buses(1);
+        expect(await a!.consumerBacklog(STREAM.name, 'backlog')).toBeUndefined();
+        let release: () => void = () => {};
+        const held = new Promise<void>((resolve) => {
+          release = resolve;
+        });
+        let handled = 0;
+        const consumer = a!.consume({
+          stream: STREAM.name,
+          consumer: 'backlog',
+          filterSubject: 'contract.backlog.>',
+          maxAckPending: 1,
+          handler: async () => {
+            await held;
+            handled++;
+          },
+        });
+        for (let i = 0; i < 4; i++) await a!.publishDurable('contract.backlog.x', bytes(`b${i}`));
+        await a!.publishDurable('contract.other.x', bytes('not counted'));
+        // One delivered and held, three waiting behind it.
+        await until(async () => expect(await a!.consumerBacklog(STREAM.name, 'backlog')).toBe(4));
+        release();
+        await until(() => expect(handled).toBe(4));
+        await until(async () => expect(await a!.consumerBacklog(STREAM.name, 'backlog')).toBe(0));
+        await consumer.stop();
+        await a!.publishDurable('contract.backlog.x', bytes('after stop'));
+        await until(async () => expect(await a!.consumerBacklog(STREAM.name, 'backlog')).toBe(1));
+      });
+
       it('gives a consumer the maxAckPending of its latest consume(), none meaning no limit', async () => {
         const [a] = await buses(1);
         let running = 0;

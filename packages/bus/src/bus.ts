@@ -42,6 +42,13 @@ export interface Bus {
    */
   consume(options: ConsumeOptions): DurableConsumer;
 
+  /**
+   * Messages of `stream` that the durable consumer `consumer` has not acknowledged yet: waiting, or
+   * delivered and not acknowledged (a backlog gauge). Undefined when the consumer does not exist (yet).
+   * Rejects (UNAVAILABLE) when the server cannot be asked.
+   */
+  consumerBacklog(stream: string, consumer: string): Promise<number | undefined>;
+
   /** Resolves when the bus can carry traffic (for readiness checks); rejects with the reason otherwise. */
   ready(): Promise<void>;
 

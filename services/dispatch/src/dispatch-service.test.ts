@@ -540,6 +540,7 @@ describe('DispatchService.push', () => {
           return real.publishDurable(subject, data, options);
         },
         consume: (options) => real.consume(options),
+        consumerBacklog: (stream, consumer) => real.consumerBacklog(stream, consumer),
         ready: () => real.ready(),
         flush: () => real.flush(),
         close: () => real.close(),
@@ -1294,5 +1295,25 @@ describe('PushApplier when a push cannot be applied', () => {
     } finally {
       await applier.stop();
     }
+  });
+});
+
+describe('PushApplier backlog gauge', () => {
+  it('reports the accepted pushes not applied yet', async () => {
+    const { h, app, applier, metrics, registerDevice, applied } = await setup({ startApplier: false });
+    const token = await registerDevice();
+    // The partitions' consumers exist (as after any earlier run), but no instance applies now.
+    applier.start();
+    await applier.stop();
+    const accepted = [];
+    for (let n = 0; n < 3; n++) accepted.push(await h.push(notify(token), app.auth()));
+    await applier.refreshBacklog();
+    expect(await counterValue(metrics.pushLogBacklog)).toBe(3);
+    applier.start();
+    for (const push of accepted) await applied(push.pushId);
+    await waitFor(async () => {
+      await applier.refreshBacklog();
+      return (await counterValue(metrics.pushLogBacklog)) === 0;
+    }, 'an empty backlog');
   });
 });

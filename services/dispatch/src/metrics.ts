@@ -9,6 +9,7 @@ export interface DispatchMetrics {
   appliedAgain: Counter;
   applyLag: Histogram<'kind'>;
   applyFailures: Counter;
+  pushLogBacklog: Gauge;
   scheduledPushes: Gauge;
   scheduleOverdue: Gauge;
   scheduleLateness: Histogram;
@@ -62,6 +63,13 @@ export function createDispatchMetrics(registry: Registry): DispatchMetrics {
         'kind (targeted, broadcast): the push log backlog as latency.',
       labelNames: ['kind'],
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [registry],
+    }),
+    pushLogBacklog: new Gauge({
+      name: 'dispatch_push_log_backlog',
+      help:
+        'Accepted pushes not applied yet, over every push-log partition (read from JetStream every 5 s; ' +
+        'the same on every instance: aggregate with max).',
       registers: [registry],
     }),
     applyFailures: new Counter({

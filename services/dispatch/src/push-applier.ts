@@ -22,6 +22,9 @@ export const OFFLINE_CAPACITY: Readonly<Record<Platform, number>> = {
   [Platform.PLATFORM_UNSPECIFIED]: 1,
 };
 
+/** How often the push log's backlog gauge is read from the bus. */
+const BACKLOG_REFRESH_MS = 5_000;
+
 /** Window appends in flight for one push: enough to hide Redis round trips, bounded for fairness. */
 const APPEND_CONCURRENCY = 64;
 
@@ -77,6 +80,7 @@ export class PushApplier {
   private readonly clock: Clock;
   private readonly partitions: number;
   private consumers: DurableConsumer[] = [];
+  private backlogTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: PushApplierOptions) {
     this.clock = options.clock ?? systemClock;
@@ -84,6 +88,8 @@ export class PushApplier {
   }
 
   start(): void {
+    this.backlogTimer = setInterval(() => void this.refreshBacklog(), BACKLOG_REFRESH_MS);
+    this.backlogTimer.unref();
     for (let partition = 0; partition < this.partitions; partition++) {
       this.consumers.push(
         this.options.bus.consume({
@@ -98,7 +104,22 @@ export class PushApplier {
     }
   }
 
+  /** Reads the push log's backlog (dispatch_push_log_backlog); public for tests. Never rejects. */
+  async refreshBacklog(): Promise<void> {
+    try {
+      const backlogs = await Promise.all(
+        Array.from({ length: this.partitions }, (_, partition) =>
+          this.options.bus.consumerBacklog(streams.pushes.name, `dispatch-apply-${partition}`),
+        ),
+      );
+      this.options.metrics.pushLogBacklog.set(backlogs.reduce<number>((sum, n) => sum + (n ?? 0), 0));
+    } catch (error) {
+      this.options.logger.warn({ err: error }, 'reading the push log backlog failed');
+    }
+  }
+
   async stop(): Promise<void> {
+    clearInterval(this.backlogTimer);
     await Promise.all(this.consumers.map((consumer) => consumer.stop()));
     this.consumers = [];
   }

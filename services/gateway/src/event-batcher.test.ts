@@ -48,6 +48,7 @@ class RecordingBus {
       return result;
     },
     consume: (options) => this.memory.consume(options),
+    consumerBacklog: (stream, consumer) => this.memory.consumerBacklog(stream, consumer),
     ready: () => this.memory.ready(),
     flush: () => this.memory.flush(),
     close: () => this.memory.close(),

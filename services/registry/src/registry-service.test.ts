@@ -586,6 +586,7 @@ describe('RegistryService.unregisterDevice', () => {
         return memory.publishDurable(subject, data);
       },
       consume: (options) => memory.consume(options),
+      consumerBacklog: (stream, consumer) => memory.consumerBacklog(stream, consumer),
       ready: () => memory.ready(),
       flush: () => memory.flush(),
       close: () => memory.close(),
