@@ -90,6 +90,34 @@ function makeBatcher(bus: Bus, options: Partial<EventBatcherOptions> = {}) {
 }
 
 describe('EventBatcher', () => {
+  it('splits batches by size, so that SENT events carrying thousands of tokens stay under 1 MB a publish', async () => {
+    const recording = new RecordingBus();
+    const { batcher } = makeBatcher(recording.bus);
+    const sizes: number[] = [];
+    let tokens = 0;
+    recording.memory.subscribe(subjects.events('gateway'), (data) => {
+      sizes.push(data.length);
+      for (const event of EventBatch.decode(data).events) tokens += event.tokens.length;
+    });
+    for (let n = 0; n < 25; n++) {
+      batcher.add({
+        type: EventType.EVENT_TYPE_SENT,
+        accessId: 1,
+        pushId: '1',
+        msgId: 7,
+        platform: Platform.PLATFORM_ANDROID,
+        token: '',
+        tokens: Array.from({ length: 2_000 }, (_, i) => `${n}`.padStart(8, '0') + `${i}`.padStart(32, '0')),
+        atMs: 0,
+      });
+    }
+    await batcher.flush();
+    await recording.memory.flush();
+    expect(tokens).toBe(50_000);
+    expect(sizes.length).toBeGreaterThan(1);
+    for (const size of sizes) expect(size).toBeLessThan(1024 * 1024);
+  });
+
   it('publishes a batch as soon as it holds maxBatch events, on the source subject', async () => {
     const recording = new RecordingBus();
     const { batcher } = makeBatcher(recording.bus, { maxBatch: 3 });

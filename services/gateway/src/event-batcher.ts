@@ -3,6 +3,12 @@ import type { Logger } from '@pushd/common';
 import { type Event, EventBatch } from '@pushd/proto';
 import type { Counter } from 'prom-client';
 
+/** Estimated size budget of one published batch, well under NATS's default 1 MB payload limit. */
+const MAX_BATCH_BYTES = 512 * 1024;
+/** Upper estimates of an event's encoded size without its tokens, and per token (40 characters + framing). */
+const EVENT_OVERHEAD_BYTES = 128;
+const TOKEN_BYTES = 44;
+
 export interface EventBatcherOptions {
   bus: Bus;
   source: EventSource;
@@ -64,9 +70,24 @@ export class EventBatcher {
     }
   }
 
+  /**
+   * Events in the next batch: at most maxBatch, and no more than fit MAX_BATCH_BYTES (a SENT event can
+   * carry thousands of tokens; NATS refuses payloads over 1 MB by default), at least one.
+   */
+  private batchLength(): number {
+    let bytes = 0;
+    const limit = Math.min(this.maxBatch, this.buffer.length);
+    for (let i = 0; i < limit; i++) {
+      const event = this.buffer[i] as Event;
+      bytes += EVENT_OVERHEAD_BYTES + event.tokens.length * TOKEN_BYTES;
+      if (bytes > MAX_BATCH_BYTES) return Math.max(1, i);
+    }
+    return limit;
+  }
+
   private async publishAll(): Promise<void> {
     while (this.buffer.length > 0) {
-      const batch = this.buffer.slice(0, this.maxBatch);
+      const batch = this.buffer.slice(0, this.batchLength());
       let data: Uint8Array;
       try {
         data = EventBatch.encode({ events: batch }).finish();

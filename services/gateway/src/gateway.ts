@@ -54,6 +54,12 @@ import { type Handshake, parseHandshake } from './handshake.js';
 import type { GatewayMetrics } from './metrics.js';
 import { type LiveMessage, Session } from './session.js';
 
+/**
+ * Most devices in one merged SENT event: 2,000 tokens are ~90 KB, well under NATS's default 1 MB payload
+ * limit even with other events in the same batch.
+ */
+const SENT_TOKENS_PER_EVENT = 2_000;
+
 export interface GatewayOptions {
   /** Identifies this gateway in routes and in its NATS subject; unique in the cluster. */
   nodeId: string;
@@ -149,6 +155,9 @@ export class Gateway {
   private readonly sessions = new Map<string, Session>();
   /** The same sessions by app: a broadcast visits only its app's devices. */
   private readonly appSessions = new Map<number, Set<Session>>();
+  /** SENT events being merged during this turn of the event loop (see countSent). */
+  private readonly sentBuffer = new Map<string, Event>();
+  private sentFlushScheduled = false;
   private readonly registering = new Set<Session>();
   private readonly clock: Clock;
   private readonly path: string;
@@ -282,6 +291,7 @@ export class Gateway {
     this.server.closeAllConnections();
     await closing;
     // After the sessions were detached: their DISCONNECTED events are in the batch.
+    this.flushSent();
     await Promise.all([this.events.stop(), this.presence.stop()]);
   }
 
@@ -888,18 +898,39 @@ export class Gateway {
    * and so is every message a device gets when it comes back: a broadcast from the log is indistinguishable
    * there, and a targeted one dispatch counted already counts once anyway.
    */
+  /**
+   * Counts a message as sent to this session's device. A broadcast reaches thousands of sessions in one
+   * turn of the event loop: their SENT events are merged per message and platform into events carrying up
+   * to SENT_TOKENS_PER_EVENT tokens (as dispatch does for targeted pushes), handed to the batcher once the
+   * turn is over, instead of one event per device.
+   */
   private countSent(session: Session, message: PushMessage): void {
-    this.events.add(
-      Event.create({
+    const key = `${session.accessId}:${message.msgId}:${session.platform}`;
+    let event = this.sentBuffer.get(key);
+    if (event === undefined || event.tokens.length >= SENT_TOKENS_PER_EVENT) {
+      if (event !== undefined) this.events.add(event);
+      event = Event.create({
         type: EventType.EVENT_TYPE_SENT,
         accessId: session.accessId,
         pushId: message.pushId,
         msgId: message.msgId,
         platform: session.platform,
-        tokens: [session.token],
+        tokens: [],
         atMs: this.clock.now(),
-      }),
-    );
+      });
+      this.sentBuffer.set(key, event);
+    }
+    event.tokens.push(session.token);
+    if (!this.sentFlushScheduled) {
+      this.sentFlushScheduled = true;
+      setImmediate(() => this.flushSent());
+    }
+  }
+
+  private flushSent(): void {
+    this.sentFlushScheduled = false;
+    for (const event of this.sentBuffer.values()) this.events.add(event);
+    this.sentBuffer.clear();
   }
 
   /**
