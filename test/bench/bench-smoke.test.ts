@@ -1,5 +1,7 @@
 // The benchmarks in smoke mode (tiny N, a few seconds each), so that the suite cannot rot: each runs as
 // `pnpm bench <name> --smoke` would, and its last line of stdout must be the JSON object of its figures.
+// No timing is asserted; counts are (every device received every broadcast). peers needs the Mosquitto
+// broker (Debian's mosquitto package, which .ci/run installs): without it the run fails saying so.
 // The full runs and their figures are in docs/benchmarks.md; they are not run in CI.
 import { spawn } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
@@ -31,6 +33,29 @@ const FIGURES = {
     'accept_10pct_p50_ms',
     'accept_50pct_p50_ms',
     'apply_10pct_p50_ms',
+  ],
+  fanout: [
+    'devices',
+    'msgs_per_s',
+    'ref_msgs_per_s',
+    'ratio',
+    'p50_ms',
+    'p99_ms',
+    'all_p99_ms',
+    'spread_devices',
+    'spread_msgs_per_s',
+    'spread_ref_msgs_per_s',
+    'spread_ratio',
+    'spread_p99_ms',
+  ],
+  peers: [
+    'devices',
+    'ours_msgs_per_s',
+    'socketio_msgs_per_s',
+    'mosquitto_msgs_per_s',
+    'ours_p99_ms',
+    'socketio_p99_ms',
+    'mosquitto_p99_ms',
   ],
 } as const;
 
@@ -82,6 +107,29 @@ describe('benchmark smoke runs', () => {
         expect(result.indexed).toBe(result.devices);
         expect(result.accept_10pct_target).toBe(Math.floor((result.devices as number) / 10));
         expect(result.redis_bytes_per_device).toBeGreaterThan(0);
+      }
+      if (name === 'fanout') {
+        // Every device received every broadcast, through the tag pushes, `all` and over two gateways.
+        const devices = result.devices as number;
+        expect(result.expected).toBe(devices * (result.broadcasts as number));
+        expect(result.delivered).toBe(result.expected);
+        expect(result.all_delivered).toBe(devices * (result.all_broadcasts as number));
+        expect(result.spread_gateways).toBeGreaterThan(1);
+        expect(result.spread_expected).toBe(
+          (result.spread_devices as number) * (result.spread_broadcasts as number),
+        );
+        expect(result.spread_delivered).toBe(result.spread_expected);
+        for (const figure of ['msgs_per_s', 'ref_msgs_per_s', 'spread_msgs_per_s', 'ratio']) {
+          expect(result[figure]).toBeGreaterThan(0);
+        }
+      }
+      if (name === 'peers') {
+        // Every subscriber of each peer received every broadcast.
+        expect(result.expected).toBe((result.devices as number) * (result.broadcasts as number));
+        for (const peer of ['ours', 'socketio', 'mosquitto']) {
+          expect(result[`${peer}_delivered`], peer).toBe(result.expected);
+          expect(result[`${peer}_msgs_per_s`], peer).toBeGreaterThan(0);
+        }
       }
     });
   }

@@ -68,9 +68,9 @@ export async function runBounded(
     log(`failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
     code = 1;
   }
-  if (!exiting) {
-    exiting = true;
-    await cleanup.runAll();
-  }
+  // Also when a signal or the deadline is already stopping everything: runAll() returns that same run, so
+  // the process does not exit before the services it started are stopped.
+  exiting = true;
+  await cleanup.runAll();
   process.exit(code);
 }

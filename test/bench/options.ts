@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 
-export const BENCHMARKS = ['connections', 'targeted', 'reconnect', 'tags'] as const;
+export const BENCHMARKS = ['connections', 'targeted', 'reconnect', 'tags', 'fanout', 'peers'] as const;
 export type BenchName = (typeof BENCHMARKS)[number];
 
 /** Options of `pnpm bench <name>`; each benchmark fills what is unset from its own defaults. */
@@ -22,6 +22,10 @@ export interface BenchOptions {
   pushers?: number;
   /** targeted: how long to wait for accepted pushes to arrive after a step. */
   drainS?: number;
+  /** fanout, peers: measured broadcasts of each target. */
+  broadcasts?: number;
+  /** fanout, peers: broadcasts in flight (a new one is published when an earlier one reached everybody). */
+  window?: number;
   /** Write a CPU profile of every service process into this directory. */
   cpuProfDir?: string;
   /** connections: write a sampling heap profile (live allocations by site) of each server here. */
@@ -40,9 +44,10 @@ export interface BenchOptions {
 export const USAGE = `usage: pnpm bench <${BENCHMARKS.join('|')}> [options]
 
   --smoke              tiny N and short phases (CI)
-  --devices N          devices (connections, targeted: 18000; reconnect: 50000;
-                       tags: 1000000, or TAGS_BENCH_DEVICES)
-  --gateways N         gateway processes (reconnect: 3, smoke 2; others: 1)
+  --devices N          devices (connections, targeted, peers: 18000; reconnect: 50000;
+                       tags: 1000000, or TAGS_BENCH_DEVICES; fanout: 18000 on one gateway, then
+                       50000 over 3, unless --devices or --gateways names one configuration)
+  --gateways N         gateway processes (reconnect: 3, smoke 2; fanout: see --devices; others: 1)
   --duration-s N       connections: idle hold before reading memory (10); targeted: each rate step (30)
   --device-workers N   device processes (default: one per 12,500 devices)
   --inflight N         handshakes in flight per server per device process (default: 400 per server in all);
@@ -50,6 +55,9 @@ export const USAGE = `usage: pnpm bench <${BENCHMARKS.join('|')}> [options]
   --rates A,B,C        targeted: pushes/s of the steps
   --pushers N          pusher processes (2; smoke: 1)
   --drain-s N          targeted: wait for deliveries after each step (5)
+  --broadcasts N       fanout, peers: measured broadcasts per target (30; 20 from 20,000 devices on)
+  --window N           fanout, peers: broadcasts in flight (1: each waits for the previous to reach
+                       every device)
   --cpu-prof DIR       write a .cpuprofile of each process per measured phase into DIR
   --heap-profile DIR   connections: write what the live memory was allocated by (.heapprofile) into DIR
   --gateway-env K=V    diagnostics: extra gateway environment (repeatable; marked in the JSON line)
@@ -78,6 +86,8 @@ export function parseOptions(argv: string[]): BenchOptions {
       rates: { type: 'string' },
       pushers: { type: 'string' },
       'drain-s': { type: 'string' },
+      broadcasts: { type: 'string' },
+      window: { type: 'string' },
       'cpu-prof': { type: 'string' },
       'heap-profile': { type: 'string' },
       out: { type: 'string' },
@@ -103,6 +113,8 @@ export function parseOptions(argv: string[]): BenchOptions {
   assign('inflight', positive('inflight', values.inflight));
   assign('pushers', positive('pushers', values.pushers));
   assign('drainS', positive('drain-s', values['drain-s']));
+  assign('broadcasts', positive('broadcasts', values.broadcasts));
+  assign('window', positive('window', values.window));
   assign('timeoutS', positive('timeout-s', values['timeout-s']));
   assign('cpuProfDir', values['cpu-prof']);
   assign('heapProfileDir', values['heap-profile']);

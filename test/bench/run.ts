@@ -3,8 +3,10 @@
 import { writeFileSync } from 'node:fs';
 import { cpus, loadavg, totalmem } from 'node:os';
 import { connectionsBench } from './connections.js';
+import { fanoutBench } from './fanout.js';
 import { log, runBounded } from './lifecycle.js';
 import { type BenchOptions, parseOptions } from './options.js';
+import { peersBench } from './peers.js';
 import { reconnectBench } from './reconnect.js';
 import { printResult } from './report.js';
 import { tagsBench } from './tags.js';
@@ -23,6 +25,8 @@ const benches = {
   targeted: targetedBench,
   reconnect: reconnectBench,
   tags: tagsBench,
+  fanout: fanoutBench,
+  peers: peersBench,
 };
 const deadlineS = options.timeoutS ?? (options.smoke ? 90 : 3_600);
 
