@@ -210,14 +210,24 @@ describe('delivery order and failures: two dispatch and two gateway processes', 
     expect(device.received.map((m) => m.message?.content)).toEqual(['retried', 'one', 'two']);
     // Not before its time (the device's receipt is after the send time on the same clock).
     for (const message of device.received.slice(1)) expect(message.sentAtMs).toBeGreaterThanOrEqual(at);
-    const listed = await first?.listPushes({
-      accessId: app.accessId,
-      createdFromMs: 0,
-      createdToMs: 0,
-      statuses: [],
-      pageSize: 10,
-      pageToken: '',
-    });
+    // grpc-js channels to the restarted instances may still be backing off from the outage: ask until one
+    // answers.
+    let listed: Awaited<ReturnType<NonNullable<typeof first>['listPushes']>> | undefined;
+    await waitFor(
+      async () => {
+        listed = await first?.listPushes({
+          accessId: app.accessId,
+          createdFromMs: 0,
+          createdToMs: 0,
+          statuses: [],
+          pageSize: 10,
+          pageToken: '',
+        });
+        return true;
+      },
+      'a dispatch instance answering ListPushes',
+      30_000,
+    );
     expect(listed?.pushes.map((push) => [push.pushId, push.status])).toEqual([
       [retried?.pushId, PushStatus.PUSH_STATUS_DONE],
       [two?.pushId, PushStatus.PUSH_STATUS_DONE],
