@@ -79,8 +79,10 @@ describe.each(BOTH_MODES)('device tags and location over WebSocket: %s', (_mode,
       });
     // Registered and online bits come from events the tag service consumes: wait for them.
     await waitFor(
-      async () => (await count(['pushd:city:深圳'])).online === 1,
-      'the city counted with its device online',
+      async () =>
+        (await count(['pushd:city:深圳'])).online === 1 &&
+        (await count(['pushd:province:广东'])).online === 2,
+      'both devices counted online',
     );
     await expect(count(['pushd:city:深圳'])).resolves.toEqual({ matched: 1, online: 1 });
     await expect(count(['pushd:province:广东'])).resolves.toEqual({ matched: 2, online: 2 });
