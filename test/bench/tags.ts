@@ -633,7 +633,7 @@ export async function tagsBench(cleanup: Cleanup, options: BenchOptions): Promis
         const steps = [
           median('registry.getDevice'),
           median('audience.count'),
-          median('pushes.nextIds'),
+          median('pushes.nextPushId'),
           median('pushes.save'),
           median('bus.publishDurable'),
         ];

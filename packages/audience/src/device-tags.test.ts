@@ -1,7 +1,13 @@
+import { Platform } from '@pushd/proto';
 import { describe, expect, it } from 'vitest';
 import { deviceTagTest } from './device-tags.js';
 
-const attributes = { platform: 'android', appVersion: '2.1.0', osVersion: '14', locale: 'zh-CN' };
+const attributes = {
+  platform: Platform.PLATFORM_ANDROID,
+  appVersion: '2.1.0',
+  osVersion: '14',
+  locale: 'zh-CN',
+};
 
 describe('deviceTagTest', () => {
   it('holds the built-in tags of the attributes and the activity windows of a connected device', () => {

@@ -7,13 +7,14 @@
  * service keeps there, its reported location (`pushd:province:<p>`, `pushd:city:<c>`): a `pushd:` tag is
  * held when either the attributes make it or the set holds it.
  */
+import type { Platform } from '@pushd/proto';
 import type { HasTag } from './evaluate.js';
-import { builtinTag, RESERVED_TAG_PREFIX } from './expression.js';
+import { builtinTag, platformTag, RESERVED_TAG_PREFIX } from './expression.js';
 
 /** What a device reported about itself (registry Device fields); empty strings mean "not reported". */
 export interface DeviceAttributes {
-  /** 'android' or 'ios' (pushd:platform:<p>); empty when unknown. */
-  platform: string;
+  /** Makes pushd:platform:<android|ios>; PLATFORM_UNSPECIFIED makes none. */
+  platform: Platform;
   appVersion: string;
   osVersion: string;
   locale: string;
@@ -35,7 +36,8 @@ export function deviceTagTest(attributes: DeviceAttributes, userTags: Iterable<s
     builtinTag('active', '7d'),
     builtinTag('active', '30d'),
   ]);
-  if (attributes.platform) builtins.add(builtinTag('platform', attributes.platform));
+  const platform = platformTag(attributes.platform);
+  if (platform !== undefined) builtins.add(platform);
   if (attributes.appVersion) builtins.add(builtinTag('app_version', attributes.appVersion));
   if (attributes.osVersion) builtins.add(builtinTag('os_version', attributes.osVersion));
   if (attributes.locale) builtins.add(builtinTag('locale', attributes.locale));

@@ -69,6 +69,7 @@
  * `(pushd:province:guangdong OR pushd:province:hunan) AND pushd:active:1d AND "male"`.
  */
 import { invalidArgument, PushdError } from '@pushd/common';
+import { Platform } from '@pushd/proto';
 
 /** The normalized audience expression every component evaluates. */
 export type AudienceExpr =
@@ -127,6 +128,13 @@ export const BUILTIN_TAG_VALUES: Readonly<Partial<Record<BuiltinTagKey, readonly
 /** The built-in tag for a key and value, e.g. `builtinTag('platform', 'ios')` is `pushd:platform:ios`. */
 export function builtinTag(key: BuiltinTagKey, value: string): string {
   return `${RESERVED_TAG_PREFIX}${key}:${value}`;
+}
+
+/** `pushd:platform:android` / `pushd:platform:ios` for the two platforms; undefined for any other value. */
+export function platformTag(platform: Platform): string | undefined {
+  if (platform === Platform.PLATFORM_ANDROID) return builtinTag('platform', 'android');
+  if (platform === Platform.PLATFORM_IOS) return builtinTag('platform', 'ios');
+  return undefined;
 }
 
 const FORBIDDEN_CHARS = /[\s\p{Cc}]/u;

@@ -14,6 +14,7 @@ export {
   MAX_EXPRESSION_NODES,
   MAX_EXPRESSION_TAGS,
   normalize,
+  platformTag,
   RESERVED_TAG_PREFIX,
   TAG_MAX_CHARS,
   tagsOf,

@@ -1,4 +1,4 @@
-import type { AudienceExpr } from '@pushd/audience';
+import { type AudienceExpr, platformTag } from '@pushd/audience';
 import { Platform } from '@pushd/proto';
 
 /** How many registered devices an expression matches, and how many of those are connected now. */
@@ -66,10 +66,12 @@ export type IndexedSet =
   | { kind: 'active'; days: number }
   | { kind: 'tag'; tag: string };
 
-const PLATFORM_TAGS: ReadonlyMap<string, Platform> = new Map([
-  ['pushd:platform:android', Platform.PLATFORM_ANDROID],
-  ['pushd:platform:ios', Platform.PLATFORM_IOS],
-]);
+const PLATFORM_TAGS: ReadonlyMap<string, Platform> = new Map(
+  [Platform.PLATFORM_ANDROID, Platform.PLATFORM_IOS].map((platform) => [
+    platformTag(platform) as string,
+    platform,
+  ]),
+);
 
 const ACTIVE_TAG = /^pushd:active:([1-9][0-9]?)d$/;
 
@@ -91,8 +93,5 @@ export function activeDays(days: number, nowMs: number): number[] {
   return Array.from({ length: days }, (_, i) => today - i);
 }
 
-/** Built-in tags that name a platform; `pushd:platform:<name>` for the two platforms, undefined else. */
-export function platformTag(platform: Platform): string | undefined {
-  for (const [tag, value] of PLATFORM_TAGS) if (value === platform) return tag;
-  return undefined;
-}
+/** Built-in tags that name a platform (defined in @pushd/audience, re-exported for the store's callers). */
+export { platformTag };

@@ -10,7 +10,7 @@ import { ConfigError, invalidArgument } from '@pushd/common';
  * | P:{a:a}:app                      | hash   | n name, ak access key, sk secret hash, tk token key, c ms | registry |
  * | P:{a:a}:devices                  | hash   | t total, p<platform number> per platform (covered devices)| registry |
  * |                                  |        | x device indexes handed out (next index = x)              |          |
- * | P:{a:a}:seq                      | hash   | m last msg id, p last push id                             | dispatch |
+ * | P:{a:a}:seq                      | hash   | p last push id, b bind version                            | dispatch |
  * | P:{a:a}:tagcount                 | hash   | user tag -> devices holding it (+ reservations in flight) | tag      |
  * | P:{a:a}:aud:reg                  | string | bitmap by device index: registered                        | tag      |
  * | P:{a:a}:aud:pf:<platform number> | string | bitmap: registered on that platform                       | tag      |

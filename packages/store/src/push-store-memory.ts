@@ -51,7 +51,7 @@ interface AppIndex {
  */
 export class MemoryPushStore implements PushStore {
   private readonly clock: Clock;
-  private readonly counters = new Map<number, { push: number; msg: number }>();
+  private readonly counters = new Map<number, number>();
   private readonly pushes = new Map<string, StoredPush>();
   private readonly indexes = new Map<number, AppIndex>();
   /**
@@ -64,17 +64,10 @@ export class MemoryPushStore implements PushStore {
     this.clock = options.clock ?? systemClock;
   }
 
-  async nextIds(accessId: number): Promise<{ pushId: string; msgId: number }> {
-    const counter = this.counter(accessId);
-    counter.push += 1;
-    counter.msg += 1;
-    return { pushId: String(counter.push), msgId: counter.msg };
-  }
-
-  async nextMsgId(accessId: number): Promise<number> {
-    const counter = this.counter(accessId);
-    counter.msg += 1;
-    return counter.msg;
+  async nextPushId(accessId: number): Promise<string> {
+    const next = (this.counters.get(accessId) ?? 0) + 1;
+    this.counters.set(accessId, next);
+    return String(next);
   }
 
   async save(push: PushRecord): Promise<void> {
@@ -241,15 +234,6 @@ export class MemoryPushStore implements PushStore {
       this.indexes.set(accessId, index);
     }
     return index;
-  }
-
-  private counter(accessId: number): { push: number; msg: number } {
-    let counter = this.counters.get(accessId);
-    if (!counter) {
-      counter = { push: 0, msg: 0 };
-      this.counters.set(accessId, counter);
-    }
-    return counter;
   }
 }
 

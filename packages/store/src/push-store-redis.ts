@@ -50,15 +50,8 @@ export class RedisPushStore implements PushStore {
     defineScripts(this.redis);
   }
 
-  async nextIds(accessId: number): Promise<{ pushId: string; msgId: number }> {
-    const [pushId, msgId] = (await redisCall(
-      runScript(this.redis, 'nextIds', [this.keys.idSeq(accessId)], []),
-    )) as [number, number];
-    return { pushId: String(pushId), msgId };
-  }
-
-  async nextMsgId(accessId: number): Promise<number> {
-    return redisCall(this.redis.hincrby(this.keys.idSeq(accessId), 'm', 1));
+  async nextPushId(accessId: number): Promise<string> {
+    return String(await redisCall(this.redis.hincrby(this.keys.idSeq(accessId), 'p', 1)));
   }
 
   async save(push: PushRecord): Promise<void> {

@@ -95,13 +95,10 @@ export interface PushListPage {
 /** Pushes an app has sent. Owned by the dispatch service. */
 export interface PushStore {
   /**
-   * The next push id and message id of an app, from two counters, in one atomic call. Both increase:
-   * message ids order a device's messages. Push ids are decimal strings.
+   * The app's next push id: increasing decimal strings. (Message ids are not the store's: they are the
+   * push log's sequence.)
    */
-  nextIds(accessId: number): Promise<{ pushId: string; msgId: number }>;
-
-  /** A further message id, above every id handed out before (to retry a refused inbox append). */
-  nextMsgId(accessId: number): Promise<number>;
+  nextPushId(accessId: number): Promise<string>;
 
   /**
    * Stores the record with its mutable fields (status, msg id, target, occurrences, failure), replacing a

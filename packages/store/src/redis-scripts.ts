@@ -23,7 +23,6 @@ const SCRIPTS = {
   inboxAck: { file: 'inbox-ack', keys: 2 },
   inboxAppend: { file: 'inbox-append', keys: 3 },
   inboxPending: { file: 'inbox-pending', keys: 3 },
-  nextIds: { file: 'next-ids', keys: 1 },
   pushIndex: { file: 'push-index', keys: 2 },
   pushSave: { file: 'push-save', keys: 1 },
   pushSaveCommand: { file: 'push-save-command', keys: 1 },

@@ -1,4 +1,11 @@
-import { type AudienceExpr, builtinTag, deviceTagTest, fromProto, matches, normalize } from '@pushd/audience';
+import {
+  type AudienceExpr,
+  deviceTagTest,
+  fromProto,
+  matches,
+  normalize,
+  platformTag,
+} from '@pushd/audience';
 import { type Bus, pushPartition, subjects } from '@pushd/bus';
 import { type Clock, invalidArgument, type Logger, PushdError, systemClock } from '@pushd/common';
 import {
@@ -364,9 +371,8 @@ export class DispatchService {
     );
   }
 
-  /** The store hands out push ids; msg ids come from the log (the store's msg id counter is not used). */
-  private async newPushId(accessId: number): Promise<string> {
-    return (await this.options.pushes.nextIds(accessId)).pushId;
+  private newPushId(accessId: number): Promise<string> {
+    return this.options.pushes.nextPushId(accessId);
   }
 
   private async takeAllAudienceSlot(accessId: number, now: number): Promise<void> {
@@ -427,7 +433,7 @@ export class DispatchService {
     const userTags = await this.options.tags.list(accessId, token, device.index);
     const has = deviceTagTest(
       {
-        platform: platformName(device.platform),
+        platform: device.platform,
         appVersion: device.appVersion,
         osVersion: device.osVersion,
         locale: device.locale,
@@ -570,17 +576,10 @@ function platformTagOf(platform: Platform): string | undefined {
       return undefined;
     case Platform.PLATFORM_ANDROID:
     case Platform.PLATFORM_IOS:
-      return builtinTag('platform', platformName(platform));
+      return platformTag(platform);
     default:
       throw invalidArgument('platform', 'must be PLATFORM_ANDROID, PLATFORM_IOS or unspecified (both)');
   }
-}
-
-/** The value of the built-in platform tag ('' when unknown). */
-export function platformName(platform: Platform): string {
-  if (platform === Platform.PLATFORM_ANDROID) return 'android';
-  if (platform === Platform.PLATFORM_IOS) return 'ios';
-  return '';
 }
 
 /** The key, or undefined when the call has none; INVALID_ARGUMENT when it is empty or too long. */

@@ -1244,12 +1244,7 @@ function adoptDevice(session: Session, device: Device): void {
 function tagTestOf(session: Session): HasTag {
   session.tagTest ??= deviceTagTest(
     {
-      platform:
-        session.platform === Platform.PLATFORM_ANDROID
-          ? 'android'
-          : session.platform === Platform.PLATFORM_IOS
-            ? 'ios'
-            : '',
+      platform: session.platform,
       appVersion: session.appVersion,
       osVersion: session.osVersion,
       locale: session.locale,

@@ -230,7 +230,8 @@ export interface PushResponse {
   pushId: string;
   /**
    * The message id the devices receive. Ids increase in the order pushes are accepted (one ordered log,
-   * see docs/architecture.md), and every device receives its messages in increasing id order.
+   * see docs/architecture.md), and every device receives its messages in increasing id order. 0 for a
+   * scheduled push: each occurrence gets its own when it is sent (GetPush shows the latest).
    */
   msgId: number;
   /** Tokens of a token_list that are unknown or unregistered (nothing was sent to them). */
