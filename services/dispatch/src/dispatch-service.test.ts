@@ -650,6 +650,8 @@ describe('DispatchEventConsumer', () => {
         platform: Platform.PLATFORM_ANDROID,
         atMs: 0,
         tokens: [],
+        tokensAtMs: [],
+        windowless: false,
       });
       await bus.publishDurable(
         subjects.events('gateway'),
@@ -670,11 +672,32 @@ describe('DispatchEventConsumer', () => {
       );
       expect(await pendingIds(token)).toEqual([second.msgId]);
 
+      // Acks merged per message (a gateway's form): every device named leaves; a windowless one (a live
+      // broadcast, in no window) is not looked for, even when its id matches a stored message.
+      const third = await push(token);
+      const fourth = await push(other);
+      await bus.publishDurable(
+        subjects.events('gateway'),
+        EventBatch.encode({
+          events: [
+            { ...arrived(others.msgId, others.pushId, ''), tokens: [other], tokensAtMs: [1] },
+            { ...arrived(third.msgId, third.pushId, ''), tokens: [token], windowless: true },
+            { ...arrived(second.msgId, second.pushId, ''), tokens: [token, other] },
+          ],
+        }).finish(),
+      );
+      await waitFor(
+        async () => (await pendingIds(other)).length === 1 && (await pendingIds(token)).length === 1,
+        'the merged acks to be applied',
+      );
+      expect(await pendingIds(other)).toEqual([fourth.msgId]);
+      expect(await pendingIds(token)).toEqual([third.msgId]);
+
       // The registry announces that the device unregistered: its whole window goes.
       await registryHandlers.unregisterDevice({ accessId: app.accessId, token }, cluster());
       await waitFor(async () => (await pending(token)).lastMsgId === 0, 'the window to be cleared');
       expect(await pending(token)).toEqual({ messages: [], lastMsgId: 0, lastBroadcastId: 0, dropped: 0 });
-      expect(await pendingIds(other)).toEqual([others.msgId]);
+      expect(await pendingIds(other)).toEqual([fourth.msgId]);
       expect(await counterValue(metrics.eventsConsumed, { type: 'unregistered' })).toBe(1);
     } finally {
       await consumer.stop();

@@ -38,10 +38,15 @@ export class DispatchEventConsumer {
     const acks = new Map<string, { accessId: number; token: string; msgIds: number[] }>();
     for (const event of batch.events) {
       if (event.type === EventType.EVENT_TYPE_ARRIVED) {
-        const key = `${event.accessId}:${event.token}`;
-        const entry = acks.get(key) ?? { accessId: event.accessId, token: event.token, msgIds: [] };
-        entry.msgIds.push(event.msgId);
-        acks.set(key, entry);
+        // A live broadcast is in no window: nothing to remove (one Redis call per device saved).
+        if (event.windowless) continue;
+        // Merged per message (tokens) or one device (token).
+        for (const token of event.tokens.length > 0 ? event.tokens : [event.token]) {
+          const key = `${event.accessId}:${token}`;
+          const entry = acks.get(key) ?? { accessId: event.accessId, token, msgIds: [] };
+          entry.msgIds.push(event.msgId);
+          acks.set(key, entry);
+        }
       } else if (event.type === EventType.EVENT_TYPE_UNREGISTERED) {
         await this.options.inboxes.clear(event.accessId, event.token);
         this.options.metrics.eventsConsumed.inc({ type: 'unregistered' });

@@ -15,6 +15,8 @@ const arrived = (msgId: number): Event => ({
   platform: Platform.PLATFORM_ANDROID,
   atMs: 1_767_225_600_000,
   tokens: [],
+  tokensAtMs: [],
+  windowless: false,
 });
 
 /**
@@ -108,6 +110,8 @@ describe('EventBatcher', () => {
         platform: Platform.PLATFORM_ANDROID,
         token: '',
         tokens: Array.from({ length: 2_000 }, (_, i) => `${n}`.padStart(8, '0') + `${i}`.padStart(32, '0')),
+        tokensAtMs: [],
+        windowless: false,
         atMs: 0,
       });
     }
@@ -240,6 +244,61 @@ describe('EventBatcher', () => {
     await batcher.flush();
     // Everything added after the batch in flight must be published: none of it was the oldest.
     expect(recording.storedIds).toEqual([1, 2, 3, 4, 5]);
+  });
+
+  it('publishes up to maxInFlight batches at once, and puts failed ones back in order before newer events', async () => {
+    const recording = new RecordingBus();
+    recording.hold = true;
+    const { batcher, failureCount } = makeBatcher(recording.bus, { maxBatch: 2, maxInFlight: 3 });
+    for (let n = 1; n <= 10; n++) batcher.add(arrived(n));
+    // [1, 2] went alone (the buffer reached maxBatch); the rest piled up meanwhile.
+    await waitFor(() => recording.heldCount === 1, 'the first publish in flight');
+    recording.releaseHeld();
+    // The next round: three batches wait for the stream at once, the fourth for the round to end.
+    await waitFor(() => recording.heldCount === 3, 'three publishes in flight');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(recording.heldCount).toBe(3);
+    recording.hold = false;
+    recording.releaseHeld();
+    await batcher.flush();
+    await batcher.flush();
+    expect(recording.stored).toEqual([
+      [1, 2],
+      [3, 4],
+      [5, 6],
+      [7, 8],
+      [9, 10],
+    ]);
+
+    // The first batch of a round fails, the others are stored; the failed one goes back ahead of newer events.
+    recording.stored.length = 0;
+    recording.failures = 1;
+    for (let n = 11; n <= 16; n++) batcher.add(arrived(n));
+    await batcher.flush();
+    expect(await failureCount()).toBe(1);
+    recording.failures = 1;
+    batcher.add(arrived(17));
+    await batcher.flush();
+    expect(await failureCount()).toBe(2);
+    await batcher.flush();
+    expect(recording.stored).toEqual([[13, 14], [15, 16], [11, 12], [17]]);
+  });
+
+  it('drops a tenth of maxBuffered at once when full, counting the drops, so an outage costs one log line per many', async () => {
+    const recording = new RecordingBus();
+    recording.failures = Number.POSITIVE_INFINITY;
+    const dropped = new Counter({ name: 'test_dropped_total', help: 'test', registers: [new Registry()] });
+    const lines: unknown[] = [];
+    const logger = { ...silentLogger(), error: (...args: unknown[]) => lines.push(args) } as never;
+    const { batcher } = makeBatcher(recording.bus, { maxBatch: 1_000, maxBuffered: 100, dropped, logger });
+    for (let n = 1; n <= 150; n++) batcher.add(arrived(n));
+    const droppedCount = (await dropped.get()).values[0]?.value ?? 0;
+    // 150 events, room for 100: 50 went, ten at a time (a tenth of the bound), in five drops.
+    expect(droppedCount).toBe(50);
+    expect(lines).toHaveLength(5);
+    recording.failures = 0;
+    await batcher.flush();
+    expect(recording.storedIds).toEqual(Array.from({ length: 100 }, (_, i) => 51 + i));
   });
 
   it('publishes what it holds when stopped', async () => {

@@ -907,10 +907,12 @@ describe('Gateway delivery', () => {
       expect(byMsgId.get(result.msgId)).toMatchObject({
         type: EventType.EVENT_TYPE_ARRIVED,
         accessId: system.app.accessId,
-        token: registered.token,
+        tokens: [registered.token],
         platform: Platform.PLATFORM_IOS,
         msgId: result.msgId,
         pushId: result.pushId,
+        // Targeted messages are in the window: dispatch must remove them.
+        windowless: false,
       });
     }
     const pending = () =>
@@ -952,10 +954,14 @@ describe('Gateway delivery', () => {
       token: registered.token,
       platform: Platform.PLATFORM_IOS,
     };
-    expect(events.filter((e) => e.type === EventType.EVENT_TYPE_ARRIVED)).toMatchObject([
-      { ...device, msgId: first.msgId, pushId: first.pushId, sentAtMs: sentAtMs[0] },
-      { ...device, msgId: second.msgId, pushId: second.pushId, sentAtMs: sentAtMs[1] },
+    const arrival = { accessId: device.accessId, tokens: [device.token], platform: device.platform };
+    const arrivals = events.filter((e) => e.type === EventType.EVENT_TYPE_ARRIVED);
+    expect(arrivals).toMatchObject([
+      { ...arrival, msgId: first.msgId, pushId: first.pushId, sentAtMs: sentAtMs[0] },
+      { ...arrival, msgId: second.msgId, pushId: second.pushId, sentAtMs: sentAtMs[1] },
     ]);
+    // Each device's arrival time rides with its token.
+    for (const event of arrivals) expect(event.tokensAtMs).toEqual([event.atMs]);
     expect(events.filter((e) => e.type === EventType.EVENT_TYPE_CLICKED)).toMatchObject([
       { ...device, msgId: first.msgId, pushId: first.pushId },
       { ...device, msgId: second.msgId, pushId: second.pushId },
@@ -987,7 +993,6 @@ describe('Gateway delivery', () => {
   });
 });
 
-/** Pushes to an audience and waits until it was applied. */
 /** Pushes to an audience and waits until it was applied. */
 async function pushTo(system: Awaited<ReturnType<typeof startGateway>>, request: Partial<PushRequest>) {
   const result = await system.dispatch.push(
@@ -1046,6 +1051,48 @@ describe('Gateway broadcasts and tag pushes', () => {
     await connected(raw);
     return { ...device, index, raw };
   }
+
+  it("merges a broadcast's acks per message and platform into windowless ARRIVED events, and its SENT likewise", async () => {
+    const system = await startGateway();
+    const events: Event[] = [];
+    system.bus.subscribe(subjects.events('gateway'), (data) =>
+      events.push(...EventBatch.decode(data).events),
+    );
+    const androids = [
+      await online(system, Platform.PLATFORM_ANDROID, []),
+      await online(system, Platform.PLATFORM_ANDROID, []),
+      await online(system, Platform.PLATFORM_ANDROID, []),
+    ];
+    const ios = await online(system, Platform.PLATFORM_IOS, []);
+    const msgId = await pushTo(system, {});
+    for (const device of [...androids, ios]) {
+      await waitFor(() => device.raw.delivered.includes(msgId), 'the broadcast');
+    }
+    // Acks arriving in the same turn of the event loop (here one write each, read together).
+    for (const device of [...androids, ios]) {
+      device.raw.send({ id: 0, body: { $case: 'ack', value: { msgIds: [msgId] } } });
+    }
+    const arrivedTokens = () =>
+      events.filter((e) => e.type === EventType.EVENT_TYPE_ARRIVED).flatMap((e) => e.tokens);
+    await waitFor(() => arrivedTokens().length === 4, 'four arrivals');
+    const arrivals = events.filter((e) => e.type === EventType.EVENT_TYPE_ARRIVED);
+    // Never one event per device and never a device twice; every event merged and windowless.
+    expect(new Set(arrivedTokens())).toEqual(new Set([...androids, ios].map((d) => d.token)));
+    for (const event of arrivals) {
+      expect(event).toMatchObject({ msgId, token: '', windowless: true });
+      expect(event.tokensAtMs).toHaveLength(event.tokens.length);
+      expect(event.tokensAtMs.every((at) => at > 0)).toBe(true);
+    }
+    expect(arrivals.find((e) => e.platform === Platform.PLATFORM_IOS)?.tokens).toEqual([ios.token]);
+    const sent = events.filter((e) => e.type === EventType.EVENT_TYPE_SENT && e.msgId === msgId);
+    expect(sent.map((e) => [e.platform, [...e.tokens].sort()])).toEqual(
+      expect.arrayContaining([
+        [Platform.PLATFORM_ANDROID, androids.map((d) => d.token).sort()],
+        [Platform.PLATFORM_IOS, [ios.token]],
+      ]),
+    );
+    expect(sent).toHaveLength(2);
+  });
 
   it('delivers a tag push to the online devices it matches, on the platform it names, and all to everyone', async () => {
     const system = await startGateway();

@@ -55,10 +55,10 @@ import type { GatewayMetrics } from './metrics.js';
 import { type LiveMessage, Session } from './session.js';
 
 /**
- * Most devices in one merged SENT event: 2,000 tokens are ~90 KB, well under NATS's default 1 MB payload
- * limit even with other events in the same batch.
+ * Most devices in one merged SENT or ARRIVED event: 2,000 tokens (and arrival times) are ~100 KB, well
+ * under NATS's default 1 MB payload limit even with other events in the same batch.
  */
-const SENT_TOKENS_PER_EVENT = 2_000;
+const TOKENS_PER_MERGED_EVENT = 2_000;
 
 export interface GatewayOptions {
   /** Identifies this gateway in routes and in its NATS subject; unique in the cluster. */
@@ -155,9 +155,14 @@ export class Gateway {
   private readonly sessions = new Map<string, Session>();
   /** The same sessions by app: a broadcast visits only its app's devices. */
   private readonly appSessions = new Map<number, Set<Session>>();
-  /** SENT events being merged during this turn of the event loop (see countSent). */
-  private readonly sentBuffer = new Map<string, Event>();
-  private sentFlushScheduled = false;
+  /** SENT and ARRIVED events being merged during this turn of the event loop (see mergeDeviceEvent). */
+  private readonly mergedEvents = new Map<string, Event>();
+  private mergedFlushScheduled = false;
+  /**
+   * Messages that came as live broadcasts: no device holds them in its offline window, so their ARRIVED
+   * events tell dispatch so (windowless) and spare it one window update per device.
+   */
+  private readonly liveBroadcasts = new WeakSet<PushMessage>();
   private readonly registering = new Set<Session>();
   private readonly clock: Clock;
   private readonly path: string;
@@ -198,12 +203,19 @@ export class Gateway {
       source: 'gateway',
       logger: options.logger,
       failures: options.metrics.eventPublishFailures,
+      dropped: options.metrics.eventsDropped,
+      // A fan-out's acks pour in faster than one batch per JetStream round trip; their order does not
+      // matter (stats counts sets of devices, dispatch removes acknowledged ids).
+      maxInFlight: 8,
     });
     this.presence = new EventBatcher({
       bus: options.bus,
       source: 'presence',
       logger: options.logger,
       failures: options.metrics.eventPublishFailures,
+      dropped: options.metrics.eventsDropped,
+      // In order: a session's DISCONNECTED must not overtake its CONNECTED.
+      maxInFlight: 1,
     });
     this.wss = new WebSocketServer({
       noServer: true,
@@ -291,7 +303,7 @@ export class Gateway {
     this.server.closeAllConnections();
     await closing;
     // After the sessions were detached: their DISCONNECTED events are in the batch.
-    this.flushSent();
+    this.flushMerged();
     await Promise.all([this.events.stop(), this.presence.stop()]);
   }
 
@@ -698,18 +710,13 @@ export class Gateway {
     for (const msgId of msgIds) {
       const message = session.unacked?.get(msgId);
       session.unacked?.delete(msgId);
-      this.events.add(
-        Event.create({
-          type: EventType.EVENT_TYPE_ARRIVED,
-          accessId: session.accessId,
-          token: session.token,
-          platform: session.platform,
-          msgId,
-          pushId: message?.pushId ?? '',
-          atMs: now,
-          sentAtMs: message !== undefined && message.sentAtMs > 0 ? message.sentAtMs : undefined,
-        }),
-      );
+      this.mergeDeviceEvent(EventType.EVENT_TYPE_ARRIVED, session, {
+        msgId,
+        pushId: message?.pushId ?? '',
+        atMs: now,
+        sentAtMs: message !== undefined && message.sentAtMs > 0 ? message.sentAtMs : undefined,
+        windowless: message !== undefined && this.liveBroadcasts.has(message),
+      });
     }
     if (session.unacked?.size === 0) session.unacked = undefined;
   }
@@ -804,6 +811,7 @@ export class Gateway {
     const sessions = this.appSessions.get(delivery.accessId);
     if (message === undefined || sessions === undefined) return;
     this.options.metrics.broadcastsReceived.inc();
+    this.liveBroadcasts.add(message);
     for (const session of sessions) {
       const broadcastMatch =
         (platform === Platform.PLATFORM_UNSPECIFIED || platform === session.platform) &&
@@ -898,39 +906,54 @@ export class Gateway {
    * and so is every message a device gets when it comes back: a broadcast from the log is indistinguishable
    * there, and a targeted one dispatch counted already counts once anyway.
    */
-  /**
-   * Counts a message as sent to this session's device. A broadcast reaches thousands of sessions in one
-   * turn of the event loop: their SENT events are merged per message and platform into events carrying up
-   * to SENT_TOKENS_PER_EVENT tokens (as dispatch does for targeted pushes), handed to the batcher once the
-   * turn is over, instead of one event per device.
-   */
   private countSent(session: Session, message: PushMessage): void {
-    const key = `${session.accessId}:${message.msgId}:${session.platform}`;
-    let event = this.sentBuffer.get(key);
-    if (event === undefined || event.tokens.length >= SENT_TOKENS_PER_EVENT) {
+    this.mergeDeviceEvent(EventType.EVENT_TYPE_SENT, session, {
+      msgId: message.msgId,
+      pushId: message.pushId,
+      atMs: this.clock.now(),
+    });
+  }
+
+  /**
+   * Adds one device to a SENT or ARRIVED event. A broadcast reaches thousands of sessions in one turn of the
+   * event loop, and their acks come back as thousands of frames read in a few turns: their events are merged
+   * per message and platform into events carrying up to TOKENS_PER_MERGED_EVENT tokens (as dispatch does for
+   * targeted pushes), handed to the batcher once the turn is over, instead of one event per device. An
+   * ARRIVED event keeps each device's arrival time (tokens_at_ms), so stats still sees every latency.
+   */
+  private mergeDeviceEvent(
+    type: EventType.EVENT_TYPE_SENT | EventType.EVENT_TYPE_ARRIVED,
+    session: Session,
+    fields: { msgId: number; pushId: string; atMs: number; sentAtMs?: number; windowless?: boolean },
+  ): void {
+    const key = `${type}:${session.accessId}:${fields.msgId}:${session.platform}:${fields.pushId}:${fields.sentAtMs ?? 0}:${fields.windowless === true}`;
+    let event = this.mergedEvents.get(key);
+    if (event === undefined || event.tokens.length >= TOKENS_PER_MERGED_EVENT) {
       if (event !== undefined) this.events.add(event);
       event = Event.create({
-        type: EventType.EVENT_TYPE_SENT,
+        type,
         accessId: session.accessId,
-        pushId: message.pushId,
-        msgId: message.msgId,
+        pushId: fields.pushId,
+        msgId: fields.msgId,
         platform: session.platform,
-        tokens: [],
-        atMs: this.clock.now(),
+        atMs: fields.atMs,
+        sentAtMs: fields.sentAtMs,
+        windowless: fields.windowless === true,
       });
-      this.sentBuffer.set(key, event);
+      this.mergedEvents.set(key, event);
     }
     event.tokens.push(session.token);
-    if (!this.sentFlushScheduled) {
-      this.sentFlushScheduled = true;
-      setImmediate(() => this.flushSent());
+    if (type === EventType.EVENT_TYPE_ARRIVED) event.tokensAtMs.push(fields.atMs);
+    if (!this.mergedFlushScheduled) {
+      this.mergedFlushScheduled = true;
+      setImmediate(() => this.flushMerged());
     }
   }
 
-  private flushSent(): void {
-    this.sentFlushScheduled = false;
-    for (const event of this.sentBuffer.values()) this.events.add(event);
-    this.sentBuffer.clear();
+  private flushMerged(): void {
+    this.mergedFlushScheduled = false;
+    for (const event of this.mergedEvents.values()) this.events.add(event);
+    this.mergedEvents.clear();
   }
 
   /**

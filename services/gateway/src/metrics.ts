@@ -17,6 +17,7 @@ export interface GatewayMetrics {
   slowConsumers: Counter;
   deliveryLatency: Histogram<'source'>;
   eventPublishFailures: Counter;
+  eventsDropped: Counter;
 }
 
 /** Names follow gateway_<noun>_<unit|total>; labels stay low-cardinality (never a token or an id). */
@@ -110,6 +111,11 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     eventPublishFailures: new Counter({
       name: 'gateway_event_publish_failures_total',
       help: 'Event batches that could not be stored in the durable stream and were retried.',
+      registers,
+    }),
+    eventsDropped: new Counter({
+      name: 'gateway_events_dropped_total',
+      help: 'Delivery and presence events dropped because the durable stream was unreachable for too long.',
       registers,
     }),
   };

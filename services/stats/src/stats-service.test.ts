@@ -153,6 +153,8 @@ async function setup(options: SetupOptions = {}) {
           platform: Platform.PLATFORM_ANDROID,
           atMs: clock.now(),
           tokens: [],
+          tokensAtMs: [],
+          windowless: false,
           ...e,
         })),
       }).finish(),
@@ -267,6 +269,42 @@ describe('StatsService', () => {
     await publish('dispatch', [{ ...a, pushId, type: SENT, tokens: ['t1', 't2', 't3'] }]);
     await waitFor(async () => (await applied('sent')) === 4, 'the replays');
     expect(await app.stats(pushId)).toMatchObject({ sent: 3, arrived: 2 });
+  });
+
+  it('counts ARRIVED events merged per message device by device, each with its own latency', async () => {
+    const { createApp, applied, publish, clock } = await setup();
+    const app = await createApp();
+    const pushId = app.sendPush(5);
+    const a = { accessId: app.accessId, pushId };
+    const sentAtMs = clock.now() - 10_000;
+    await publish('gateway', [
+      { ...a, type: SENT, tokens: ['t1', 't2', 't3', 't4', 't5'] },
+      // A gateway merges the acks of one message: each device's arrival time rides along.
+      {
+        ...a,
+        type: ARRIVED,
+        sentAtMs,
+        atMs: sentAtMs + 100,
+        tokens: ['t1', 't2', 't3'],
+        tokensAtMs: [sentAtMs + 100, sentAtMs + 100, sentAtMs + 8_000],
+        windowless: true,
+      },
+      // Another gateway (or an older one) reports single devices; t3 again, and t4 without a send time.
+      { ...a, type: ARRIVED, token: 't3', sentAtMs, atMs: sentAtMs + 9_000 },
+      { ...a, type: ARRIVED, token: 't4' },
+    ]);
+    await waitFor(async () => (await applied('arrived')) === 3, 'the arrivals');
+    expect(await app.stats(pushId)).toMatchObject({
+      sent: 5,
+      arrived: 4,
+      platforms: [{ platform: ANDROID, sent: 5, arrived: 4 }],
+      // t1, t2 at 100 ms and t3 at 8 s (its first report); t4 has no latency.
+      arrivalLatency: {
+        count: 3,
+        p50Ms: latencyBucketUpperMs(latencyBucket(100)),
+        p99Ms: latencyBucketUpperMs(latencyBucket(8_000)),
+      },
+    });
   });
 
   it('keeps the counts of apps apart even for the same push id', async () => {

@@ -386,20 +386,24 @@ export class StatsService {
   }
 }
 
+/**
+ * The devices of an event: its tokens (SENT, and ARRIVED merged per message, each with its own arrival time
+ * in tokens_at_ms) or its one token. An arrival's latency is known when the gateway knew the send time.
+ */
 function addDevices(group: FunnelAdd, event: Event): void {
-  if (group.stage === 'sent') {
-    for (const token of event.tokens) group.devices.push({ token, platform: event.platform });
-    return;
-  }
-  if (event.token === '') return;
-  if (group.stage === 'arrived' && event.sentAtMs !== undefined && event.sentAtMs > 0 && event.atMs > 0) {
-    group.devices.push({
-      token: event.token,
-      platform: event.platform,
-      latencyMs: event.atMs - event.sentAtMs,
-    });
-  } else {
-    group.devices.push({ token: event.token, platform: event.platform });
+  const measured = group.stage === 'arrived' && event.sentAtMs !== undefined && event.sentAtMs > 0;
+  const sentAtMs = event.sentAtMs ?? 0;
+  const add = (token: string, atMs: number | undefined) => {
+    if (measured && atMs !== undefined && atMs > 0) {
+      group.devices.push({ token, platform: event.platform, latencyMs: atMs - sentAtMs });
+    } else {
+      group.devices.push({ token, platform: event.platform });
+    }
+  };
+  if (event.tokens.length > 0) {
+    for (const [i, token] of event.tokens.entries()) add(token, event.tokensAtMs[i]);
+  } else if (event.token !== '') {
+    add(event.token, event.atMs);
   }
 }
 

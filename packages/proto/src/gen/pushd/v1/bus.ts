@@ -191,7 +191,10 @@ export interface Event {
   token: string;
   platform: Platform;
   atMs: number;
-  /** The devices of a SENT event: one event per push and batch, not one per device. */
+  /**
+   * The devices of a SENT event, and of an ARRIVED event merged per message (token then empty): one
+   * event per message and batch of devices, not one per device.
+   */
   tokens: string[];
   /** REGISTERED: the device's details, which become built-in tags (pushd:app_version:<v>, ...). */
   appVersion?: string | undefined;
@@ -215,7 +218,19 @@ export interface Event {
    * ARRIVED: when the acknowledged message was sent (its PushMessage.sent_at_ms), so that the arrival
    * latency (at_ms - sent_at_ms) is known without looking the push up. Absent: not measured.
    */
-  sentAtMs?: number | undefined;
+  sentAtMs?:
+    | number
+    | undefined;
+  /**
+   * ARRIVED with tokens: when each of those devices acknowledged the message (parallel to tokens; 0 = not
+   * known), so that a merged event keeps every device's latency.
+   */
+  tokensAtMs: number[];
+  /**
+   * ARRIVED: the message is in none of these devices' offline windows (a live broadcast, which only the
+   * app's broadcast log holds), so dispatch has nothing to remove from their windows.
+   */
+  windowless: boolean;
 }
 
 /** Events travel in batches (one durable stream message per batch) so that counting does not slow fan-out. */
@@ -931,6 +946,8 @@ function createBaseEvent(): Event {
     deviceIndex: undefined,
     sessionId: undefined,
     sentAtMs: undefined,
+    tokensAtMs: [],
+    windowless: false,
   };
 }
 
@@ -977,6 +994,16 @@ export const Event: MessageFns<Event> = {
     }
     if (message.sentAtMs !== undefined) {
       writer.uint32(112).int64(message.sentAtMs);
+    }
+    if (message.tokensAtMs.length !== 0) {
+      writer.uint32(122).fork();
+      for (const v of message.tokensAtMs) {
+        writer.int64(v);
+      }
+      writer.join();
+    }
+    if (message.windowless !== false) {
+      writer.uint32(128).bool(message.windowless);
     }
     return writer;
   },
@@ -1106,6 +1133,32 @@ export const Event: MessageFns<Event> = {
             message.sentAtMs = longToNumber(reader.int64());
             continue;
           }
+          case 15: {
+            if (tag === 120) {
+              message.tokensAtMs.push(longToNumber(reader.int64()));
+
+              continue;
+            }
+
+            if (tag === 122) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.tokensAtMs.push(longToNumber(reader.int64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.windowless = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1172,6 +1225,12 @@ export const Event: MessageFns<Event> = {
         : isSet(object.sent_at_ms)
         ? globalThis.Number(object.sent_at_ms)
         : undefined,
+      tokensAtMs: globalThis.Array.isArray(object?.tokensAtMs)
+        ? object.tokensAtMs.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.tokens_at_ms)
+        ? object.tokens_at_ms.map((e: any) => globalThis.Number(e))
+        : [],
+      windowless: isSet(object.windowless) ? globalThis.Boolean(object.windowless) : false,
     };
   },
 
@@ -1219,6 +1278,12 @@ export const Event: MessageFns<Event> = {
     if (message.sentAtMs !== undefined) {
       obj.sentAtMs = Math.round(message.sentAtMs);
     }
+    if (message.tokensAtMs?.length) {
+      obj.tokensAtMs = message.tokensAtMs.map((e) => Math.round(e));
+    }
+    if (message.windowless !== false) {
+      obj.windowless = message.windowless;
+    }
     return obj;
   },
 
@@ -1241,6 +1306,8 @@ export const Event: MessageFns<Event> = {
     message.deviceIndex = object.deviceIndex ?? undefined;
     message.sessionId = object.sessionId ?? undefined;
     message.sentAtMs = object.sentAtMs ?? undefined;
+    message.tokensAtMs = object.tokensAtMs?.map((e) => e) || [];
+    message.windowless = object.windowless ?? false;
     return message;
   },
 };
