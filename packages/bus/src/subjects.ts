@@ -47,8 +47,9 @@ export const streams: { readonly events: DurableStreamConfig; readonly pushes: D
     maxAgeMs: 7 * 24 * 3600 * 1000,
   },
   /**
-   * Accepted pushes waiting to be applied (dispatch). The stream sequence is the msg_id, so one stream
-   * orders every app's messages. Kept 72 hours, the longest a message may wait for a device: a push not
+   * Accepted pushes waiting to be applied (dispatch), in entries of pushes accepted together. The stream
+   * sequence gives the msg_ids (sequence * 1024 + place in the entry), so one stream orders every app's
+   * messages. Kept 72 hours, the longest a message may wait for a device: a push not
    * applied by then has expired anyway.
    */
   pushes: {

@@ -26,6 +26,7 @@ export {
   EventType,
   NodeDelivery,
   PushCommand,
+  PushLogEntry,
   TargetDevice,
 } from './gen/pushd/v1/bus.js';
 export {

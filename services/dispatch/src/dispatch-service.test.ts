@@ -11,6 +11,7 @@ import {
   NodeDelivery,
   Platform,
   type PushRequest,
+  type PushResponse,
   PushStatus,
   RegistryServiceService,
 } from '@pushd/proto';
@@ -355,30 +356,31 @@ describe('DispatchService.push', () => {
     const result = await push(token, {
       message: message({ title: 'Order shipped', content: 'On its way', customContent: { order: '1234' } }),
     });
-    expect(result).toEqual({ pushId: '1', msgId: 1, invalidTokens: [], unknownAccounts: [], target: 1 });
-    expect(windowsWhenRouteRead).toEqual([[1]]);
+    // The first entry of the push log (sequence 1), its first push: msg_id 1 * 1024 + 0.
+    expect(result).toEqual({ pushId: '1', msgId: 1024, invalidTokens: [], unknownAccounts: [], target: 1 });
+    expect(windowsWhenRouteRead).toEqual([[1024]]);
     const { messages, lastMsgId } = await h.fetchPending(
       { accessId: app.accessId, token, afterMsgId: 0 },
       cluster(),
     );
-    expect(lastMsgId).toBe(1);
+    expect(lastMsgId).toBe(1024);
     expect(messages).toEqual([
       {
-        msgId: 1,
+        msgId: 1024,
         pushId: '1',
         message: message({ title: 'Order shipped', content: 'On its way', customContent: { order: '1234' } }),
         sentAtMs: clock.now(),
         expiresAtMs: clock.now() + 72 * HOUR_MS,
       },
     ]);
-    expect(await pendingIds(token)).toEqual([1]);
+    expect(await pendingIds(token)).toEqual([1024]);
 
     // The push record is saved and done.
     await expect(h.getPush({ accessId: 0, pushId: '1' }, app.auth())).resolves.toEqual({
       push: {
         accessId: app.accessId,
         pushId: '1',
-        msgId: 1,
+        msgId: 1024,
         status: PushStatus.PUSH_STATUS_DONE,
         audience: { target: { $case: 'token', value: token } },
         message: message({ title: 'Order shipped', content: 'On its way', customContent: { order: '1234' } }),
@@ -1266,6 +1268,170 @@ describe('DispatchService scheduling, cancel, list and idempotency', () => {
   });
 });
 
+/** A bus whose push-log appends wait while `held` (pushes accepted meanwhile then share an entry). */
+function holdingLog(real: MemoryBus) {
+  const gate = { held: false, waiting: [] as (() => void)[] };
+  const bus: Bus = {
+    publish: (subject, data) => real.publish(subject, data),
+    subscribe: (subject, handler, options) => real.subscribe(subject, handler, options),
+    publishDurable: async (subject, data, options) => {
+      if (gate.held && subject.startsWith('pushd.pushes.')) {
+        await new Promise<void>((resolve) => gate.waiting.push(resolve));
+      }
+      return real.publishDurable(subject, data, options);
+    },
+    consume: (options) => real.consume(options),
+    consumerBacklog: (stream, consumer) => real.consumerBacklog(stream, consumer),
+    ready: () => real.ready(),
+    flush: () => real.flush(),
+    close: () => real.close(),
+  };
+  const release = () => {
+    gate.held = false;
+    for (const resolve of gate.waiting.splice(0)) resolve();
+  };
+  return { bus, gate, release };
+}
+
+describe('PushApplier applying pushes accepted together (one log entry)', () => {
+  it('applies them in msg_id order: windows, chains and broadcasts as if applied one by one', async () => {
+    let log: ReturnType<typeof holdingLog> | undefined;
+    const { h, app, bus, registerIndexed, routeToNode, deliveries, sentEvents, pendingIds, applied, stores } =
+      await setup({
+        bus: (real) => {
+          log = holdingLog(real);
+          return log.bus;
+        },
+      });
+    const broadcasts: BroadcastDelivery[] = [];
+    bus.subscribe(subjects.allBroadcasts, (data) => broadcasts.push(BroadcastDelivery.decode(data)));
+    const android = await registerIndexed(Platform.PLATFORM_ANDROID);
+    await registerIndexed(Platform.PLATFORM_IOS);
+    await routeToNode(android);
+
+    // The first push's append is in flight; everything accepted meanwhile waits and goes in one entry.
+    if (log === undefined) throw new Error('no bus');
+    log.gate.held = true;
+    const first = h.push(notify(android, { message: message({ content: 'first' }) }), app.auth());
+    await waitFor(() => log?.gate.waiting.length === 1, 'the first append in flight');
+    const together = await Promise.all([
+      ...[
+        notify(android, { message: message({ content: 'second' }) }),
+        toAll(),
+        notify(android, { message: message({ content: 'third' }) }),
+        // A token push restricted to a platform its device is not on: no device, and it must reach nobody
+        // (not every iOS device, as a broadcast would).
+        notify(android, { platform: Platform.PLATFORM_IOS }),
+      ].map((request) => h.push(request, app.auth())),
+      (async () => {
+        await waitFor(() => (log?.gate.waiting.length ?? 0) >= 1, 'the first append held');
+        // Let the four calls reach the log's queue behind the held append, then release it.
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        log?.release();
+        return first;
+      })(),
+    ]);
+    const [second, all, third, nobody, one] = together as PushResponse[];
+    for (const result of together as PushResponse[]) await applied(result.pushId);
+    const entryOf = (msgId: number) => Math.floor(msgId / 1024);
+    // One entry for the four that waited, another (earlier) for the first.
+    expect(new Set([second, all, third, nobody].map((r) => entryOf(r?.msgId ?? 0))).size).toBe(1);
+    expect(entryOf(one?.msgId ?? 0)).toBeLessThan(entryOf(second?.msgId ?? 0));
+    expect(nobody?.target).toBe(0);
+
+    // The android device's messages, in msg_id order, each chained to the one before it.
+    const targeted = [one, second, third].map((r) => r?.msgId ?? 0).sort((a, b) => a - b);
+    expect(deliveries.map((d) => d.message?.msgId)).toEqual(targeted);
+    expect(deliveries.map((d) => d.previousMsgIds)).toEqual([[0], [targeted[0]], [targeted[1]]]);
+    // Each carries the broadcast before it in the log: 0 before the broadcast to all, its id after it.
+    const allId = all?.msgId ?? 0;
+    expect(deliveries.map((d) => d.previousBroadcastId)).toEqual(
+      targeted.map((msgId) => (msgId > allId ? allId : 0)),
+    );
+    expect(await pendingIds(android)).toEqual(targeted.slice(1));
+    // One broadcast: the push to all. The push without devices is DONE with target 0.
+    await bus.flush();
+    expect(broadcasts.map((b) => b.message?.msgId)).toEqual([allId]);
+    expect(await stores.pushes.get(app.accessId, nobody?.pushId ?? '')).toMatchObject({
+      status: PushStatus.PUSH_STATUS_DONE,
+      target: 0,
+    });
+    // SENT for each targeted push with devices, none for the one without.
+    expect(sentEvents.map((e) => e.msgId).sort((a, b) => a - b)).toEqual(targeted);
+  });
+
+  it('gives up only the push that cannot be applied, not the pushes of its entry', async () => {
+    let log: ReturnType<typeof holdingLog> | undefined;
+    const { h, app, stores, bus, metrics, clock, registerDevice, routeToNode, deliveries, applied } =
+      await setup({
+        startApplier: false,
+        bus: (real) => {
+          log = holdingLog(real);
+          return log.bus;
+        },
+      });
+    const broken = await registerDevice();
+    const healthy = await registerDevice();
+    await routeToNode(healthy);
+    const applier = new PushApplier({
+      pushes: stores.pushes,
+      inboxes: {
+        ...stores.inboxes,
+        pending: (...args) => stores.inboxes.pending(...args),
+        ack: (...args) => stores.inboxes.ack(...args),
+        clear: (...args) => stores.inboxes.clear(...args),
+        append: async (accessId, token, ...rest) => {
+          if (token === broken) throw new PushdError('UNAVAILABLE', 'redis unreachable (test)');
+          return stores.inboxes.append(accessId, token, ...rest);
+        },
+      },
+      routes: stores.routes,
+      broadcasts: stores.broadcasts,
+      bus,
+      partitions: 4,
+      takeOverAfterMs: 20,
+      retryDelaysMs: [1],
+      maxDeliveries: 2,
+      metrics,
+      logger: silentLogger(),
+      clock,
+    });
+    if (log === undefined) throw new Error('no bus');
+    log.gate.held = true;
+    const opener = h.push(notify(healthy), app.auth());
+    await waitFor(() => log?.gate.waiting.length === 1, 'the first append in flight');
+    const entry = [notify(healthy), notify(broken), notify(healthy)].map((request) =>
+      h.push(request, app.auth()),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    log.release();
+    const [before, stuck, after] = await Promise.all(entry);
+    await opener;
+    applier.start();
+    try {
+      for (const result of [before, after]) await applied(result?.pushId ?? '');
+      expect(Math.floor((before?.msgId ?? 0) / 1024)).toBe(Math.floor((after?.msgId ?? 0) / 1024));
+      await waitFor(
+        async () =>
+          (await stores.pushes.get(app.accessId, stuck?.pushId ?? ''))?.status ===
+          PushStatus.PUSH_STATUS_FAILED,
+        'the broken push given up',
+      );
+      for (const result of [before, after]) {
+        expect(await stores.pushes.get(app.accessId, result?.pushId ?? '')).toMatchObject({
+          status: PushStatus.PUSH_STATUS_DONE,
+        });
+      }
+      // The healthy device got its three messages (the opener's and the two of the entry), in order.
+      await waitFor(() => new Set(deliveries.map((d) => d.message?.msgId)).size === 3, 'three messages');
+      const ids = [...new Set(deliveries.map((d) => d.message?.msgId ?? 0))];
+      expect(ids).toEqual([...ids].sort((a, b) => a - b));
+    } finally {
+      await applier.stop();
+    }
+  });
+});
+
 describe('PushApplier when a push cannot be applied', () => {
   it('tries again, then gives the push up as FAILED so that the pushes behind it in the partition go on', async () => {
     const { h, app, stores, bus, metrics, clock, registerDevice, routeToNode, deliveries, applied } =
@@ -1311,8 +1477,8 @@ describe('PushApplier when a push cannot be applied', () => {
         status: PushStatus.PUSH_STATUS_FAILED,
         failure: 'could not be applied: redis unreachable (test)',
       });
-      // Three tries per delivery, three deliveries.
-      expect(failures).toBe(9);
+      // Three tries per delivery, three deliveries, then once more on its own before it is given up.
+      expect(failures).toBe(10);
       await waitFor(() => deliveries.length === 1, 'the push behind it');
       expect(deliveries[0]?.message?.pushId).toBe(behind.pushId);
     } finally {

@@ -6,7 +6,7 @@ import {
   normalize,
   platformTag,
 } from '@pushd/audience';
-import { type Bus, pushPartition, subjects } from '@pushd/bus';
+import type { Bus } from '@pushd/bus';
 import { type Clock, invalidArgument, type Logger, PushdError, systemClock } from '@pushd/common';
 import {
   type Audience,
@@ -15,7 +15,7 @@ import {
   type DispatchServiceService,
   type Message,
   Platform,
-  PushCommand,
+  type PushCommand,
   type PushMessage,
   type PushRecord,
   type PushRequest,
@@ -35,6 +35,7 @@ import type { AudienceIndex, BroadcastLog, InboxStore, PushStore, TagStore } fro
 import { validateMessage } from './message-rules.js';
 import type { DispatchMetrics } from './metrics.js';
 import { mapConcurrently, OFFLINE_CAPACITY } from './push-applier.js';
+import { PushLogWriter } from './push-log.js';
 import { type SchedulePlan, validateSchedule } from './schedule-times.js';
 import type { Scheduler } from './scheduler.js';
 
@@ -91,17 +92,21 @@ export interface DispatchServiceOptions {
 
 /**
  * Accepts pushes (proto/pushd/v1/dispatch.proto): validate, resolve named devices, then append the push to
- * the push log, whose sequence is its msg_id. The call returns once the log has stored it; PushApplier
- * applies it in order. Also answers gateways' catch-up reads (FetchPending).
+ * the push log, whose place gives its msg_id (PushLogWriter: pushes accepted together share an entry).
+ * The call returns once the log has stored it; PushApplier applies it in order. Also answers gateways'
+ * catch-up reads (FetchPending).
  */
 export class DispatchService {
   private readonly clock: Clock;
   private readonly authorizer: CallAuthorizer;
-  private readonly partitions: number;
+  private readonly log: PushLogWriter;
 
   constructor(private readonly options: DispatchServiceOptions) {
     this.clock = options.clock ?? systemClock;
-    this.partitions = options.partitions ?? 16;
+    this.log = new PushLogWriter({
+      bus: options.bus,
+      ...(options.partitions === undefined ? {} : { partitions: options.partitions }),
+    });
     this.authorizer = new CallAuthorizer({
       clusterToken: options.clusterToken,
       verifyAppSecret: verifyAppSecretWithRegistry(options.registry),
@@ -329,11 +334,7 @@ export class DispatchService {
       return response;
     }
     try {
-      const { seq } = await this.options.bus.publishDurable(
-        subjects.pushes(pushPartition(accessId, this.partitions)),
-        PushCommand.encode(command).finish(),
-      );
-      return { ...response, msgId: seq };
+      return { ...response, msgId: await this.log.append(command) };
     } catch (error) {
       // Not in the log, so never sent: the record says so, and the caller gets the error to retry.
       await this.options.pushes

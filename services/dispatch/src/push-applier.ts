@@ -7,13 +7,14 @@ import {
   EventType,
   NodeDelivery,
   Platform,
-  PushCommand,
+  type PushCommand,
   type PushMessage,
   PushStatus,
   type TargetDevice,
 } from '@pushd/proto';
-import type { BroadcastLog, InboxStore, PushStore, RouteStore } from '@pushd/store';
+import type { BroadcastLog, InboxStore, PushStore, Route, RouteStore } from '@pushd/store';
 import type { DispatchMetrics } from './metrics.js';
+import { readPushLogEntry } from './push-log.js';
 
 /** The brief's offline window: Android keeps the newest 2 messages, iOS the newest 1. */
 export const OFFLINE_CAPACITY: Readonly<Record<Platform, number>> = {
@@ -25,8 +26,11 @@ export const OFFLINE_CAPACITY: Readonly<Record<Platform, number>> = {
 /** How often the push log's backlog gauge is read from the bus. */
 const BACKLOG_REFRESH_MS = 5_000;
 
-/** Window appends in flight for one push: enough to hide Redis round trips, bounded for fairness. */
+/** Devices whose window appends are in flight at once: enough to hide Redis round trips, bounded. */
 const APPEND_CONCURRENCY = 64;
+
+/** Devices named by the SENT events of one durable publish: ~450 KB, under NATS's 1 MB payload limit. */
+const SENT_TOKENS_PER_BATCH = 10_000;
 
 export interface PushApplierOptions {
   bus: Bus;
@@ -125,8 +129,9 @@ export class PushApplier {
   }
 
   /**
-   * One delivery of a log entry: tries a few times in place (a brief outage should not stall the
-   * partition for takeOverAfterMs), then lets the log redeliver it, and gives it up after maxDeliveries.
+   * One delivery of a log entry (the pushes one instance accepted together, in order): tries a few times in
+   * place (a brief outage should not stall the partition for takeOverAfterMs), then lets the log redeliver
+   * it, and gives it up after maxDeliveries. A try skips the pushes an earlier try of this delivery applied.
    */
   private async handle(
     partition: number,
@@ -135,26 +140,29 @@ export class PushApplier {
     deliveryCount: number,
   ): Promise<void> {
     const { metrics, logger } = this.options;
-    let command: PushCommand;
+    let pushes: LoggedPush[];
     try {
-      command = PushCommand.decode(data);
+      pushes = readPushLogEntry(data, seq);
     } catch (error) {
       // No retry can read it, and it would block the partition: dropped, loudly.
       metrics.applyFailures.inc();
       logger.error({ err: error, partition, seq }, 'an undecodable push-log entry was dropped');
       return;
     }
+    const applied = new Set<number>();
     const delays = this.options.retryDelaysMs ?? [50, 250, 1000];
     for (let attempt = 0; ; attempt++) {
       try {
-        await this.apply(command, seq);
+        await this.applyEntry(
+          pushes.filter((push) => !applied.has(push.msgId)),
+          applied,
+        );
         return;
       } catch (error) {
         metrics.applyFailures.inc();
-        const { accessId, pushId } = command;
         logger.error(
-          { err: error, partition, seq, accessId, pushId, deliveryCount, attempt },
-          'applying a push failed',
+          { err: error, partition, seq, pushes: pushes.length, deliveryCount, attempt },
+          'applying a push-log entry failed',
         );
         const delay = delays[attempt];
         if (delay !== undefined) {
@@ -162,69 +170,86 @@ export class PushApplier {
           continue;
         }
         if (deliveryCount < (this.options.maxDeliveries ?? 10)) throw error;
-        const reason = error instanceof Error ? error.message : String(error);
-        await this.options.pushes
-          .update(accessId, pushId, {
-            status: PushStatus.PUSH_STATUS_FAILED,
-            failure: `could not be applied: ${reason}`,
-          })
-          .catch((cause: unknown) =>
-            logger.error({ err: cause, accessId, pushId }, 'marking a push failed failed'),
-          );
-        logger.error(
-          { accessId, pushId, seq, deliveryCount },
-          'a push that could not be applied was given up',
-        );
+        // Given up as a whole: one push at a time, so that only the pushes that cannot be applied fail
+        // (one accepted together with a broken push must not share its fate).
+        for (const push of pushes.filter((p) => !applied.has(p.msgId))) {
+          try {
+            await this.applyEntry([push], applied);
+          } catch (cause) {
+            await this.giveUp(push, cause, seq, deliveryCount);
+          }
+        }
         return;
       }
     }
   }
 
-  /** Applies one push whose log sequence is `msgId`. Public for tests; the log calls it in order. */
+  /** Marks a push that could not be applied FAILED, so that the pushes behind it in the partition go on. */
+  private async giveUp(push: LoggedPush, error: unknown, seq: number, deliveryCount: number): Promise<void> {
+    const { logger } = this.options;
+    const { accessId, pushId } = push.command;
+    const reason = error instanceof Error ? error.message : String(error);
+    await this.options.pushes
+      .update(accessId, pushId, {
+        status: PushStatus.PUSH_STATUS_FAILED,
+        failure: `could not be applied: ${reason}`,
+      })
+      .catch((cause: unknown) =>
+        logger.error({ err: cause, accessId, pushId }, 'marking a push failed failed'),
+      );
+    logger.error({ accessId, pushId, seq, deliveryCount }, 'a push that could not be applied was given up');
+  }
+
+  /** Applies one push whose msg_id is `msgId`. Public for tests; the log calls applyEntry in order. */
   async apply(command: PushCommand, msgId: number): Promise<void> {
-    const { accessId, pushId } = command;
+    await this.applyEntry([{ command, msgId }], new Set());
+  }
+
+  /**
+   * Applies pushes in msg_id order, adding the msg_id of each one done (its record updated) to `applied`.
+   * Runs of targeted pushes are applied together (applyTargeted); each broadcast alone, between them, so
+   * that the broadcast chain each message carries is the one before it in the log.
+   */
+  private async applyEntry(pushes: LoggedPush[], applied: Set<number>): Promise<void> {
     const now = this.clock.now();
-    const message: PushMessage = {
-      msgId,
-      pushId,
-      message: command.message,
-      sentAtMs: command.acceptedAtMs,
-      expiresAtMs: command.expiresAtMs,
-    };
-    const broadcast = command.devices.length === 0;
-    this.options.metrics.applyLag.observe(
-      { kind: broadcast ? 'broadcast' : 'targeted' },
-      Math.max(0, now - command.acceptedAtMs) / 1000,
-    );
-    if (command.expiresAtMs <= now) {
-      // Waited in the log past its expiry (dispatch was down that long): never delivered, by the rules. A
-      // recurring push's later occurrences still come.
-      await this.options.pushes.update(accessId, pushId, {
-        status: command.moreOccurrences ? PushStatus.PUSH_STATUS_SCHEDULED : PushStatus.PUSH_STATUS_FAILED,
-        occurrences: command.occurrence,
-        failure: 'expired in the push log before it could be sent',
-      });
-      return;
+    let run: LoggedPush[] = [];
+    for (const push of pushes) {
+      const { command } = push;
+      const broadcast = isBroadcast(command);
+      this.options.metrics.applyLag.observe(
+        { kind: broadcast ? 'broadcast' : 'targeted' },
+        Math.max(0, now - command.acceptedAtMs) / 1000,
+      );
+      if (command.expiresAtMs > now && broadcast) {
+        await this.applyTargeted(run, now, applied);
+        run = [];
+        await this.applyBroadcast(push, now);
+        await this.recordApplied(push, command.countedTarget);
+        applied.add(push.msgId);
+      } else {
+        run.push(push);
+      }
     }
-    // SENT events are stored while the record is saved; both before the log entry is acknowledged, so
-    // that a crash makes this push apply again rather than lose its counts.
-    const sent = broadcast ? [] : await this.applyTargeted(command, message, now);
-    if (broadcast) await this.applyBroadcast(command, message, now);
-    const target = broadcast ? command.countedTarget : command.devices.length;
-    // An update, not a save: the record (created at acceptance) keeps its place in the app's list. A
-    // recurring push goes back to SCHEDULED until its last occurrence.
-    const saved = this.options.pushes.update(accessId, pushId, {
+    await this.applyTargeted(run, now, applied);
+  }
+
+  /**
+   * The record of an applied push: an update, not a save (the record, created at acceptance, keeps its
+   * place in the app's list). A recurring push goes back to SCHEDULED until its last occurrence.
+   */
+  private recordApplied({ command, msgId }: LoggedPush, target: number): Promise<unknown> {
+    return this.options.pushes.update(command.accessId, command.pushId, {
       status: command.moreOccurrences ? PushStatus.PUSH_STATUS_SCHEDULED : PushStatus.PUSH_STATUS_DONE,
       msgId,
       target,
       ...(command.occurrence > 0 ? { occurrences: command.occurrence } : {}),
     });
-    await Promise.all([saved, ...sent]);
   }
 
-  private async applyBroadcast(command: PushCommand, message: PushMessage, now: number): Promise<void> {
+  private async applyBroadcast({ command, msgId }: LoggedPush, now: number): Promise<void> {
     const { accessId } = command;
     const { broadcasts, bus } = this.options;
+    const message = messageOf(command, msgId);
     // Only this partition's applier appends to this app's log, so the head read here is the predecessor.
     const previousBroadcastId = await broadcasts.head(accessId);
     const target = command.audience?.target;
@@ -254,97 +279,155 @@ export class PushApplier {
     bus.publish(subjects.broadcast(accessId), data);
   }
 
-  /** Windows, then routes; returns the SENT event publishes, started and not yet awaited. */
-  private async applyTargeted(
-    command: PushCommand,
-    message: PushMessage,
-    now: number,
-  ): Promise<Promise<void>[]> {
-    const { accessId, pushId } = command;
-    // Read beside the appends: only this partition's applier moves the app's broadcast head.
-    const head = this.options.broadcasts.head(accessId);
-    if (command.onlineOnly) return this.applyOnlineOnly(command, message, await head);
-    const appending = mapConcurrently(command.devices, APPEND_CONCURRENCY, async (device) => {
-      const result = await this.options.inboxes.append(
-        accessId,
-        device.token,
-        message,
-        OFFLINE_CAPACITY[device.platform] ?? 1,
-        now,
-      );
-      if (result.appended) return { device, previousMsgId: result.previousMsgId };
-      // The window already holds this message or a later one: applied before. Chaining it onto itself
-      // makes a gateway that already delivered it drop it, and one that did not fetch the window.
-      this.options.metrics.appliedAgain.inc();
-      return { device, previousMsgId: message.msgId };
-    });
-    const [previousBroadcastId, appended] = await Promise.all([head, appending]);
-    await this.route(accessId, message, appended, previousBroadcastId);
-    return this.publishSentByPlatform(accessId, pushId, message.msgId, command.devices);
+  /**
+   * A run of targeted pushes (and expired ones), in msg_id order: every window append of the run (one
+   * device's appends one after the other, in order; devices side by side), the apps' broadcast heads and
+   * routes read once, then each push's publishes per gateway node, in order, then the records and the SENT
+   * events. Windows come before publishes: a device connecting meanwhile finds its messages there. The SENT
+   * events are stored before the log entry is acknowledged, so that a crash applies the run again rather
+   * than lose its counts.
+   */
+  private async applyTargeted(run: LoggedPush[], now: number, applied: Set<number>): Promise<void> {
+    if (run.length === 0) return;
+    const live = run.filter((push) => push.command.expiresAtMs > now);
+    const apps = [...new Set(live.map((push) => push.command.accessId))];
+    const [chains, heads] = await Promise.all([
+      this.appendToWindows(live, now),
+      // Read beside the appends: only this partition's applier moves an app's broadcast head.
+      Promise.all(apps.map((accessId) => this.options.broadcasts.head(accessId))),
+    ]);
+    const headOf = new Map(apps.map((accessId, i) => [accessId, heads[i] ?? 0]));
+    const routes = await this.routesOf(live);
+    const sent: Event[] = [];
+    for (const [i, push] of live.entries()) {
+      const { accessId, pushId } = push.command;
+      const message = messageOf(push.command, push.msgId);
+      const routed = this.route(accessId, message, chains[i] ?? [], routes, headOf.get(accessId) ?? 0);
+      // Online only: counted as sent where a route took it; otherwise stored for every device.
+      const counted = push.command.onlineOnly ? routed : push.command.devices;
+      sent.push(...this.sentEvents(accessId, pushId, push.msgId, counted));
+    }
+    await Promise.all([
+      ...run.map(async (push) => {
+        if (push.command.expiresAtMs > now) await this.recordApplied(push, push.command.devices.length);
+        else await this.recordExpired(push.command);
+        applied.add(push.msgId);
+      }),
+      this.publishSent(sent),
+    ]);
   }
 
   /**
-   * expire_time_s 0: published to the devices that have a route, stored nowhere. It claims no window
-   * predecessor (0): it was never in a window, and the log order already puts it after every stored
-   * message of the app published before it.
+   * Waited in the log past its expiry (dispatch was down that long): never delivered, by the rules. A
+   * recurring push's later occurrences still come.
    */
-  private async applyOnlineOnly(
-    command: PushCommand,
-    message: PushMessage,
-    previousBroadcastId: number,
-  ): Promise<Promise<void>[]> {
-    const { accessId, pushId } = command;
-    const routed = await this.route(
-      accessId,
-      message,
-      command.devices.map((device) => ({ device, previousMsgId: 0 })),
-      previousBroadcastId,
-    );
-    return this.publishSentByPlatform(accessId, pushId, message.msgId, routed);
+  private recordExpired(command: PushCommand): Promise<unknown> {
+    return this.options.pushes.update(command.accessId, command.pushId, {
+      status: command.moreOccurrences ? PushStatus.PUSH_STATUS_SCHEDULED : PushStatus.PUSH_STATUS_FAILED,
+      occurrences: command.occurrence,
+      failure: 'expired in the push log before it could be sent',
+    });
   }
 
-  /** One SENT event per platform with devices, publishes started together. */
-  private publishSentByPlatform(
-    accessId: number,
-    pushId: string,
-    msgId: number,
-    devices: TargetDevice[],
-  ): Promise<void>[] {
-    const publishes: Promise<void>[] = [];
-    for (const platform of [Platform.PLATFORM_ANDROID, Platform.PLATFORM_IOS]) {
-      const tokens = devices.filter((device) => device.platform === platform).map((d) => d.token);
-      if (tokens.length > 0) publishes.push(this.publishSent(accessId, pushId, msgId, platform, tokens));
+  /**
+   * Appends each push to its devices' windows; returns, per push, its devices with the window predecessor
+   * each message chains to. A device's appends run in msg_id order, one after the other (the window refuses
+   * an id at or below its last one, so out of order would lose the earlier message). An online-only push
+   * is stored nowhere and claims no predecessor (0): it was never in a window, and the log order already
+   * puts it after every stored message of the app published before it.
+   */
+  private async appendToWindows(pushes: LoggedPush[], now: number): Promise<Chained[][]> {
+    const chains: Chained[][] = pushes.map((push) =>
+      push.command.devices.map((device) => ({ device, previousMsgId: 0 })),
+    );
+    const byDevice = new Map<string, { push: number; device: number }[]>();
+    for (const [p, push] of pushes.entries()) {
+      if (push.command.onlineOnly) continue;
+      for (const [d, device] of push.command.devices.entries()) {
+        const key = `${push.command.accessId}:${device.token}`;
+        let appends = byDevice.get(key);
+        if (appends === undefined) {
+          appends = [];
+          byDevice.set(key, appends);
+        }
+        appends.push({ push: p, device: d });
+      }
     }
-    return publishes;
+    await mapConcurrently([...byDevice.values()], APPEND_CONCURRENCY, async (appends) => {
+      for (const { push: p, device: d } of appends) {
+        const push = pushes[p] as LoggedPush;
+        const device = push.command.devices[d] as TargetDevice;
+        const result = await this.options.inboxes.append(
+          push.command.accessId,
+          device.token,
+          messageOf(push.command, push.msgId),
+          OFFLINE_CAPACITY[device.platform] ?? 1,
+          now,
+        );
+        const chain = chains[p]?.[d] as Chained;
+        if (result.appended) {
+          chain.previousMsgId = result.previousMsgId;
+        } else {
+          // The window already holds this message or a later one: applied before. Chaining it onto itself
+          // makes a gateway that already delivered it drop it, and one that did not fetch the window.
+          this.options.metrics.appliedAgain.inc();
+          chain.previousMsgId = push.msgId;
+        }
+      }
+    });
+    return chains;
+  }
+
+  /** The routes of every device of these pushes, one read per app, by `accessId:token`. */
+  private async routesOf(pushes: LoggedPush[]): Promise<Map<string, Route>> {
+    const tokensByApp = new Map<number, Set<string>>();
+    for (const { command } of pushes) {
+      let tokens = tokensByApp.get(command.accessId);
+      if (tokens === undefined) {
+        tokens = new Set();
+        tokensByApp.set(command.accessId, tokens);
+      }
+      for (const device of command.devices) tokens.add(device.token);
+    }
+    const routes = new Map<string, Route>();
+    await Promise.all(
+      [...tokensByApp].map(async ([accessId, tokenSet]) => {
+        const tokens = [...tokenSet];
+        const found = await this.options.routes.getMany(accessId, tokens);
+        tokens.forEach((token, i) => {
+          const route = found[i];
+          if (route !== undefined) routes.set(`${accessId}:${token}`, route);
+        });
+      }),
+    );
+    return routes;
   }
 
   /**
    * One publish per gateway node, however many of its devices the push targets; devices without a route
    * are offline and keep the message in their windows. Returns the devices that had a route.
    */
-  private async route(
+  private route(
     accessId: number,
     message: PushMessage,
-    appended: { device: TargetDevice; previousMsgId: number }[],
+    chained: Chained[],
+    routes: Map<string, Route>,
     previousBroadcastId: number,
-  ): Promise<TargetDevice[]> {
-    if (appended.length === 0) return [];
-    const routes = await this.options.routes.getMany(
-      accessId,
-      appended.map((entry) => entry.device.token),
-    );
+  ): TargetDevice[] {
     const batches = new Map<string, { tokens: string[]; previousMsgIds: number[] }>();
-    appended.forEach((entry, index) => {
-      const route = routes[index];
-      if (route === undefined) return;
+    const routed: TargetDevice[] = [];
+    for (const { device, previousMsgId } of chained) {
+      const route = routes.get(`${accessId}:${device.token}`);
+      if (route === undefined) continue;
+      routed.push(device);
       let batch = batches.get(route.nodeId);
       if (batch === undefined) {
         batch = { tokens: [], previousMsgIds: [] };
         batches.set(route.nodeId, batch);
       }
-      batch.tokens.push(entry.device.token);
-      batch.previousMsgIds.push(entry.previousMsgId);
-    });
+      batch.tokens.push(device.token);
+      batch.previousMsgIds.push(previousMsgId);
+    }
     for (const [nodeId, batch] of batches) {
       const delivery = NodeDelivery.encode({
         accessId,
@@ -355,43 +438,98 @@ export class PushApplier {
       }).finish();
       this.options.bus.publish(subjects.nodeDelivery(nodeId), delivery);
     }
-    const routed = appended.filter((_, index) => routes[index] !== undefined).map((entry) => entry.device);
     if (routed.length > 0) this.options.metrics.routed.inc({ route: 'online' }, routed.length);
-    if (appended.length > routed.length)
-      this.options.metrics.routed.inc({ route: 'offline' }, appended.length - routed.length);
+    if (chained.length > routed.length)
+      this.options.metrics.routed.inc({ route: 'offline' }, chained.length - routed.length);
     return routed;
   }
 
-  /**
-   * Counts the push as sent for these devices. The push is persisted and routed, so a failure here must not
-   * fail the application (applying again would send it twice): it is logged and counted for alerting.
-   */
-  private async publishSent(
-    accessId: number,
-    pushId: string,
-    msgId: number,
-    platform: Platform,
-    tokens: string[],
-  ): Promise<void> {
-    const event = Event.create({
-      type: EventType.EVENT_TYPE_SENT,
-      accessId,
-      pushId,
-      msgId,
-      platform,
-      tokens,
-      atMs: this.clock.now(),
-    });
-    try {
-      await this.options.bus.publishDurable(
-        subjects.events('dispatch'),
-        EventBatch.encode({ events: [event] }).finish(),
+  /** One SENT event per platform with devices. */
+  private sentEvents(accessId: number, pushId: string, msgId: number, devices: TargetDevice[]): Event[] {
+    const events: Event[] = [];
+    for (const platform of [Platform.PLATFORM_ANDROID, Platform.PLATFORM_IOS]) {
+      const tokens = devices.filter((device) => device.platform === platform).map((d) => d.token);
+      if (tokens.length === 0) continue;
+      events.push(
+        Event.create({
+          type: EventType.EVENT_TYPE_SENT,
+          accessId,
+          pushId,
+          msgId,
+          platform,
+          tokens,
+          atMs: this.clock.now(),
+        }),
       );
-    } catch (error) {
-      this.options.metrics.eventPublishFailures.inc();
-      this.options.logger.error({ err: error, accessId, pushId }, 'publishing the sent event failed');
     }
+    return events;
   }
+
+  /**
+   * Counts pushes as sent, in batches of at most SENT_TOKENS_PER_BATCH devices (one event at least). The
+   * pushes are persisted and routed, so a failure here must not fail the application (applying again would
+   * send them twice): it is logged and counted for alerting.
+   */
+  private async publishSent(events: Event[]): Promise<void> {
+    const batches: Event[][] = [];
+    let tokens = Number.POSITIVE_INFINITY;
+    for (const event of events) {
+      if (tokens + event.tokens.length > SENT_TOKENS_PER_BATCH) {
+        batches.push([]);
+        tokens = 0;
+      }
+      batches.at(-1)?.push(event);
+      tokens += event.tokens.length;
+    }
+    const publishes: Promise<unknown>[] = [];
+    for (const batch of batches) {
+      publishes.push(
+        this.options.bus
+          .publishDurable(subjects.events('dispatch'), EventBatch.encode({ events: batch }).finish())
+          .catch((error: unknown) => {
+            this.options.metrics.eventPublishFailures.inc();
+            this.options.logger.error(
+              { err: error, pushIds: batch.map((event) => event.pushId) },
+              'publishing sent events failed',
+            );
+          }),
+      );
+    }
+    await Promise.all(publishes);
+  }
+}
+
+/** A push as the log holds it: its command and the msg_id its place in the log gives it. */
+interface LoggedPush {
+  command: PushCommand;
+  msgId: number;
+}
+
+/** A targeted device and the msg_id its window had before this message (what the gateway checks). */
+interface Chained {
+  device: TargetDevice;
+  previousMsgId: number;
+}
+
+/**
+ * `all` and `tags` audiences go to the app's broadcast log and every gateway. Decided by the audience, not
+ * by an empty device list: a targeted push whose devices are all on another platform than the one it
+ * names has no devices, and must reach nobody rather than everybody.
+ */
+function isBroadcast(command: PushCommand): boolean {
+  const target = command.audience?.target?.$case;
+  return target === 'all' || target === 'tags';
+}
+
+/** The message devices receive for a push. */
+function messageOf(command: PushCommand, msgId: number): PushMessage {
+  return {
+    msgId,
+    pushId: command.pushId,
+    message: command.message,
+    sentAtMs: command.acceptedAtMs,
+    expiresAtMs: command.expiresAtMs,
+  };
 }
 
 /** Maps with at most `limit` calls in flight, results in input order. */

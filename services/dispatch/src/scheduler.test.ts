@@ -7,6 +7,7 @@ import { waitFor } from '@pushd/testkit';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createDispatchMetrics, type DispatchMetrics } from './metrics.js';
+import { readPushLogEntry } from './push-log.js';
 import type { AcceptTimes, Loop, LoopInterval } from './schedule-times.js';
 import { Scheduler, type SchedulerOptions } from './scheduler.js';
 
@@ -22,7 +23,7 @@ const { PUSH_STATUS_CANCELLED: CANCELLED, PUSH_STATUS_FAILED: FAILED } = PushSta
 
 interface Logged {
   command: PushCommand;
-  seq: number;
+  msgId: number;
 }
 
 /** Memory stores and bus on one manual clock, and the push log as a consumer reads it. */
@@ -38,7 +39,7 @@ function setup() {
     stream: streams.pushes.name,
     consumer: 'test-log',
     handler: async (data, meta) => {
-      log.push({ command: PushCommand.decode(data), seq: meta.seq });
+      log.push(...readPushLogEntry(data, meta.seq));
     },
   });
   const schedulers: Scheduler[] = [];
@@ -110,11 +111,11 @@ async function schedulePush(
 
 /** What the PushApplier does with each command it applies: the push becomes SCHEDULED again, or DONE. */
 async function applyAll(e: Env, from: number): Promise<void> {
-  for (const { command, seq } of e.log.slice(from)) {
+  for (const { command, msgId } of e.log.slice(from)) {
     await e.pushes.update(
       APP,
       command.pushId,
-      { status: command.moreOccurrences ? SCHEDULED : DONE, msgId: seq, occurrences: command.occurrence },
+      { status: command.moreOccurrences ? SCHEDULED : DONE, msgId, occurrences: command.occurrence },
       [SENDING],
     );
   }
@@ -305,7 +306,7 @@ describe('Scheduler', () => {
     expect(await e.pushes.get(APP, '1')).toMatchObject({
       status: DONE,
       occurrences: 5,
-      msgId: e.log[4]!.seq,
+      msgId: e.log[4]!.msgId,
     });
     expect(await e.schedule.pending(PARTITION)).toBe(0);
   });

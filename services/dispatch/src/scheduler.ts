@@ -1,4 +1,4 @@
-import { type Bus, pushPartition, streams, subjects } from '@pushd/bus';
+import { type Bus, pushPartition, streams } from '@pushd/bus';
 import { type Clock, ConfigError, type Logger, systemClock } from '@pushd/common';
 import { PushCommand, PushStatus } from '@pushd/proto';
 import type {
@@ -9,6 +9,7 @@ import type {
   ScheduleStore,
 } from '@pushd/store';
 import type { DispatchMetrics } from './metrics.js';
+import { PushLogWriter } from './push-log.js';
 import { type AcceptTimes, intervalMs, type Loop, nextOccurrence } from './schedule-times.js';
 
 const { PUSH_STATUS_SCHEDULED: SCHEDULED, PUSH_STATUS_SENDING: SENDING } = PushStatus;
@@ -80,6 +81,7 @@ export interface SchedulePushInput {
 export class Scheduler {
   private readonly clock: Clock;
   private readonly partitions: number;
+  private readonly log: PushLogWriter;
   private readonly pollIntervalMs: number;
   private readonly leaseMs: number;
   private readonly batchSize: number;
@@ -92,6 +94,7 @@ export class Scheduler {
   constructor(private readonly options: SchedulerOptions) {
     this.clock = options.clock ?? systemClock;
     this.partitions = options.partitions ?? 16;
+    this.log = new PushLogWriter({ bus: options.bus, partitions: this.partitions });
     this.pollIntervalMs = options.pollIntervalMs ?? 250;
     this.leaseMs = options.leaseMs ?? 30_000;
     this.batchSize = options.batchSize ?? 100;
@@ -296,23 +299,19 @@ export class Scheduler {
       return;
     }
 
-    const data = PushCommand.encode({
-      ...command,
-      occurrence,
-      acceptedAtMs: now,
-      expiresAtMs: now + ttlMs,
-      moreOccurrences: next !== undefined,
-    }).finish();
-    const published = await this.options.bus.publishDurable(
-      subjects.pushes(this.partitionOf(accessId)),
-      data,
+    const published = await this.log.appendOnce(
       {
-        dedupKey: `${accessId}:${pushId}:${occurrence}`,
+        ...command,
+        occurrence,
+        acceptedAtMs: now,
+        expiresAtMs: now + ttlMs,
+        moreOccurrences: next !== undefined,
       },
+      `${accessId}:${pushId}:${occurrence}`,
     );
     if (published.duplicate) {
       this.options.logger.info(
-        { accessId, pushId, occurrence, seq: published.seq },
+        { accessId, pushId, occurrence, msgId: published.msgId },
         'a scheduled push fired again after its instance died was already in the push log',
       );
     }

@@ -149,8 +149,8 @@ export interface TargetDevice {
 
 /**
  * A push accepted by dispatch, waiting in the push log (stream PUSHD_PUSHES, one subject per partition of
- * apps) until the dispatch instance applying that partition takes it, in log order. Its stream sequence
- * is its msg_id.
+ * apps) until the dispatch instance applying that partition takes it, in log order. Its msg_id comes from
+ * its place in the log (PushLogEntry).
  */
 export interface PushCommand {
   accessId: number;
@@ -180,6 +180,18 @@ export interface PushCommand {
   occurrence: number;
   /** Recurring pushes: whether another occurrence follows this one. */
   moreOccurrences: boolean;
+}
+
+/**
+ * One message of the push log: the pushes one dispatch instance accepted for a partition while its
+ * previous append was in flight (group commit), so that a busy app costs one append and one application
+ * per batch, not per push. The i-th command's msg_id is stream sequence * 1024 + i: increasing in log
+ * order, and the order within an entry is the order of acceptance.
+ * The field number is one no PushCommand field uses: an entry written before entries existed (a bare
+ * PushCommand, whose msg_id was its sequence) decodes as an entry without commands and is read as such.
+ */
+export interface PushLogEntry {
+  commands: PushCommand[];
 }
 
 export interface Event {
@@ -926,6 +938,77 @@ export const PushCommand: MessageFns<PushCommand> = {
     message.onlineOnly = object.onlineOnly ?? false;
     message.occurrence = object.occurrence ?? 0;
     message.moreOccurrences = object.moreOccurrences ?? false;
+    return message;
+  },
+};
+
+function createBasePushLogEntry(): PushLogEntry {
+  return { commands: [] };
+}
+
+export const PushLogEntry: MessageFns<PushLogEntry> = {
+  encode(message: PushLogEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.commands) {
+      PushCommand.encode(v!, writer.uint32(802).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PushLogEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePushLogEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 100: {
+            if (tag !== 802) {
+              break;
+            }
+
+            message.commands.push(PushCommand.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PushLogEntry {
+    return {
+      commands: globalThis.Array.isArray(object?.commands)
+        ? object.commands.map((e: any) => PushCommand.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: PushLogEntry): unknown {
+    const obj: any = {};
+    if (message.commands?.length) {
+      obj.commands = message.commands.map((e) => PushCommand.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PushLogEntry>, I>>(base?: I): PushLogEntry {
+    return PushLogEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PushLogEntry>, I>>(object: I): PushLogEntry {
+    const message = createBasePushLogEntry();
+    message.commands = object.commands?.map((e) => PushCommand.fromPartial(e)) || [];
     return message;
   },
 };

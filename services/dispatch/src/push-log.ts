@@ -1,0 +1,147 @@
+import { type Bus, pushPartition, subjects } from '@pushd/bus';
+import { PushCommand, PushLogEntry } from '@pushd/proto';
+
+/**
+ * Msg ids per push-log entry: the i-th command of the entry at stream sequence s has msg_id s * 1024 + i.
+ * Ids stay increasing in log order and well inside JavaScript's safe integers (2^53 / 1024 ≈ 8.8e12
+ * entries).
+ */
+export const MSG_IDS_PER_ENTRY = 1024;
+
+/** Most bytes of commands in one entry, well under NATS's default 1 MB payload limit. */
+const MAX_ENTRY_BYTES = 512 * 1024;
+
+export function msgIdOf(seq: number, index: number): number {
+  return seq * MSG_IDS_PER_ENTRY + index;
+}
+
+/**
+ * The pushes of one push-log message, each with its msg_id. A bare PushCommand (written before entries
+ * existed) decodes as an entry without commands: it is read as the one push it is, with its sequence as
+ * its msg_id (smaller than any id given since, so the order holds across the change).
+ */
+export function readPushLogEntry(data: Uint8Array, seq: number): { command: PushCommand; msgId: number }[] {
+  const entry = PushLogEntry.decode(data);
+  if (entry.commands.length === 0) return [{ command: PushCommand.decode(data), msgId: seq }];
+  return entry.commands.map((command, index) => ({ command, msgId: msgIdOf(seq, index) }));
+}
+
+export interface PushLogWriterOptions {
+  bus: Bus;
+  /** Push-log partitions; must equal the PushApplier's. Default: 16. */
+  partitions?: number;
+  /** Most pushes in one entry (at most MSG_IDS_PER_ENTRY). Default: 256. */
+  maxCommandsPerEntry?: number;
+}
+
+interface Waiting {
+  data: Uint8Array;
+  resolve: (msgId: number) => void;
+  reject: (error: unknown) => void;
+}
+
+/**
+ * Appends accepted pushes to the push log with group commit: per partition, one append in flight at a
+ * time; pushes accepted meanwhile wait and go together in the next entry. An idle partition appends a
+ * push at once (no added latency); a busy one appends as many pushes per round trip as arrived during the
+ * last one. One append at a time also keeps a partition's entries in the order this instance accepted
+ * them. The promise of each push resolves with its msg_id once its entry is stored, or rejects with the
+ * append's error (nothing of that entry is in the log).
+ */
+export class PushLogWriter {
+  private readonly partitions: number;
+  private readonly maxCommands: number;
+  private readonly waiting = new Map<number, Waiting[]>();
+  private readonly appending = new Set<number>();
+
+  constructor(private readonly options: PushLogWriterOptions) {
+    this.partitions = options.partitions ?? 16;
+    this.maxCommands = Math.min(MSG_IDS_PER_ENTRY, Math.max(1, options.maxCommandsPerEntry ?? 256));
+  }
+
+  /** Resolves with the push's msg_id once it is in the log. */
+  append(command: PushCommand): Promise<number> {
+    const partition = pushPartition(command.accessId, this.partitions);
+    const data = PushCommand.encode(command).finish();
+    return new Promise<number>((resolve, reject) => {
+      let queue = this.waiting.get(partition);
+      if (queue === undefined) {
+        queue = [];
+        this.waiting.set(partition, queue);
+      }
+      queue.push({ data, resolve, reject });
+      if (!this.appending.has(partition)) void this.appendWaiting(partition);
+    });
+  }
+
+  /**
+   * Appends one push alone with a deduplication key (a scheduled occurrence that may fire twice across
+   * a crash: the log keeps the first). Resolves with its msg_id and whether the log already had it.
+   */
+  async appendOnce(command: PushCommand, dedupKey: string): Promise<{ msgId: number; duplicate: boolean }> {
+    const partition = pushPartition(command.accessId, this.partitions);
+    const published = await this.options.bus.publishDurable(
+      subjects.pushes(partition),
+      PushLogEntry.encode({ commands: [command] }).finish(),
+      { dedupKey },
+    );
+    return { msgId: msgIdOf(published.seq, 0), duplicate: published.duplicate };
+  }
+
+  private async appendWaiting(partition: number): Promise<void> {
+    this.appending.add(partition);
+    try {
+      for (;;) {
+        const queue = this.waiting.get(partition);
+        if (queue === undefined || queue.length === 0) return;
+        const batch = takeEntry(queue, this.maxCommands);
+        try {
+          const { seq } = await this.options.bus.publishDurable(
+            subjects.pushes(partition),
+            encodeEntry(batch),
+          );
+          for (const [index, waiting] of batch.entries()) waiting.resolve(msgIdOf(seq, index));
+        } catch (error) {
+          for (const waiting of batch) waiting.reject(error);
+        }
+      }
+    } finally {
+      this.appending.delete(partition);
+      if (this.waiting.get(partition)?.length === 0) this.waiting.delete(partition);
+    }
+  }
+}
+
+/** Takes the next entry's pushes off the queue: at most maxCommands and MAX_ENTRY_BYTES, at least one. */
+function takeEntry(queue: Waiting[], maxCommands: number): Waiting[] {
+  let bytes = 0;
+  let count = 0;
+  while (count < queue.length && count < maxCommands) {
+    bytes += (queue[count] as Waiting).data.length;
+    if (count > 0 && bytes > MAX_ENTRY_BYTES) break;
+    count++;
+  }
+  return queue.splice(0, count);
+}
+
+/**
+ * A PushLogEntry from commands already encoded (their sizes were needed anyway), without encoding them
+ * again: PushLogEntry.encode writes each as field 100, length-delimited, which is the tag varint
+ * (100 << 3 | 2 = 802: bytes 0xa2 0x06), the length as a varint, then the bytes.
+ */
+function encodeEntry(batch: Waiting[]): Uint8Array {
+  const parts: Uint8Array[] = [];
+  for (const { data } of batch) parts.push(Buffer.from([0xa2, 0x06, ...varint(data.length)]), data);
+  return Buffer.concat(parts);
+}
+
+function varint(value: number): number[] {
+  const bytes: number[] = [];
+  let rest = value;
+  while (rest > 0x7f) {
+    bytes.push((rest & 0x7f) | 0x80);
+    rest = Math.floor(rest / 128);
+  }
+  bytes.push(rest);
+  return bytes;
+}
