@@ -67,7 +67,7 @@ afterEach(async () => {
   }
 });
 
-function makeWriter(options: { maxCommandsPerEntry?: number } = {}) {
+function makeWriter(options: { maxCommandsPerEntry?: number; busyLingerMs?: number } = {}) {
   const holding = new HoldingBus();
   buses.push(holding);
   const writer = new PushLogWriter({ bus: holding.bus, partitions: PARTITIONS, ...options });
@@ -98,6 +98,28 @@ describe('PushLogWriter', () => {
     expect(
       holding.entries.every((entry) => entry.subject === subjects.pushes(pushPartition(APP, PARTITIONS))),
     ).toBe(true);
+  });
+
+  it('gathers pushes for a busy partition: its next append waits out busyLingerMs after the last began', async () => {
+    const { holding, writer } = makeWriter({ busyLingerMs: 200 });
+    await writer.append(command(APP, 'p1'));
+    // The partition appended just now: these wait for the linger, and go together although each came
+    // when nothing was in flight.
+    const p2 = writer.append(command(APP, 'p2'));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const p3 = writer.append(command(APP, 'p3'));
+    await Promise.all([p2, p3]);
+    // Another partition, idle, is not held back by it.
+    await writer.append(command(OTHER_APP, 'o1'));
+    expect(holding.entries.map((entry) => entry.pushIds)).toEqual([['p1'], ['p2', 'p3'], ['o1']]);
+
+    // Without a linger each push that finds nothing in flight goes alone.
+    const eager = makeWriter({ busyLingerMs: 0 });
+    await eager.writer.append(command(APP, 'e1'));
+    const e2 = eager.writer.append(command(APP, 'e2'));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    await Promise.all([e2, eager.writer.append(command(APP, 'e3'))]);
+    expect(eager.holding.entries.map((entry) => entry.pushIds)).toEqual([['e1'], ['e2'], ['e3']]);
   });
 
   it('does not make one partition wait for another', async () => {
