@@ -595,6 +595,23 @@ describe('Gateway sessions', () => {
     expect(await system.route(liveDevice.token)).toMatchObject({ nodeId: NODE_ID });
   });
 
+  it('spreads heartbeat pings over the interval instead of pinging every connection at once', async () => {
+    const system = await startGateway({ gateway: { heartbeatIntervalMs: 2_000 } });
+    const devices = await Promise.all(
+      Array.from({ length: 20 }, async () => {
+        const raw = await openRaw(system.url, system.sessionHeaders(await system.registerDevice()));
+        await connected(raw);
+        return raw;
+      }),
+    );
+    const pinged = new Set<number>();
+    devices.forEach((device, i) => device.socket.on('ping', () => pinged.add(i)));
+    await waitFor(() => pinged.size >= 1, 'the first ping');
+    // A fiftieth of the connections per tick (40 ms here): far from all of them yet.
+    expect(pinged.size).toBeLessThan(10);
+    await waitFor(() => pinged.size === 20, 'every connection pinged within the interval', 10_000);
+  });
+
   it('drops a connection whose send queue exceeds maxBufferedBytes and counts it', async () => {
     const system = await startGateway({ gateway: { maxBufferedBytes: 64 * 1024 } });
     const device = await system.registerDevice();

@@ -140,8 +140,12 @@ class EncodedFrame {
 }
 
 const SESSION = Symbol('pushd.session');
-/** Sessions one heartbeat slice pings before yielding to the event loop. */
-const HEARTBEAT_SLICE = 1000;
+/**
+ * Heartbeat ticks per interval: each tick visits the next fiftieth of the sessions, so that pinging 18,000
+ * sockets (one socket write each, ~80 µs on loopback) is spread over the interval instead of stalling
+ * deliveries behind one burst (docs/benchmarks.md, targeted).
+ */
+const HEARTBEAT_TICKS = 50;
 type SocketWithSession = WebSocket & { [SESSION]?: Session };
 
 /**
@@ -177,6 +181,9 @@ export class Gateway {
   /** Connects and disconnects, on their own subject (the tag service keeps online counts from them). */
   private readonly presence: EventBatcher;
   private readonly timers: NodeJS.Timeout[] = [];
+  /** The sessions of the current heartbeat round, and the next of its HEARTBEAT_TICKS ticks. */
+  private heartbeatRound: Session[] = [];
+  private heartbeatStep = 0;
   /**
    * The Deliver frames of live messages, by message and platform (index: Platform; PLATFORM_UNSPECIFIED
    * also serves every platform when the message has no style to drop). A broadcast or a node delivery
@@ -270,7 +277,7 @@ export class Gateway {
     });
     this.boundPort = (this.server.address() as AddressInfo).port;
     this.timers.push(
-      setInterval(() => this.sweepHeartbeats(), this.heartbeatIntervalMs),
+      setInterval(() => this.heartbeatTick(), Math.max(1, this.heartbeatIntervalMs / HEARTBEAT_TICKS)),
       setInterval(() => this.sweepRegistrations(), Math.min(1_000, this.registerTimeoutMs)),
       setInterval(() => void this.refreshRoutes(), Math.max(1_000, Math.floor(this.routeTtlMs / 3))),
     );
@@ -1124,28 +1131,33 @@ export class Gateway {
 
   // ---- sweeps ----------------------------------------------------------------------------------------
 
-  /** One timer for all connections: terminate the silent, ping the rest. */
-  private sweepHeartbeats(): void {
-    // In slices with the event loop free in between: one synchronous pass over 18,000 sockets stalled
-    // deliveries for over a second (docs/benchmarks.md, targeted).
-    const sessions = [...this.sessions.values()];
-    const sweepSlice = (start: number) => {
-      const end = Math.min(start + HEARTBEAT_SLICE, sessions.length);
-      for (let i = start; i < end; i++) {
-        const session = sessions[i] as Session;
-        if (session.state === 'closed') continue;
-        if (!session.alive) {
-          this.options.metrics.disconnects.inc({ reason: 'heartbeat_timeout' });
-          this.detach(session);
-          session.socket.terminate();
-          continue;
-        }
+  /**
+   * One timer for all connections, spread over the heartbeat interval: each tick visits the next slice of
+   * the sessions there were when the round began, terminating those silent since their last ping and
+   * pinging the others. A session's place in the round moves as others come and go, so it is terminated
+   * only if its ping is at least half an interval old (otherwise it is looked at again next round).
+   */
+  private heartbeatTick(): void {
+    if (this.heartbeatStep === 0) this.heartbeatRound = [...this.sessions.values()];
+    const round = this.heartbeatRound;
+    const start = Math.floor((round.length * this.heartbeatStep) / HEARTBEAT_TICKS);
+    const end = Math.floor((round.length * (this.heartbeatStep + 1)) / HEARTBEAT_TICKS);
+    this.heartbeatStep = (this.heartbeatStep + 1) % HEARTBEAT_TICKS;
+    if (this.heartbeatStep === 0) this.heartbeatRound = [];
+    const now = Date.now();
+    for (let i = start; i < end; i++) {
+      const session = round[i] as Session;
+      if (session.state === 'closed') continue;
+      if (session.alive) {
         session.alive = false;
+        session.pingedAtMs = now;
         session.socket.ping();
+      } else if (now - session.pingedAtMs >= this.heartbeatIntervalMs / 2) {
+        this.options.metrics.disconnects.inc({ reason: 'heartbeat_timeout' });
+        this.detach(session);
+        session.socket.terminate();
       }
-      if (end < sessions.length && !this.shuttingDown) setImmediate(sweepSlice, end);
-    };
-    sweepSlice(0);
+    }
   }
 
   private sweepRegistrations(): void {

@@ -66,8 +66,10 @@ export class Session {
   tagWindowFrames = 0;
   /** The last UpdateTags / ReportLocation call queued: calls of one session run in the order sent. */
   tagCalls: Promise<void> | undefined;
-  /** Cleared by each heartbeat sweep, set by any pong or frame: still false at the next sweep = dead. */
+  /** Cleared by each heartbeat ping, set by any pong or frame: still false at the next visit = dead. */
   alive = true;
+  /** When the last heartbeat ping was sent (Date.now()). */
+  pingedAtMs = 0;
 
   constructor(
     readonly socket: WebSocket,
