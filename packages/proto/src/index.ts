@@ -83,6 +83,7 @@ export {
   ListPushesResponse,
   Loop,
   LoopInterval,
+  PendingDevice,
   PushRecord,
   PushRequest,
   PushResponse,

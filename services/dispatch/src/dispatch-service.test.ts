@@ -9,6 +9,7 @@ import {
   type Message,
   MessageType,
   NodeDelivery,
+  type PendingDevice,
   Platform,
   type PushRequest,
   type PushResponse,
@@ -800,6 +801,47 @@ describe('DispatchService.push to all devices and to tag expressions', () => {
     expect(await stores.broadcasts.head(app.accessId)).toBe(beta.msgId);
     // The android device matches only the broadcast to all; it comes back and finds it.
     expect((await pending(android)).messages.map((m) => m.msgId)).toEqual([all.msgId]);
+  });
+
+  it('matches a returning device against missed broadcasts with the facts its gateway passes, asking no one', async () => {
+    let deviceLookups = 0;
+    const { h, app, clock, registerIndexed, pushRequest } = await setup({
+      registry: (real) => ({
+        ...real,
+        getDevice: async (...args) => {
+          deviceLookups++;
+          return real.getDevice(...args);
+        },
+      }),
+    });
+    const token = await registerIndexed(Platform.PLATFORM_ANDROID, ['vip']);
+    const vip = await pushRequest(toTags(['vip'], 'OR'));
+    clock.advance(3_000);
+    const beta = await pushRequest(toTags(['beta'], 'OR'));
+    const fetch = (device?: PendingDevice) =>
+      h.fetchPending({ accessId: app.accessId, token, afterMsgId: 0, device }, cluster());
+    // Without facts, dispatch asks the registry and reads the stored tags: vip matches.
+    expect((await fetch()).messages.map((m) => m.msgId)).toEqual([vip.msgId]);
+    expect(deviceLookups).toBe(1);
+    // With facts (the gateway's view: tags changed to beta), they decide, and the registry is not asked.
+    const facts: PendingDevice = {
+      platform: Platform.PLATFORM_ANDROID,
+      appVersion: '',
+      osVersion: '',
+      locale: '',
+      registeredAtMs: 0,
+      userTags: ['beta'],
+    };
+    expect((await fetch(facts)).messages.map((m) => m.msgId)).toEqual([beta.msgId]);
+    // Both tags: both pushes, in order; registered after them (and no cursor): neither.
+    expect((await fetch({ ...facts, userTags: ['vip', 'beta'] })).messages.map((m) => m.msgId)).toEqual([
+      vip.msgId,
+      beta.msgId,
+    ]);
+    expect((await fetch({ ...facts, userTags: ['vip'], registeredAtMs: clock.now() + 1 })).messages).toEqual(
+      [],
+    );
+    expect(deviceLookups).toBe(1);
   });
 
   it('refuses a second push to all within 3 seconds with RATE_LIMITED and a retry delay; other apps are unaffected', async () => {

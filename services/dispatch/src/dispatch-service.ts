@@ -1,8 +1,9 @@
 import {
   type AudienceExpr,
+  compileMatcher,
   deviceTagTest,
   fromProto,
-  matches,
+  type Matcher,
   normalize,
   platformTag,
 } from '@pushd/audience';
@@ -14,6 +15,7 @@ import {
   type Device,
   type DispatchServiceService,
   type Message,
+  type PendingDevice,
   Platform,
   type PushCommand,
   type PushMessage,
@@ -57,6 +59,14 @@ export const ALL_AUDIENCE_INTERVAL_MS = 3000;
  * so this only has to reach past the app's recent broadcasts that do not concern it.
  */
 const BROADCAST_CATCH_UP_SCAN = 200;
+/** Decoded broadcast-log entries kept per dispatch instance (see decodedBroadcast). */
+const BROADCAST_CACHE_ENTRIES = 10_000;
+
+interface DecodedBroadcast {
+  message: PushMessage;
+  platform: Platform;
+  matcher: Matcher;
+}
 const DEFAULT_PAGE_SIZE = 100;
 const MAX_PAGE_SIZE = 1000;
 /** Idempotency keys: 1 to 64 characters (the API's rule). */
@@ -100,6 +110,7 @@ export class DispatchService {
   private readonly clock: Clock;
   private readonly authorizer: CallAuthorizer;
   private readonly log: PushLogWriter;
+  private readonly broadcastCache = new Map<string, DecodedBroadcast>();
 
   constructor(private readonly options: DispatchServiceOptions) {
     this.clock = options.clock ?? systemClock;
@@ -172,7 +183,7 @@ export class DispatchService {
       fetchPending: async (request, { metadata }) => {
         await this.authorizer.requireCluster(metadata);
         if (request.token === '') throw invalidArgument('token', 'required');
-        return this.pending(request.accessId, request.token, request.afterMsgId);
+        return this.pending(request.accessId, request.token, request.afterMsgId, request.device);
       },
     };
   }
@@ -395,7 +406,7 @@ export class DispatchService {
    * What a device finds when it connects: its window (targeted messages) merged with the broadcasts of its
    * app it missed and matches, the newest of them within its platform's offline capacity, oldest first.
    */
-  private async pending(accessId: number, token: string, afterMsgId: number) {
+  private async pending(accessId: number, token: string, afterMsgId: number, known?: PendingDevice) {
     const now = this.clock.now();
     const [window, log] = await Promise.all([
       this.options.inboxes.pending(accessId, token, afterMsgId, now),
@@ -406,23 +417,21 @@ export class DispatchService {
     // capacity leaves out now (targeted and broadcast messages compete for the same places).
     let dropped = window.dropped;
     if (log.entries.length > 0) {
-      const missed = await this.missedBroadcasts(accessId, token, afterMsgId, log.entries);
-      if (missed !== undefined && missed.messages.length > 0) {
-        const merged = [...messages, ...missed.messages].sort((a, b) => a.msgId - b.msgId);
-        messages = merged.slice(-OFFLINE_CAPACITY[missed.platform]);
-        dropped += merged.length - messages.length;
+      const device = known ?? (await this.lookUpPendingDevice(accessId, token));
+      if (device !== undefined) {
+        const missed = this.missedBroadcasts(accessId, afterMsgId, device, log.entries);
+        if (missed.length > 0) {
+          const merged = [...messages, ...missed].sort((a, b) => a.msgId - b.msgId);
+          messages = merged.slice(-OFFLINE_CAPACITY[device.platform]);
+          dropped += merged.length - messages.length;
+        }
       }
     }
     return { messages, lastMsgId: window.lastMsgId, lastBroadcastId: log.lastMsgId, dropped };
   }
 
-  /** The log entries this device matches (undefined: the token is not registered). */
-  private async missedBroadcasts(
-    accessId: number,
-    token: string,
-    afterMsgId: number,
-    entries: { data: Uint8Array }[],
-  ): Promise<{ platform: Platform; messages: PushMessage[] } | undefined> {
+  /** What a gateway passes in FetchPending, from the registry and the tag store (undefined: not registered). */
+  private async lookUpPendingDevice(accessId: number, token: string): Promise<PendingDevice | undefined> {
     let device: Device | undefined;
     try {
       device = (await this.options.registry.getDevice({ accessId, token })).device;
@@ -431,30 +440,61 @@ export class DispatchService {
       throw error;
     }
     if (device === undefined) return undefined;
-    const userTags = await this.options.tags.list(accessId, token, device.index);
-    const has = deviceTagTest(
-      {
-        platform: device.platform,
-        appVersion: device.appVersion,
-        osVersion: device.osVersion,
-        locale: device.locale,
-      },
-      userTags,
-    );
+    return {
+      platform: device.platform,
+      appVersion: device.appVersion,
+      osVersion: device.osVersion,
+      locale: device.locale,
+      registeredAtMs: device.registeredAtMs,
+      userTags: await this.options.tags.list(accessId, token, device.index),
+    };
+  }
+
+  /** The log entries (newest last) this device matches. */
+  private missedBroadcasts(
+    accessId: number,
+    afterMsgId: number,
+    device: PendingDevice,
+    entries: { msgId: number; data: Uint8Array }[],
+  ): PushMessage[] {
+    const has = deviceTagTest(device, device.userTags);
     const messages: PushMessage[] = [];
     for (const entry of entries) {
-      const broadcast = BroadcastDelivery.decode(entry.data);
-      const message = broadcast.message;
-      if (message === undefined) continue;
-      if (broadcast.platform !== Platform.PLATFORM_UNSPECIFIED && broadcast.platform !== device.platform)
-        continue;
+      const broadcast = this.decodedBroadcast(accessId, entry);
+      if (broadcast === undefined) continue;
+      const { message, platform } = broadcast;
+      if (platform !== Platform.PLATFORM_UNSPECIFIED && platform !== device.platform) continue;
       // A device that reports no cursor (a fresh install) gets what was pushed since it registered.
       if (afterMsgId === 0 && message.sentAtMs < device.registeredAtMs) continue;
-      const expr: AudienceExpr =
-        broadcast.expression === undefined ? { kind: 'all' } : fromProto(broadcast.expression);
-      if (matches(expr, has)) messages.push(message);
+      if (broadcast.matcher(has)) messages.push(message);
     }
-    return { platform: device.platform, messages };
+    return messages;
+  }
+
+  /**
+   * A broadcast-log entry decoded, its expression compiled, once per instance (entries never change):
+   * every device of a reconnect storm is matched against the same recent entries.
+   */
+  private decodedBroadcast(
+    accessId: number,
+    entry: { msgId: number; data: Uint8Array },
+  ): DecodedBroadcast | undefined {
+    const key = `${accessId}:${entry.msgId}`;
+    const cached = this.broadcastCache.get(key);
+    if (cached !== undefined) return cached;
+    const broadcast = BroadcastDelivery.decode(entry.data);
+    if (broadcast.message === undefined) return undefined;
+    const decoded: DecodedBroadcast = {
+      message: broadcast.message,
+      platform: broadcast.platform,
+      matcher: compileMatcher(
+        normalize(broadcast.expression === undefined ? { kind: 'all' } : fromProto(broadcast.expression)),
+      ),
+    };
+    // Bounded: dropping everything now and then is simpler than an LRU and costs one decode per entry.
+    if (this.broadcastCache.size >= BROADCAST_CACHE_ENTRIES) this.broadcastCache.clear();
+    this.broadcastCache.set(key, decoded);
+    return decoded;
   }
 
   /** The registered devices an audience names, and what it named that is not registered. */

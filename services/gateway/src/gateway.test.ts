@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net';
 import { MemoryBus, streams, subjects } from '@pushd/bus';
-import { silentLogger } from '@pushd/common';
+import { PushdError, silentLogger } from '@pushd/common';
 import { DeviceClient, type DeviceCloseEvent, generateDeviceId } from '@pushd/device-sdk';
 import { createDispatch, createDispatchMetrics, DispatchEventConsumer } from '@pushd/dispatch';
 import {
@@ -14,6 +14,7 @@ import {
   EventType,
   encodeClientFrame,
   encodeServerFrame,
+  type FetchPendingRequest,
   MessageType,
   NodeDelivery,
   Platform,
@@ -605,7 +606,7 @@ describe('Gateway sessions', () => {
       }),
     );
     const pinged = new Set<number>();
-    devices.forEach((device, i) => device.socket.on('ping', () => pinged.add(i)));
+    for (const [i, device] of devices.entries()) device.socket.on('ping', () => pinged.add(i));
     await waitFor(() => pinged.size >= 1, 'the first ping');
     // A fiftieth of the connections per tick (40 ms here): far from all of them yet.
     expect(pinged.size).toBeLessThan(10);
@@ -891,6 +892,59 @@ describe('Gateway delivery', () => {
     await connected(quiet);
     await quiet.roundTrip();
     expect(quiet.frames.map((f) => f.body?.$case)).toEqual(['connected', 'pong']);
+  });
+
+  it('keeps a session whose catch-up finds dispatch unavailable, retrying until it answers, with live messages after', async () => {
+    let failures = 2;
+    const requests: FetchPendingRequest[] = [];
+    const system = await startGateway({
+      dispatch: (real) => ({
+        ...real,
+        fetchPending: async (request) => {
+          requests.push(request);
+          if (failures > 0) {
+            failures--;
+            throw new PushdError('UNAVAILABLE', 'dispatch overloaded (test)');
+          }
+          return real.fetchPending(request);
+        },
+      }),
+    });
+    const device = await system.registerDevice(Platform.PLATFORM_IOS);
+    await system.stores.tags.add(system.app.accessId, [{ token: device.token, index: 0 }], ['vip'], {
+      perDevice: 100,
+      perApp: 10_000,
+    });
+    const offline = await system.push(device.token, 'while offline');
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await connected(raw);
+    await waitFor(
+      () => raw.delivered.includes(offline.msgId),
+      'the offline message after two failed fetches',
+    );
+    const live = await system.push(device.token, 'live');
+    await waitFor(() => raw.delivered.includes(live.msgId), 'the live message');
+    expect(raw.delivered).toEqual([offline.msgId, live.msgId]);
+    expect(raw.socket.readyState).toBe(WebSocket.OPEN);
+    expect(await system.metric('gateway_catch_up_retries_total')).toBe(2);
+    // Each call tells dispatch what the gateway knows of the device: no registry call, no tag read there.
+    expect(requests).toHaveLength(3);
+    expect(requests[2]?.device).toMatchObject({ platform: Platform.PLATFORM_IOS, userTags: ['vip'] });
+    expect(requests[2]?.device?.registeredAtMs).toBeGreaterThan(0);
+  });
+
+  it('closes a session whose catch-up fails for good (not a transient error) with UNAVAILABLE', async () => {
+    const system = await startGateway({
+      dispatch: (real) => ({
+        ...real,
+        fetchPending: async () => {
+          throw new PushdError('PERMISSION_DENIED', 'wrong cluster token (test)');
+        },
+      }),
+    });
+    const raw = await openRaw(system.url, system.sessionHeaders(await system.registerDevice()));
+    expect((await raw.closed).reason).toBe('UNAVAILABLE');
+    expect(await system.metric('gateway_catch_up_retries_total')).toBe(0);
   });
 
   it('turns acks into ARRIVED events carrying the push id, and dispatch then empties the window', async () => {

@@ -32,6 +32,7 @@ import {
   EventType,
   encodeServerFrame,
   encodingOfSubprotocol,
+  type FetchPendingResponse,
   type FrameEncoding,
   forPlatform,
   MAX_ACK_IDS,
@@ -140,6 +141,16 @@ class EncodedFrame {
 }
 
 const SESSION = Symbol('pushd.session');
+/** Live messages a session holds while it catches up (see offerLive). */
+const MAX_BUFFERED_LIVE = 256;
+/** FetchPending failures worth retrying in place (see fetchPending), and the backoff between tries. */
+const TRANSIENT_CODES: ReadonlySet<string> = new Set([
+  'UNAVAILABLE',
+  'DEADLINE_EXCEEDED',
+  'RESOURCE_EXHAUSTED',
+]);
+const CATCH_UP_FIRST_BACKOFF_MS = 250;
+const CATCH_UP_MAX_BACKOFF_MS = 5_000;
 /**
  * Heartbeat ticks per interval: each tick visits the next fiftieth of the sessions, so that pinging 18,000
  * sockets (one socket write each, ~80 µs on loopback) is spread over the interval instead of stalling
@@ -449,12 +460,9 @@ export class Gateway {
 
   private async catchUpLoop(session: Session): Promise<void> {
     while (session.state === 'syncing') {
-      const { messages, lastMsgId, lastBroadcastId, dropped } = await this.options.dispatch.fetchPending({
-        accessId: session.accessId,
-        token: session.token,
-        afterMsgId: session.lastDeliveredMsgId,
-      });
-      if ((session.state as string) === 'closed') return;
+      const pending = await this.fetchPending(session);
+      if (pending === undefined || (session.state as string) === 'closed') return;
+      const { messages, lastMsgId, lastBroadcastId, dropped } = pending;
       const fresh = messages.filter((message) => message.msgId > session.lastDeliveredMsgId);
       // Dispatch reset the count when it answered, so this frame is the device's only chance to learn of
       // it: sent even without messages (the app then knows to resync with its server).
@@ -468,6 +476,42 @@ export class Gateway {
       session.state = 'live';
       buffered.sort((a, b) => a.message.msgId - b.message.msgId);
       for (const live of buffered) this.offerLive(session, live);
+    }
+  }
+
+  /**
+   * FetchPending for a session, with what the gateway knows of its device (so that dispatch needs no
+   * registry call and no tag read to match it against missed broadcasts). A transient failure (dispatch
+   * overloaded or restarting) is retried with jittered backoff for as long as the session lasts, instead
+   * of closing it: closed sessions reconnect at once, and in a reconnect storm that turned one slow
+   * dispatch into tens of thousands of closed sessions. Meanwhile live messages wait in the session's
+   * buffer (bounded: what it drops is in the window or the broadcast log, and the gap is noticed).
+   * Undefined: the session closed meanwhile.
+   */
+  private async fetchPending(session: Session): Promise<FetchPendingResponse | undefined> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.options.dispatch.fetchPending({
+          accessId: session.accessId,
+          token: session.token,
+          afterMsgId: session.lastDeliveredMsgId,
+          device: {
+            platform: session.platform,
+            appVersion: session.appVersion,
+            osVersion: session.osVersion,
+            locale: session.locale,
+            registeredAtMs: session.registeredAtMs,
+            userTags: [...session.userTags],
+          },
+        });
+      } catch (error) {
+        if (!TRANSIENT_CODES.has(toPushdError(error).code)) throw error;
+        if (session.state === 'closed' || this.shuttingDown) return undefined;
+        this.options.metrics.catchUpRetries.inc();
+        const backoffMs = Math.min(CATCH_UP_MAX_BACKOFF_MS, CATCH_UP_FIRST_BACKOFF_MS * 2 ** attempt);
+        await new Promise((resolve) => setTimeout(resolve, backoffMs * (0.5 + Math.random())));
+        if ((session.state as string) === 'closed') return undefined;
+      }
     }
   }
 
@@ -858,6 +902,10 @@ export class Gateway {
   private offerLive(session: Session, live: LiveMessage): void {
     if (session.state === 'syncing') {
       session.buffered ??= [];
+      // Bounded while a catch-up waits for dispatch: the oldest go. They are in the device's window or the
+      // app's broadcast log (online-only messages excepted, which promise no more), and the next message
+      // chains past them, so the gap is fetched.
+      if (session.buffered.length >= MAX_BUFFERED_LIVE) session.buffered.shift();
       session.buffered.push(live);
       return;
     }
@@ -1271,6 +1319,7 @@ function adoptDevice(session: Session, device: Device): void {
   session.platform = device.platform;
   session.index = device.index;
   session.appVersion = device.appVersion;
+  session.registeredAtMs = device.registeredAtMs;
   session.osVersion = device.osVersion;
   session.locale = device.locale;
 }

@@ -12,6 +12,7 @@ export interface GatewayMetrics {
   duplicatesDropped: Counter;
   clicksUnattributed: Counter;
   gapRefetches: Counter;
+  catchUpRetries: Counter;
   broadcastsReceived: Counter;
   tagReloads: Counter;
   slowConsumers: Counter;
@@ -94,6 +95,11 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     gapRefetches: new Counter({
       name: 'gateway_gap_refetches_total',
       help: 'Pending messages fetched again because a live message arrived ahead of one not yet seen.',
+      registers,
+    }),
+    catchUpRetries: new Counter({
+      name: 'gateway_catch_up_retries_total',
+      help: 'FetchPending calls retried because dispatch was unavailable or too slow (the session waits, buffering).',
       registers,
     }),
     slowConsumers: new Counter({

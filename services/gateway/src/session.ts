@@ -41,6 +41,8 @@ export class Session {
   appVersion = '';
   osVersion = '';
   locale = '';
+  /** Device.registered_at_ms (a device without a cursor gets broadcasts since then). */
+  registeredAtMs = 0;
   /**
    * The device's tag set (user tags and its reported location's `pushd:` tags), loaded when the session
    * starts, when the tag service says they changed, and after the device's own tag and location frames.

@@ -305,6 +305,23 @@ export interface FetchPendingRequest {
   accessId: number;
   token: string;
   afterMsgId: number;
+  /**
+   * The device as the calling gateway holds it (from its registration and its user tags, kept current by
+   * the tag service's notices), so that matching it against the broadcasts it missed needs no registry call
+   * and no tag read: a reconnect storm then costs dispatch no extra hop per device. Absent: dispatch looks
+   * the device up.
+   */
+  device?: PendingDevice | undefined;
+}
+
+export interface PendingDevice {
+  platform: Platform;
+  appVersion: string;
+  osVersion: string;
+  locale: string;
+  /** Device.registered_at_ms: a device without a cursor only gets broadcasts sent since it registered. */
+  registeredAtMs: number;
+  userTags: string[];
 }
 
 export interface FetchPendingResponse {
@@ -2237,7 +2254,7 @@ export const GetPushResponse: MessageFns<GetPushResponse> = {
 };
 
 function createBaseFetchPendingRequest(): FetchPendingRequest {
-  return { accessId: 0, token: "", afterMsgId: 0 };
+  return { accessId: 0, token: "", afterMsgId: 0, device: undefined };
 }
 
 export const FetchPendingRequest: MessageFns<FetchPendingRequest> = {
@@ -2250,6 +2267,9 @@ export const FetchPendingRequest: MessageFns<FetchPendingRequest> = {
     }
     if (message.afterMsgId !== 0) {
       writer.uint32(24).uint64(message.afterMsgId);
+    }
+    if (message.device !== undefined) {
+      PendingDevice.encode(message.device, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -2291,6 +2311,14 @@ export const FetchPendingRequest: MessageFns<FetchPendingRequest> = {
             message.afterMsgId = longToNumber(reader.uint64());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.device = PendingDevice.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2316,6 +2344,7 @@ export const FetchPendingRequest: MessageFns<FetchPendingRequest> = {
         : isSet(object.after_msg_id)
         ? globalThis.Number(object.after_msg_id)
         : 0,
+      device: isSet(object.device) ? PendingDevice.fromJSON(object.device) : undefined,
     };
   },
 
@@ -2330,6 +2359,9 @@ export const FetchPendingRequest: MessageFns<FetchPendingRequest> = {
     if (message.afterMsgId !== 0) {
       obj.afterMsgId = Math.round(message.afterMsgId);
     }
+    if (message.device !== undefined) {
+      obj.device = PendingDevice.toJSON(message.device);
+    }
     return obj;
   },
 
@@ -2341,6 +2373,174 @@ export const FetchPendingRequest: MessageFns<FetchPendingRequest> = {
     message.accessId = object.accessId ?? 0;
     message.token = object.token ?? "";
     message.afterMsgId = object.afterMsgId ?? 0;
+    message.device = (object.device !== undefined && object.device !== null)
+      ? PendingDevice.fromPartial(object.device)
+      : undefined;
+    return message;
+  },
+};
+
+function createBasePendingDevice(): PendingDevice {
+  return { platform: 0, appVersion: "", osVersion: "", locale: "", registeredAtMs: 0, userTags: [] };
+}
+
+export const PendingDevice: MessageFns<PendingDevice> = {
+  encode(message: PendingDevice, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.platform !== 0) {
+      writer.uint32(8).int32(message.platform);
+    }
+    if (message.appVersion !== "") {
+      writer.uint32(18).string(message.appVersion);
+    }
+    if (message.osVersion !== "") {
+      writer.uint32(26).string(message.osVersion);
+    }
+    if (message.locale !== "") {
+      writer.uint32(34).string(message.locale);
+    }
+    if (message.registeredAtMs !== 0) {
+      writer.uint32(40).int64(message.registeredAtMs);
+    }
+    for (const v of message.userTags) {
+      writer.uint32(50).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PendingDevice {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePendingDevice();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.platform = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.appVersion = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.osVersion = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.locale = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.registeredAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.userTags.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PendingDevice {
+    return {
+      platform: isSet(object.platform) ? platformFromJSON(object.platform) : 0,
+      appVersion: isSet(object.appVersion)
+        ? globalThis.String(object.appVersion)
+        : isSet(object.app_version)
+        ? globalThis.String(object.app_version)
+        : "",
+      osVersion: isSet(object.osVersion)
+        ? globalThis.String(object.osVersion)
+        : isSet(object.os_version)
+        ? globalThis.String(object.os_version)
+        : "",
+      locale: isSet(object.locale) ? globalThis.String(object.locale) : "",
+      registeredAtMs: isSet(object.registeredAtMs)
+        ? globalThis.Number(object.registeredAtMs)
+        : isSet(object.registered_at_ms)
+        ? globalThis.Number(object.registered_at_ms)
+        : 0,
+      userTags: globalThis.Array.isArray(object?.userTags)
+        ? object.userTags.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.user_tags)
+        ? object.user_tags.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: PendingDevice): unknown {
+    const obj: any = {};
+    if (message.platform !== 0) {
+      obj.platform = platformToJSON(message.platform);
+    }
+    if (message.appVersion !== "") {
+      obj.appVersion = message.appVersion;
+    }
+    if (message.osVersion !== "") {
+      obj.osVersion = message.osVersion;
+    }
+    if (message.locale !== "") {
+      obj.locale = message.locale;
+    }
+    if (message.registeredAtMs !== 0) {
+      obj.registeredAtMs = Math.round(message.registeredAtMs);
+    }
+    if (message.userTags?.length) {
+      obj.userTags = message.userTags;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PendingDevice>, I>>(base?: I): PendingDevice {
+    return PendingDevice.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PendingDevice>, I>>(object: I): PendingDevice {
+    const message = createBasePendingDevice();
+    message.platform = object.platform ?? 0;
+    message.appVersion = object.appVersion ?? "";
+    message.osVersion = object.osVersion ?? "";
+    message.locale = object.locale ?? "";
+    message.registeredAtMs = object.registeredAtMs ?? 0;
+    message.userTags = object.userTags?.map((e) => e) || [];
     return message;
   },
 };
