@@ -164,7 +164,8 @@ export async function reconnectBench(cleanup: Cleanup, options: BenchOptions): P
   const moved = (name: string) => formatIncrease(metricIncrease(metricsBefore, metricsAfter, name));
   const gatewayCounts =
     `delivered ${moved('gateway_messages_delivered_total')}; disconnects ` +
-    `${moved('gateway_disconnects_total')}; upgrade failures ${moved('gateway_upgrade_failures_total')}`;
+    `${moved('gateway_disconnects_total')}; upgrade failures ${moved('gateway_upgrade_failures_total')}; ` +
+    `catch-up retries ${moved('gateway_catch_up_retries_total')}`;
   log(
     `system: ${after.open} open, closed after Connected: ${formatCounts(closed)}; gateways: ${gatewayCounts}`,
   );

@@ -100,25 +100,35 @@ describe('PushLogWriter', () => {
     ).toBe(true);
   });
 
-  it('gathers pushes for a busy partition: its next append waits out busyLingerMs after the last began', async () => {
+  it('gathers pushes for a contended partition: its next append waits out busyLingerMs after the last began', async () => {
     const { holding, writer } = makeWriter({ busyLingerMs: 200 });
-    await writer.append(command(APP, 'p1'));
-    // The partition appended just now: these wait for the linger, and go together although each came
-    // when nothing was in flight.
-    const p2 = writer.append(command(APP, 'p2'));
-    await new Promise((resolve) => setTimeout(resolve, 20));
-    const p3 = writer.append(command(APP, 'p3'));
-    await Promise.all([p2, p3]);
-    // Another partition, idle, is not held back by it.
-    await writer.append(command(OTHER_APP, 'o1'));
-    expect(holding.entries.map((entry) => entry.pushIds)).toEqual([['p1'], ['p2', 'p3'], ['o1']]);
+    holding.hold = true;
+    const p1 = writer.append(command(APP, 'p1'));
+    await waitFor(() => holding.heldCount === 1, 'the first append in flight');
+    const waiting = ['p2', 'p3'].map((pushId) => writer.append(command(APP, pushId)));
+    holding.release();
+    await p1;
+    // p2 and p3 were waiting when p1's append completed: the next append lingers, and p4 joins them.
+    const p4 = writer.append(command(APP, 'p4'));
+    await Promise.all([...waiting, p4]);
+    expect(holding.entries.map((entry) => entry.pushIds)).toEqual([['p1'], ['p2', 'p3', 'p4']]);
 
-    // Without a linger each push that finds nothing in flight goes alone.
+    // A push that finds the partition idle goes at once, however recent the last append (a client sending
+    // one push after another waits for nothing); so does one to another partition.
+    await writer.append(command(APP, 'p5'));
+    await writer.append(command(APP, 'p6'));
+    await writer.append(command(OTHER_APP, 'o1'));
+    expect(holding.entries.map((entry) => entry.pushIds).slice(2)).toEqual([['p5'], ['p6'], ['o1']]);
+
+    // Without a linger, what waited goes as soon as the append in flight completes.
     const eager = makeWriter({ busyLingerMs: 0 });
-    await eager.writer.append(command(APP, 'e1'));
+    eager.holding.hold = true;
+    const e1 = eager.writer.append(command(APP, 'e1'));
+    await waitFor(() => eager.holding.heldCount === 1, 'the first append in flight');
     const e2 = eager.writer.append(command(APP, 'e2'));
-    await new Promise((resolve) => setTimeout(resolve, 20));
-    await Promise.all([e2, eager.writer.append(command(APP, 'e3'))]);
+    eager.holding.release();
+    await Promise.all([e1, e2]);
+    await eager.writer.append(command(APP, 'e3'));
     expect(eager.holding.entries.map((entry) => entry.pushIds)).toEqual([['e1'], ['e2'], ['e3']]);
   });
 

@@ -33,12 +33,12 @@ export interface PushLogWriterOptions {
   /** Most pushes in one entry (at most MSG_IDS_PER_ENTRY). Default: 256. */
   maxCommandsPerEntry?: number;
   /**
-   * A partition that started an append less than this long ago is busy: its next append waits until this
-   * long after the last one started, gathering what comes meanwhile. An applier takes one entry at a
-   * time, a few store round trips each, so its throughput is entries per second times pushes per entry;
-   * this bounds a partition to 1000 / busyLingerMs entries per second and makes entries grow with the load
-   * instead. A push to an idle partition is appended at once. 0 appends whenever nothing is in flight.
-   * Default: 10 ms.
+   * A partition under contention (pushes were waiting when its append completed) appends next no sooner
+   * than this long after the last append began, gathering what comes meanwhile. An applier takes one
+   * entry at a time, a few store round trips each, so its throughput is entries per second times pushes
+   * per entry; this bounds a busy partition to 1000 / busyLingerMs entries per second and makes entries
+   * grow with the load instead. A push that finds nothing in flight or waiting is appended at once (a
+   * client sending one push after another waits for nothing). 0: never linger. Default: 10 ms.
    */
   busyLingerMs?: number;
   /** Default: Date.now. */
@@ -53,10 +53,11 @@ interface Waiting {
 
 /**
  * Appends accepted pushes to the push log with group commit: per partition, one append in flight at a
- * time; pushes accepted meanwhile wait and go together in the next entry, and a busy partition appends at
- * most every busyLingerMs. An idle partition appends a push at once (no added latency). One append at a
- * time also keeps a partition's entries in the order this instance accepted them. The promise of each push resolves with its msg_id once its entry is stored, or rejects with the
- * append's error (nothing of that entry is in the log).
+ * time; pushes accepted meanwhile wait and go together in the next entry, and under contention a
+ * partition appends at most every busyLingerMs. A push that finds its partition idle is appended at once.
+ * One append at a time also keeps a partition's entries in the order this instance accepted them. The
+ * promise of each push resolves with its msg_id once its entry is stored, or rejects with the append's
+ * error (nothing of that entry is in the log).
  */
 export class PushLogWriter {
   private readonly partitions: number;
@@ -108,12 +109,11 @@ export class PushLogWriter {
   private async appendWaiting(partition: number): Promise<void> {
     this.appending.add(partition);
     try {
-      for (;;) {
+      for (let contended = false; ; contended = true) {
         const queue = this.waiting.get(partition);
         if (queue === undefined || queue.length === 0) return;
-        const linger =
-          (this.lastAppendAt.get(partition) ?? Number.NEGATIVE_INFINITY) + this.busyLingerMs - this.now();
-        if (linger > 0 && queue.length < this.maxCommands) {
+        const linger = (this.lastAppendAt.get(partition) ?? 0) + this.busyLingerMs - this.now();
+        if (contended && linger > 0 && queue.length < this.maxCommands) {
           await new Promise((resolve) => setTimeout(resolve, linger));
         }
         this.lastAppendAt.set(partition, this.now());
