@@ -13,3 +13,4 @@ export type {
 export { MemoryBroker, type MemoryBrokerOptions, MemoryBus, type MemoryBusOptions } from './bus-memory.js';
 export { NatsBus, type NatsBusOptions } from './bus-nats.js';
 export { type EventSource, isValidNodeId, pushPartition, streams, subjects } from './subjects.js';
+export { withDurablePublish } from './with-durable-publish.js';

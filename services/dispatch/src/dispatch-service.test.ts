@@ -1,4 +1,4 @@
-import { type Bus, MemoryBus, streams, subjects } from '@pushd/bus';
+import { type Bus, MemoryBus, streams, subjects, withDurablePublish } from '@pushd/bus';
 import { ManualClock, PushdError, silentLogger } from '@pushd/common';
 import {
   BroadcastDelivery,
@@ -533,21 +533,13 @@ describe('DispatchService.push', () => {
 
   it('still accepts the push when the SENT event cannot be published, and counts the failure', async () => {
     const { push, registerDevice, pendingIds, metrics, h, app } = await setup({
-      bus: (real) => ({
-        publish: (subject, data) => real.publish(subject, data),
-        subscribe: (subject, handler, options) => real.subscribe(subject, handler, options),
-        publishDurable: async (subject, data, options) => {
+      bus: (bus) =>
+        withDurablePublish(bus, async (real, subject, data, options) => {
           if (subject.startsWith('pushd.events.')) {
             throw new PushdError('UNAVAILABLE', 'stream unreachable (test)');
           }
-          return real.publishDurable(subject, data, options);
-        },
-        consume: (options) => real.consume(options),
-        consumerBacklog: (stream, consumer) => real.consumerBacklog(stream, consumer),
-        ready: () => real.ready(),
-        flush: () => real.flush(),
-        close: () => real.close(),
-      }),
+          return real(subject, data, options);
+        }),
     });
     const token = await registerDevice();
     const result = await push(token);
@@ -1311,23 +1303,14 @@ describe('DispatchService scheduling, cancel, list and idempotency', () => {
 });
 
 /** A bus whose push-log appends wait while `held` (pushes accepted meanwhile then share an entry). */
-function holdingLog(real: MemoryBus) {
+function holdingLog(memory: MemoryBus) {
   const gate = { held: false, waiting: [] as (() => void)[] };
-  const bus: Bus = {
-    publish: (subject, data) => real.publish(subject, data),
-    subscribe: (subject, handler, options) => real.subscribe(subject, handler, options),
-    publishDurable: async (subject, data, options) => {
-      if (gate.held && subject.startsWith('pushd.pushes.')) {
-        await new Promise<void>((resolve) => gate.waiting.push(resolve));
-      }
-      return real.publishDurable(subject, data, options);
-    },
-    consume: (options) => real.consume(options),
-    consumerBacklog: (stream, consumer) => real.consumerBacklog(stream, consumer),
-    ready: () => real.ready(),
-    flush: () => real.flush(),
-    close: () => real.close(),
-  };
+  const bus = withDurablePublish(memory, async (real, subject, data, options) => {
+    if (gate.held && subject.startsWith('pushd.pushes.')) {
+      await new Promise<void>((resolve) => gate.waiting.push(resolve));
+    }
+    return real(subject, data, options);
+  });
   const release = () => {
     gate.held = false;
     for (const resolve of gate.waiting.splice(0)) resolve();

@@ -1,4 +1,4 @@
-import { type Bus, MemoryBus, pushPartition, streams, subjects } from '@pushd/bus';
+import { type Bus, MemoryBus, pushPartition, streams, subjects, withDurablePublish } from '@pushd/bus';
 import { PushdError } from '@pushd/common';
 import { MessageType, Platform, PushCommand, PushLogEntry } from '@pushd/proto';
 import { waitFor } from '@pushd/testkit';
@@ -28,26 +28,17 @@ class HoldingBus {
   failNext = 0;
   private held: (() => void)[] = [];
 
-  readonly bus: Bus = {
-    publish: (subject, data) => this.memory.publish(subject, data),
-    subscribe: (subject, handler, options) => this.memory.subscribe(subject, handler, options),
-    publishDurable: async (subject, data, options) => {
-      if (this.hold) await new Promise<void>((resolve) => this.held.push(resolve));
-      if (this.failNext > 0) {
-        this.failNext--;
-        throw new PushdError('UNAVAILABLE', 'stream unreachable (test)');
-      }
-      const result = await this.memory.publishDurable(subject, data, options);
-      const pushIds = readPushLogEntry(data, result.seq).map((push) => push.command.pushId);
-      this.entries.push({ subject, seq: result.seq, pushIds });
-      return result;
-    },
-    consume: (options) => this.memory.consume(options),
-    consumerBacklog: (stream, consumer) => this.memory.consumerBacklog(stream, consumer),
-    ready: () => this.memory.ready(),
-    flush: () => this.memory.flush(),
-    close: () => this.memory.close(),
-  };
+  readonly bus: Bus = withDurablePublish(this.memory, async (real, subject, data, options) => {
+    if (this.hold) await new Promise<void>((resolve) => this.held.push(resolve));
+    if (this.failNext > 0) {
+      this.failNext--;
+      throw new PushdError('UNAVAILABLE', 'stream unreachable (test)');
+    }
+    const result = await real(subject, data, options);
+    const pushIds = readPushLogEntry(data, result.seq).map((push) => push.command.pushId);
+    this.entries.push({ subject, seq: result.seq, pushIds });
+    return result;
+  });
 
   get heldCount(): number {
     return this.held.length;

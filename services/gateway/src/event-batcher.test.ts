@@ -1,4 +1,4 @@
-import { type Bus, MemoryBus, streams, subjects } from '@pushd/bus';
+import { type Bus, MemoryBus, streams, subjects, withDurablePublish } from '@pushd/bus';
 import { PushdError, silentLogger } from '@pushd/common';
 import { type Event, EventBatch, EventType, Platform } from '@pushd/proto';
 import { waitFor } from '@pushd/testkit';
@@ -33,28 +33,19 @@ class RecordingBus {
   private held: (() => void)[] = [];
   hold = false;
 
-  readonly bus: Bus = {
-    publish: (subject, data) => this.memory.publish(subject, data),
-    subscribe: (subject, handler, options) => this.memory.subscribe(subject, handler, options),
-    publishDurable: async (subject, data) => {
-      this.attempts.push(subject);
-      if (this.failures > 0) {
-        this.failures--;
-        throw new PushdError('UNAVAILABLE', 'stream unreachable (test)');
-      }
-      if (this.hold) {
-        await new Promise<void>((resolve) => this.held.push(resolve));
-      }
-      const result = await this.memory.publishDurable(subject, data);
-      this.stored.push(EventBatch.decode(data).events.map((e) => e.msgId));
-      return result;
-    },
-    consume: (options) => this.memory.consume(options),
-    consumerBacklog: (stream, consumer) => this.memory.consumerBacklog(stream, consumer),
-    ready: () => this.memory.ready(),
-    flush: () => this.memory.flush(),
-    close: () => this.memory.close(),
-  };
+  readonly bus: Bus = withDurablePublish(this.memory, async (real, subject, data) => {
+    this.attempts.push(subject);
+    if (this.failures > 0) {
+      this.failures--;
+      throw new PushdError('UNAVAILABLE', 'stream unreachable (test)');
+    }
+    if (this.hold) {
+      await new Promise<void>((resolve) => this.held.push(resolve));
+    }
+    const result = await real(subject, data);
+    this.stored.push(EventBatch.decode(data).events.map((e) => e.msgId));
+    return result;
+  });
 
   get heldCount(): number {
     return this.held.length;

@@ -1,4 +1,4 @@
-import { type Bus, MemoryBus, streams, subjects } from '@pushd/bus';
+import { type Bus, MemoryBus, streams, subjects, withDurablePublish } from '@pushd/bus';
 import { ManualClock, PushdError, silentLogger } from '@pushd/common';
 import { type Event, EventBatch, EventType, Platform, type RegisterDeviceRequest } from '@pushd/proto';
 import { basicAuthorization, bearerAuthorization, type CallContext, callContext } from '@pushd/rpc';
@@ -575,22 +575,13 @@ describe('RegistryService.unregisterDevice', () => {
     // outlive it, and come back when the same device_id registers again (same token).
     const memory = new MemoryBus({ streams: [streams.events] });
     let failNext = false;
-    const bus: Bus = {
-      publish: (subject, data) => memory.publish(subject, data),
-      subscribe: (subject, handler, options) => memory.subscribe(subject, handler, options),
-      publishDurable: async (subject, data) => {
-        if (failNext) {
-          failNext = false;
-          throw new PushdError('UNAVAILABLE', 'stream unreachable (test)');
-        }
-        return memory.publishDurable(subject, data);
-      },
-      consume: (options) => memory.consume(options),
-      consumerBacklog: (stream, consumer) => memory.consumerBacklog(stream, consumer),
-      ready: () => memory.ready(),
-      flush: () => memory.flush(),
-      close: () => memory.close(),
-    };
+    const bus: Bus = withDurablePublish(memory, async (real, subject, data) => {
+      if (failNext) {
+        failNext = false;
+        throw new PushdError('UNAVAILABLE', 'stream unreachable (test)');
+      }
+      return real(subject, data);
+    });
     const { h, createApp, registerToken } = setup({ bus });
     const events = recordRegistryEvents(memory);
     const app = await createApp();
