@@ -1302,6 +1302,44 @@ describe('DispatchService scheduling, cancel, list and idempotency', () => {
   });
 });
 
+/**
+ * A PushApplier on the test's stores whose window appends for `broken` fail (Redis unreachable), taking a
+ * partition over after 20 ms, with the given retries and deliveries.
+ */
+function applierFailingFor(
+  broken: string,
+  env: { stores: Stores; bus: Bus; metrics: DispatchMetrics; clock: ManualClock },
+  options: { retryDelaysMs: number[]; maxDeliveries: number; onFailure?: () => void },
+): PushApplier {
+  const { stores } = env;
+  return new PushApplier({
+    pushes: stores.pushes,
+    inboxes: {
+      ...stores.inboxes,
+      pending: (...args) => stores.inboxes.pending(...args),
+      ack: (...args) => stores.inboxes.ack(...args),
+      clear: (...args) => stores.inboxes.clear(...args),
+      append: async (accessId, token, ...rest) => {
+        if (token === broken) {
+          options.onFailure?.();
+          throw new PushdError('UNAVAILABLE', 'redis unreachable (test)');
+        }
+        return stores.inboxes.append(accessId, token, ...rest);
+      },
+    },
+    routes: stores.routes,
+    broadcasts: stores.broadcasts,
+    bus: env.bus,
+    partitions: 4,
+    takeOverAfterMs: 20,
+    retryDelaysMs: options.retryDelaysMs,
+    maxDeliveries: options.maxDeliveries,
+    metrics: env.metrics,
+    logger: silentLogger(),
+    clock: env.clock,
+  });
+}
+
 /** A bus whose push-log appends wait while `held` (pushes accepted meanwhile then share an entry). */
 function holdingLog(memory: MemoryBus) {
   const gate = { held: false, waiting: [] as (() => void)[] };
@@ -1398,29 +1436,11 @@ describe('PushApplier applying pushes accepted together (one log entry)', () => 
     const broken = await registerDevice();
     const healthy = await registerDevice();
     await routeToNode(healthy);
-    const applier = new PushApplier({
-      pushes: stores.pushes,
-      inboxes: {
-        ...stores.inboxes,
-        pending: (...args) => stores.inboxes.pending(...args),
-        ack: (...args) => stores.inboxes.ack(...args),
-        clear: (...args) => stores.inboxes.clear(...args),
-        append: async (accessId, token, ...rest) => {
-          if (token === broken) throw new PushdError('UNAVAILABLE', 'redis unreachable (test)');
-          return stores.inboxes.append(accessId, token, ...rest);
-        },
-      },
-      routes: stores.routes,
-      broadcasts: stores.broadcasts,
-      bus,
-      partitions: 4,
-      takeOverAfterMs: 20,
-      retryDelaysMs: [1],
-      maxDeliveries: 2,
-      metrics,
-      logger: silentLogger(),
-      clock,
-    });
+    const applier = applierFailingFor(
+      broken,
+      { stores, bus, metrics, clock },
+      { retryDelaysMs: [1], maxDeliveries: 2 },
+    );
     if (log === undefined) throw new Error('no bus');
     log.gate.held = true;
     const opener = h.push(notify(healthy), app.auth());
@@ -1467,32 +1487,11 @@ describe('PushApplier when a push cannot be applied', () => {
     const healthy = await registerDevice();
     await routeToNode(healthy);
     let failures = 0;
-    const applier = new PushApplier({
-      pushes: stores.pushes,
-      inboxes: {
-        ...stores.inboxes,
-        pending: (...args) => stores.inboxes.pending(...args),
-        ack: (...args) => stores.inboxes.ack(...args),
-        clear: (...args) => stores.inboxes.clear(...args),
-        append: async (accessId, token, ...rest) => {
-          if (token === broken) {
-            failures++;
-            throw new PushdError('UNAVAILABLE', 'redis unreachable (test)');
-          }
-          return stores.inboxes.append(accessId, token, ...rest);
-        },
-      },
-      routes: stores.routes,
-      broadcasts: stores.broadcasts,
-      bus,
-      partitions: 4,
-      takeOverAfterMs: 20,
-      retryDelaysMs: [1, 1],
-      maxDeliveries: 3,
-      metrics,
-      logger: silentLogger(),
-      clock,
-    });
+    const applier = applierFailingFor(
+      broken,
+      { stores, bus, metrics, clock },
+      { retryDelaysMs: [1, 1], maxDeliveries: 3, onFailure: () => failures++ },
+    );
     applier.start();
     try {
       const stuck = await h.push(notify(broken), app.auth());
