@@ -11,6 +11,7 @@ import {
   NodeDelivery,
   type PendingDevice,
   Platform,
+  PushCommand,
   type PushRequest,
   type PushResponse,
   PushStatus,
@@ -1359,7 +1360,7 @@ function holdingLog(memory: MemoryBus) {
 describe('PushApplier applying pushes accepted together (one log entry)', () => {
   it('applies them in msg_id order: windows, chains and broadcasts as if applied one by one', async () => {
     let log: ReturnType<typeof holdingLog> | undefined;
-    const { h, app, bus, registerIndexed, routeToNode, deliveries, sentEvents, pendingIds, applied, stores } =
+    const { h, app, bus, registerIndexed, routeToNode, deliveries, sentEvents, pendingIds, applied } =
       await setup({
         bus: (real) => {
           log = holdingLog(real);
@@ -1382,9 +1383,6 @@ describe('PushApplier applying pushes accepted together (one log entry)', () => 
         notify(android, { message: message({ content: 'second' }) }),
         toAll(),
         notify(android, { message: message({ content: 'third' }) }),
-        // A token push restricted to a platform its device is not on: no device, and it must reach nobody
-        // (not every iOS device, as a broadcast would).
-        notify(android, { platform: Platform.PLATFORM_IOS }),
       ].map((request) => h.push(request, app.auth())),
       (async () => {
         await waitFor(() => (log?.gate.waiting.length ?? 0) >= 1, 'the first append held');
@@ -1394,13 +1392,12 @@ describe('PushApplier applying pushes accepted together (one log entry)', () => 
         return first;
       })(),
     ]);
-    const [second, all, third, nobody, one] = together as PushResponse[];
+    const [second, all, third, one] = together as PushResponse[];
     for (const result of together as PushResponse[]) await applied(result.pushId);
     const entryOf = (msgId: number) => Math.floor(msgId / 1024);
-    // One entry for the four that waited, another (earlier) for the first.
-    expect(new Set([second, all, third, nobody].map((r) => entryOf(r?.msgId ?? 0))).size).toBe(1);
+    // One entry for the three that waited, another (earlier) for the first.
+    expect(new Set([second, all, third].map((r) => entryOf(r?.msgId ?? 0))).size).toBe(1);
     expect(entryOf(one?.msgId ?? 0)).toBeLessThan(entryOf(second?.msgId ?? 0));
-    expect(nobody?.target).toBe(0);
 
     // The android device's messages, in msg_id order, each chained to the one before it.
     const targeted = [one, second, third].map((r) => r?.msgId ?? 0).sort((a, b) => a - b);
@@ -1412,15 +1409,48 @@ describe('PushApplier applying pushes accepted together (one log entry)', () => 
       targeted.map((msgId) => (msgId > allId ? allId : 0)),
     );
     expect(await pendingIds(android)).toEqual(targeted.slice(1));
-    // One broadcast: the push to all. The push without devices is DONE with target 0.
+    // One broadcast: the push to all.
     await bus.flush();
     expect(broadcasts.map((b) => b.message?.msgId)).toEqual([allId]);
-    expect(await stores.pushes.get(app.accessId, nobody?.pushId ?? '')).toMatchObject({
-      status: PushStatus.PUSH_STATUS_DONE,
-      target: 0,
-    });
-    // SENT for each targeted push with devices, none for the one without.
     expect(sentEvents.map((e) => e.msgId).sort((a, b) => a - b)).toEqual(targeted);
+  });
+
+  it('refuses a push to named devices none of which is on the platform it names, storing nothing', async () => {
+    const { h, app, bus, stores, registerDevice, applier, deliveries } = await setup();
+    const android = await registerDevice(Platform.PLATFORM_ANDROID);
+    const refused = h.push(
+      notify('', {
+        audience: { target: { $case: 'tokenList', value: { tokens: [android] } } },
+        platform: Platform.PLATFORM_IOS,
+      }),
+      app.auth(),
+    );
+    await expect(refused).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      metadata: { field: 'platform' },
+    });
+    await expect(refused).rejects.toThrow(/none of the 1 targeted devices is on PLATFORM_IOS/);
+    expect((await stores.pushes.list(app.accessId, { limit: 10 })).pushes).toEqual([]);
+
+    // The applier never takes a push without devices for a broadcast (it would reach every iOS device).
+    const broadcasts: BroadcastDelivery[] = [];
+    bus.subscribe(subjects.allBroadcasts, (data) => broadcasts.push(BroadcastDelivery.decode(data)));
+    await applier.apply(
+      PushCommand.create({
+        accessId: app.accessId,
+        pushId: 'no-devices',
+        message: message({ content: 'x' }),
+        acceptedAtMs: Date.now(),
+        expiresAtMs: Number.MAX_SAFE_INTEGER,
+        platform: Platform.PLATFORM_IOS,
+        audience: { target: { $case: 'token', value: android } },
+        devices: [],
+      }),
+      1,
+    );
+    await bus.flush();
+    expect(broadcasts).toEqual([]);
+    expect(deliveries).toEqual([]);
   });
 
   it('gives up only the push that cannot be applied, not the pushes of its entry', async () => {

@@ -23,6 +23,7 @@ import {
   type PushRequest,
   PushResponse,
   PushStatus,
+  platformToJSON,
   pushStatusToJSON,
   type RegistryServiceService,
   type TargetDevice,
@@ -296,6 +297,13 @@ export class DispatchService {
       devices = resolved.devices
         .filter((device) => platformTag === undefined || device.platform === request.platform)
         .map((device) => ({ token: device.token, platform: device.platform }));
+      if (devices.length === 0) {
+        // Every named device is registered, none on the platform asked for: the push could reach nobody.
+        throw invalidArgument(
+          'platform',
+          `none of the ${resolved.devices.length} targeted devices is on ${platformToJSON(request.platform)}`,
+        );
+      }
       invalidTokens = resolved.invalidTokens;
       unknownAccounts = resolved.unknownAccounts;
       targetCount = devices.length;
