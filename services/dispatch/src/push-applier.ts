@@ -291,8 +291,9 @@ export class PushApplier {
     if (run.length === 0) return;
     const live = run.filter((push) => push.command.expiresAtMs > now);
     const apps = [...new Set(live.map((push) => push.command.accessId))];
+    const messages = live.map((push) => messageOf(push.command, push.msgId));
     const [chains, heads] = await Promise.all([
-      this.appendToWindows(live, now),
+      this.appendToWindows(live, messages, now),
       // Read beside the appends: only this partition's applier moves an app's broadcast head.
       Promise.all(apps.map((accessId) => this.options.broadcasts.head(accessId))),
     ]);
@@ -301,7 +302,7 @@ export class PushApplier {
     const sent: Event[] = [];
     for (const [i, push] of live.entries()) {
       const { accessId, pushId } = push.command;
-      const message = messageOf(push.command, push.msgId);
+      const message = messages[i] as PushMessage;
       const routed = this.route(accessId, message, chains[i] ?? [], routes, headOf.get(accessId) ?? 0);
       // Online only: counted as sent where a route took it; otherwise stored for every device.
       const counted = push.command.onlineOnly ? routed : push.command.devices;
@@ -336,7 +337,11 @@ export class PushApplier {
    * is stored nowhere and claims no predecessor (0): it was never in a window, and the log order already
    * puts it after every stored message of the app published before it.
    */
-  private async appendToWindows(pushes: LoggedPush[], now: number): Promise<Chained[][]> {
+  private async appendToWindows(
+    pushes: LoggedPush[],
+    messages: PushMessage[],
+    now: number,
+  ): Promise<Chained[][]> {
     const chains: Chained[][] = pushes.map((push) =>
       push.command.devices.map((device) => ({ device, previousMsgId: 0 })),
     );
@@ -360,7 +365,7 @@ export class PushApplier {
         const result = await this.options.inboxes.append(
           push.command.accessId,
           device.token,
-          messageOf(push.command, push.msgId),
+          messages[p] as PushMessage,
           OFFLINE_CAPACITY[device.platform] ?? 1,
           now,
         );

@@ -46,7 +46,9 @@ export interface PushLogWriterOptions {
 }
 
 interface Waiting {
-  data: Uint8Array;
+  command: PushCommand;
+  /** Its encoded size, for the entry's size limit. */
+  bytes: number;
   resolve: (msgId: number) => void;
   reject: (error: unknown) => void;
 }
@@ -80,14 +82,14 @@ export class PushLogWriter {
   /** Resolves with the push's msg_id once it is in the log. */
   append(command: PushCommand): Promise<number> {
     const partition = pushPartition(command.accessId, this.partitions);
-    const data = PushCommand.encode(command).finish();
+    const bytes = PushCommand.encode(command).finish().length;
     return new Promise<number>((resolve, reject) => {
       let queue = this.waiting.get(partition);
       if (queue === undefined) {
         queue = [];
         this.waiting.set(partition, queue);
       }
-      queue.push({ data, resolve, reject });
+      queue.push({ command, bytes, resolve, reject });
       if (!this.appending.has(partition)) void this.appendWaiting(partition);
     });
   }
@@ -119,10 +121,8 @@ export class PushLogWriter {
         this.lastAppendAt.set(partition, this.now());
         const batch = takeEntry(queue, this.maxCommands);
         try {
-          const { seq } = await this.options.bus.publishDurable(
-            subjects.pushes(partition),
-            encodeEntry(batch),
-          );
+          const entry = PushLogEntry.encode({ commands: batch.map((waiting) => waiting.command) }).finish();
+          const { seq } = await this.options.bus.publishDurable(subjects.pushes(partition), entry);
           for (const [index, waiting] of batch.entries()) waiting.resolve(msgIdOf(seq, index));
         } catch (error) {
           for (const waiting of batch) waiting.reject(error);
@@ -140,31 +140,9 @@ function takeEntry(queue: Waiting[], maxCommands: number): Waiting[] {
   let bytes = 0;
   let count = 0;
   while (count < queue.length && count < maxCommands) {
-    bytes += (queue[count] as Waiting).data.length;
+    bytes += (queue[count] as Waiting).bytes;
     if (count > 0 && bytes > MAX_ENTRY_BYTES) break;
     count++;
   }
   return queue.splice(0, count);
-}
-
-/**
- * A PushLogEntry from commands already encoded (their sizes were needed anyway), without encoding them
- * again: PushLogEntry.encode writes each as field 100, length-delimited, which is the tag varint
- * (100 << 3 | 2 = 802: bytes 0xa2 0x06), the length as a varint, then the bytes.
- */
-function encodeEntry(batch: Waiting[]): Uint8Array {
-  const parts: Uint8Array[] = [];
-  for (const { data } of batch) parts.push(Buffer.from([0xa2, 0x06, ...varint(data.length)]), data);
-  return Buffer.concat(parts);
-}
-
-function varint(value: number): number[] {
-  const bytes: number[] = [];
-  let rest = value;
-  while (rest > 0x7f) {
-    bytes.push((rest & 0x7f) | 0x80);
-    rest = Math.floor(rest / 128);
-  }
-  bytes.push(rest);
-  return bytes;
 }
