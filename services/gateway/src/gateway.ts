@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -49,11 +48,11 @@ import {
 } from '@pushd/proto';
 import type { PromiseClient } from '@pushd/rpc';
 import type { RouteStore, TagStore } from '@pushd/store';
-import { type RawData, type WebSocket, WebSocketServer } from 'ws';
+import { type RawData, WebSocket, WebSocketServer } from 'ws';
 import { EventBatcher } from './event-batcher.js';
 import { type Handshake, parseHandshake } from './handshake.js';
 import type { GatewayMetrics } from './metrics.js';
-import { type LiveMessage, Session } from './session.js';
+import { type LiveMessage, Session, shared, sharedTags } from './session.js';
 
 /**
  * Most devices in one merged SENT or ARRIVED event: 2,000 tokens (and arrival times) are ~100 KB, well
@@ -140,7 +139,6 @@ class EncodedFrame {
   }
 }
 
-const SESSION = Symbol('pushd.session');
 /** Live messages a session holds while it catches up (see offerLive). */
 const MAX_BUFFERED_LIVE = 256;
 /** FetchPending failures worth retrying in place (see fetchPending), and the backoff between tries. */
@@ -163,7 +161,6 @@ const HEARTBEAT_TICKS = 50;
  * loses that race half the time, and 18,000 devices then send a Ping frame (and get a Pong) every round.
  */
 const HEARTBEAT_ROUND_SHARE = 0.9;
-type SocketWithSession = WebSocket & { [SESSION]?: Session };
 
 /**
  * A gateway node: holds device WebSocket connections, delivers the messages dispatch publishes to its
@@ -173,9 +170,13 @@ type SocketWithSession = WebSocket & { [SESSION]?: Session };
 export class Gateway {
   private readonly server: Server;
   private readonly wss: WebSocketServer;
-  private readonly sessions = new Map<string, Session>();
-  /** The same sessions by app: a broadcast visits only its app's devices. */
-  private readonly appSessions = new Map<number, Set<Session>>();
+  /**
+   * Live sessions by app, then by token (one per device per gateway): a broadcast visits only its app's
+   * devices, and no per-session key string is kept (the session holds its token already).
+   */
+  private readonly hub = new Map<number, Map<string, Session>>();
+  private hubSize = 0;
+  private lastSessionSerial = 0;
   /** SENT and ARRIVED events being merged during this turn of the event loop (see mergeDeviceEvent). */
   private readonly mergedEvents = new Map<string, Event>();
   private mergedFlushScheduled = false;
@@ -247,6 +248,7 @@ export class Gateway {
       perMessageDeflate: false,
       maxPayload: this.maxFrameBytes,
       clientTracking: false,
+      WebSocket: deviceSocketClass(this),
       // The same choice as negotiateEncoding: the first offered subprotocol we speak.
       handleProtocols: (offered) => {
         for (const name of offered) if (encodingOfSubprotocol(name) !== undefined) return name;
@@ -272,7 +274,7 @@ export class Gateway {
 
   /** Open sessions (devices registered and connected). */
   get sessionCount(): number {
-    return this.sessions.size;
+    return this.hubSize;
   }
 
   async start(): Promise<void> {
@@ -315,11 +317,12 @@ export class Gateway {
     for (const subscription of this.subscriptions) subscription.unsubscribe();
     const closing = new Promise<void>((resolve) => this.server.close(() => resolve()));
     const shutdown = new PushdError('SHUTTING_DOWN', 'gateway shutting down; reconnect');
-    const routes = [...this.sessions.values()].map((session) =>
+    const live = this.liveSessions();
+    const routes = live.map((session) =>
       this.options.routes.clear(session.accessId, session.token, session.id).catch(() => undefined),
     );
-    const sockets = [...this.sessions.values(), ...this.registering].map((session) => session.socket);
-    for (const session of [...this.sessions.values(), ...this.registering]) this.closeWith(session, shutdown);
+    const sockets = [...live, ...this.registering].map((session) => session.socket);
+    for (const session of [...live, ...this.registering]) this.closeWith(session, shutdown);
     await Promise.all(routes);
     // Devices get a moment to answer the close handshake; the rest are cut.
     const deadline = Date.now() + 2_000;
@@ -386,20 +389,15 @@ export class Gateway {
   private newSession(ws: WebSocket, handshake: Handshake, accessKey: string | undefined): Session {
     const session = new Session(
       ws,
-      randomUUID(),
+      ++this.lastSessionSerial,
       handshake.accessId,
       handshake.encoding,
       this.clock.now(),
       handshake.lastMsgId,
       accessKey,
     );
-    (ws as SocketWithSession)[SESSION] = session;
-    // Shared listeners (`this` is the socket): no closure per connection.
-    ws.on('message', onSocketMessage);
-    ws.on('close', onSocketClose);
-    ws.on('error', onSocketError);
-    ws.on('pong', onSocketPong);
-    gateways.set(ws, this);
+    // Its events come through DeviceSocket.emit: no listener per connection.
+    (ws as DeviceSocket).session = session;
     return session;
   }
 
@@ -410,17 +408,18 @@ export class Gateway {
    */
   private async establish(session: Session): Promise<void> {
     const { routes, metrics, nodeId } = this.options;
-    const previous = this.sessions.get(session.key);
+    const previous = this.sessionOf(session.accessId, session.token);
     if (previous !== undefined && previous !== session) {
+      // Closing detaches it from the hub, so that this session takes its place.
       this.closeWith(previous, new PushdError('CONNECTION_REPLACED', 'the device opened a newer connection'));
     }
-    this.sessions.set(session.key, session);
-    let ofApp = this.appSessions.get(session.accessId);
+    let ofApp = this.hub.get(session.accessId);
     if (ofApp === undefined) {
-      ofApp = new Set();
-      this.appSessions.set(session.accessId, ofApp);
+      ofApp = new Map();
+      this.hub.set(session.accessId, ofApp);
     }
-    ofApp.add(session);
+    if (!ofApp.has(session.token)) this.hubSize++;
+    ofApp.set(session.token, session);
     metrics.connections.inc({ platform: platformLabel(session.platform) });
     this.announcePresence(session, EventType.EVENT_TYPE_CONNECTED);
     try {
@@ -429,7 +428,7 @@ export class Gateway {
         this.options.tags.list(session.accessId, session.token, session.index),
         routes.set(session.accessId, session.token, { nodeId, sessionId: session.id }, this.routeTtlMs),
       ]);
-      session.userTags = userTags;
+      session.userTags = sharedTags(userTags);
       session.tagTest = undefined;
       if (session.state === 'closed') return;
       this.send(session, {
@@ -708,7 +707,9 @@ export class Gateway {
     // Before the reply: once the device has it, a tag push is evaluated on the new tags here, without
     // waiting for the tag service's announcement (which reloads them too).
     try {
-      session.userTags = await this.options.tags.list(session.accessId, session.token, session.index);
+      session.userTags = sharedTags(
+        await this.options.tags.list(session.accessId, session.token, session.index),
+      );
       session.tagTest = undefined;
     } catch (error) {
       this.options.logger.warn({ err: error }, 'reloading device tags after a tag frame failed');
@@ -841,7 +842,7 @@ export class Gateway {
     const message = delivery.message;
     if (message === undefined) return;
     delivery.tokens.forEach((token, index) => {
-      const session = this.sessions.get(`${delivery.accessId}:${token}`);
+      const session = this.sessionOf(delivery.accessId, token);
       if (session === undefined) return;
       this.offerLive(session, {
         message,
@@ -868,11 +869,11 @@ export class Gateway {
       return;
     }
     const { message, platform, previousBroadcastId } = delivery;
-    const sessions = this.appSessions.get(delivery.accessId);
+    const sessions = this.hub.get(delivery.accessId);
     if (message === undefined || sessions === undefined) return;
     this.options.metrics.broadcastsReceived.inc();
     this.liveBroadcasts.add(message);
-    for (const session of sessions) {
+    for (const session of sessions.values()) {
       const broadcastMatch =
         (platform === Platform.PLATFORM_UNSPECIFIED || platform === session.platform) &&
         (matcher === undefined || matcher(tagTestOf(session)));
@@ -890,11 +891,11 @@ export class Gateway {
       return;
     }
     for (const token of changed.tokens) {
-      const session = this.sessions.get(`${changed.accessId}:${token}`);
+      const session = this.sessionOf(changed.accessId, token);
       if (session === undefined) continue;
       this.options.tags.list(session.accessId, session.token, session.index).then(
         (tags) => {
-          session.userTags = tags;
+          session.userTags = sharedTags(tags);
           session.tagTest = undefined;
           this.options.metrics.tagReloads.inc();
         },
@@ -1096,7 +1097,7 @@ export class Gateway {
     }
     for (const event of batch.events) {
       if (event.type !== EventType.EVENT_TYPE_UNREGISTERED) continue;
-      const session = this.sessions.get(`${event.accessId}:${event.token}`);
+      const session = this.sessionOf(event.accessId, event.token);
       if (session !== undefined && !session.unregistering) {
         this.closeWith(session, new PushdError('DEVICE_UNREGISTERED', 'the device was unregistered'));
       }
@@ -1147,11 +1148,11 @@ export class Gateway {
     session.state = 'closed';
     session.buffered = undefined;
     this.registering.delete(session);
-    if (session.token !== '' && this.sessions.get(session.key) === session) {
-      this.sessions.delete(session.key);
-      const ofApp = this.appSessions.get(session.accessId);
-      ofApp?.delete(session);
-      if (ofApp?.size === 0) this.appSessions.delete(session.accessId);
+    const ofApp = this.hub.get(session.accessId);
+    if (session.token !== '' && ofApp?.get(session.token) === session) {
+      ofApp.delete(session.token);
+      this.hubSize--;
+      if (ofApp.size === 0) this.hub.delete(session.accessId);
       this.options.metrics.connections.dec({ platform: platformLabel(session.platform) });
       this.announcePresence(session, EventType.EVENT_TYPE_DISCONNECTED);
       this.options.routes.clear(session.accessId, session.token, session.id).catch((error: unknown) => {
@@ -1179,11 +1180,21 @@ export class Gateway {
     );
   }
 
-  /** @internal called by the shared socket listener. */
+  /** @internal called by DeviceSocket.emit. */
   onClosed(session: Session): void {
     if (session.state !== 'closed') this.options.metrics.disconnects.inc({ reason: 'closed_by_device' });
     this.detach(session);
-    gateways.delete(session.socket);
+  }
+
+  private sessionOf(accessId: number, token: string): Session | undefined {
+    return this.hub.get(accessId)?.get(token);
+  }
+
+  /** Every live session (a copy: closing them changes the hub). */
+  private liveSessions(): Session[] {
+    const sessions: Session[] = [];
+    for (const ofApp of this.hub.values()) for (const session of ofApp.values()) sessions.push(session);
+    return sessions;
   }
 
   // ---- sweeps ----------------------------------------------------------------------------------------
@@ -1195,7 +1206,7 @@ export class Gateway {
    * only if its ping is at least half an interval old (otherwise it is looked at again next round).
    */
   private heartbeatTick(): void {
-    if (this.heartbeatStep === 0) this.heartbeatRound = [...this.sessions.values()];
+    if (this.heartbeatStep === 0) this.heartbeatRound = this.liveSessions();
     const round = this.heartbeatRound;
     const start = Math.floor((round.length * this.heartbeatStep) / HEARTBEAT_TICKS);
     const end = Math.floor((round.length * (this.heartbeatStep + 1)) / HEARTBEAT_TICKS);
@@ -1230,7 +1241,7 @@ export class Gateway {
   }
 
   private async refreshRoutes(): Promise<void> {
-    const entries = [...this.sessions.values()].map((s) => ({
+    const entries = this.liveSessions().map((s) => ({
       accessId: s.accessId,
       token: s.token,
       sessionId: s.id,
@@ -1247,30 +1258,39 @@ export class Gateway {
   }
 }
 
-// Shared socket listeners: ws calls them with the socket as `this`.
-const gateways = new WeakMap<WebSocket, Gateway>();
-
-function onSocketMessage(this: SocketWithSession, data: RawData, isBinary: boolean): void {
-  const session = this[SESSION];
-  if (session !== undefined) gateways.get(this)?.onFrame(session, data, isBinary);
+/** A gateway's socket: ws builds them (WebSocketServer's `WebSocket` option), see deviceSocketClass. */
+interface DeviceSocket extends WebSocket {
+  session: Session | undefined;
 }
 
-function onSocketClose(this: SocketWithSession): void {
-  const session = this[SESSION];
-  if (session !== undefined) gateways.get(this)?.onClosed(session);
-}
+/**
+ * The socket class of one gateway. ws reports everything through `emit`; the gateway takes the four events
+ * it needs there instead of adding four listeners to every socket, which cost ~250 B of heap per
+ * connection (EventEmitter keeps a socket's listeners in a dictionary), a tenth of what ws itself costs
+ * (docs/benchmarks.md, connections). One class per gateway, so that a socket needs no pointer to it.
+ */
+function deviceSocketClass(gateway: Gateway): typeof WebSocket {
+  return class extends WebSocket implements DeviceSocket {
+    session: Session | undefined = undefined;
 
-function onSocketError(this: SocketWithSession): void {
-  // ws follows every error (a frame over maxPayload, an invalid frame) with close, handled there.
+    // ws's events carry at most two arguments (message: data and isBinary; close: code and reason).
+    override emit(event: string | symbol, first?: unknown, second?: unknown): boolean {
+      const session = this.session;
+      if (session !== undefined) {
+        if (event === 'message') gateway.onFrame(session, first as RawData, second as boolean);
+        else if (event === 'pong') session.alive = true;
+        else if (event === 'close') gateway.onClosed(session);
+      }
+      // ws follows every error (a frame over maxPayload, an invalid frame) with close, handled there; an
+      // 'error' without a listener would throw.
+      if (event === 'error' && this.listenerCount('error') === 0) return true;
+      return super.emit(event, first, second);
+    }
+  };
 }
 
 function destroySocket(this: Duplex): void {
   this.destroy();
-}
-
-function onSocketPong(this: SocketWithSession): void {
-  const session = this[SESSION];
-  if (session !== undefined) session.alive = true;
 }
 
 function toBytes(data: RawData): Uint8Array {
@@ -1327,10 +1347,10 @@ function adoptDevice(session: Session, device: Device): void {
   session.token = device.token;
   session.platform = device.platform;
   session.index = device.index;
-  session.appVersion = device.appVersion;
+  session.appVersion = shared(device.appVersion);
   session.registeredAtMs = device.registeredAtMs;
-  session.osVersion = device.osVersion;
-  session.locale = device.locale;
+  session.osVersion = shared(device.osVersion);
+  session.locale = shared(device.locale);
 }
 
 /** The session's tags as the evaluators want them, built once until its tags change. */

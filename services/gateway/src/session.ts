@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import type { HasTag } from '@pushd/audience';
 import type { FrameEncoding, Platform, PushMessage } from '@pushd/proto';
 import type { WebSocket } from 'ws';
@@ -13,6 +14,36 @@ export interface LiveMessage {
   previousBroadcastId: number;
   /** Broadcast only: whether the device is in its audience (evaluated when it arrived). */
   broadcastMatch?: boolean;
+}
+
+/**
+ * 72 random bits per gateway process: with the serial after it, an id no other process (another gateway,
+ * or this node before a restart) gives, so that a route clear fenced by session id never removes a route
+ * a newer session wrote.
+ */
+const SESSION_ID_PREFIX = `${randomBytes(9).toString('base64url')}.`;
+
+/**
+ * Strings many sessions share (app and OS versions, locales, tag names) are kept once: each session would
+ * otherwise hold its own copy decoded from the registry's and the tag service's answers. Bounded, so that
+ * devices reporting endless distinct values cannot grow it: past the bound, values are kept as they come.
+ */
+const SHARED_STRINGS_MAX = 8_192;
+const sharedStrings = new Map<string, string>();
+
+export function shared(value: string): string {
+  const known = sharedStrings.get(value);
+  if (known !== undefined) return known;
+  if (sharedStrings.size < SHARED_STRINGS_MAX) sharedStrings.set(value, value);
+  return value;
+}
+
+const NO_TAGS: readonly string[] = Object.freeze([]);
+
+/** A session's tag list made of shared strings (one empty list for every session without tags). */
+export function sharedTags(tags: readonly string[]): readonly string[] {
+  if (tags.length === 0) return NO_TAGS;
+  return tags.map(shared);
 }
 
 /**
@@ -47,7 +78,7 @@ export class Session {
    * The device's tag set (user tags and its reported location's `pushd:` tags), loaded when the session
    * starts, when the tag service says they changed, and after the device's own tag and location frames.
    */
-  userTags: readonly string[] = [];
+  userTags: readonly string[] = NO_TAGS;
   /** Built from the above on the first tag push that needs it; cleared when they change. */
   tagTest: HasTag | undefined;
   /** True while catchUp runs, so that a gap found during it does not start a second one. */
@@ -75,7 +106,8 @@ export class Session {
 
   constructor(
     readonly socket: WebSocket,
-    readonly id: string,
+    /** This gateway's number for the session; `id` is the string devices, routes and events carry. */
+    readonly serial: number,
     readonly accessId: number,
     readonly encoding: FrameEncoding,
     readonly openedAtMs: number,
@@ -87,8 +119,12 @@ export class Session {
     this.lastDeliveredMsgId = lastMsgId;
   }
 
-  /** Hub key: one session per device per gateway. */
-  get key(): string {
-    return `${this.accessId}:${this.token}`;
+  /**
+   * The session id (Connected.session_id, the route's fence, presence events): unique across gateways
+   * and restarts. Built when needed rather than kept: a gateway holds tens of thousands of sessions, and a
+   * stored UUID string costs ~60 B of heap each.
+   */
+  get id(): string {
+    return `${SESSION_ID_PREFIX}${this.serial.toString(36)}`;
   }
 }
