@@ -4,14 +4,16 @@ import type {
   BusSubscription,
   ConsumeOptions,
   DurableConsumer,
+  DurableMessage,
   DurableMessageMeta,
   DurablePublishResult,
   DurableStreamConfig,
   MessageHandler,
   PublishDurableOptions,
+  ReadDurableOptions,
   SubscribeOptions,
 } from './bus.js';
-import { checkDedupKey, checkMaxAckPending, duplicateWindowOf } from './durable-options.js';
+import { checkDedupKey, checkMaxAckPending, checkReadDurable, duplicateWindowOf } from './durable-options.js';
 import { ErrorReporter } from './error-reporter.js';
 import { isValidPublishSubject, isValidSubscribeSubject, subjectMatches } from './subject-match.js';
 
@@ -205,6 +207,18 @@ export class MemoryBroker {
     return this.streams.get(stream)?.group(consumer)?.backlog();
   }
 
+  /** See Bus.readDurable. */
+  readDurable(options: ReadDurableOptions): DurableMessage[] {
+    checkReadDurable(options);
+    const stream = this.streams.get(options.stream);
+    if (!stream) {
+      throw new PushdError('UNAVAILABLE', `no durable stream named '${options.stream}'`, {
+        metadata: { stream: options.stream },
+      });
+    }
+    return stream.read(options.filterSubject, options.afterSeq, options.maxMessages);
+  }
+
   consume(member: MemoryDurableConsumer, options: ConsumeOptions): MemoryConsumerGroup {
     const stream = this.streams.get(options.stream);
     if (!stream) {
@@ -264,6 +278,12 @@ class MemoryStream {
   private readonly dedup = new Map<string, { seq: number; time: number }>();
   /** messages[head + i] has sequence firstSeq + i; messages before head were removed. */
   private messages: StoredMessage[] = [];
+  /**
+   * The sequences stored on each subject, ascending (removed ones included until the next compaction):
+   * counting a filter's messages (a delivery's `pending`, a backlog) costs a binary search per subject
+   * instead of a walk over every message of the stream.
+   */
+  private seqsBySubject = new Map<string, number[]>();
   private head = 0;
   private firstSeqValue = 1;
   lastSeq = 0;
@@ -300,6 +320,9 @@ class MemoryStream {
     }
     this.lastSeq++;
     this.messages.push({ seq: this.lastSeq, subject, data, time: now });
+    const seqs = this.seqsBySubject.get(subject);
+    if (seqs === undefined) this.seqsBySubject.set(subject, [this.lastSeq]);
+    else seqs.push(this.lastSeq);
     if (dedupKey !== undefined) this.dedup.set(dedupKey, { seq: this.lastSeq, time: now });
     const groups = this.groupList;
     for (let i = 0; i < groups.length; i++) groups[i]!.schedule();
@@ -310,6 +333,36 @@ class MemoryStream {
   get(seq: number): StoredMessage | undefined {
     if (seq < this.firstSeqValue) return undefined;
     return this.messages[this.head + seq - this.firstSeqValue];
+  }
+
+  /** Stored messages matching `filter` (undefined: all) with a sequence of at least `fromSeq`. */
+  countFrom(filter: string | undefined, fromSeq: number): number {
+    const from = Math.max(fromSeq, this.firstSeqValue);
+    if (from > this.lastSeq) return 0;
+    // Messages are removed from the front only, so the stored sequences have no gaps.
+    if (filter === undefined) return this.lastSeq - from + 1;
+    let count = 0;
+    for (const [subject, seqs] of this.seqsBySubject) {
+      if (subjectMatches(filter, subject)) count += seqs.length - lowerBound(seqs, from);
+    }
+    return count;
+  }
+
+  /** See Bus.readDurable. */
+  read(filter: string | undefined, afterSeq: number, maxMessages: number): DurableMessage[] {
+    this.expire();
+    const found: DurableMessage[] = [];
+    for (
+      let seq = Math.max(afterSeq + 1, this.firstSeqValue);
+      seq <= this.lastSeq && found.length < maxMessages;
+      seq++
+    ) {
+      const message = this.get(seq);
+      if (message === undefined) continue;
+      if (filter !== undefined && !subjectMatches(filter, message.subject)) continue;
+      found.push({ seq: message.seq, subject: message.subject, data: message.data });
+    }
+    return found;
   }
 
   /**
@@ -331,6 +384,12 @@ class MemoryStream {
     if (this.head > 1024 && this.head * 2 > messages.length) {
       this.messages = messages.slice(this.head);
       this.head = 0;
+      const compacted = new Map<string, number[]>();
+      for (const [subject, seqs] of this.seqsBySubject) {
+        const kept = seqs.slice(lowerBound(seqs, this.firstSeqValue));
+        if (kept.length > 0) compacted.set(subject, kept);
+      }
+      this.seqsBySubject = compacted;
     }
   }
 
@@ -440,7 +499,7 @@ class MemoryConsumerGroup {
       this.taken = undefined;
       entry.deliveries++;
       this.arm(entry, performance.now() + member.redeliverAfterMs);
-      member.deliver(this, message, entry.deliveries);
+      member.deliver(this, message, entry.deliveries, this.undelivered());
     }
   };
 
@@ -458,15 +517,12 @@ class MemoryConsumerGroup {
   backlog(): number {
     let count = 0;
     for (const entry of this.pending.values()) if (entry.deliveries >= 0) count++;
-    for (let seq = Math.max(this.nextSeq, this.stream.firstSeq); seq <= this.stream.lastSeq; seq++) {
-      const message = this.stream.get(seq);
-      if (
-        message &&
-        (this.filterSubject === undefined || subjectMatches(this.filterSubject, message.subject))
-      )
-        count++;
-    }
-    return count;
+    return count + this.undelivered();
+  }
+
+  /** Stored messages matching the filter never delivered to this consumer (DurableMessageMeta.pending). */
+  undelivered(): number {
+    return this.stream.countFrom(this.filterSubject, this.nextSeq);
   }
 
   /**
@@ -578,10 +634,10 @@ class MemoryDurableConsumer implements DurableConsumer {
     return !this.stopped && this.inFlight < this.concurrency;
   }
 
-  deliver(group: MemoryConsumerGroup, message: StoredMessage, deliveryCount: number): void {
+  deliver(group: MemoryConsumerGroup, message: StoredMessage, deliveryCount: number, pending: number): void {
     this.inFlight++;
     const seq = message.seq;
-    const meta: DurableMessageMeta = { subject: message.subject, seq, deliveryCount };
+    const meta: DurableMessageMeta = { subject: message.subject, seq, deliveryCount, pending };
     let result: Promise<void>;
     try {
       result = this.handler(message.data, meta);
@@ -686,6 +742,11 @@ export class MemoryBus implements Bus {
     return this.broker.consumerBacklog(stream, consumer);
   }
 
+  async readDurable(options: ReadDurableOptions): Promise<DurableMessage[]> {
+    if (this.closed) throw closedError();
+    return this.broker.readDurable(options);
+  }
+
   async ready(): Promise<void> {
     if (this.closed) throw closedError();
   }
@@ -701,6 +762,18 @@ export class MemoryBus implements Bus {
     this.subscriptions.clear();
     await Promise.all([...this.consumers].map((consumer) => consumer.stop()));
   }
+}
+
+/** Index of the first element of ascending `values` that is at least `value` (values.length if none). */
+function lowerBound(values: readonly number[], value: number): number {
+  let low = 0;
+  let high = values.length;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if ((values[middle] as number) < value) low = middle + 1;
+    else high = middle;
+  }
+  return low;
 }
 
 function closedError(): PushdError {

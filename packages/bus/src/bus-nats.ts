@@ -26,13 +26,15 @@ import type {
   BusSubscription,
   ConsumeOptions,
   DurableConsumer,
+  DurableMessage,
   DurablePublishResult,
   DurableStreamConfig,
   MessageHandler,
   PublishDurableOptions,
+  ReadDurableOptions,
   SubscribeOptions,
 } from './bus.js';
-import { checkDedupKey, checkMaxAckPending, duplicateWindowOf } from './durable-options.js';
+import { checkDedupKey, checkMaxAckPending, checkReadDurable, duplicateWindowOf } from './durable-options.js';
 import { ErrorReporter } from './error-reporter.js';
 
 const DEFAULT_MAX_AGE_MS = 7 * 24 * 3600 * 1000;
@@ -41,6 +43,17 @@ const DEFAULT_REDELIVER_AFTER_MS = 5_000;
 const PULL_EXPIRES_MS = 10_000;
 /** The server's max_ack_pending for a consumer created without one; an update asking for 0 restores it. */
 const SERVER_DEFAULT_MAX_ACK_PENDING = 1_000;
+/**
+ * How long the server keeps a readDurable consumer that nobody deletes (this process died mid-read, or
+ * its delete was lost): each call deletes its own, this is only the backstop.
+ */
+const READ_CONSUMER_INACTIVE_MS = 10_000;
+/**
+ * Longest wait of readDurable's fetch, the client's minimum. The fetch asks for no more messages than the
+ * consumer counted as stored, so it ends with the last of them; it waits only if some were removed
+ * meanwhile (expired at the stream's max age), for messages that will not come.
+ */
+const READ_FETCH_EXPIRES_MS = 1_000;
 
 export interface NatsBusOptions {
   /** 'nats://host:4222', a comma-separated list of them, or an array. */
@@ -292,6 +305,63 @@ export class NatsBus implements Bus {
         `reading consumer ${consumer} of ${stream} failed: ${String(error)}`,
       );
     }
+  }
+
+  async readDurable(options: ReadDurableOptions): Promise<DurableMessage[]> {
+    checkReadDurable(options);
+    if (this.closing) throw closedError();
+    const { stream, filterSubject, afterSeq, maxMessages } = options;
+    const what = `reading ${stream} after seq ${afterSeq}`;
+    if (!this.connected) throw new PushdError('UNAVAILABLE', `${what} failed: NATS is disconnected`);
+    // nats-server 2.9 has no batched direct get: one ephemeral consumer starting at afterSeq + 1 (no acks,
+    // in memory, one replica) is one request, and its num_pending says how many messages to fetch, so the
+    // fetch asks for no message that is not stored and never waits for a new one.
+    const config: Partial<ConsumerConfig> = {
+      ack_policy: AckPolicy.None,
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: afterSeq + 1,
+      mem_storage: true,
+      num_replicas: 1,
+      inactive_threshold: nanos(READ_CONSUMER_INACTIVE_MS),
+    };
+    if (filterSubject !== undefined) config.filter_subject = filterSubject;
+    let info: ConsumerInfo;
+    try {
+      info = await this.jsm.consumers.add(stream, config);
+    } catch (error) {
+      throw new PushdError('UNAVAILABLE', `${what} failed: ${messageOf(error)}`, {
+        cause: error,
+        metadata: { stream },
+      });
+    }
+    const remove = () => {
+      // Not waited for: the messages are read, and the inactivity threshold removes a consumer whose
+      // delete is lost.
+      this.jsm.consumers.delete(stream, info.name).catch(() => {});
+    };
+    const count = Math.min(info.num_pending, maxMessages);
+    if (count === 0) {
+      remove();
+      return [];
+    }
+    const found: DurableMessage[] = [];
+    try {
+      const batch = await this.js.consumers
+        .getConsumerFromInfo(info)
+        .fetch({ max_messages: count, expires: READ_FETCH_EXPIRES_MS });
+      for await (const msg of batch) {
+        found.push({ seq: msg.info.streamSequence, subject: msg.subject, data: msg.data });
+        if (found.length >= count) break;
+      }
+    } catch (error) {
+      throw new PushdError('UNAVAILABLE', `${what} failed: ${messageOf(error)}`, {
+        cause: error,
+        metadata: { stream },
+      });
+    } finally {
+      remove();
+    }
+    return found;
   }
 
   async flush(): Promise<void> {
@@ -663,6 +733,7 @@ class NatsDurableConsumer implements DurableConsumer {
         subject: msg.subject,
         seq: msg.info.streamSequence,
         deliveryCount: msg.info.deliveryCount,
+        pending: msg.info.pending,
       });
     } catch {
       handled = false;

@@ -236,6 +236,7 @@ export function describeBusContract(name: string, setup: () => Promise<BusHarnes
             subject: 'contract.basic.gateway',
             seq: expect.any(Number),
             deliveryCount: 1,
+            pending: expect.any(Number),
           });
         }
 
@@ -578,6 +579,118 @@ export function describeBusContract(name: string, setup: () => Promise<BusHarnes
         ]);
         expect(deliveries[2]![2] - deliveries[1]![2]).toBeGreaterThanOrEqual(REDELIVER_MS * 0.8);
         await Promise.all([consumerB.stop(), consumerC.stop()]);
+      });
+
+      it('tells each delivery how many matching messages were stored after it and not delivered yet', async () => {
+        const [a, b] = await buses(2);
+        for (let i = 0; i < 5; i++) {
+          await a!.publishDurable('contract.pending.x', bytes(`p${i}`));
+          // Other subjects of the stream, not matching the filter: never counted.
+          await a!.publishDurable('contract.unpending.x', bytes(`u${i}`));
+        }
+        const seen: Array<[string, number, number]> = [];
+        let failed = false;
+        const consumer = b!.consume({
+          stream: STREAM.name,
+          consumer: 'pending',
+          filterSubject: 'contract.pending.>',
+          maxAckPending: 1,
+          redeliverAfterMs: REDELIVER_MS,
+          handler: async (data, meta) => {
+            seen.push([text(data), meta.deliveryCount, meta.pending]);
+            if (text(data) === 'p2' && !failed) {
+              failed = true;
+              throw new Error('not now');
+            }
+          },
+        });
+        await until(() => expect(seen).toHaveLength(6));
+        // A redelivery counts the messages behind it that were never delivered, as the first one did.
+        expect(seen).toEqual([
+          ['p0', 1, 4],
+          ['p1', 1, 3],
+          ['p2', 1, 2],
+          ['p2', 2, 2],
+          ['p3', 1, 1],
+          ['p4', 1, 0],
+        ]);
+        await a!.publishDurable('contract.pending.x', bytes('late'));
+        await until(() => expect(seen).toHaveLength(7));
+        expect(seen[6]).toEqual(['late', 1, 0]);
+        await consumer.stop();
+      });
+
+      it('reads stored messages after a sequence, filtered, in order and bounded, without consuming them', async () => {
+        const [a, b] = await buses(2);
+        const stored: Array<{ seq: number; subject: string; data: string }> = [];
+        for (let i = 0; i < 8; i++) {
+          const subject = i % 3 === 1 ? 'contract.read.other' : 'contract.read.mine';
+          const { seq } = await a!.publishDurable(subject, bytes(`m${i}`));
+          stored.push({ seq, subject, data: `m${i}` });
+        }
+        const read = async (options: { filterSubject?: string; afterSeq: number; maxMessages: number }) =>
+          (await b!.readDurable({ stream: STREAM.name, ...options })).map((m) => ({
+            seq: m.seq,
+            subject: m.subject,
+            data: text(m.data),
+          }));
+        const mine = stored.filter((m) => m.subject === 'contract.read.mine');
+        expect(mine).toHaveLength(5);
+
+        // Everything matching after the start, in sequence order; fewer than asked when fewer are stored.
+        expect(await read({ filterSubject: 'contract.read.mine', afterSeq: 0, maxMessages: 100 })).toEqual(
+          mine,
+        );
+        // Bounded by maxMessages, from the first sequence above afterSeq (afterSeq itself excluded).
+        expect(
+          await read({ filterSubject: 'contract.read.mine', afterSeq: mine[1]!.seq, maxMessages: 2 }),
+        ).toEqual(mine.slice(2, 4));
+        // A wildcard filter and no filter: every subject.
+        expect(
+          await read({ filterSubject: 'contract.read.*', afterSeq: stored[2]!.seq, maxMessages: 3 }),
+        ).toEqual(stored.slice(3, 6));
+        expect(await read({ afterSeq: stored[5]!.seq, maxMessages: 10 })).toEqual(stored.slice(6));
+        // Nothing stored there: none, at once (no waiting for new messages).
+        expect(await read({ filterSubject: 'contract.read.none', afterSeq: 0, maxMessages: 5 })).toEqual([]);
+        expect(
+          await read({ filterSubject: 'contract.read.mine', afterSeq: stored[7]!.seq, maxMessages: 5 }),
+        ).toEqual([]);
+        expect(await read({ afterSeq: stored[7]!.seq + 100, maxMessages: 5 })).toEqual([]);
+
+        // A durable consumer still gets every message: reading changed none of its state.
+        const seen: string[] = [];
+        const consumer = b!.consume({
+          stream: STREAM.name,
+          consumer: 'after-read',
+          filterSubject: 'contract.read.mine',
+          handler: async (data) => {
+            seen.push(text(data));
+          },
+        });
+        await until(() => expect(seen).toEqual(mine.map((m) => m.data)));
+        await consumer.stop();
+        await a!.publishDurable('contract.read.mine', bytes('later'));
+        expect(
+          await read({ filterSubject: 'contract.read.mine', afterSeq: stored[7]!.seq, maxMessages: 5 }),
+        ).toEqual([{ seq: stored[7]!.seq + 1, subject: 'contract.read.mine', data: 'later' }]);
+        expect(await b!.consumerBacklog(STREAM.name, 'after-read')).toBe(1);
+      });
+
+      it('refuses to read with bad options (INVALID_ARGUMENT) or from an unknown stream (UNAVAILABLE)', async () => {
+        const [a] = await buses(1);
+        for (const bad of [
+          { afterSeq: -1, maxMessages: 1 },
+          { afterSeq: 1.5, maxMessages: 1 },
+          { afterSeq: 0, maxMessages: 0 },
+          { afterSeq: 0, maxMessages: 1, filterSubject: 'contract..x' },
+        ]) {
+          await expect(a!.readDurable({ stream: STREAM.name, ...bad })).rejects.toMatchObject({
+            code: 'INVALID_ARGUMENT',
+          });
+        }
+        await expect(
+          a!.readDurable({ stream: 'NO_SUCH_STREAM', afterSeq: 0, maxMessages: 1 }),
+        ).rejects.toMatchObject({ code: 'UNAVAILABLE' });
       });
 
       it('counts a consumer backlog: waiting and unacknowledged messages, per consumer and filter', async () => {

@@ -49,6 +49,18 @@ export interface Bus {
    */
   consumerBacklog(stream: string, consumer: string): Promise<number | undefined>;
 
+  /**
+   * Reads what `stream` stores, without consuming it: the messages on subjects matching `filterSubject`
+   * with a sequence above `afterSeq`, in sequence order, at most `maxMessages`. Returns fewer (or none)
+   * when fewer are stored, and never waits for new ones. No durable consumer's state changes (nothing is
+   * delivered, acknowledged or counted as delivered), so a consumer still gets each of them in its turn;
+   * a reader uses it to look ahead of its consumer (the push applier applies a backlog together).
+   * NATS: one short-lived consumer per call (one creation and one fetch, however many messages).
+   * Rejects with UNAVAILABLE when the stream does not exist or the server cannot be asked, and with
+   * INVALID_ARGUMENT for a bad `afterSeq`, `maxMessages` or filter.
+   */
+  readDurable(options: ReadDurableOptions): Promise<DurableMessage[]>;
+
   /** Resolves when the bus can carry traffic (for readiness checks); rejects with the reason otherwise. */
   ready(): Promise<void>;
 
@@ -144,6 +156,33 @@ export interface DurableMessageMeta {
   seq: number;
   /** How many times this message has been delivered to the consumer, starting at 1. */
   deliveryCount: number;
+  /**
+   * When this message was delivered, how many messages matching the consumer's filter were stored after
+   * it and had not been delivered to the consumer yet (NATS: `JsMsg.info.pending`, the consumer's
+   * num_pending). Messages delivered and not acknowledged (a redelivery's neighbours) are not counted, nor
+   * messages stored after the delivery. With maxAckPending 1 and a first delivery, it is the number of
+   * messages waiting behind this one: a lower bound of what `readDurable` after `seq` finds.
+   */
+  pending: number;
+}
+
+export interface ReadDurableOptions {
+  /** Stream to read. */
+  stream: string;
+  /** Only messages on subjects matching this filter (wildcards allowed). Default: every subject. */
+  filterSubject?: string;
+  /** Only messages with a higher stream sequence; 0 reads from the first one stored. */
+  afterSeq: number;
+  /** Most messages returned: a positive integer. */
+  maxMessages: number;
+}
+
+/** A message as its stream stores it (Bus.readDurable). */
+export interface DurableMessage {
+  /** Stream sequence (the `seq` its publishDurable resolved to). */
+  seq: number;
+  subject: string;
+  data: Uint8Array;
 }
 
 export interface DurableConsumer {

@@ -1,4 +1,6 @@
 import { PushdError } from '@pushd/common';
+import type { ReadDurableOptions } from './bus.js';
+import { isValidSubscribeSubject } from './subject-match.js';
 
 /** JetStream's default duplicate window; MemoryBus uses the same so that both dedupe alike. */
 export const DEFAULT_DUPLICATE_WINDOW_MS = 120_000;
@@ -32,5 +34,22 @@ export function checkMaxAckPending(maxAckPending: number | undefined): void {
       'INVALID_ARGUMENT',
       `maxAckPending must be a positive integer, got ${maxAckPending}`,
     );
+  }
+}
+
+/**
+ * Throws INVALID_ARGUMENT for options of readDurable that neither bus could read with: both refuse them
+ * alike, before asking anything (a NATS server would refuse a bad filter only as a failed request).
+ */
+export function checkReadDurable(options: ReadDurableOptions): void {
+  const { afterSeq, maxMessages, filterSubject } = options;
+  if (!Number.isSafeInteger(afterSeq) || afterSeq < 0) {
+    throw new PushdError('INVALID_ARGUMENT', `afterSeq must be a non-negative integer, got ${afterSeq}`);
+  }
+  if (!Number.isSafeInteger(maxMessages) || maxMessages < 1) {
+    throw new PushdError('INVALID_ARGUMENT', `maxMessages must be a positive integer, got ${maxMessages}`);
+  }
+  if (filterSubject !== undefined && !isValidSubscribeSubject(filterSubject)) {
+    throw new PushdError('INVALID_ARGUMENT', `invalid filter subject ${JSON.stringify(filterSubject)}`);
   }
 }

@@ -3,11 +3,13 @@ export type {
   BusSubscription,
   ConsumeOptions,
   DurableConsumer,
+  DurableMessage,
   DurableMessageMeta,
   DurablePublishResult,
   DurableStreamConfig,
   MessageHandler,
   PublishDurableOptions,
+  ReadDurableOptions,
   SubscribeOptions,
 } from './bus.js';
 export { MemoryBroker, type MemoryBrokerOptions, MemoryBus, type MemoryBusOptions } from './bus-memory.js';

@@ -18,6 +18,7 @@ export function withDurablePublish(
     publishDurable: (subject, data, options) => publishDurable(real, subject, data, options),
     consume: (options) => bus.consume(options),
     consumerBacklog: (stream, consumer) => bus.consumerBacklog(stream, consumer),
+    readDurable: (options) => bus.readDurable(options),
     ready: () => bus.ready(),
     flush: () => bus.flush(),
     close: () => bus.close(),
