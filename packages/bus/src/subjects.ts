@@ -8,6 +8,8 @@ import type { DurableStreamConfig } from './bus.js';
  *   pushd.broadcast.<access_id>    dispatch -> every gateway: a broadcast or tag push of one app
  *   pushd.pushes.<partition>       durable (stream PUSHD_PUSHES): accepted pushes, one ordered log per
  *                                  partition of apps, applied in order by dispatch
+ *   pushd.pushlog.applied.<partition>  dispatch -> every dispatch: entries of the partition up to a seq
+ *                                  were applied ahead of their deliveries (look-ahead), not to apply again
  *   pushd.events.<source>          durable (stream PUSHD_EVENTS): events from gateways (arrivals; presence:
  *                                  connects and disconnects), dispatch and registry
  */
@@ -32,6 +34,8 @@ export const subjects = {
   broadcast: (accessId: number): string => `pushd.broadcast.${accessId}`,
   allBroadcasts: 'pushd.broadcast.*',
   pushes: (partition: number): string => `pushd.pushes.${partition}`,
+  pushLogApplied: (partition: number): string => `pushd.pushlog.applied.${partition}`,
+  allPushLogApplied: 'pushd.pushlog.applied.*',
   events: (source: EventSource): string => `pushd.events.${source}`,
   allEvents: 'pushd.events.>',
 } as const;

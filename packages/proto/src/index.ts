@@ -26,6 +26,7 @@ export {
   EventType,
   NodeDelivery,
   PushCommand,
+  PushLogApplied,
   PushLogEntry,
   TargetDevice,
 } from './gen/pushd/v1/bus.js';

@@ -1,4 +1,4 @@
-import { type Bus, MemoryBus, streams, subjects, withDurablePublish } from '@pushd/bus';
+import { type Bus, MemoryBus, pushPartition, streams, subjects, withDurablePublish } from '@pushd/bus';
 import { ManualClock, PushdError, silentLogger } from '@pushd/common';
 import {
   BroadcastDelivery,
@@ -66,6 +66,8 @@ interface SetupOptions {
   bus?: (real: MemoryBus) => Bus;
   /** Default: true. False leaves accepted pushes in the log (call applier.apply or start it later). */
   startApplier?: boolean;
+  /** The applier's lookAheadEntries. Default: the applier's. */
+  lookAheadEntries?: number;
 }
 
 async function setup(options: SetupOptions = {}) {
@@ -100,6 +102,7 @@ async function setup(options: SetupOptions = {}) {
     registry: options.registry?.(realRegistry) ?? realRegistry,
     clusterToken: CLUSTER_TOKEN,
     partitions: PARTITIONS,
+    ...(options.lookAheadEntries === undefined ? {} : { lookAheadEntries: options.lookAheadEntries }),
     metrics,
     logger: silentLogger(),
     clock,
@@ -203,6 +206,16 @@ function notify(token: string, fields: Partial<PushRequest> = {}): PushRequest {
     platform: Platform.PLATFORM_UNSPECIFIED,
     ...fields,
   };
+}
+
+/** A histogram's observation count and sum. */
+async function histogramTotals(metric: DispatchMetrics[keyof DispatchMetrics]) {
+  const { values } = await metric.get();
+  const total = (suffix: string) =>
+    values
+      .filter((v) => (v as { metricName?: string }).metricName?.endsWith(suffix))
+      .reduce((sum, v) => sum + v.value, 0);
+  return { count: total('_count'), sum: total('_sum') };
 }
 
 async function counterValue(
@@ -1331,7 +1344,7 @@ function applierFailingFor(
     routes: stores.routes,
     broadcasts: stores.broadcasts,
     bus: env.bus,
-    partitions: 4,
+    partitions: PARTITIONS,
     takeOverAfterMs: 20,
     retryDelaysMs: options.retryDelaysMs,
     maxDeliveries: options.maxDeliveries,
@@ -1522,17 +1535,20 @@ describe('PushApplier when a push cannot be applied', () => {
       { stores, bus, metrics, clock },
       { retryDelaysMs: [1, 1], maxDeliveries: 3, onFailure: () => failures++ },
     );
+    // Both in the log before the applier starts: the first delivery takes the push behind along.
+    const stuck = await h.push(notify(broken), app.auth());
+    const behind = await h.push(notify(healthy), app.auth());
     applier.start();
     try {
-      const stuck = await h.push(notify(broken), app.auth());
-      const behind = await h.push(notify(healthy), app.auth());
       await applied(behind.pushId);
       expect(await stores.pushes.get(app.accessId, stuck.pushId)).toMatchObject({
         status: PushStatus.PUSH_STATUS_FAILED,
         failure: 'could not be applied: redis unreachable (test)',
       });
-      // Three tries per delivery, three deliveries, then once more on its own before it is given up.
-      expect(failures).toBe(10);
+      // Once together with the push behind it (look-ahead, on the first delivery only), then as without
+      // look-ahead: three tries per delivery, three deliveries, then once more on its own before it is
+      // given up.
+      expect(failures).toBe(11);
       await waitFor(() => deliveries.length === 1, 'the push behind it');
       expect(deliveries[0]?.message?.pushId).toBe(behind.pushId);
     } finally {
@@ -1558,5 +1574,184 @@ describe('PushApplier backlog gauge', () => {
       await applier.refreshBacklog();
       return (await counterValue(metrics.pushLogBacklog)) === 0;
     }, 'an empty backlog');
+  });
+});
+
+describe('PushApplier look-ahead (entries waiting behind a delivery applied with it)', () => {
+  /** Accepts each push alone (one entry each: nothing else is in flight), in this order. */
+  const acceptOneByOne = async (
+    h: Awaited<ReturnType<typeof setup>>['h'],
+    auth: () => ReturnType<typeof cluster>,
+    requests: PushRequest[],
+  ) => {
+    const accepted: PushResponse[] = [];
+    for (const request of requests) accepted.push(await h.push(request, auth()));
+    const entries = accepted.map((r) => Math.floor(r.msgId / 1024));
+    expect(new Set(entries).size).toBe(requests.length);
+    return accepted;
+  };
+
+  it('applies a backlog in one application, in log order, and acknowledges the later deliveries without applying them', async () => {
+    const env = await setup({ startApplier: false });
+    const { h, app, applier, bus, metrics, registerIndexed, routeToNode, deliveries, pendingIds, applied } =
+      env;
+    const broadcasts: BroadcastDelivery[] = [];
+    bus.subscribe(subjects.allBroadcasts, (data) => broadcasts.push(BroadcastDelivery.decode(data)));
+    const online = await registerIndexed();
+    const offline = await registerIndexed();
+    await routeToNode(online);
+    const requests = [
+      notify(online),
+      notify(offline),
+      notify(online),
+      toAll(),
+      notify(offline),
+      notify(online),
+      notify(offline),
+    ];
+    const accepted = await acceptOneByOne(h, app.auth, requests);
+    applier.start();
+    for (const result of accepted) await applied(result.pushId);
+    await bus.flush();
+
+    // One application for the seven entries; the six deliveries behind the first only acknowledged.
+    await waitFor(
+      async () => (await counterValue(metrics.entriesSkipped)) === 6,
+      'the six later deliveries acknowledged',
+    );
+    expect(await histogramTotals(metrics.applyEntries)).toEqual({ count: 1, sum: 7 });
+    expect(await counterValue(metrics.appliedAgain)).toBe(0);
+
+    // Each device's messages in log order, each chained to the one before it, as if applied one by one.
+    const ids = accepted.map((r) => r.msgId);
+    const allId = ids[3] ?? 0;
+    const onlineIds = [ids[0], ids[2], ids[5]] as number[];
+    expect(deliveries.map((d) => d.message?.msgId)).toEqual(onlineIds);
+    expect(deliveries.map((d) => d.previousMsgIds)).toEqual([[0], [onlineIds[0]], [onlineIds[1]]]);
+    expect(deliveries.map((d) => d.previousBroadcastId)).toEqual([0, 0, allId]);
+    expect(broadcasts.map((b) => b.message?.msgId)).toEqual([allId]);
+    // Windows and the broadcast log: the newest two messages of each device (Android), the push to all
+    // among them where it is newer.
+    expect(await pendingIds(online)).toEqual([allId, onlineIds[2]]);
+    expect(await pendingIds(offline)).toEqual([ids[4], ids[6]]);
+  });
+
+  it('with lookAheadEntries 0, applies each entry on its own delivery', async () => {
+    const { h, app, applier, metrics, registerIndexed, pendingIds, applied } = await setup({
+      startApplier: false,
+      lookAheadEntries: 0,
+    });
+    const token = await registerIndexed();
+    const accepted = await acceptOneByOne(h, app.auth, [notify(token), notify(token), notify(token)]);
+    applier.start();
+    for (const result of accepted) await applied(result.pushId);
+    expect(await histogramTotals(metrics.applyEntries)).toEqual({ count: 3, sum: 3 });
+    expect(await counterValue(metrics.entriesSkipped)).toBe(0);
+    expect(await pendingIds(token)).toEqual(accepted.slice(1).map((r) => r.msgId));
+  });
+
+  it("makes another instance skip what it applied ahead: the marker arrives before that instance's delivery", async () => {
+    const { h, app, stores, bus, metrics, clock, registerIndexed, routeToNode, deliveries, applied } =
+      await setup({ startApplier: false });
+    const token = await registerIndexed();
+    await routeToNode(token);
+    const accepted = await acceptOneByOne(h, app.auth, [
+      notify(token),
+      notify(token),
+      notify(token),
+      notify(token),
+    ]);
+    // Two instances, each with its own connection to the bus, both consuming every partition: the
+    // deliveries of a partition go to them in turns, so the second entry's goes to the other instance.
+    const instance = () =>
+      new PushApplier({
+        ...stores,
+        bus: new MemoryBus({ broker: bus.broker }),
+        partitions: PARTITIONS,
+        metrics,
+        logger: silentLogger(),
+        clock,
+      });
+    const appliers = [instance(), instance()];
+    for (const applier of appliers) applier.start();
+    try {
+      for (const result of accepted) await applied(result.pushId);
+      await waitFor(
+        async () => (await counterValue(metrics.entriesSkipped)) === 3,
+        'the three later deliveries acknowledged',
+      );
+      expect(await histogramTotals(metrics.applyEntries)).toEqual({ count: 1, sum: 4 });
+      expect(await counterValue(metrics.appliedAgain)).toBe(0);
+      await bus.flush();
+      expect(deliveries.map((d) => d.message?.msgId)).toEqual(accepted.map((r) => r.msgId));
+    } finally {
+      await Promise.all(appliers.map((applier) => applier.stop()));
+    }
+  });
+
+  it('applies the delivered entry alone when a later one fails, and leaves the later one its own deliveries', async () => {
+    const { h, app, stores, bus, metrics, clock, registerDevice, routeToNode, deliveries, applied } =
+      await setup({ startApplier: false });
+    const broken = await registerDevice();
+    const healthy = await registerDevice();
+    await routeToNode(healthy);
+    let failures = 0;
+    const applier = applierFailingFor(
+      broken,
+      { stores, bus, metrics, clock },
+      { retryDelaysMs: [1], maxDeliveries: 2, onFailure: () => failures++ },
+    );
+    const [first, stuck, last] = await acceptOneByOne(h, app.auth, [
+      notify(healthy),
+      notify(broken),
+      notify(healthy),
+    ]);
+    applier.start();
+    try {
+      await applied(last?.pushId ?? '');
+      expect(await stores.pushes.get(app.accessId, first?.pushId ?? '')).toMatchObject({
+        status: PushStatus.PUSH_STATUS_DONE,
+      });
+      expect(await stores.pushes.get(app.accessId, stuck?.pushId ?? '')).toMatchObject({
+        status: PushStatus.PUSH_STATUS_FAILED,
+      });
+      expect(await stores.pushes.get(app.accessId, last?.pushId ?? '')).toMatchObject({
+        status: PushStatus.PUSH_STATUS_DONE,
+      });
+      // The broken push failed: once with the first entry's look-ahead (the first entry then applied
+      // alone, on its first delivery), once with its own look-ahead, then two tries on each of its two
+      // deliveries and once more alone before it was given up. Given up early (with the first entry's
+      // fate), it would have failed fewer times.
+      expect(failures).toBe(7);
+      // Nothing was given up but the broken push, and no look-ahead completed.
+      expect(await counterValue(metrics.entriesSkipped)).toBe(0);
+      await waitFor(() => new Set(deliveries.map((d) => d.message?.msgId)).size === 2, 'two messages');
+      const ids = [...new Set(deliveries.map((d) => d.message?.msgId ?? 0))];
+      expect(ids).toEqual([first?.msgId, last?.msgId]);
+    } finally {
+      await applier.stop();
+    }
+  });
+
+  it('stops the look-ahead before an undecodable entry, which its own delivery drops loudly', async () => {
+    const { h, app, applier, bus, metrics, registerIndexed, pendingIds, applied } = await setup({
+      startApplier: false,
+    });
+    const token = await registerIndexed();
+    const [before] = await acceptOneByOne(h, app.auth, [notify(token)]);
+    // A truncated varint: no protobuf decoder reads it.
+    await bus.publishDurable(
+      subjects.pushes(pushPartition(app.accessId, PARTITIONS)),
+      new Uint8Array([0xff]),
+    );
+    const [after] = await acceptOneByOne(h, app.auth, [notify(token)]);
+    applier.start();
+    await applied(after?.pushId ?? '');
+    await applied(before?.pushId ?? '');
+    // The first entry alone (nothing decodable right behind it), then the third, on its own delivery.
+    expect(await histogramTotals(metrics.applyEntries)).toEqual({ count: 2, sum: 2 });
+    expect(await counterValue(metrics.applyFailures)).toBe(1);
+    expect(await counterValue(metrics.entriesSkipped)).toBe(0);
+    expect(await pendingIds(token)).toEqual([before?.msgId, after?.msgId]);
   });
 });

@@ -28,6 +28,8 @@ export interface CreateDispatchOptions {
   clusterToken: string;
   /** Push-log partitions, the same on every dispatch instance. Default: 16. */
   partitions?: number;
+  /** Entries the push applier applies together with a delivered one (PushApplierOptions). Default: 64. */
+  lookAheadEntries?: number;
   metrics: DispatchMetrics;
   logger: Logger;
   /** Default: systemClock. */
@@ -67,6 +69,7 @@ export function createDispatch(options: CreateDispatchOptions): DispatchParts {
     routes: stores.routes,
     broadcasts: stores.broadcasts,
     ...(partitions === undefined ? {} : { partitions }),
+    ...(options.lookAheadEntries === undefined ? {} : { lookAheadEntries: options.lookAheadEntries }),
   });
   const events = new DispatchEventConsumer({ bus, inboxes: stores.inboxes, metrics, logger });
   return { service, applier, scheduler, events };

@@ -9,6 +9,8 @@ export interface DispatchMetrics {
   appliedAgain: Counter;
   applyLag: Histogram<'kind'>;
   applyFailures: Counter;
+  applyEntries: Histogram;
+  entriesSkipped: Counter;
   pushLogBacklog: Gauge;
   scheduledPushes: Gauge;
   scheduleOverdue: Gauge;
@@ -75,6 +77,21 @@ export function createDispatchMetrics(registry: Registry): DispatchMetrics {
     applyFailures: new Counter({
       name: 'dispatch_apply_failures_total',
       help: 'Push log entries whose application failed and will be retried (Redis or NATS unavailable).',
+      registers: [registry],
+    }),
+    applyEntries: new Histogram({
+      name: 'dispatch_apply_entries',
+      help:
+        'Push-log entries applied together by one application: 1 for an entry applied on its own, more ' +
+        'when the applier took the entries waiting behind a delivery with it (look-ahead).',
+      buckets: [1, 2, 4, 8, 16, 32, 64],
+      registers: [registry],
+    }),
+    entriesSkipped: new Counter({
+      name: 'dispatch_push_log_entries_skipped_total',
+      help:
+        'Push-log deliveries acknowledged without applying: their entry was applied ahead, with an ' +
+        'earlier one (look-ahead), by this instance or another (its marker received).',
       registers: [registry],
     }),
     scheduledPushes: new Gauge({

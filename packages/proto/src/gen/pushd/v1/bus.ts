@@ -194,6 +194,18 @@ export interface PushLogEntry {
   commands: PushCommand[];
 }
 
+/**
+ * Published on pushd.pushlog.applied.<partition> (core NATS, at most once) by the dispatch instance that
+ * applied push-log entries ahead of their deliveries (the applier's look-ahead): every entry of the
+ * partition up to through_seq is applied. An instance given the delivery of such an entry acknowledges it
+ * without applying it again; one that missed the marker applies it again, which is harmless.
+ */
+export interface PushLogApplied {
+  partition: number;
+  /** Stream sequence of the last entry applied. */
+  throughSeq: number;
+}
+
 export interface Event {
   type: EventType;
   accessId: number;
@@ -1009,6 +1021,95 @@ export const PushLogEntry: MessageFns<PushLogEntry> = {
   fromPartial<I extends Exact<DeepPartial<PushLogEntry>, I>>(object: I): PushLogEntry {
     const message = createBasePushLogEntry();
     message.commands = object.commands?.map((e) => PushCommand.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePushLogApplied(): PushLogApplied {
+  return { partition: 0, throughSeq: 0 };
+}
+
+export const PushLogApplied: MessageFns<PushLogApplied> = {
+  encode(message: PushLogApplied, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.partition !== 0) {
+      writer.uint32(8).uint32(message.partition);
+    }
+    if (message.throughSeq !== 0) {
+      writer.uint32(16).uint64(message.throughSeq);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PushLogApplied {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePushLogApplied();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.partition = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.throughSeq = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PushLogApplied {
+    return {
+      partition: isSet(object.partition) ? globalThis.Number(object.partition) : 0,
+      throughSeq: isSet(object.throughSeq)
+        ? globalThis.Number(object.throughSeq)
+        : isSet(object.through_seq)
+        ? globalThis.Number(object.through_seq)
+        : 0,
+    };
+  },
+
+  toJSON(message: PushLogApplied): unknown {
+    const obj: any = {};
+    if (message.partition !== 0) {
+      obj.partition = Math.round(message.partition);
+    }
+    if (message.throughSeq !== 0) {
+      obj.throughSeq = Math.round(message.throughSeq);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PushLogApplied>, I>>(base?: I): PushLogApplied {
+    return PushLogApplied.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PushLogApplied>, I>>(object: I): PushLogApplied {
+    const message = createBasePushLogApplied();
+    message.partition = object.partition ?? 0;
+    message.throughSeq = object.throughSeq ?? 0;
     return message;
   },
 };
