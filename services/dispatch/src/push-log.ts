@@ -34,10 +34,10 @@ export interface PushLogWriterOptions {
   maxCommandsPerEntry?: number;
   /**
    * A partition under contention (pushes were waiting when its append completed) appends next no sooner
-   * than this long after the last append began, gathering what comes meanwhile. An applier takes one
-   * entry at a time, a few store round trips each, so its throughput is entries per second times pushes
-   * per entry; this bounds a busy partition to 1000 / busyLingerMs entries per second and makes entries
-   * grow with the load instead. A push that finds nothing in flight or waiting is appended at once (a
+   * than this long after the last append began, gathering what comes meanwhile. Every entry costs the
+   * applier a delivery and an acknowledgement at least (a few store round trips when applied on its own;
+   * a backlog is applied together by its look-ahead), so this bounds a busy partition to
+   * 1000 / busyLingerMs entries per second and makes entries grow with the load instead. A push that finds nothing in flight or waiting is appended at once (a
    * client sending one push after another waits for nothing). 0: never linger. Default: 10 ms.
    */
   busyLingerMs?: number;
