@@ -10,24 +10,33 @@ const DETAILS_TRAILER = 'grpc-status-details-bin';
 const ERROR_INFO_TYPE = 'type.googleapis.com/google.rpc.ErrorInfo';
 
 /**
- * A PushdError as a gRPC error: the catalogue's status code, the message, the code as a plain trailer and
- * as google.rpc.ErrorInfo in grpc-status-details-bin (gRPC's standard rich error model).
+ * A PushdError as google.rpc.Status: the catalogue's gRPC status code, the message, and the catalogue code
+ * with the error's metadata as google.rpc.ErrorInfo. What a failed call carries in grpc-status-details-bin,
+ * and what one item of a batch reply carries as its error (so the caller rebuilds the same PushdError).
  */
-export function toGrpcError(error: unknown): Partial<ServiceError> {
+export function toStatus(error: unknown): Status {
   const pushdError = toPushdError(error);
   const info = ErrorInfo.create({
     reason: pushdError.code,
     domain: ERROR_DOMAIN,
     metadata: { ...pushdError.metadata },
   });
-  const rich = Status.create({
+  return Status.create({
     code: pushdError.spec.grpcStatus,
     message: pushdError.message,
     details: [Any.create({ typeUrl: ERROR_INFO_TYPE, value: Buffer.from(ErrorInfo.encode(info).finish()) })],
   });
+}
+
+/**
+ * A PushdError as a gRPC error: the catalogue's status code, the message, the code as a plain trailer and
+ * as google.rpc.ErrorInfo in grpc-status-details-bin (gRPC's standard rich error model).
+ */
+export function toGrpcError(error: unknown): Partial<ServiceError> {
+  const pushdError = toPushdError(error);
   const metadata = new Metadata();
   metadata.set(ERROR_CODE_TRAILER, pushdError.code);
-  metadata.set(DETAILS_TRAILER, Buffer.from(Status.encode(rich).finish()));
+  metadata.set(DETAILS_TRAILER, Buffer.from(Status.encode(toStatus(pushdError)).finish()));
   return { code: pushdError.spec.grpcStatus, details: pushdError.message, metadata };
 }
 
@@ -58,13 +67,34 @@ export function fromGrpcError(error: ServiceError): PushdError {
   });
 }
 
+/**
+ * The PushdError a google.rpc.Status carries (the inverse of toStatus): the code from its ErrorInfo when it
+ * is one of ours, otherwise the closest code for its gRPC status.
+ */
+export function fromStatus(status: Status): PushdError {
+  const info = errorInfoOf(status);
+  const reason = info?.domain === ERROR_DOMAIN ? info.reason : '';
+  const code = isErrorCode(reason) ? reason : (GRPC_STATUS_TO_CODE[status.code] ?? 'INTERNAL');
+  return new PushdError(code, status.message || undefined, { metadata: { ...info?.metadata } });
+}
+
 function readErrorInfo(error: ServiceError): Record<string, string> {
   const raw = error.metadata?.get(DETAILS_TRAILER)[0];
   if (!Buffer.isBuffer(raw)) return {};
   try {
-    const info = Status.decode(raw).details.find((detail) => detail.typeUrl === ERROR_INFO_TYPE);
-    return info ? { ...ErrorInfo.decode(info.value).metadata } : {};
+    return { ...errorInfoOf(Status.decode(raw))?.metadata };
   } catch {
     return {};
+  }
+}
+
+/** The first google.rpc.ErrorInfo among a status's details; undefined if none (or undecodable). */
+function errorInfoOf(status: Status): ErrorInfo | undefined {
+  const detail = status.details.find((any) => any.typeUrl === ERROR_INFO_TYPE);
+  if (detail === undefined) return undefined;
+  try {
+    return ErrorInfo.decode(detail.value);
+  } catch {
+    return undefined;
   }
 }

@@ -8,6 +8,15 @@ export {
   verifyAppSecretWithRegistry,
 } from './auth.js';
 export {
+  type BatchResult,
+  checkBatchSize,
+  fromBatchResult,
+  MAX_BATCH_ITEMS,
+  settle,
+  toBatchResult,
+  unwrapSettled,
+} from './batch.js';
+export {
   createRpcClient,
   type PromiseClient,
   type RpcClientOptions,
@@ -21,6 +30,13 @@ export type {
   ServiceHandlers,
   StreamCallContext,
 } from './definition.js';
-export { ERROR_CODE_TRAILER, ERROR_DOMAIN, fromGrpcError, toGrpcError } from './errors.js';
+export {
+  ERROR_CODE_TRAILER,
+  ERROR_DOMAIN,
+  fromGrpcError,
+  fromStatus,
+  toGrpcError,
+  toStatus,
+} from './errors.js';
 export { callContext, inProcessClient } from './in-process.js';
 export { bindService, GrpcServer, type GrpcServerOptions, type GrpcServiceBinding } from './server.js';

@@ -5,6 +5,8 @@ import {
   type Event,
   EventBatch,
   EventType,
+  FetchPendingBatchResponse,
+  type FetchPendingRequest,
   LoopInterval,
   type Message,
   MessageType,
@@ -22,7 +24,9 @@ import {
   basicAuthorization,
   bearerAuthorization,
   callContext,
+  fromBatchResult,
   inProcessClient,
+  MAX_BATCH_ITEMS,
   type PromiseClient,
 } from '@pushd/rpc';
 import {
@@ -63,6 +67,7 @@ interface SetupOptions {
   /** Wraps the stores dispatch gets. */
   pushes?: (real: PushStore) => PushStore;
   routes?: (real: RouteStore) => RouteStore;
+  inboxes?: (real: InboxStore) => InboxStore;
   bus?: (real: MemoryBus) => Bus;
   /** Default: true. False leaves accepted pushes in the log (call applier.apply or start it later). */
   startApplier?: boolean;
@@ -97,6 +102,7 @@ async function setup(options: SetupOptions = {}) {
       ...stores,
       pushes,
       routes: options.routes?.(stores.routes) ?? stores.routes,
+      inboxes: options.inboxes?.(stores.inboxes) ?? stores.inboxes,
     },
     bus,
     registry: options.registry?.(realRegistry) ?? realRegistry,
@@ -628,6 +634,200 @@ describe('DispatchService.push', () => {
     await expect(
       h.fetchPending({ accessId: app.accessId, token: '', afterMsgId: 0 }, cluster()),
     ).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', metadata: { field: 'token' } });
+  });
+});
+
+describe('DispatchService.fetchPendingBatch', () => {
+  /** What a caller sees of a settled FetchPending: the window's content, or the error. Tokens left out. */
+  const seen = (settled: PromiseSettledResult<unknown>) => {
+    if (settled.status === 'rejected') {
+      const { code, message, metadata } = settled.reason as PushdError;
+      return { code, message, metadata };
+    }
+    const response = settled.value as Awaited<ReturnType<Awaited<ReturnType<typeof setup>>['pending']>>;
+    return { ...response, messages: response.messages.map((m) => [m.msgId, m.message?.content]) };
+  };
+  const settledOf = <T>(promise: Promise<T>): Promise<PromiseSettledResult<T>> =>
+    promise.then(
+      (value) => ({ status: 'fulfilled', value }),
+      (reason: unknown) => ({ status: 'rejected', reason }),
+    );
+
+  /**
+   * The same history in a fresh system: an Android device that lost one message to its window, an iOS
+   * device with one, a device without messages, and a tag broadcast its gateway says it matches. Returns
+   * the requests a gateway would send for them, with bad ones among them.
+   */
+  async function history() {
+    const system = await setup();
+    const { registerIndexed, push, pushRequest, app, clock } = system;
+    const android = await registerIndexed(Platform.PLATFORM_ANDROID);
+    const ios = await registerIndexed(Platform.PLATFORM_IOS);
+    const quiet = await registerIndexed(Platform.PLATFORM_ANDROID);
+    for (let n = 1; n <= 3; n++) await push(android, { message: message({ content: `a${n}` }) });
+    await push(ios, { message: message({ content: 'i1' }) });
+    clock.advance(3_000);
+    await pushRequest(toTags(['vip'], 'OR'));
+    const facts = (platform: Platform, userTags: string[]): PendingDevice => ({
+      platform,
+      appVersion: '',
+      osVersion: '',
+      locale: '',
+      registeredAtMs: 0,
+      userTags,
+    });
+    const requests: FetchPendingRequest[] = [
+      { accessId: app.accessId, token: android, afterMsgId: 0, device: facts(Platform.PLATFORM_ANDROID, []) },
+      { accessId: app.accessId, token: '', afterMsgId: 0 },
+      { accessId: app.accessId, token: ios, afterMsgId: 0, device: facts(Platform.PLATFORM_IOS, []) },
+      {
+        accessId: app.accessId,
+        token: quiet,
+        afterMsgId: 0,
+        device: facts(Platform.PLATFORM_ANDROID, ['vip']),
+      },
+      { accessId: app.accessId, token: 'f'.repeat(40), afterMsgId: 0 },
+    ];
+    return { ...system, requests };
+  }
+
+  it('answers each request as FetchPending would, in order: a bad one fails alone', async () => {
+    const batched = await history();
+    const response = await batched.h.fetchPendingBatch({ requests: batched.requests }, cluster());
+    // As the gateway gets it: through the wire format.
+    const results = FetchPendingBatchResponse.decode(FetchPendingBatchResponse.encode(response).finish())
+      .results.map(fromBatchResult)
+      .map(seen);
+
+    const single = await history();
+    const singles: PromiseSettledResult<unknown>[] = [];
+    for (const request of single.requests)
+      singles.push(await settledOf(single.h.fetchPending(request, cluster())));
+    expect(results).toEqual(singles.map(seen));
+
+    expect(results[0]).toMatchObject({
+      messages: [
+        [expect.any(Number), 'a2'],
+        [expect.any(Number), 'a3'],
+      ],
+      dropped: 1,
+    });
+    expect(results[1]).toEqual({
+      code: 'INVALID_ARGUMENT',
+      message: 'token: required',
+      metadata: { field: 'token' },
+    });
+    expect(results[2]).toMatchObject({ dropped: 0 });
+    expect((results[2] as { messages: unknown[][] }).messages.map(([, content]) => content)).toEqual(['i1']);
+    expect((results[3] as { messages: unknown[] }).messages).toHaveLength(1);
+    expect(results[4]).toMatchObject({ messages: [], lastMsgId: 0, dropped: 0 });
+    // Each item reset its device's dropped count, as the single call does.
+    expect((await batched.pending(batched.requests[0]!.token)).dropped).toBe(0);
+  });
+
+  it('has the store calls of all its items in flight together', async () => {
+    let inFlight = 0;
+    let most = 0;
+    const system = await setup({
+      inboxes: (real) => ({
+        ...real,
+        append: real.append.bind(real),
+        ack: real.ack.bind(real),
+        clear: real.clear.bind(real),
+        pending: async (...args) => {
+          inFlight++;
+          most = Math.max(most, inFlight);
+          // A round trip: every call issued in this turn is in flight before any returns.
+          await new Promise((resolve) => setImmediate(resolve));
+          inFlight--;
+          return real.pending(...args);
+        },
+      }),
+    });
+    const tokens = [
+      await system.registerDevice(),
+      await system.registerDevice(),
+      await system.registerDevice(),
+    ];
+    const requests = tokens.map((token) => ({ accessId: system.app.accessId, token, afterMsgId: 0 }));
+    const { results } = await system.h.fetchPendingBatch({ requests }, cluster());
+    expect(results.map((result) => result.outcome?.$case)).toEqual(['response', 'response', 'response']);
+    expect(most).toBe(3);
+  });
+
+  it('keeps a store failure of one device to that device, and fails as a whole only when nothing succeeded', async () => {
+    let failing: (token: string) => boolean = () => false;
+    const system = await setup({
+      inboxes: (real) => ({
+        ...real,
+        append: real.append.bind(real),
+        ack: real.ack.bind(real),
+        clear: real.clear.bind(real),
+        pending: async (accessId, token, ...rest) => {
+          if (failing(token)) throw new PushdError('UNAVAILABLE', 'redis: command timed out (test)');
+          return real.pending(accessId, token, ...rest);
+        },
+      }),
+    });
+    const { h, app, push, registerDevice, pending } = system;
+    const lucky = await registerDevice();
+    const unlucky = await registerDevice();
+    for (let n = 1; n <= 3; n++) {
+      await push(lucky);
+      await push(unlucky);
+    }
+    const request = (token: string) => ({ accessId: app.accessId, token, afterMsgId: 0 });
+
+    // One device's read fails: the other's answer (and its reset dropped count) is not thrown away.
+    failing = (token) => token === unlucky;
+    const { results } = await h.fetchPendingBatch(
+      { requests: [request(unlucky), request(lucky)] },
+      cluster(),
+    );
+    expect(fromBatchResult(results[0]!)).toMatchObject({
+      status: 'rejected',
+      reason: { code: 'UNAVAILABLE' },
+    });
+    expect(fromBatchResult(results[1]!)).toMatchObject({ status: 'fulfilled', value: { dropped: 1 } });
+
+    // A bad request among failing reads: each keeps its own error.
+    failing = () => true;
+    const mixed = await h.fetchPendingBatch({ requests: [request(unlucky), request('')] }, cluster());
+    expect(mixed.results.map((result) => fromBatchResult(result))).toMatchObject([
+      { status: 'rejected', reason: { code: 'UNAVAILABLE' } },
+      { status: 'rejected', reason: { code: 'INVALID_ARGUMENT' } },
+    ]);
+
+    // The store down for every item: the call fails, and nothing was reset.
+    await expect(
+      h.fetchPendingBatch({ requests: [request(unlucky), request(lucky)] }, cluster()),
+    ).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    failing = () => false;
+    expect((await pending(unlucky)).dropped).toBe(1);
+  });
+
+  it(`refuses an empty batch and one over ${MAX_BATCH_ITEMS} with INVALID_ARGUMENT, changing nothing`, async () => {
+    const { h, app, push, registerDevice, pending } = await setup();
+    const token = await registerDevice();
+    for (let n = 1; n <= 3; n++) await push(token);
+    const request = { accessId: app.accessId, token, afterMsgId: 0 };
+    await expect(h.fetchPendingBatch({ requests: [] }, cluster())).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      metadata: { field: 'requests' },
+    });
+    await expect(
+      h.fetchPendingBatch({ requests: Array(MAX_BATCH_ITEMS + 1).fill(request) }, cluster()),
+    ).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      message: `requests: at most ${MAX_BATCH_ITEMS} per call (got ${MAX_BATCH_ITEMS + 1})`,
+      metadata: { field: 'requests', limit: String(MAX_BATCH_ITEMS) },
+    });
+    // Cluster only, like FetchPending.
+    await expect(h.fetchPendingBatch({ requests: [request] }, app.auth())).rejects.toMatchObject({
+      code: 'PERMISSION_DENIED',
+    });
+    // The dropped count was not read (and reset) by any of them.
+    expect((await pending(token)).dropped).toBe(1);
   });
 });
 

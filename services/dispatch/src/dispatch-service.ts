@@ -8,12 +8,21 @@ import {
   platformTag,
 } from '@pushd/audience';
 import type { Bus } from '@pushd/bus';
-import { type Clock, invalidArgument, type Logger, PushdError, systemClock } from '@pushd/common';
+import {
+  type Clock,
+  invalidArgument,
+  type Logger,
+  PushdError,
+  systemClock,
+  toPushdError,
+} from '@pushd/common';
 import {
   type Audience,
   BroadcastDelivery,
   type Device,
   type DispatchServiceService,
+  type FetchPendingRequest,
+  type FetchPendingResponse,
   type Message,
   type PendingDevice,
   Platform,
@@ -30,8 +39,10 @@ import {
 } from '@pushd/proto';
 import {
   CallAuthorizer,
+  checkBatchSize,
   type PromiseClient,
   type ServiceHandlers,
+  toBatchResult,
   verifyAppSecretWithRegistry,
 } from '@pushd/rpc';
 import type { AudienceIndex, BroadcastLog, InboxStore, PushStore, TagStore } from '@pushd/store';
@@ -183,8 +194,16 @@ export class DispatchService {
 
       fetchPending: async (request, { metadata }) => {
         await this.authorizer.requireCluster(metadata);
-        if (request.token === '') throw invalidArgument('token', 'required');
-        return this.pending(request.accessId, request.token, request.afterMsgId, request.device);
+        return this.fetchPending(request);
+      },
+
+      fetchPendingBatch: async (request, { metadata }) => {
+        await this.authorizer.requireCluster(metadata);
+        checkBatchSize('requests', request.requests.length);
+        // All in flight together: the store calls of one tick share a Redis round trip (auto-pipelining).
+        const settled = await Promise.allSettled(request.requests.map((item) => this.fetchPending(item)));
+        throwIfNothingDone(settled);
+        return { results: settled.map(toBatchResult) };
       },
     };
   }
@@ -410,6 +429,12 @@ export class DispatchService {
     );
   }
 
+  /** One FetchPending, for the single call and each item of a batch. */
+  private async fetchPending(request: FetchPendingRequest): Promise<FetchPendingResponse> {
+    if (request.token === '') throw invalidArgument('token', 'required');
+    return this.pending(request.accessId, request.token, request.afterMsgId, request.device);
+  }
+
   /**
    * What a device finds when it connects: its window (targeted messages) merged with the broadcasts of its
    * app it missed and matches, the newest of them within its platform's offline capacity, oldest first.
@@ -581,6 +606,24 @@ export class DispatchService {
     );
     return found.flat();
   }
+}
+
+/** Failures that are not the item's own but a dependency's (the store, the registry): see throwIfNothingDone. */
+const DEPENDENCY_FAILURES: ReadonlySet<string> = new Set(['UNAVAILABLE', 'DEADLINE_EXCEEDED', 'INTERNAL']);
+
+/**
+ * Fails a FetchPendingBatch as a whole when none of its items succeeded and every failure is a
+ * dependency's (the store down): then nothing was read or reset, and the outage is the call's status (its
+ * metrics, the caller's retry) rather than one copy per item. Otherwise failures stay per item: each item
+ * resets its device's dropped count as it reads it, so failing the call would discard counts that were
+ * already handed out.
+ */
+function throwIfNothingDone(settled: PromiseSettledResult<unknown>[]): void {
+  for (const result of settled) {
+    if (result.status === 'fulfilled' || !DEPENDENCY_FAILURES.has(toPushdError(result.reason).code)) return;
+  }
+  const [first] = settled;
+  if (first?.status === 'rejected') throw first.reason;
 }
 
 /** The metrics label of an audience kind. */

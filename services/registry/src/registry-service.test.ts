@@ -1,7 +1,22 @@
 import { type Bus, MemoryBus, streams, subjects, withDurablePublish } from '@pushd/bus';
 import { ManualClock, PushdError, silentLogger } from '@pushd/common';
-import { type Event, EventBatch, EventType, Platform, type RegisterDeviceRequest } from '@pushd/proto';
-import { basicAuthorization, bearerAuthorization, type CallContext, callContext } from '@pushd/rpc';
+import {
+  type AuthenticateDeviceRequest,
+  AuthenticateDevicesResponse,
+  type Event,
+  EventBatch,
+  EventType,
+  Platform,
+  type RegisterDeviceRequest,
+} from '@pushd/proto';
+import {
+  basicAuthorization,
+  bearerAuthorization,
+  type CallContext,
+  callContext,
+  fromBatchResult,
+  MAX_BATCH_ITEMS,
+} from '@pushd/rpc';
 import { createMemoryStores } from '@pushd/store';
 import { waitFor } from '@pushd/testkit';
 import { describe, expect, it } from 'vitest';
@@ -357,6 +372,176 @@ describe('RegistryService.authenticateDevice', () => {
         app.auth(),
       ),
     ).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+  });
+});
+
+describe('RegistryService.authenticateDevices', () => {
+  /** A settled result compared by what a caller sees: the response, or the error's code, message, metadata. */
+  const seen = (settled: PromiseSettledResult<unknown>) =>
+    settled.status === 'fulfilled'
+      ? { ok: settled.value }
+      : {
+          code: (settled.reason as PushdError).code,
+          message: (settled.reason as PushdError).message,
+          metadata: (settled.reason as PushdError).metadata,
+        };
+
+  it('answers each request as the single call would, in order: good ones succeed, bad ones fail alone', async () => {
+    const { h, createApp, register } = setup();
+    const a = await createApp('a');
+    const b = await createApp('b');
+    const inA = await register(a, deviceId(1));
+    const alsoInA = await register(a, deviceId(2));
+    const inB = await register(b, deviceId(1));
+    const tokenOf = (registered: typeof inA) => registered.device?.token ?? '';
+    const requests: AuthenticateDeviceRequest[] = [
+      { accessId: a.accessId, token: tokenOf(inA), credential: inA.credential },
+      // A wrong credential, an unknown token, an empty one, another app's token: INVALID_CREDENTIAL each.
+      { accessId: a.accessId, token: tokenOf(alsoInA), credential: inA.credential },
+      { accessId: a.accessId, token: 'f'.repeat(40), credential: inA.credential },
+      { accessId: a.accessId, token: '', credential: inA.credential },
+      { accessId: a.accessId, token: tokenOf(inB), credential: inB.credential },
+      { accessId: b.accessId, token: tokenOf(inB), credential: inB.credential },
+      // No such app: APP_NOT_FOUND; no access id: INVALID_ARGUMENT.
+      { accessId: 1_999_999_999, token: tokenOf(inA), credential: inA.credential },
+      { accessId: 0, token: tokenOf(inA), credential: inA.credential },
+      // The same device twice in one batch is answered twice.
+      { accessId: a.accessId, token: tokenOf(alsoInA), credential: alsoInA.credential },
+      { accessId: a.accessId, token: tokenOf(alsoInA), credential: alsoInA.credential },
+    ];
+    const response = await h.authenticateDevices({ requests }, cluster());
+    // As the gateway gets it: through the wire format.
+    const results = AuthenticateDevicesResponse.decode(AuthenticateDevicesResponse.encode(response).finish())
+      .results.map(fromBatchResult)
+      .map(seen);
+    const singles = await Promise.all(
+      requests.map((request) =>
+        h.authenticateDevice(request, cluster()).then(
+          (value): PromiseSettledResult<unknown> => ({ status: 'fulfilled', value }),
+          (reason: unknown): PromiseSettledResult<unknown> => ({ status: 'rejected', reason }),
+        ),
+      ),
+    );
+    expect(results).toEqual(singles.map(seen));
+    expect(results.map((result) => ('ok' in result ? 'OK' : result.code))).toEqual([
+      'OK',
+      'INVALID_CREDENTIAL',
+      'INVALID_CREDENTIAL',
+      'INVALID_CREDENTIAL',
+      'INVALID_CREDENTIAL',
+      'OK',
+      'APP_NOT_FOUND',
+      'INVALID_ARGUMENT',
+      'OK',
+      'OK',
+    ]);
+    expect(results[0]).toMatchObject({ ok: { device: { token: tokenOf(inA), accessId: a.accessId } } });
+    expect(results[5]).toMatchObject({ ok: { device: { token: tokenOf(inB), accessId: b.accessId } } });
+  });
+
+  it('reads the devices of each app together: one app lookup and one many-device read per app', async () => {
+    const { h, stores, createApp, register } = setup();
+    const apps = [await createApp('a'), await createApp('b')];
+    const requests: AuthenticateDeviceRequest[] = [];
+    for (const [n, app] of [...apps, ...apps, ...apps].entries()) {
+      const registered = await register(app, deviceId(n));
+      requests.push({
+        accessId: app.accessId,
+        token: registered.device?.token ?? '',
+        credential: registered.credential,
+      });
+    }
+    const reads = { apps: 0, devices: 0, manyDevices: 0 };
+    const { get: getApp } = stores.apps;
+    const { get: getDevice, getMany } = stores.devices;
+    stores.apps.get = (...args) => {
+      reads.apps++;
+      return getApp.apply(stores.apps, args);
+    };
+    stores.devices.get = (...args) => {
+      reads.devices++;
+      return getDevice.apply(stores.devices, args);
+    };
+    stores.devices.getMany = (...args) => {
+      reads.manyDevices++;
+      return getMany.apply(stores.devices, args);
+    };
+    const { results } = await h.authenticateDevices({ requests }, cluster());
+    expect(results.map((result) => result.outcome?.$case)).toEqual(requests.map(() => 'response'));
+    expect(reads).toEqual({ apps: 2, devices: 0, manyDevices: 2 });
+  });
+
+  it('fails as a whole, with the error of the store, when the store cannot be read', async () => {
+    const { h, stores, createApp, register } = setup();
+    const app = await createApp();
+    const registered = await register(app, deviceId(1));
+    stores.devices.getMany = async () => {
+      throw new PushdError('UNAVAILABLE', 'redis: connection lost (test)');
+    };
+    await expect(
+      h.authenticateDevices(
+        {
+          requests: [
+            {
+              accessId: app.accessId,
+              token: registered.device?.token ?? '',
+              credential: registered.credential,
+            },
+          ],
+        },
+        cluster(),
+      ),
+    ).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+  });
+
+  it(`refuses an empty batch and one over ${MAX_BATCH_ITEMS} with INVALID_ARGUMENT, reading nothing`, async () => {
+    const { h, stores, createApp, register } = setup();
+    const app = await createApp();
+    const registered = await register(app, deviceId(1));
+    const request = {
+      accessId: app.accessId,
+      token: registered.device?.token ?? '',
+      credential: registered.credential,
+    };
+    let reads = 0;
+    const { getMany } = stores.devices;
+    stores.devices.getMany = (...args) => {
+      reads++;
+      return getMany.apply(stores.devices, args);
+    };
+    await expect(h.authenticateDevices({ requests: [] }, cluster())).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      metadata: { field: 'requests' },
+    });
+    await expect(
+      h.authenticateDevices({ requests: Array(MAX_BATCH_ITEMS + 1).fill(request) }, cluster()),
+    ).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      message: `requests: at most ${MAX_BATCH_ITEMS} per call (got ${MAX_BATCH_ITEMS + 1})`,
+      metadata: { field: 'requests', limit: String(MAX_BATCH_ITEMS) },
+    });
+    expect(reads).toBe(0);
+    const { results } = await h.authenticateDevices(
+      { requests: Array(MAX_BATCH_ITEMS).fill(request) },
+      cluster(),
+    );
+    expect(results).toHaveLength(MAX_BATCH_ITEMS);
+    expect(results.every((result) => result.outcome?.$case === 'response')).toBe(true);
+  });
+
+  it('is a cluster-only method', async () => {
+    const { h, createApp, register } = setup();
+    const app = await createApp();
+    const registered = await register(app, deviceId(1));
+    const requests = [
+      { accessId: app.accessId, token: registered.device?.token ?? '', credential: registered.credential },
+    ];
+    await expect(h.authenticateDevices({ requests }, app.auth())).rejects.toMatchObject({
+      code: 'PERMISSION_DENIED',
+    });
+    await expect(h.authenticateDevices({ requests }, callContext())).rejects.toMatchObject({
+      code: 'UNAUTHENTICATED',
+    });
   });
 });
 

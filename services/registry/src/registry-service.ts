@@ -13,6 +13,8 @@ import {
 } from '@pushd/common';
 import {
   type App,
+  type AuthenticateDeviceRequest,
+  type AuthenticateDeviceResponse,
   type Device,
   Event,
   EventBatch,
@@ -20,7 +22,14 @@ import {
   Platform,
   type RegistryServiceService,
 } from '@pushd/proto';
-import { CallAuthorizer, type ServiceHandlers } from '@pushd/rpc';
+import {
+  CallAuthorizer,
+  checkBatchSize,
+  type ServiceHandlers,
+  settle,
+  toBatchResult,
+  unwrapSettled,
+} from '@pushd/rpc';
 import type { AppRecord, AppStore, DeviceRecord, DeviceStore } from '@pushd/store';
 
 export interface RegistryServiceOptions {
@@ -150,13 +159,14 @@ export class RegistryService {
 
       authenticateDevice: async (request, { metadata }) => {
         await auth.requireCluster(metadata);
-        await this.requireApp(request.accessId);
-        const device = await devices.get(request.accessId, request.token);
-        // Unknown token and wrong credential are one answer, so that tokens cannot be probed.
-        if (device === undefined || !secretMatchesHash(request.credential, device.credentialHash)) {
-          throw new PushdError('INVALID_CREDENTIAL', 'unknown token or wrong credential; register again');
-        }
-        return { device: toDevice(device) };
+        const [result] = await this.authenticate([request]);
+        return unwrapSettled(result!);
+      },
+
+      authenticateDevices: async (request, { metadata }) => {
+        await auth.requireCluster(metadata);
+        checkBatchSize('requests', request.requests.length);
+        return { results: (await this.authenticate(request.requests)).map(toBatchResult) };
       },
 
       getDevice: async (request, { metadata }) => {
@@ -235,6 +245,54 @@ export class RegistryService {
     };
   }
 
+  /**
+   * AuthenticateDevice for each request, in order (the single call is a batch of one). The apps and devices
+   * the batch names are read together, one lookup per app and one many-device read per app (one round trip
+   * on Redis), then each request is decided on its own: a refusal is that request's result, while a failed
+   * read fails them all (thrown), as it would have failed each single call.
+   */
+  private async authenticate(
+    requests: AuthenticateDeviceRequest[],
+  ): Promise<PromiseSettledResult<AuthenticateDeviceResponse>[]> {
+    const tokensByApp = new Map<number, Set<string>>();
+    for (const { accessId, token } of requests) {
+      if (!accessId) continue;
+      let tokens = tokensByApp.get(accessId);
+      if (tokens === undefined) {
+        tokens = new Set();
+        tokensByApp.set(accessId, tokens);
+      }
+      // An empty token names no device: it gets INVALID_CREDENTIAL like any unknown one.
+      if (token !== '') tokens.add(token);
+    }
+    const apps = new Map<number, AppRecord | undefined>();
+    const devices = new Map<string, DeviceRecord>();
+    await Promise.all(
+      [...tokensByApp].map(async ([accessId, tokenSet]) => {
+        const tokens = [...tokenSet];
+        const [app, found] = await Promise.all([
+          this.options.apps.get(accessId),
+          this.options.devices.getMany(accessId, tokens),
+        ]);
+        apps.set(accessId, app);
+        found.forEach((device, i) => {
+          if (device !== undefined) devices.set(`${accessId}:${tokens[i]}`, device);
+        });
+      }),
+    );
+    return requests.map((request) =>
+      settle(() => {
+        appOrThrow(request.accessId, apps.get(request.accessId));
+        const device = devices.get(`${request.accessId}:${request.token}`);
+        // Unknown token and wrong credential are one answer, so that tokens cannot be probed.
+        if (device === undefined || !secretMatchesHash(request.credential, device.credentialHash)) {
+          throw new PushdError('INVALID_CREDENTIAL', 'unknown token or wrong credential; register again');
+        }
+        return { device: toDevice(device) };
+      }),
+    );
+  }
+
   private async announce(event: Event): Promise<void> {
     await this.options.bus.publishDurable(
       subjects.events('registry'),
@@ -244,9 +302,7 @@ export class RegistryService {
 
   private async requireApp(accessId: number): Promise<AppRecord> {
     if (!accessId) throw invalidArgument('access_id', 'required');
-    const app = await this.options.apps.get(accessId);
-    if (app === undefined) throw new PushdError('APP_NOT_FOUND', `no app has access id ${accessId}`);
-    return app;
+    return appOrThrow(accessId, await this.options.apps.get(accessId));
   }
 
   private async requireDevice(accessId: number, token: string): Promise<DeviceRecord> {
@@ -255,6 +311,13 @@ export class RegistryService {
     if (device === undefined) throw tokenNotFound(accessId, token);
     return device;
   }
+}
+
+/** The app record looked up for `accessId`; INVALID_ARGUMENT without an id, APP_NOT_FOUND without an app. */
+function appOrThrow(accessId: number, app: AppRecord | undefined): AppRecord {
+  if (!accessId) throw invalidArgument('access_id', 'required');
+  if (app === undefined) throw new PushdError('APP_NOT_FOUND', `no app has access id ${accessId}`);
+  return app;
 }
 
 function tokenNotFound(accessId: number, token: string): PushdError {

@@ -18,6 +18,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { Status } from "../../google/rpc/status.js";
 import { TagExpression } from "./audience.js";
 import { Message, Platform, platformFromJSON, platformToJSON } from "./common.js";
 import { PushMessage } from "./device.js";
@@ -312,6 +313,27 @@ export interface FetchPendingRequest {
    * the device up.
    */
   device?: PendingDevice | undefined;
+}
+
+export interface FetchPendingBatchRequest {
+  requests: FetchPendingRequest[];
+}
+
+export interface FetchPendingBatchResponse {
+  /** One per request, in request order. */
+  results: FetchPendingResult[];
+}
+
+/**
+ * Each request's window is read (and its dropped count reset) on its own, so one device's failure (the
+ * store timing out on it) is that device's result and never discards what the others got. The call fails
+ * as a whole only when nothing succeeded and every failure is a dependency's (UNAVAILABLE,
+ * DEADLINE_EXCEEDED, INTERNAL), e.g. the store down, or before any work (auth, batch size).
+ */
+export interface FetchPendingResult {
+  outcome?: { $case: "response"; value: FetchPendingResponse } | //
+  /** As AuthenticateDeviceResult.error: google.rpc.Status with one google.rpc.ErrorInfo. */
+  { $case: "error"; value: Status } | undefined;
 }
 
 export interface PendingDevice {
@@ -2380,6 +2402,249 @@ export const FetchPendingRequest: MessageFns<FetchPendingRequest> = {
   },
 };
 
+function createBaseFetchPendingBatchRequest(): FetchPendingBatchRequest {
+  return { requests: [] };
+}
+
+export const FetchPendingBatchRequest: MessageFns<FetchPendingBatchRequest> = {
+  encode(message: FetchPendingBatchRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.requests) {
+      FetchPendingRequest.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FetchPendingBatchRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFetchPendingBatchRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requests.push(FetchPendingRequest.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FetchPendingBatchRequest {
+    return {
+      requests: globalThis.Array.isArray(object?.requests)
+        ? object.requests.map((e: any) => FetchPendingRequest.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: FetchPendingBatchRequest): unknown {
+    const obj: any = {};
+    if (message.requests?.length) {
+      obj.requests = message.requests.map((e) => FetchPendingRequest.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FetchPendingBatchRequest>, I>>(base?: I): FetchPendingBatchRequest {
+    return FetchPendingBatchRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FetchPendingBatchRequest>, I>>(object: I): FetchPendingBatchRequest {
+    const message = createBaseFetchPendingBatchRequest();
+    message.requests = object.requests?.map((e) => FetchPendingRequest.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseFetchPendingBatchResponse(): FetchPendingBatchResponse {
+  return { results: [] };
+}
+
+export const FetchPendingBatchResponse: MessageFns<FetchPendingBatchResponse> = {
+  encode(message: FetchPendingBatchResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.results) {
+      FetchPendingResult.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FetchPendingBatchResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFetchPendingBatchResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.results.push(FetchPendingResult.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FetchPendingBatchResponse {
+    return {
+      results: globalThis.Array.isArray(object?.results)
+        ? object.results.map((e: any) => FetchPendingResult.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: FetchPendingBatchResponse): unknown {
+    const obj: any = {};
+    if (message.results?.length) {
+      obj.results = message.results.map((e) => FetchPendingResult.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FetchPendingBatchResponse>, I>>(base?: I): FetchPendingBatchResponse {
+    return FetchPendingBatchResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FetchPendingBatchResponse>, I>>(object: I): FetchPendingBatchResponse {
+    const message = createBaseFetchPendingBatchResponse();
+    message.results = object.results?.map((e) => FetchPendingResult.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseFetchPendingResult(): FetchPendingResult {
+  return { outcome: undefined };
+}
+
+export const FetchPendingResult: MessageFns<FetchPendingResult> = {
+  encode(message: FetchPendingResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.outcome?.$case) {
+      case "response":
+        FetchPendingResponse.encode(message.outcome.value, writer.uint32(10).fork()).join();
+        break;
+      case "error":
+        Status.encode(message.outcome.value, writer.uint32(18).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FetchPendingResult {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFetchPendingResult();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.outcome = { $case: "response", value: FetchPendingResponse.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.outcome = { $case: "error", value: Status.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FetchPendingResult {
+    return {
+      outcome: isSet(object.response)
+        ? { $case: "response", value: FetchPendingResponse.fromJSON(object.response) }
+        : isSet(object.error)
+        ? { $case: "error", value: Status.fromJSON(object.error) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: FetchPendingResult): unknown {
+    const obj: any = {};
+    if (message.outcome?.$case === "response") {
+      obj.response = FetchPendingResponse.toJSON(message.outcome.value);
+    } else if (message.outcome?.$case === "error") {
+      obj.error = Status.toJSON(message.outcome.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FetchPendingResult>, I>>(base?: I): FetchPendingResult {
+    return FetchPendingResult.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FetchPendingResult>, I>>(object: I): FetchPendingResult {
+    const message = createBaseFetchPendingResult();
+    switch (object.outcome?.$case) {
+      case "response": {
+        if (object.outcome?.value !== undefined && object.outcome?.value !== null) {
+          message.outcome = { $case: "response", value: FetchPendingResponse.fromPartial(object.outcome.value) };
+        }
+        break;
+      }
+      case "error": {
+        if (object.outcome?.value !== undefined && object.outcome?.value !== null) {
+          message.outcome = { $case: "error", value: Status.fromPartial(object.outcome.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
 function createBasePendingDevice(): PendingDevice {
   return { platform: 0, appVersion: "", osVersion: "", locale: "", registeredAtMs: 0, userTags: [] };
 }
@@ -2731,6 +2996,22 @@ export const DispatchServiceService = {
       Buffer.from(FetchPendingResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): FetchPendingResponse => FetchPendingResponse.decode(value),
   },
+  /**
+   * FetchPending for 1 to 500 devices in one call (gateways batch the catch-ups of a reconnect storm): one
+   * result per request, in order, each the response or the error the single call would give. Only a
+   * failure of the whole call fails it (see FetchPendingResult). Cluster token only.
+   */
+  fetchPendingBatch: {
+    path: "/pushd.v1.DispatchService/FetchPendingBatch" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: FetchPendingBatchRequest): Buffer =>
+      Buffer.from(FetchPendingBatchRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): FetchPendingBatchRequest => FetchPendingBatchRequest.decode(value),
+    responseSerialize: (value: FetchPendingBatchResponse): Buffer =>
+      Buffer.from(FetchPendingBatchResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): FetchPendingBatchResponse => FetchPendingBatchResponse.decode(value),
+  },
 } as const;
 
 export interface DispatchServiceServer extends UntypedServiceImplementation {
@@ -2750,6 +3031,12 @@ export interface DispatchServiceServer extends UntypedServiceImplementation {
   cancelPush: handleUnaryCall<CancelPushRequest, CancelPushResponse>;
   /** Messages kept for a device with msg_id > after_msg_id, oldest first. Cluster token only. */
   fetchPending: handleUnaryCall<FetchPendingRequest, FetchPendingResponse>;
+  /**
+   * FetchPending for 1 to 500 devices in one call (gateways batch the catch-ups of a reconnect storm): one
+   * result per request, in order, each the response or the error the single call would give. Only a
+   * failure of the whole call fails it (see FetchPendingResult). Cluster token only.
+   */
+  fetchPendingBatch: handleUnaryCall<FetchPendingBatchRequest, FetchPendingBatchResponse>;
 }
 
 export interface DispatchServiceClient extends Client {
@@ -2835,6 +3122,26 @@ export interface DispatchServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: FetchPendingResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * FetchPending for 1 to 500 devices in one call (gateways batch the catch-ups of a reconnect storm): one
+   * result per request, in order, each the response or the error the single call would give. Only a
+   * failure of the whole call fails it (see FetchPendingResult). Cluster token only.
+   */
+  fetchPendingBatch(
+    request: FetchPendingBatchRequest,
+    callback: (error: ServiceError | null, response: FetchPendingBatchResponse) => void,
+  ): ClientUnaryCall;
+  fetchPendingBatch(
+    request: FetchPendingBatchRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: FetchPendingBatchResponse) => void,
+  ): ClientUnaryCall;
+  fetchPendingBatch(
+    request: FetchPendingBatchRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: FetchPendingBatchResponse) => void,
   ): ClientUnaryCall;
 }
 

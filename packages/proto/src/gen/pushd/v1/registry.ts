@@ -18,6 +18,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { Status } from "../../google/rpc/status.js";
 import { Platform, platformFromJSON, platformToJSON } from "./common.js";
 
 export const protobufPackage = "pushd.v1";
@@ -107,6 +108,25 @@ export interface AuthenticateDeviceRequest {
 
 export interface AuthenticateDeviceResponse {
   device?: Device | undefined;
+}
+
+export interface AuthenticateDevicesRequest {
+  requests: AuthenticateDeviceRequest[];
+}
+
+export interface AuthenticateDevicesResponse {
+  /** One per request, in request order. */
+  results: AuthenticateDeviceResult[];
+}
+
+export interface AuthenticateDeviceResult {
+  outcome?: { $case: "response"; value: AuthenticateDeviceResponse } | //
+  /**
+   * What the single call would have failed with: code is the gRPC status, message the human-readable
+   * message, and details hold one google.rpc.ErrorInfo (reason = the catalogue code, domain "pushd.dev",
+   * metadata), exactly as a failed call carries it in grpc-status-details-bin.
+   */
+  { $case: "error"; value: Status } | undefined;
 }
 
 export interface GetDeviceRequest {
@@ -1389,6 +1409,249 @@ export const AuthenticateDeviceResponse: MessageFns<AuthenticateDeviceResponse> 
   },
 };
 
+function createBaseAuthenticateDevicesRequest(): AuthenticateDevicesRequest {
+  return { requests: [] };
+}
+
+export const AuthenticateDevicesRequest: MessageFns<AuthenticateDevicesRequest> = {
+  encode(message: AuthenticateDevicesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.requests) {
+      AuthenticateDeviceRequest.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthenticateDevicesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthenticateDevicesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requests.push(AuthenticateDeviceRequest.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuthenticateDevicesRequest {
+    return {
+      requests: globalThis.Array.isArray(object?.requests)
+        ? object.requests.map((e: any) => AuthenticateDeviceRequest.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: AuthenticateDevicesRequest): unknown {
+    const obj: any = {};
+    if (message.requests?.length) {
+      obj.requests = message.requests.map((e) => AuthenticateDeviceRequest.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AuthenticateDevicesRequest>, I>>(base?: I): AuthenticateDevicesRequest {
+    return AuthenticateDevicesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AuthenticateDevicesRequest>, I>>(object: I): AuthenticateDevicesRequest {
+    const message = createBaseAuthenticateDevicesRequest();
+    message.requests = object.requests?.map((e) => AuthenticateDeviceRequest.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseAuthenticateDevicesResponse(): AuthenticateDevicesResponse {
+  return { results: [] };
+}
+
+export const AuthenticateDevicesResponse: MessageFns<AuthenticateDevicesResponse> = {
+  encode(message: AuthenticateDevicesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.results) {
+      AuthenticateDeviceResult.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthenticateDevicesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthenticateDevicesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.results.push(AuthenticateDeviceResult.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuthenticateDevicesResponse {
+    return {
+      results: globalThis.Array.isArray(object?.results)
+        ? object.results.map((e: any) => AuthenticateDeviceResult.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: AuthenticateDevicesResponse): unknown {
+    const obj: any = {};
+    if (message.results?.length) {
+      obj.results = message.results.map((e) => AuthenticateDeviceResult.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AuthenticateDevicesResponse>, I>>(base?: I): AuthenticateDevicesResponse {
+    return AuthenticateDevicesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AuthenticateDevicesResponse>, I>>(object: I): AuthenticateDevicesResponse {
+    const message = createBaseAuthenticateDevicesResponse();
+    message.results = object.results?.map((e) => AuthenticateDeviceResult.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseAuthenticateDeviceResult(): AuthenticateDeviceResult {
+  return { outcome: undefined };
+}
+
+export const AuthenticateDeviceResult: MessageFns<AuthenticateDeviceResult> = {
+  encode(message: AuthenticateDeviceResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.outcome?.$case) {
+      case "response":
+        AuthenticateDeviceResponse.encode(message.outcome.value, writer.uint32(10).fork()).join();
+        break;
+      case "error":
+        Status.encode(message.outcome.value, writer.uint32(18).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthenticateDeviceResult {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthenticateDeviceResult();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.outcome = { $case: "response", value: AuthenticateDeviceResponse.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.outcome = { $case: "error", value: Status.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuthenticateDeviceResult {
+    return {
+      outcome: isSet(object.response)
+        ? { $case: "response", value: AuthenticateDeviceResponse.fromJSON(object.response) }
+        : isSet(object.error)
+        ? { $case: "error", value: Status.fromJSON(object.error) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: AuthenticateDeviceResult): unknown {
+    const obj: any = {};
+    if (message.outcome?.$case === "response") {
+      obj.response = AuthenticateDeviceResponse.toJSON(message.outcome.value);
+    } else if (message.outcome?.$case === "error") {
+      obj.error = Status.toJSON(message.outcome.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AuthenticateDeviceResult>, I>>(base?: I): AuthenticateDeviceResult {
+    return AuthenticateDeviceResult.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AuthenticateDeviceResult>, I>>(object: I): AuthenticateDeviceResult {
+    const message = createBaseAuthenticateDeviceResult();
+    switch (object.outcome?.$case) {
+      case "response": {
+        if (object.outcome?.value !== undefined && object.outcome?.value !== null) {
+          message.outcome = { $case: "response", value: AuthenticateDeviceResponse.fromPartial(object.outcome.value) };
+        }
+        break;
+      }
+      case "error": {
+        if (object.outcome?.value !== undefined && object.outcome?.value !== null) {
+          message.outcome = { $case: "error", value: Status.fromPartial(object.outcome.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
 function createBaseGetDeviceRequest(): GetDeviceRequest {
   return { accessId: 0, token: "" };
 }
@@ -2564,6 +2827,23 @@ export const RegistryServiceService = {
       Buffer.from(AuthenticateDeviceResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): AuthenticateDeviceResponse => AuthenticateDeviceResponse.decode(value),
   },
+  /**
+   * AuthenticateDevice for 1 to 500 devices in one call (gateways batch the handshakes of a reconnect
+   * storm): one result per request, in order, each the response or the error the single call would give.
+   * Only a failure of the whole call (bad auth, a batch over the limit, the store unreachable) fails it.
+   * Cluster token only.
+   */
+  authenticateDevices: {
+    path: "/pushd.v1.RegistryService/AuthenticateDevices" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AuthenticateDevicesRequest): Buffer =>
+      Buffer.from(AuthenticateDevicesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AuthenticateDevicesRequest => AuthenticateDevicesRequest.decode(value),
+    responseSerialize: (value: AuthenticateDevicesResponse): Buffer =>
+      Buffer.from(AuthenticateDevicesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AuthenticateDevicesResponse => AuthenticateDevicesResponse.decode(value),
+  },
   /** Cluster token or the app's own credentials for the rest. */
   getDevice: {
     path: "/pushd.v1.RegistryService/GetDevice" as const,
@@ -2650,6 +2930,13 @@ export interface RegistryServiceServer extends UntypedServiceImplementation {
   registerDevice: handleUnaryCall<RegisterDeviceRequest, RegisterDeviceResponse>;
   /** Checks a device's token and credential. Cluster token only. */
   authenticateDevice: handleUnaryCall<AuthenticateDeviceRequest, AuthenticateDeviceResponse>;
+  /**
+   * AuthenticateDevice for 1 to 500 devices in one call (gateways batch the handshakes of a reconnect
+   * storm): one result per request, in order, each the response or the error the single call would give.
+   * Only a failure of the whole call (bad auth, a batch over the limit, the store unreachable) fails it.
+   * Cluster token only.
+   */
+  authenticateDevices: handleUnaryCall<AuthenticateDevicesRequest, AuthenticateDevicesResponse>;
   /** Cluster token or the app's own credentials for the rest. */
   getDevice: handleUnaryCall<GetDeviceRequest, GetDeviceResponse>;
   /** Several devices at once (up to 1,000 tokens); unknown tokens are left out of the reply. */
@@ -2729,6 +3016,27 @@ export interface RegistryServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: AuthenticateDeviceResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * AuthenticateDevice for 1 to 500 devices in one call (gateways batch the handshakes of a reconnect
+   * storm): one result per request, in order, each the response or the error the single call would give.
+   * Only a failure of the whole call (bad auth, a batch over the limit, the store unreachable) fails it.
+   * Cluster token only.
+   */
+  authenticateDevices(
+    request: AuthenticateDevicesRequest,
+    callback: (error: ServiceError | null, response: AuthenticateDevicesResponse) => void,
+  ): ClientUnaryCall;
+  authenticateDevices(
+    request: AuthenticateDevicesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AuthenticateDevicesResponse) => void,
+  ): ClientUnaryCall;
+  authenticateDevices(
+    request: AuthenticateDevicesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AuthenticateDevicesResponse) => void,
   ): ClientUnaryCall;
   /** Cluster token or the app's own credentials for the rest. */
   getDevice(
