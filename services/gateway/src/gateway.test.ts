@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto';
+import { request as httpRequest } from 'node:http';
 import type { Socket } from 'node:net';
 import { MemoryBus, streams, subjects } from '@pushd/bus';
 import { PushdError, silentLogger } from '@pushd/common';
@@ -15,6 +17,7 @@ import {
   encodeClientFrame,
   encodeServerFrame,
   type FetchPendingRequest,
+  type FetchPendingResponse,
   MessageType,
   NodeDelivery,
   Platform,
@@ -33,6 +36,7 @@ import {
   callContext,
   inProcessClient,
   type PromiseClient,
+  toBatchResult,
 } from '@pushd/rpc';
 import { createMemoryStores, type TagLimits } from '@pushd/store';
 import { TagService } from '@pushd/tag';
@@ -56,6 +60,23 @@ const HOUR_MS = 3_600_000;
 const cluster = () => callContext(bearerAuthorization(CLUSTER_TOKEN));
 
 type DispatchClient = PromiseClient<typeof DispatchServiceService>;
+type RegistryClient = PromiseClient<typeof RegistryServiceService>;
+
+/**
+ * A dispatch client whose FetchPendingBatch answers each of its requests with `fetch` (what `fetch` throws
+ * is that request's error): a test changes what one catch-up gets, whatever it was batched with.
+ */
+function fetchEach(
+  real: DispatchClient,
+  fetch: (request: FetchPendingRequest) => Promise<FetchPendingResponse>,
+): DispatchClient {
+  return {
+    ...real,
+    fetchPendingBatch: async ({ requests }) => ({
+      results: (await Promise.allSettled(requests.map(fetch))).map(toBatchResult),
+    }),
+  };
+}
 
 // Everything a test opened, closed after it whatever happened.
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -67,6 +88,8 @@ interface StartOptions {
   gateway?: Partial<GatewayOptions>;
   /** Wraps the dispatch client the gateway gets (default: DispatchService's handlers). */
   dispatch?: (real: DispatchClient) => DispatchClient;
+  /** Wraps the registry client the gateway gets (default: RegistryService's handlers). */
+  registry?: (real: RegistryClient) => RegistryClient;
   /** Limits of the tag service the gateway calls. Default: the brief's (100 per device, 10,000 per app). */
   tagLimits?: Partial<TagLimits>;
 }
@@ -115,12 +138,28 @@ async function startGateway(options: StartOptions = {}) {
     limits: options.tagLimits,
   });
   const metrics = new Registry();
+  // Catch-ups answered, by token: the gateway has applied an answer by the time a poll can see it here.
+  const catchUps = new Map<string, number>();
+  const innerDispatch = options.dispatch?.(realDispatch) ?? realDispatch;
+  const dispatchClient: DispatchClient = {
+    ...innerDispatch,
+    fetchPendingBatch: async (request, callOptions) => {
+      const response = await innerDispatch.fetchPendingBatch(request, callOptions);
+      request.requests.forEach(({ token }, i) => {
+        if (response.results[i]?.outcome?.$case === 'response') {
+          catchUps.set(token, (catchUps.get(token) ?? 0) + 1);
+        }
+      });
+      return response;
+    },
+  };
+  const realRegistry = inProcessClient(RegistryServiceService, registry, bearer);
   const gateway = new Gateway({
     nodeId: NODE_ID,
     host: '127.0.0.1',
     port: 0,
-    registry: inProcessClient(RegistryServiceService, registry, bearer),
-    dispatch: options.dispatch?.(realDispatch) ?? realDispatch,
+    registry: options.registry?.(realRegistry) ?? realRegistry,
+    dispatch: dispatchClient,
     routes: stores.routes,
     tags: stores.tags,
     tag: inProcessClient(TagServiceService, tagService.handlers(), bearer),
@@ -189,11 +228,30 @@ async function startGateway(options: StartOptions = {}) {
     return result;
   };
   const route = (token: string) => stores.routes.get(app.accessId, token);
+  /**
+   * Waits until the session of `token` has its catch-up answered, so that it is live: a session is told
+   * Connected before its catch-up, which goes out with the next batch.
+   */
+  const caughtUp = (token: string) =>
+    waitFor(() => (catchUps.get(token) ?? 0) > 0, `the catch-up of ${token.slice(0, 8)}`);
   const metric = async (name: string, labels: Record<string, string> = {}) => {
     const values = (await metrics.getSingleMetric(name)?.get())?.values ?? [];
     return values
       .filter((v) => Object.entries(labels).every(([key, value]) => v.labels[key] === value))
       .reduce((sum, v) => sum + v.value, 0);
+  };
+  /** Count and sum of a histogram's observations with these labels. */
+  const histogram = async (name: string, labels: Record<string, string>) => {
+    const values = (await metrics.getSingleMetric(name)?.get())?.values ?? [];
+    const series = (suffix: string) =>
+      values
+        .filter(
+          (v) =>
+            (v as { metricName?: string }).metricName === `${name}_${suffix}` &&
+            Object.entries(labels).every(([key, value]) => v.labels[key] === value),
+        )
+        .reduce((sum, v) => sum + v.value, 0);
+    return { count: series('count'), sum: series('sum') };
   };
   /** A DeviceClient on this gateway, closed after the test. */
   const client = (fields: Partial<ConstructorParameters<typeof DeviceClient>[0]> = {}) => {
@@ -234,7 +292,9 @@ async function startGateway(options: StartOptions = {}) {
     sessionHeaders,
     push,
     route,
+    caughtUp,
     metric,
+    histogram,
     client,
     stop,
   };
@@ -528,6 +588,131 @@ describe('Gateway handshake', () => {
   });
 });
 
+/**
+ * A session upgrade written by hand: `sent` resolves once the request was handed to the OS, `outcome`
+ * with the gateway's answer (101, or the refusal's status and JSON body).
+ */
+function upgradeRequest(port: number, headers: Record<string, string>) {
+  const request = httpRequest({
+    host: '127.0.0.1',
+    port,
+    path: '/v1/ws',
+    headers: {
+      connection: 'Upgrade',
+      upgrade: 'websocket',
+      'sec-websocket-version': '13',
+      'sec-websocket-key': randomBytes(16).toString('base64'),
+      ...headers,
+    },
+  });
+  const sent = new Promise<void>((resolve) => request.once('finish', () => resolve()));
+  const outcome = new Promise<{ status: number; body?: { code?: string } }>((resolve, reject) => {
+    request.once('upgrade', (_response, socket: Socket) => {
+      socket.on('error', () => undefined);
+      cleanups.push(() => {
+        socket.destroy();
+      });
+      resolve({ status: 101 });
+    });
+    request.once('response', (response) => {
+      let text = '';
+      response.on('data', (chunk: Buffer) => {
+        text += chunk.toString();
+      });
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, body: JSON.parse(text) }));
+    });
+    request.once('error', reject);
+  });
+  request.end();
+  return { sent, outcome };
+}
+
+describe('Gateway handshake batching', () => {
+  it('lets handshakes that arrive together share registry and dispatch calls, refusing a bad credential alone', async () => {
+    const devices = 20;
+    const forged = 7;
+    let release: () => void = () => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const authenticateCalls: number[] = [];
+    const fetchCalls: number[] = [];
+    const system = await startGateway({
+      // One call of each at a time: handshakes arriving while it is out wait for it.
+      gateway: { callBatching: { maxInFlight: 1 } },
+      registry: (real) => ({
+        ...real,
+        authenticateDevices: async (request, callOptions) => {
+          authenticateCalls.push(request.requests.length);
+          if (authenticateCalls.length === 1) await held;
+          return real.authenticateDevices(request, callOptions);
+        },
+      }),
+      dispatch: (real) => ({
+        ...real,
+        fetchPendingBatch: async (request, callOptions) => {
+          fetchCalls.push(request.requests.length);
+          return real.fetchPendingBatch(request, callOptions);
+        },
+      }),
+    });
+    const registered: { token: string; credential: string }[] = [];
+    for (let n = 0; n < devices; n++) {
+      const device = await system.registerDevice();
+      // Each has one message waiting, as in the reconnect benchmark.
+      await system.stores.inboxes.append(
+        system.app.accessId,
+        device.token,
+        pushMessage(n + 1),
+        2,
+        Date.now(),
+      );
+      registered.push(device);
+    }
+    const headersOf = (n: number) =>
+      system.sessionHeaders(n === forged ? { ...registered[n]!, credential: 'forged' } : registered[n]!);
+
+    // The first handshake's call is held; the others arrive meanwhile.
+    const first = upgradeRequest(system.gateway.port, headersOf(0));
+    await waitFor(() => authenticateCalls.length === 1, 'the first AuthenticateDevices call');
+    const others = registered.slice(1).map((_, i) => upgradeRequest(system.gateway.port, headersOf(i + 1)));
+    await Promise.all(others.map((other) => other.sent));
+    // A plain request sent after them: once it is answered, the gateway has read their upgrades too.
+    expect((await fetch(`http://127.0.0.1:${system.gateway.port}/v1/ws`)).status).toBe(426);
+    release();
+
+    const outcomes = await Promise.all([first, ...others].map((upgrade) => upgrade.outcome));
+    // The forged credential is refused as a single call would refuse it; every other device connects.
+    expect(outcomes.map((outcome) => outcome.status)).toEqual(
+      registered.map((_, n) => (n === forged ? 401 : 101)),
+    );
+    expect(outcomes[forged]?.body).toMatchObject({ code: 'INVALID_CREDENTIAL' });
+    expect(await system.metric('gateway_upgrade_failures_total', { code: 'INVALID_CREDENTIAL' })).toBe(1);
+    expect(authenticateCalls).toEqual([1, devices - 1]);
+
+    // Every session caught up (its waiting message delivered), in fewer dispatch calls than sessions.
+    const sessions = devices - 1;
+    await waitFor(
+      async () =>
+        (await system.metric('gateway_messages_delivered_total', { source: 'pending' })) === sessions,
+      'every waiting message',
+    );
+    expect(system.gateway.sessionCount).toBe(sessions);
+    expect(fetchCalls.reduce((sum, items) => sum + items, 0)).toBe(sessions);
+    expect(fetchCalls.length).toBeLessThan(sessions);
+
+    // The histogram of requests per call says the same.
+    expect(await system.histogram('gateway_batch_items', { call: 'authenticate_devices' })).toEqual({
+      count: 2,
+      sum: devices,
+    });
+    expect(await system.histogram('gateway_batch_items', { call: 'fetch_pending_batch' })).toEqual({
+      count: fetchCalls.length,
+      sum: sessions,
+    });
+  });
+});
+
 describe('Gateway sessions', () => {
   it('closes the older connection of a device with 4409 CONNECTION_REPLACED when a newer one opens', async () => {
     const system = await startGateway();
@@ -708,6 +893,7 @@ describe('Gateway delivery', () => {
     const device = await system.registerDevice();
     const raw = await openRaw(system.url, system.sessionHeaders(device));
     await connected(raw);
+    await system.caughtUp(device.token);
     const { accessId } = system.app;
     const publish = (message: PushMessage, previousMsgId: number) =>
       system.bus.publish(
@@ -752,6 +938,7 @@ describe('Gateway delivery', () => {
     const device = await system.registerDevice();
     const raw = await openRaw(system.url, system.sessionHeaders(device));
     await connected(raw);
+    await system.caughtUp(device.token);
     const delivery = (msgId: number, previousMsgId: number) =>
       NodeDelivery.encode({
         accessId: system.app.accessId,
@@ -783,15 +970,13 @@ describe('Gateway delivery', () => {
     let release: () => void = () => {};
     let fetched = false;
     const system = await startGateway({
-      dispatch: (real) => ({
-        ...real,
-        fetchPending: async (request) => {
+      dispatch: (real) =>
+        fetchEach(real, async (request) => {
           const response = await real.fetchPending(request);
           fetched = true;
           await holdFetch;
           return response;
-        },
-      }),
+        }),
     });
     const device = await system.registerDevice();
     const offline1 = await system.push(device.token, 'offline 1');
@@ -838,15 +1023,13 @@ describe('Gateway delivery', () => {
     // Dispatch's count per token, handed out once as the store does.
     const lost = new Map<string, number>();
     const system = await startGateway({
-      dispatch: (real) => ({
-        ...real,
-        fetchPending: async (request) => {
+      dispatch: (real) =>
+        fetchEach(real, async (request) => {
           const response = await real.fetchPending(request);
           const dropped = lost.get(request.token) ?? 0;
           lost.delete(request.token);
           return { ...response, dropped };
-        },
-      }),
+        }),
     });
     const { accessId } = system.app;
     const withMessages = await system.registerDevice();
@@ -895,20 +1078,25 @@ describe('Gateway delivery', () => {
   });
 
   it('keeps a session whose catch-up finds dispatch unavailable, retrying until it answers, with live messages after', async () => {
-    let failures = 2;
+    // The first call fails as a whole, the second for this request alone, the third answers.
+    let calls = 0;
     const requests: FetchPendingRequest[] = [];
     const system = await startGateway({
-      dispatch: (real) => ({
-        ...real,
-        fetchPending: async (request) => {
-          requests.push(request);
-          if (failures > 0) {
-            failures--;
-            throw new PushdError('UNAVAILABLE', 'dispatch overloaded (test)');
-          }
+      dispatch: (real) => {
+        const perItem = fetchEach(real, async (request) => {
+          if (calls === 2) throw new PushdError('UNAVAILABLE', 'the store timed out on this device (test)');
           return real.fetchPending(request);
-        },
-      }),
+        });
+        return {
+          ...perItem,
+          fetchPendingBatch: async (batch, callOptions) => {
+            calls++;
+            requests.push(...batch.requests);
+            if (calls === 1) throw new PushdError('UNAVAILABLE', 'dispatch overloaded (test)');
+            return perItem.fetchPendingBatch(batch, callOptions);
+          },
+        };
+      },
     });
     const device = await system.registerDevice(Platform.PLATFORM_IOS);
     await system.stores.tags.add(system.app.accessId, [{ token: device.token, index: 0 }], ['vip'], {
@@ -935,12 +1123,10 @@ describe('Gateway delivery', () => {
 
   it('closes a session whose catch-up fails for good (not a transient error) with UNAVAILABLE', async () => {
     const system = await startGateway({
-      dispatch: (real) => ({
-        ...real,
-        fetchPending: async () => {
+      dispatch: (real) =>
+        fetchEach(real, async () => {
           throw new PushdError('PERMISSION_DENIED', 'wrong cluster token (test)');
-        },
-      }),
+        }),
     });
     const raw = await openRaw(system.url, system.sessionHeaders(await system.registerDevice()));
     expect((await raw.closed).reason).toBe('UNAVAILABLE');
@@ -972,8 +1158,10 @@ describe('Gateway delivery', () => {
     await waitFor(() => received.length >= 2, 'both messages');
     expect(received.map((m) => m.msgId)).toEqual([offline.msgId, live.msgId]);
 
-    await waitFor(() => events.length >= 2, 'two ARRIVED events');
-    const byMsgId = new Map(events.map((e) => [e.msgId, e]));
+    // SENT events (the offline message, counted where it was delivered) share the subject.
+    const arrived = () => events.filter((e) => e.type === EventType.EVENT_TYPE_ARRIVED);
+    await waitFor(() => arrived().length >= 2, 'two ARRIVED events');
+    const byMsgId = new Map(arrived().map((e) => [e.msgId, e]));
     for (const result of [offline, live]) {
       expect(byMsgId.get(result.msgId)).toMatchObject({
         type: EventType.EVENT_TYPE_ARRIVED,
@@ -1120,6 +1308,7 @@ describe('Gateway broadcasts and tag pushes', () => {
     }
     const raw = await openRaw(system.url, system.sessionHeaders(device));
     await connected(raw);
+    await system.caughtUp(device.token);
     return { ...device, index, raw };
   }
 

@@ -19,6 +19,8 @@ import {
   toPushdError,
 } from '@pushd/common';
 import {
+  type AuthenticateDeviceRequest,
+  type AuthenticateDeviceResponse,
   BroadcastDelivery,
   type Click,
   type ClientFrame,
@@ -31,6 +33,7 @@ import {
   EventType,
   encodeServerFrame,
   encodingOfSubprotocol,
+  type FetchPendingRequest,
   type FetchPendingResponse,
   type FrameEncoding,
   forPlatform,
@@ -46,9 +49,10 @@ import {
   type TagServiceService,
   type UpdateTags,
 } from '@pushd/proto';
-import type { PromiseClient } from '@pushd/rpc';
+import { fromBatchResult, type PromiseClient } from '@pushd/rpc';
 import type { RouteStore, TagStore } from '@pushd/store';
 import { type RawData, WebSocket, WebSocketServer } from 'ws';
+import { CallBatcher } from './call-batcher.js';
 import { EventBatcher } from './event-batcher.js';
 import { type Handshake, parseHandshake } from './handshake.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -112,6 +116,12 @@ export interface GatewayOptions {
   maxTagFramesPerWindow?: number;
   /** The window of `maxTagFramesPerWindow` (a fixed window, starting at the first frame). Default: 10000 ms. */
   tagFrameWindowMs?: number;
+  /**
+   * Batching of the two calls every session handshake makes (registry AuthenticateDevices, dispatch
+   * FetchPendingBatch; see CallBatcher): at most `maxInFlight` calls of each at once, each carrying at most
+   * `maxBatch` handshakes. Defaults: 4 and 256.
+   */
+  callBatching?: { maxInFlight?: number; maxBatch?: number };
 }
 
 /** The frames a device sends to change its own tags. */
@@ -196,6 +206,13 @@ export class Gateway {
   private readonly maxTagFrames: number;
   private readonly tagFrameWindowMs: number;
   private readonly events: EventBatcher;
+  /**
+   * The handshake's two gRPC calls, batched per gateway: in a reconnect storm the per-call cost of gRPC
+   * and HTTP/2 (on both sides) was the largest share of a handshake's CPU, so the handshakes of a turn of
+   * the event loop share one call (docs/architecture.md, "Reconnects without loss").
+   */
+  private readonly authentications: CallBatcher<AuthenticateDeviceRequest, AuthenticateDeviceResponse>;
+  private readonly pendingFetches: CallBatcher<FetchPendingRequest, FetchPendingResponse>;
   /** Connects and disconnects, on their own subject (the tag service keeps online counts from them). */
   private readonly presence: EventBatcher;
   private readonly timers: NodeJS.Timeout[] = [];
@@ -232,6 +249,21 @@ export class Gateway {
       // A fan-out's acks pour in faster than one batch per JetStream round trip; their order does not
       // matter (stats counts sets of devices, dispatch removes acknowledged ids).
       maxInFlight: 8,
+    });
+    // Each handshake keeps the 5 s deadline its single call had (CallBatcher's default, the clients').
+    this.authentications = new CallBatcher({
+      ...options.callBatching,
+      send: async (requests, { deadlineMs }) =>
+        (await options.registry.authenticateDevices({ requests }, { deadlineMs })).results.map(
+          fromBatchResult,
+        ),
+      itemsPerCall: options.metrics.batchItems.labels({ call: 'authenticate_devices' }),
+    });
+    this.pendingFetches = new CallBatcher({
+      ...options.callBatching,
+      send: async (requests, { deadlineMs }) =>
+        (await options.dispatch.fetchPendingBatch({ requests }, { deadlineMs })).results.map(fromBatchResult),
+      itemsPerCall: options.metrics.batchItems.labels({ call: 'fetch_pending_batch' }),
     });
     this.presence = new EventBatcher({
       bus: options.bus,
@@ -354,7 +386,7 @@ export class Gateway {
         throw new PushdError('SHUTTING_DOWN', 'gateway shutting down; connect to another');
       handshake = parseHandshake(request, url);
       if (handshake.auth.kind === 'session') {
-        const { device } = await registry.authenticateDevice({
+        const { device } = await this.authentications.call({
           accessId: handshake.accessId,
           token: handshake.auth.token,
           credential: handshake.auth.credential,
@@ -499,7 +531,7 @@ export class Gateway {
   private async fetchPending(session: Session): Promise<FetchPendingResponse | undefined> {
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.options.dispatch.fetchPending({
+        return await this.pendingFetches.call({
           accessId: session.accessId,
           token: session.token,
           afterMsgId: session.lastDeliveredMsgId,

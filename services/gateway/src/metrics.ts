@@ -17,6 +17,7 @@ export interface GatewayMetrics {
   tagReloads: Counter;
   slowConsumers: Counter;
   deliveryLatency: Histogram<'source'>;
+  batchItems: Histogram<'call'>;
   eventPublishFailures: Counter;
   eventsDropped: Counter;
 }
@@ -112,6 +113,13 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
       help: 'From push acceptance (sent_at) to the message being written to the device connection, by source (live; pending = kept while the device was offline, so as long as it was away).',
       labelNames: ['source'],
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    }),
+    batchItems: new Histogram({
+      name: 'gateway_batch_items',
+      help: 'Requests per batched call of the handshake path, by call (authenticate_devices: session upgrades sharing a registry AuthenticateDevices; fetch_pending_batch: catch-ups sharing a dispatch FetchPendingBatch).',
+      labelNames: ['call'],
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 500],
       registers,
     }),
     eventPublishFailures: new Counter({
