@@ -26,6 +26,20 @@ describe.each([
     await system?.stop();
   });
 
+  /** Requests a gRPC method answered, summed over every process's /metrics (e.g. registry_grpc_...). */
+  const grpcRequests = async (service: string, method: string) => {
+    let sum = 0;
+    for (const port of system.opsPorts) {
+      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      for (const line of text.split('\n')) {
+        if (line.startsWith(`${service}_grpc_requests_total{`) && line.includes(`method="${method}"`)) {
+          sum += Number(line.split(' ').pop());
+        }
+      }
+    }
+    return sum;
+  };
+
   it('registers, reconnects with its credential, receives a push, acks it, and stats count it', async () => {
     const device = await TestDevice.register(system, app, { platform: Platform.PLATFORM_IOS });
     const token = device.token;
@@ -71,6 +85,11 @@ describe.each([
     expect(message?.msgId).toBe(pushed.msgId);
     expect(message?.message?.content).toBe('kept for you');
     await device.client.close();
+    // The gateway's handshake calls are the batched ones, over gRPC, in either mode.
+    expect(await grpcRequests('registry', 'AuthenticateDevices')).toBeGreaterThan(0);
+    expect(await grpcRequests('dispatch', 'FetchPendingBatch')).toBeGreaterThan(0);
+    expect(await grpcRequests('registry', 'AuthenticateDevice')).toBe(0);
+    expect(await grpcRequests('dispatch', 'FetchPending')).toBe(0);
   });
 
   it('registering again with the same device id returns the same token and a new credential', async () => {
