@@ -141,6 +141,10 @@ export class NatsBus implements Bus {
         pingInterval: 20_000,
         maxPingOut: 3,
         timeout: options.requestTimeoutMs ?? 5_000,
+        // Otherwise every request (each durable publish waits for the stream's answer) captures a stack
+        // trace up front, in case it fails: ~0.1 ms of CPU per publish, a tenth of dispatch's per push.
+        // Errors still carry the failure's own message and code.
+        noAsyncTraces: true,
       });
     } catch (error) {
       throw new PushdError(
