@@ -166,6 +166,15 @@ export function toPushdError(error: unknown): PushdError {
   return new PushdError('INTERNAL', undefined, { cause: error });
 }
 
+/** No registered device of app `accessId` has `token` (the registry's answer, and dispatch's for a push). */
+export function tokenNotFound(accessId: number, token: string): PushdError {
+  return new PushdError(
+    'TOKEN_NOT_FOUND',
+    `no registered device has token ${JSON.stringify(token)} in app ${accessId}`,
+    { metadata: { token } },
+  );
+}
+
 export function invalidArgument(field: string, problem: string): PushdError {
   return new PushdError('INVALID_ARGUMENT', `${field}: ${problem}`, { metadata: { field } });
 }

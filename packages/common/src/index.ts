@@ -7,6 +7,7 @@ export {
   invalidArgument,
   isErrorCode,
   PushdError,
+  tokenNotFound,
   toPushdError,
 } from './errors.js';
 export { type Component, stopAll, stopOnSignals } from './lifecycle.js';

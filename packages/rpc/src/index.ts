@@ -16,6 +16,7 @@ export {
   toBatchResult,
   unwrapSettled,
 } from './batch.js';
+export { CallBatcher, type CallBatcherOptions } from './call-batcher.js';
 export {
   createRpcClient,
   type PromiseClient,

@@ -570,12 +570,54 @@ describe('DispatchService.push', () => {
     });
   });
 
+  it('looks up the devices of concurrent single-token pushes together; an unknown token is refused alone', async () => {
+    const calls = { getDevice: 0, getDevices: 0 };
+    const { push, registerDevice, app, pendingIds } = await setup({
+      registry: (real) => ({
+        ...real,
+        getDevice: async (...args) => {
+          calls.getDevice++;
+          return real.getDevice(...args);
+        },
+        getDevices: async (...args) => {
+          calls.getDevices++;
+          return real.getDevices(...args);
+        },
+      }),
+    });
+    const tokens: string[] = [];
+    for (let i = 0; i < 12; i++) tokens.push(await registerDevice());
+    const unknown = 'f'.repeat(40);
+    const results = await Promise.allSettled([...tokens.map((token) => push(token)), push(unknown)]);
+    for (const [i, token] of tokens.entries()) {
+      const result = results[i];
+      if (result?.status !== 'fulfilled') throw new Error(`push to ${token} refused: ${String(result)}`);
+      expect(await pendingIds(token)).toEqual([result.value.msgId]);
+    }
+    // The same answer GetDevice gave before the lookups were batched.
+    expect(results[12]).toMatchObject({
+      status: 'rejected',
+      reason: {
+        code: 'TOKEN_NOT_FOUND',
+        message: `no registered device has token "${unknown}" in app ${app.accessId}`,
+        metadata: { token: unknown },
+      },
+    });
+    expect(calls.getDevice).toBe(0);
+    // 13 pushes accepted at once share calls (the first goes alone while the others arrive).
+    expect(calls.getDevices).toBeGreaterThan(0);
+    expect(calls.getDevices).toBeLessThan(13);
+  });
+
   it('fails the push and stores nothing when the registry is unavailable', async () => {
     const { push, registerDevice, routeToNode, pending, deliveries, sentEvents, h, app, bus, metrics } =
       await setup({
         registry: (real) => ({
           ...real,
           getDevice: async () => {
+            throw new PushdError('UNAVAILABLE', 'registry unreachable (test)');
+          },
+          getDevices: async () => {
             throw new PushdError('UNAVAILABLE', 'registry unreachable (test)');
           },
         }),

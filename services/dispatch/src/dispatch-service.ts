@@ -14,6 +14,7 @@ import {
   type Logger,
   PushdError,
   systemClock,
+  tokenNotFound,
   toPushdError,
 } from '@pushd/common';
 import {
@@ -39,6 +40,7 @@ import {
 } from '@pushd/proto';
 import {
   CallAuthorizer,
+  CallBatcher,
   checkBatchSize,
   type PromiseClient,
   type ServiceHandlers,
@@ -123,9 +125,19 @@ export class DispatchService {
   private readonly authorizer: CallAuthorizer;
   private readonly log: PushLogWriter;
   private readonly broadcastCache = new Map<string, DecodedBroadcast>();
+  /**
+   * The device of each single-token push, looked up in batches: the pushes accepted at the same time
+   * share GetDevices calls (per app) instead of making one GetDevice call each. That call was half of
+   * what accepting a push cost dispatch (gRPC and HTTP/2 on both sides; docs/benchmarks.md, targeted).
+   */
+  private readonly deviceLookups: CallBatcher<DeviceKey, Device | undefined>;
 
   constructor(private readonly options: DispatchServiceOptions) {
     this.clock = options.clock ?? systemClock;
+    this.deviceLookups = new CallBatcher({
+      maxBatch: MAX_LIST_ENTRIES,
+      send: (keys) => this.lookUpEach(keys),
+    });
     this.log = new PushLogWriter({
       bus: options.bus,
       ...(options.partitions === undefined ? {} : { partitions: options.partitions }),
@@ -537,8 +549,8 @@ export class DispatchService {
     switch (target?.$case) {
       case 'token': {
         if (target.value === '') throw invalidArgument('audience.token', 'required');
-        const { device } = await registry.getDevice({ accessId, token: target.value });
-        if (device === undefined) throw new PushdError('INTERNAL', 'registry returned no device');
+        const device = await this.deviceLookups.call({ accessId, token: target.value });
+        if (device === undefined) throw tokenNotFound(accessId, target.value);
         return { devices: [device], invalidTokens: [], unknownAccounts: [] };
       }
       case 'tokenList': {
@@ -592,6 +604,34 @@ export class DispatchService {
       default:
         throw invalidArgument('audience', 'set one of token, token_list, account, account_list, all, tags');
     }
+  }
+
+  /**
+   * One batch of deviceLookups: each key's device, or undefined for a token no device of its app has.
+   * The apps' lookups run side by side; a failed lookup fails only its app's keys.
+   */
+  private async lookUpEach(keys: DeviceKey[]): Promise<PromiseSettledResult<Device | undefined>[]> {
+    const tokensByApp = new Map<number, Set<string>>();
+    for (const { accessId, token } of keys) {
+      let tokens = tokensByApp.get(accessId);
+      if (tokens === undefined) {
+        tokens = new Set();
+        tokensByApp.set(accessId, tokens);
+      }
+      tokens.add(token);
+    }
+    const devicesByApp = new Map<number, Promise<Map<string, Device>>>();
+    for (const [accessId, tokens] of tokensByApp) {
+      devicesByApp.set(
+        accessId,
+        this.lookUpDevices(accessId, [...tokens]).then(
+          (devices) => new Map(devices.map((device) => [device.token, device])),
+        ),
+      );
+    }
+    return Promise.allSettled(
+      keys.map(async ({ accessId, token }) => (await devicesByApp.get(accessId))?.get(token)),
+    );
   }
 
   /** Registered devices among tokens, through the registry's batch lookup (1,000 per call). */
@@ -690,4 +730,10 @@ function validIdempotencyKey(key: string | undefined): string | undefined {
 /** SCHEDULED, SENDING, ... for messages. */
 function pushStatusName(status: PushStatus): string {
   return pushStatusToJSON(status).replace('PUSH_STATUS_', '');
+}
+
+/** A device named by a push: its app and token. */
+interface DeviceKey {
+  accessId: number;
+  token: string;
 }

@@ -49,10 +49,9 @@ import {
   type TagServiceService,
   type UpdateTags,
 } from '@pushd/proto';
-import { fromBatchResult, type PromiseClient } from '@pushd/rpc';
+import { CallBatcher, fromBatchResult, type PromiseClient } from '@pushd/rpc';
 import type { RouteStore, TagStore } from '@pushd/store';
 import { type RawData, WebSocket, WebSocketServer } from 'ws';
-import { CallBatcher } from './call-batcher.js';
 import { EventBatcher } from './event-batcher.js';
 import { type Handshake, parseHandshake } from './handshake.js';
 import type { GatewayMetrics } from './metrics.js';

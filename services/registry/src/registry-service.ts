@@ -10,6 +10,7 @@ import {
   randomSecret,
   secretMatchesHash,
   systemClock,
+  tokenNotFound,
 } from '@pushd/common';
 import {
   type App,
@@ -318,16 +319,6 @@ function appOrThrow(accessId: number, app: AppRecord | undefined): AppRecord {
   if (!accessId) throw invalidArgument('access_id', 'required');
   if (app === undefined) throw new PushdError('APP_NOT_FOUND', `no app has access id ${accessId}`);
   return app;
-}
-
-function tokenNotFound(accessId: number, token: string): PushdError {
-  return new PushdError(
-    'TOKEN_NOT_FOUND',
-    `no registered device has token ${JSON.stringify(token)} in app ${accessId}`,
-    {
-      metadata: { token },
-    },
-  );
 }
 
 function detail(field: string, value: string): string {
