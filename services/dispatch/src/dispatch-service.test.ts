@@ -73,6 +73,11 @@ interface SetupOptions {
   startApplier?: boolean;
   /** The applier's lookAheadEntries. Default: the applier's. */
   lookAheadEntries?: number;
+  /**
+   * The applier's lookAheadMinPending. Default: 1 (the tests build backlogs of a few entries; the
+   * applier's own default is tested on its own).
+   */
+  lookAheadMinPending?: number;
 }
 
 async function setup(options: SetupOptions = {}) {
@@ -109,6 +114,7 @@ async function setup(options: SetupOptions = {}) {
     clusterToken: CLUSTER_TOKEN,
     partitions: PARTITIONS,
     ...(options.lookAheadEntries === undefined ? {} : { lookAheadEntries: options.lookAheadEntries }),
+    lookAheadMinPending: options.lookAheadMinPending ?? 1,
     metrics,
     logger: silentLogger(),
     clock,
@@ -1587,6 +1593,7 @@ function applierFailingFor(
     broadcasts: stores.broadcasts,
     bus: env.bus,
     partitions: PARTITIONS,
+    lookAheadMinPending: 1,
     takeOverAfterMs: 20,
     retryDelaysMs: options.retryDelaysMs,
     maxDeliveries: options.maxDeliveries,
@@ -1892,6 +1899,35 @@ describe('PushApplier look-ahead (entries waiting behind a delivery applied with
     expect(await pendingIds(token)).toEqual(accepted.slice(1).map((r) => r.msgId));
   });
 
+  it('looks ahead only with lookAheadMinPending entries waiting (by default 4): fewer are applied alone', async () => {
+    const { h, app, applier, metrics, registerIndexed, pendingIds, applied } = await setup({
+      startApplier: false,
+      lookAheadMinPending: 4,
+    });
+    const token = await registerIndexed();
+    // Three entries wait behind the first when it is delivered: under the threshold.
+    const few = await acceptOneByOne(h, app.auth, [
+      notify(token),
+      notify(token),
+      notify(token),
+      notify(token),
+    ]);
+    applier.start();
+    for (const result of few) await applied(result.pushId);
+    expect(await histogramTotals(metrics.applyEntries)).toEqual({ count: 4, sum: 4 });
+    await applier.stop();
+    // Four wait behind the next first one: all five together.
+    const more = await acceptOneByOne(
+      h,
+      app.auth,
+      Array.from({ length: 5 }, () => notify(token)),
+    );
+    applier.start();
+    for (const result of more) await applied(result.pushId);
+    expect(await histogramTotals(metrics.applyEntries)).toEqual({ count: 5, sum: 9 });
+    expect(await pendingIds(token)).toEqual(more.slice(-2).map((r) => r.msgId));
+  });
+
   it("makes another instance skip what it applied ahead: the marker arrives before that instance's delivery", async () => {
     const { h, app, stores, bus, metrics, clock, registerIndexed, routeToNode, deliveries, applied } =
       await setup({ startApplier: false });
@@ -1910,6 +1946,7 @@ describe('PushApplier look-ahead (entries waiting behind a delivery applied with
         ...stores,
         bus: new MemoryBus({ broker: bus.broker }),
         partitions: PARTITIONS,
+        lookAheadMinPending: 1,
         metrics,
         logger: silentLogger(),
         clock,

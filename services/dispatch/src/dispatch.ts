@@ -30,6 +30,8 @@ export interface CreateDispatchOptions {
   partitions?: number;
   /** Entries the push applier applies together with a delivered one (PushApplierOptions). Default: 64. */
   lookAheadEntries?: number;
+  /** Entries waiting behind a delivered one for a look-ahead (PushApplierOptions). Default: 4. */
+  lookAheadMinPending?: number;
   metrics: DispatchMetrics;
   logger: Logger;
   /** Default: systemClock. */
@@ -70,6 +72,9 @@ export function createDispatch(options: CreateDispatchOptions): DispatchParts {
     broadcasts: stores.broadcasts,
     ...(partitions === undefined ? {} : { partitions }),
     ...(options.lookAheadEntries === undefined ? {} : { lookAheadEntries: options.lookAheadEntries }),
+    ...(options.lookAheadMinPending === undefined
+      ? {}
+      : { lookAheadMinPending: options.lookAheadMinPending }),
   });
   const events = new DispatchEventConsumer({ bus, inboxes: stores.inboxes, metrics, logger });
   return { service, applier, scheduler, events };

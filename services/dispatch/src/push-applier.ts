@@ -83,6 +83,13 @@ export interface PushApplierOptions {
    * pushes. 0: every entry is applied on its own delivery. Default: 64.
    */
   lookAheadEntries?: number;
+  /**
+   * Entries that must be waiting behind a delivered one for a look-ahead: reading them costs a consumer
+   * created and deleted on the stream (three JetStream API calls) plus one acknowledged delivery per entry
+   * taken along, which pays off only against several entries' application round trips. At a moderate
+   * rate one entry often waits behind another: applied alone, it costs less. Default: 4.
+   */
+  lookAheadMinPending?: number;
   metrics: DispatchMetrics;
   logger: Logger;
   /** Default: systemClock. */
@@ -107,6 +114,7 @@ export class PushApplier {
   private readonly clock: Clock;
   private readonly partitions: number;
   private readonly lookAheadEntries: number;
+  private readonly lookAheadMinPending: number;
   private consumers: DurableConsumer[] = [];
   private markers: BusSubscription | undefined;
   private backlogTimer: NodeJS.Timeout | undefined;
@@ -122,6 +130,7 @@ export class PushApplier {
     this.clock = options.clock ?? systemClock;
     this.partitions = options.partitions ?? 16;
     this.lookAheadEntries = Math.max(0, Math.floor(options.lookAheadEntries ?? 64));
+    this.lookAheadMinPending = Math.max(1, Math.floor(options.lookAheadMinPending ?? 4));
   }
 
   start(): void {
@@ -210,7 +219,7 @@ export class PushApplier {
     const applied = new Set<number>();
     // A redelivery applies its entry alone: the entry may be the one that fails, and the entries behind it
     // keep their own deliveries (and delivery counts) in any case.
-    if (deliveryCount === 1 && meta.pending > 0 && this.lookAheadEntries > 0) {
+    if (deliveryCount === 1 && meta.pending >= this.lookAheadMinPending && this.lookAheadEntries > 0) {
       if (await this.applyWithLookAhead(partition, seq, pushes, meta.pending, applied)) return;
     }
     const delays = this.options.retryDelaysMs ?? [50, 250, 1000];
