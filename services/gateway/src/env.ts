@@ -27,4 +27,9 @@ export const gatewayEnv = z.object({
   MAX_BUFFERED_BYTES: envField.count(1_048_576),
   REGISTER_TIMEOUT_MS: envField.ms(10_000),
   ROUTE_TTL_MS: envField.ms(1_800_000),
+  /**
+   * Batch calls of each kind (AuthenticateDevices, FetchPendingBatch) in flight at once: fewer make larger
+   * batches (fewer calls) at the price of handshakes waiting behind a slow call.
+   */
+  CALL_BATCH_IN_FLIGHT: envField.count(4),
 });

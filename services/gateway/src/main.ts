@@ -28,6 +28,7 @@ const gateway = new Gateway({
   maxBufferedBytes: env.MAX_BUFFERED_BYTES,
   registerTimeoutMs: env.REGISTER_TIMEOUT_MS,
   routeTtlMs: env.ROUTE_TTL_MS,
+  callBatching: { maxInFlight: env.CALL_BATCH_IN_FLIGHT },
 });
 await run({
   name: 'gateway',
