@@ -29,7 +29,7 @@ export const gatewayEnv = z.object({
   ROUTE_TTL_MS: envField.ms(1_800_000),
   /**
    * Batch calls of each kind (AuthenticateDevices, FetchPendingBatch) in flight at once: fewer make larger
-   * batches (fewer calls) at the price of handshakes waiting behind a slow call.
+   * batches (fewer calls, less CPU per handshake) at the price of handshakes waiting behind a slow call.
    */
-  CALL_BATCH_IN_FLIGHT: envField.count(4),
+  CALL_BATCH_IN_FLIGHT: envField.count(1),
 });

@@ -118,7 +118,9 @@ export interface GatewayOptions {
   /**
    * Batching of the two calls every session handshake makes (registry AuthenticateDevices, dispatch
    * FetchPendingBatch; see CallBatcher): at most `maxInFlight` calls of each at once, each carrying at most
-   * `maxBatch` handshakes. Defaults: 4 and 256.
+   * `maxBatch` handshakes. One call in flight makes the largest batches: in the reconnect benchmark (24,000
+   * devices, 2 gateways, CPU-bound) it gave 1,547–1,719 handshakes/s against 1,173–1,343 with 4.
+   * Defaults: 1 and 256.
    */
   callBatching?: { maxInFlight?: number; maxBatch?: number };
 }
@@ -250,8 +252,9 @@ export class Gateway {
       maxInFlight: 8,
     });
     // Each handshake keeps the 5 s deadline its single call had (CallBatcher's default, the clients').
+    const batching = { maxInFlight: 1, ...options.callBatching };
     this.authentications = new CallBatcher({
-      ...options.callBatching,
+      ...batching,
       send: async (requests, { deadlineMs }) =>
         (await options.registry.authenticateDevices({ requests }, { deadlineMs })).results.map(
           fromBatchResult,
@@ -259,7 +262,7 @@ export class Gateway {
       itemsPerCall: options.metrics.batchItems.labels({ call: 'authenticate_devices' }),
     });
     this.pendingFetches = new CallBatcher({
-      ...options.callBatching,
+      ...batching,
       send: async (requests, { deadlineMs }) =>
         (await options.dispatch.fetchPendingBatch({ requests }, { deadlineMs })).results.map(fromBatchResult),
       itemsPerCall: options.metrics.batchItems.labels({ call: 'fetch_pending_batch' }),
