@@ -15,3 +15,4 @@ export { type CreateLoggerOptions, createLogger, type Logger, silentLogger } fro
 export { type CreateMetricsRegistryOptions, createMetricsRegistry } from './metrics.js';
 export { OpsServer, type OpsServerOptions, type ReadinessCheck } from './ops-server.js';
 export { hashSecret, randomSecret, safeEqual, secretMatchesHash } from './secrets.js';
+export { tokensByApp } from './tokens-by-app.js';

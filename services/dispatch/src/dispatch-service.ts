@@ -15,6 +15,7 @@ import {
   PushdError,
   systemClock,
   tokenNotFound,
+  tokensByApp,
   toPushdError,
 } from '@pushd/common';
 import {
@@ -611,20 +612,11 @@ export class DispatchService {
    * The apps' lookups run side by side; a failed lookup fails only its app's keys.
    */
   private async lookUpEach(keys: DeviceKey[]): Promise<PromiseSettledResult<Device | undefined>[]> {
-    const tokensByApp = new Map<number, Set<string>>();
-    for (const { accessId, token } of keys) {
-      let tokens = tokensByApp.get(accessId);
-      if (tokens === undefined) {
-        tokens = new Set();
-        tokensByApp.set(accessId, tokens);
-      }
-      tokens.add(token);
-    }
     const devicesByApp = new Map<number, Promise<Map<string, Device>>>();
-    for (const [accessId, tokens] of tokensByApp) {
+    for (const [accessId, tokens] of tokensByApp(keys)) {
       devicesByApp.set(
         accessId,
-        this.lookUpDevices(accessId, [...tokens]).then(
+        this.lookUpDevices(accessId, tokens).then(
           (devices) => new Map(devices.map((device) => [device.token, device])),
         ),
       );

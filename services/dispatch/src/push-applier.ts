@@ -6,7 +6,7 @@ import {
   streams,
   subjects,
 } from '@pushd/bus';
-import { type Clock, type Logger, systemClock } from '@pushd/common';
+import { type Clock, type Logger, systemClock, tokensByApp } from '@pushd/common';
 import {
   BroadcastDelivery,
   Event,
@@ -556,19 +556,12 @@ export class PushApplier {
 
   /** The routes of every device of these pushes, one read per app, by `accessId:token`. */
   private async routesOf(pushes: LoggedPush[]): Promise<Map<string, Route>> {
-    const tokensByApp = new Map<number, Set<string>>();
-    for (const { command } of pushes) {
-      let tokens = tokensByApp.get(command.accessId);
-      if (tokens === undefined) {
-        tokens = new Set();
-        tokensByApp.set(command.accessId, tokens);
-      }
-      for (const device of command.devices) tokens.add(device.token);
-    }
+    const devices = pushes.flatMap(({ command }) =>
+      command.devices.map(({ token }) => ({ accessId: command.accessId, token })),
+    );
     const routes = new Map<string, Route>();
     await Promise.all(
-      [...tokensByApp].map(async ([accessId, tokenSet]) => {
-        const tokens = [...tokenSet];
+      [...tokensByApp(devices)].map(async ([accessId, tokens]) => {
         const found = await this.options.routes.getMany(accessId, tokens);
         tokens.forEach((token, i) => {
           const route = found[i];

@@ -11,6 +11,7 @@ import {
   secretMatchesHash,
   systemClock,
   tokenNotFound,
+  tokensByApp,
 } from '@pushd/common';
 import {
   type App,
@@ -255,22 +256,13 @@ export class RegistryService {
   private async authenticate(
     requests: AuthenticateDeviceRequest[],
   ): Promise<PromiseSettledResult<AuthenticateDeviceResponse>[]> {
-    const tokensByApp = new Map<number, Set<string>>();
-    for (const { accessId, token } of requests) {
-      if (!accessId) continue;
-      let tokens = tokensByApp.get(accessId);
-      if (tokens === undefined) {
-        tokens = new Set();
-        tokensByApp.set(accessId, tokens);
-      }
-      // An empty token names no device: it gets INVALID_CREDENTIAL like any unknown one.
-      if (token !== '') tokens.add(token);
-    }
     const apps = new Map<number, AppRecord | undefined>();
     const devices = new Map<string, DeviceRecord>();
     await Promise.all(
-      [...tokensByApp].map(async ([accessId, tokenSet]) => {
-        const tokens = [...tokenSet];
+      // Without an access id, a request reads nothing (INVALID_ARGUMENT). An empty token names no device:
+      // it gets INVALID_CREDENTIAL like any unknown one, but its app is still read (APP_NOT_FOUND first).
+      [...tokensByApp(requests.filter((request) => request.accessId))].map(async ([accessId, named]) => {
+        const tokens = named.filter((token) => token !== '');
         const [app, found] = await Promise.all([
           this.options.apps.get(accessId),
           this.options.devices.getMany(accessId, tokens),
