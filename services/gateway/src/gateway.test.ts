@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import { request as httpRequest } from 'node:http';
-import type { Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { MemoryBus, streams, subjects } from '@pushd/bus';
 import { PushdError, silentLogger } from '@pushd/common';
 import { DeviceClient, type DeviceCloseEvent, generateDeviceId } from '@pushd/device-sdk';
@@ -390,6 +391,67 @@ async function openRaw(
   const outcome = await rawConnect(url, headers, options);
   if (outcome.kind !== 'open') throw new Error(`refused: ${outcome.status} ${JSON.stringify(outcome.body)}`);
   return outcome.device;
+}
+
+/**
+ * A WebSocket upgrade over a bare TCP socket, keeping each read as it came: what the gateway wrote in one
+ * socket write arrives in one read on loopback. The frames are binary protobuf (no subprotocol offered).
+ */
+async function upgradeOverTcp(url: string, headers: Record<string, string>) {
+  const { hostname, port, pathname } = new URL(url);
+  const socket = connect(Number(port), hostname);
+  cleanups.push(() => {
+    socket.destroy();
+  });
+  await once(socket, 'connect');
+  const lines = [
+    `GET ${pathname} HTTP/1.1`,
+    `Host: ${hostname}:${port}`,
+    'Upgrade: websocket',
+    'Connection: Upgrade',
+    'Sec-WebSocket-Version: 13',
+    `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}`,
+    ...Object.entries(headers).map(([name, value]) => `${name}: ${value}`),
+  ];
+  socket.write(`${lines.join('\r\n')}\r\n\r\n`);
+  const chunks: Buffer[] = [];
+  socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+  // Each read: the HTTP status if it starts with the response, and the kinds of the whole frames in it
+  // (server frames are unmasked and, here, shorter than 64 KiB).
+  const parsed = () => {
+    const frames: ServerFrame[][] = [];
+    const reads = chunks.map((chunk) => {
+      let offset = 0;
+      let status: number | undefined;
+      if (chunk.subarray(0, 5).toString() === 'HTTP/') {
+        status = Number(chunk.subarray(9, 12).toString());
+        offset = chunk.indexOf('\r\n\r\n') + 4;
+      }
+      const inRead: ServerFrame[] = [];
+      while (offset < chunk.length) {
+        let length = chunk[offset + 1]! & 0x7f;
+        let start = offset + 2;
+        if (length === 126) {
+          length = chunk.readUInt16BE(offset + 2);
+          start = offset + 4;
+        }
+        inRead.push(decodeServerFrame(chunk.subarray(start, start + length), true, 'proto'));
+        offset = start + length;
+      }
+      frames.push(inRead);
+      return { ...(status === undefined ? {} : { status }), frames: inRead.map((f) => f.body?.$case) };
+    });
+    return { reads, frames: frames.flat() };
+  };
+  return {
+    socket,
+    chunks,
+    reads: () => parsed().reads,
+    delivered: () =>
+      parsed().frames.flatMap((f) =>
+        f.body?.$case === 'deliver' ? f.body.value.messages.map((m) => m.msgId) : [],
+      ),
+  };
 }
 
 /** Waits for the Connected frame of a session. */
@@ -1005,6 +1067,39 @@ describe('Gateway delivery', () => {
     ).toEqual([2, 1]);
     expect(await system.metric('gateway_messages_delivered_total', { source: 'pending' })).toBe(2);
     expect(await system.metric('gateway_messages_delivered_total', { source: 'live' })).toBe(1);
+  });
+
+  it('writes the upgrade response, Connected and the offline messages in one socket write, holding Connected at most 250 ms', async () => {
+    let fetchDelayMs = 0;
+    const system = await startGateway({
+      dispatch: (real) =>
+        fetchEach(real, async (request) => {
+          const response = await real.fetchPending(request);
+          await new Promise((resolve) => setTimeout(resolve, fetchDelayMs));
+          return response;
+        }),
+    });
+    const device = await system.registerDevice();
+    const offline = await system.push(device.token, 'offline');
+
+    // Dispatch answers within the hold: the device reads all of it at once (without the hold, the 101
+    // would come at once and the Deliver 100 ms later).
+    fetchDelayMs = 100;
+    const quick = await upgradeOverTcp(system.url, system.sessionHeaders(device));
+    await waitFor(() => quick.chunks.length > 0, 'the first bytes');
+    expect(quick.reads()[0]).toEqual({ status: 101, frames: ['connected', 'deliver'] });
+    quick.socket.destroy();
+    await waitFor(async () => (await system.route(device.token)) === undefined, 'the first session gone');
+
+    // Dispatch is slower: Connected goes after 250 ms, alone, and the offline message (not acknowledged
+    // above, so still pending) when dispatch answers.
+    fetchDelayMs = 600;
+    const slow = await upgradeOverTcp(system.url, system.sessionHeaders(device));
+    await waitFor(() => slow.chunks.length > 0, 'the first bytes');
+    expect(slow.reads()[0]).toEqual({ status: 101, frames: ['connected'] });
+    await waitFor(() => slow.reads().some((read) => read.frames.includes('deliver')), 'the Deliver');
+    expect(slow.reads().flatMap((read) => read.frames)).toEqual(['connected', 'deliver']);
+    expect(slow.delivered()).toEqual([offline.msgId]);
   });
 
   it('skips window messages the device says it already processed', async () => {

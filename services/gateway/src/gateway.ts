@@ -161,6 +161,15 @@ const TRANSIENT_CODES: ReadonlySet<string> = new Set([
 const CATCH_UP_FIRST_BACKOFF_MS = 250;
 const CATCH_UP_MAX_BACKOFF_MS = 5_000;
 /**
+ * A session's upgrade response and Connected frame are held back (the socket corked) until its first
+ * catch-up is written, for at most this long: the device then gets the 101, Connected and its offline
+ * messages in one socket write and one read instead of three each, which was a sixth of a gateway's CPU in
+ * a reconnect storm (docs/benchmarks.md, reconnect). Connected says nothing the device could act on
+ * before its pending messages arrive; but a slow dispatch (a catch-up retried with backoff) must not keep
+ * it waiting for Connected, whose absence a device reads as a failed connection.
+ */
+const CONNECTED_HOLD_MS = 250;
+/**
  * Heartbeat ticks per interval: each tick visits the next fiftieth of the sessions, so that pinging 18,000
  * sockets (one socket write each, ~80 µs on loopback) is spread over the interval instead of stalling
  * deliveries behind one burst (docs/benchmarks.md, targeted).
@@ -395,11 +404,13 @@ export class Gateway {
         });
         if (device === undefined) throw new PushdError('INTERNAL', 'registry returned no device');
         if (socket.destroyed) return;
+        // Held until the session's first frames are written after it (establish): one write instead of three.
+        socket.cork();
         this.wss.handleUpgrade(request, socket, head, (ws) => {
           const session = this.newSession(ws, handshake, undefined);
           adoptDevice(session, device);
           metrics.connects.inc({ kind: 'session' });
-          void this.establish(session);
+          void this.establish(session, socket);
         });
       } else {
         await registry.verifyApp({
@@ -439,9 +450,12 @@ export class Gateway {
    * Makes a session live. The order matters for not losing a message: the route is written before the
    * offline window is read, and dispatch writes the window before it reads the route. So a push either sees
    * the route (and is published here, buffered while syncing) or was in the window when it was read.
+   * `corked`: the socket of a session upgrade, holding the 101 back (see CONNECTED_HOLD_MS); a registration
+   * connection has its upgrade answered already.
    */
-  private async establish(session: Session): Promise<void> {
+  private async establish(session: Session, corked?: Duplex): Promise<void> {
     const { routes, metrics, nodeId } = this.options;
+    let release: NodeJS.Timeout | undefined;
     const previous = this.sessionOf(session.accessId, session.token);
     if (previous !== undefined && previous !== session) {
       // Closing detaches it from the hub, so that this session takes its place.
@@ -477,6 +491,7 @@ export class Gateway {
           },
         },
       });
+      if (corked !== undefined) release = setTimeout(uncork, CONNECTED_HOLD_MS, corked);
       await this.catchUp(session);
     } catch (error) {
       this.options.logger.warn({ err: error, accessId: session.accessId }, 'session setup failed');
@@ -484,6 +499,9 @@ export class Gateway {
         session,
         new PushdError('UNAVAILABLE', 'the gateway could not set up the session; reconnect'),
       );
+    } finally {
+      clearTimeout(release);
+      corked?.uncork();
     }
   }
 
@@ -1321,6 +1339,11 @@ function deviceSocketClass(gateway: Gateway): typeof WebSocket {
       return super.emit(event, first, second);
     }
   };
+}
+
+/** Sends what a socket held back (a no-op once sent: Node ignores an uncork of an uncorked stream). */
+function uncork(socket: Duplex): void {
+  socket.uncork();
 }
 
 function destroySocket(this: Duplex): void {
