@@ -1,1 +1,1 @@
-export { loadProfile, type Profile, profilePath, saveProfile } from './profile.js';
+export { loadProfile, type Profile, profilePath, updateProfile } from './profile.js';

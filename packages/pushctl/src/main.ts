@@ -13,7 +13,7 @@ import {
   StatsServiceService,
 } from '@pushd/proto';
 import { basicAuthorization, bearerAuthorization, createRpcClient } from '@pushd/rpc';
-import { loadProfile, type Profile, profilePath, saveProfile } from './profile.js';
+import { loadProfile, type Profile, profilePath, updateProfile } from './profile.js';
 
 const DEV_CLUSTER_TOKEN = 'dev-cluster-token-change-me';
 
@@ -116,8 +116,13 @@ function appAuthorization(): string {
   return basicAuthorization(accessId, secretKey);
 }
 
-function save(update: Partial<Profile>): void {
-  saveProfile({ ...loadProfile(), ...endpointsToSave(), ...update });
+/** Saves `update` (or what it computes from the profile as it is now) with the endpoints in use. */
+function save(update: Partial<Profile> | ((current: Profile) => Partial<Profile>)): void {
+  updateProfile((current) => ({
+    ...current,
+    ...endpointsToSave(),
+    ...(typeof update === 'function' ? update(current) : update),
+  }));
 }
 
 function endpointsToSave(): Partial<Profile> {
@@ -184,7 +189,7 @@ async function device(): Promise<void> {
   const done = new Promise<void>((resolve) => {
     client.on('message', (message) => {
       received++;
-      save({ device: { ...loadProfile().device, deviceId, lastMsgId: message.msgId } });
+      save((current) => ({ device: { ...current.device, deviceId, lastMsgId: message.msgId } }));
       const content = message.message;
       print(
         `message ${message.msgId} (push ${message.pushId}): ${content?.title ? `${content.title}: ` : ''}${content?.content ?? ''}${
