@@ -163,7 +163,7 @@ const CATCH_UP_MAX_BACKOFF_MS = 5_000;
 /**
  * A session's upgrade response and Connected frame are held back (the socket corked) until its first
  * catch-up is written, for at most this long: the device then gets the 101, Connected and its offline
- * messages in one socket write and one read instead of three each, which was a sixth of a gateway's CPU in
+ * messages in one socket write and one read instead of three each, which were 13 % of a gateway's CPU in
  * a reconnect storm (docs/benchmarks.md, reconnect). Connected says nothing the device could act on
  * before its pending messages arrive; but a slow dispatch (a catch-up retried with backoff) must not keep
  * it waiting for Connected, whose absence a device reads as a failed connection.
