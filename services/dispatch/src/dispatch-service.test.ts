@@ -7,6 +7,7 @@ import {
   EventType,
   FetchPendingBatchResponse,
   type FetchPendingRequest,
+  type FetchPendingResponse,
   LoopInterval,
   type Message,
   MessageType,
@@ -39,7 +40,7 @@ import {
 } from '@pushd/store';
 import { waitFor } from '@pushd/testkit';
 import { Registry } from 'prom-client';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { createDispatch } from './dispatch.js';
 import { MAX_EXPIRE_S, MAX_MESSAGE_BYTES, ONLINE_ONLY_TTL_MS, validateMessage } from './dispatch-service.js';
 import { DispatchEventConsumer } from './event-consumer.js';
@@ -771,6 +772,60 @@ describe('DispatchService.fetchPendingBatch', () => {
     expect(results[4]).toMatchObject({ messages: [], lastMsgId: 0, dropped: 0 });
     // Each item reset its device's dropped count, as the single call does.
     expect((await batched.pending(batched.requests[0]!.token)).dropped).toBe(0);
+  });
+
+  it("reads each app's broadcast log once, from the lowest cursor, and gives each device what its own read gives", async () => {
+    const { h, app, clock, stores, registerIndexed, pushRequest } = await setup();
+    const devices = [
+      await registerIndexed(Platform.PLATFORM_ANDROID),
+      await registerIndexed(Platform.PLATFORM_ANDROID),
+      await registerIndexed(Platform.PLATFORM_IOS),
+      await registerIndexed(Platform.PLATFORM_ANDROID),
+    ];
+    for (let n = 1; n <= 3; n++) {
+      clock.advance(3_000);
+      await pushRequest(toTags(['vip'], 'OR', { message: message({ content: `b${n}` }) }));
+    }
+    const ids = (await stores.broadcasts.since(app.accessId, 0, clock.now(), 10)).entries.map((e) => e.msgId);
+    expect(ids).toHaveLength(3);
+    const vip: PendingDevice = {
+      platform: Platform.PLATFORM_ANDROID,
+      appVersion: '',
+      osVersion: '',
+      locale: '',
+      registeredAtMs: 0,
+      userTags: ['vip'],
+    };
+    const cursors = [ids[0]!, 0, ids[1]!, ids[2]!];
+    const requests: FetchPendingRequest[] = devices.map((token, i) => ({
+      accessId: app.accessId,
+      token,
+      afterMsgId: cursors[i]!,
+      device: { ...vip, platform: i === 2 ? Platform.PLATFORM_IOS : Platform.PLATFORM_ANDROID },
+    }));
+    const reads = vi.spyOn(stores.broadcasts, 'since');
+    // A cursor the log refuses fails its own item only, as in the single call.
+    const unsafe = { ...requests[0]!, afterMsgId: Number.MAX_SAFE_INTEGER + 2 };
+    const { results: withBad } = await h.fetchPendingBatch({ requests: [unsafe, ...requests] }, cluster());
+    const [bad, ...results] = withBad;
+    expect(fromBatchResult(bad!)).toMatchObject({
+      status: 'rejected',
+      reason: { code: 'INVALID_ARGUMENT', metadata: { field: 'after_msg_id' } },
+    });
+    // One read for the app's good cursors, from the lowest; the refused cursor's own.
+    expect(reads.mock.calls.map(([, afterMsgId]) => afterMsgId).sort()).toEqual([0, unsafe.afterMsgId]);
+
+    const contents = (response: FetchPendingResponse) => response.messages.map((m) => m.message?.content);
+    const batched = results.map(fromBatchResult).map((result) => {
+      if (result.status === 'rejected') throw result.reason;
+      return result.value as FetchPendingResponse;
+    });
+    expect(batched.map(contents)).toEqual([['b2', 'b3'], ['b2', 'b3'], ['b3'], []]);
+    expect(batched.map((response) => response.dropped)).toEqual([0, 1, 0, 0]);
+    expect(batched.every((response) => response.lastBroadcastId === ids[2])).toBe(true);
+    for (const [i, request] of requests.entries()) {
+      expect(batched[i]).toEqual(await h.fetchPending(request, cluster()));
+    }
   });
 
   it('has the store calls of all its items in flight together', async () => {

@@ -48,7 +48,15 @@ import {
   toBatchResult,
   verifyAppSecretWithRegistry,
 } from '@pushd/rpc';
-import type { AudienceIndex, BroadcastLog, InboxStore, PushStore, TagStore } from '@pushd/store';
+import type {
+  AudienceIndex,
+  BroadcastLog,
+  BroadcastSinceResult,
+  InboxStore,
+  PendingResult,
+  PushStore,
+  TagStore,
+} from '@pushd/store';
 import { validateMessage } from './message-rules.js';
 import type { DispatchMetrics } from './metrics.js';
 import { mapConcurrently, OFFLINE_CAPACITY } from './push-applier.js';
@@ -213,8 +221,15 @@ export class DispatchService {
       fetchPendingBatch: async (request, { metadata }) => {
         await this.authorizer.requireCluster(metadata);
         checkBatchSize('requests', request.requests.length);
+        const now = this.clock.now();
+        const logs = this.sharedBroadcastReads(request.requests, now);
         // All in flight together: the store calls of one tick share a Redis round trip (auto-pipelining).
-        const settled = await Promise.allSettled(request.requests.map((item) => this.fetchPending(item)));
+        const settled = await Promise.allSettled(
+          request.requests.map((item) =>
+            // A cursor the log refuses is left to the item's own read, so that it fails alone.
+            this.fetchPending(item, now, isCursor(item.afterMsgId) ? logs.get(item.accessId) : undefined),
+          ),
+        );
         throwIfNothingDone(settled);
         return { results: settled.map(toBatchResult) };
       },
@@ -442,22 +457,63 @@ export class DispatchService {
     );
   }
 
-  /** One FetchPending, for the single call and each item of a batch. */
-  private async fetchPending(request: FetchPendingRequest): Promise<FetchPendingResponse> {
+  /**
+   * One FetchPending, for the single call and each item of a batch. `appLog`: the app's broadcast log read
+   * once for a whole batch at `now` (see sharedBroadcastReads); without it, this request's own read.
+   */
+  private async fetchPending(
+    request: FetchPendingRequest,
+    now = this.clock.now(),
+    appLog?: Promise<BroadcastSinceResult>,
+  ): Promise<FetchPendingResponse> {
     if (request.token === '') throw invalidArgument('token', 'required');
-    return this.pending(request.accessId, request.token, request.afterMsgId, request.device);
+    const { accessId, token, afterMsgId } = request;
+    const [window, log] = await Promise.all([
+      this.options.inboxes.pending(accessId, token, afterMsgId, now),
+      appLog === undefined
+        ? this.options.broadcasts.since(accessId, afterMsgId, now, BROADCAST_CATCH_UP_SCAN)
+        : appLog.then((read) => entriesAfter(read, afterMsgId)),
+    ]);
+    return this.mergeWindowAndLog(accessId, token, afterMsgId, window, log, request.device);
+  }
+
+  /**
+   * One broadcast-log read per app of a FetchPendingBatch, from the lowest cursor among its requests,
+   * instead of one per device: in a reconnect storm the devices of an app read the same recent entries.
+   * Exact for every request: `since` keeps the newest entries after a cursor, and the newest after a
+   * higher cursor are those of them past it (entriesAfter). Read even for requests refused later (an
+   * empty token): reading changes nothing but dropping expired entries, which any read does.
+   */
+  private sharedBroadcastReads(
+    requests: FetchPendingRequest[],
+    now: number,
+  ): Map<number, Promise<BroadcastSinceResult>> {
+    const lowest = new Map<number, number>();
+    for (const { accessId, afterMsgId } of requests) {
+      if (isCursor(afterMsgId))
+        lowest.set(accessId, Math.min(lowest.get(accessId) ?? afterMsgId, afterMsgId));
+    }
+    const reads = new Map<number, Promise<BroadcastSinceResult>>();
+    for (const [accessId, afterMsgId] of lowest) {
+      const read = this.options.broadcasts.since(accessId, afterMsgId, now, BROADCAST_CATCH_UP_SCAN);
+      read.catch(() => undefined); // each request awaiting it gets the failure; none is left unhandled
+      reads.set(accessId, read);
+    }
+    return reads;
   }
 
   /**
    * What a device finds when it connects: its window (targeted messages) merged with the broadcasts of its
    * app it missed and matches, the newest of them within its platform's offline capacity, oldest first.
    */
-  private async pending(accessId: number, token: string, afterMsgId: number, known?: PendingDevice) {
-    const now = this.clock.now();
-    const [window, log] = await Promise.all([
-      this.options.inboxes.pending(accessId, token, afterMsgId, now),
-      this.options.broadcasts.since(accessId, afterMsgId, now, BROADCAST_CATCH_UP_SCAN),
-    ]);
+  private async mergeWindowAndLog(
+    accessId: number,
+    token: string,
+    afterMsgId: number,
+    window: PendingResult,
+    log: BroadcastSinceResult,
+    known?: PendingDevice,
+  ) {
     let messages = window.messages;
     // Dropped: what the window lost to its capacity or to expiry, plus matching broadcasts that the
     // capacity leaves out now (targeted and broadcast messages compete for the same places).
@@ -728,4 +784,15 @@ function pushStatusName(status: PushStatus): string {
 interface DeviceKey {
   accessId: number;
   token: string;
+}
+
+/** A cursor the broadcast log accepts (checkSince). */
+function isCursor(afterMsgId: number): boolean {
+  return Number.isSafeInteger(afterMsgId) && afterMsgId >= 0;
+}
+
+/** The entries of a log read past a device's cursor (entries are oldest first, so they are a tail). */
+function entriesAfter(read: BroadcastSinceResult, afterMsgId: number): BroadcastSinceResult {
+  const first = read.entries.findIndex((entry) => entry.msgId > afterMsgId);
+  return { entries: first < 0 ? [] : read.entries.slice(first), lastMsgId: read.lastMsgId };
 }
