@@ -99,7 +99,12 @@ describe('benchmark smoke runs', () => {
         expect(Number.isFinite(result[figure]), `${figure} = ${String(result[figure])}`).toBe(true);
       }
       if ('lost' in result) expect(result.lost).toBe(0);
-      if (name === 'reconnect') expect(result.offline_msgs_delivered).toBe(result.offline_msgs_accepted);
+      if (name === 'reconnect') {
+        expect(result.offline_msgs_delivered).toBe(result.offline_msgs_accepted);
+        for (const side of ['server', 'ref_server', 'device', 'ref_device']) {
+          expect(result[`${side}_cpu_ms_per_handshake`]).toBeGreaterThan(0);
+        }
+      }
       if (name !== 'targeted') expect(result.devices).toBeGreaterThan(0);
       if (name === 'tags') {
         // Every device registered and indexed, the 10 % cohort exactly 10 %, memory measured.

@@ -172,6 +172,15 @@ export async function reconnectBench(cleanup: Cleanup, options: BenchOptions): P
 
   const rate = again.ok / connectedS;
   const refRate = ref.ok / (ref.elapsedMs / 1000);
+  // CPU per handshake moves less with the machine than handshakes per second do (see docs/benchmarks.md,
+  // reconnect): the servers' side against the bare ws servers', and the device processes' in both runs.
+  const deviceNames = new Set(fleet.pids().keys());
+  const systemPerHandshake = cpuPerHandshake(systemCpu, deliveredS, again.ok, deviceNames);
+  const refPerHandshake = cpuPerHandshake(refCpu, ref.elapsedMs / 1000, ref.ok, deviceNames);
+  log(
+    `cpu per handshake: servers ${systemPerHandshake.servers} ms (bare ws ${refPerHandshake.servers} ms), ` +
+      `device processes ${systemPerHandshake.devices} ms (${refPerHandshake.devices} ms)`,
+  );
   const row = (name: string, r: FleetConnectResult, shares: Map<string, number>) => [
     name,
     r.ok,
@@ -239,8 +248,34 @@ export async function reconnectBench(cleanup: Cleanup, options: BenchOptions): P
       listen_overflows: again.tcp.listenOverflows,
       first_connect_handshakes_per_s: Math.round(first.ok / (first.elapsedMs / 1000)),
       offline_pushes_per_s: Math.round(accepted / pushS),
+      server_cpu_ms_per_handshake: systemPerHandshake.servers,
+      ref_server_cpu_ms_per_handshake: refPerHandshake.servers,
+      device_cpu_ms_per_handshake: systemPerHandshake.devices,
+      ref_device_cpu_ms_per_handshake: refPerHandshake.devices,
     },
   };
+}
+
+/**
+ * CPU milliseconds per handshake over a phase (cores × seconds / handshakes): of the servers (gateways,
+ * registry, dispatch, nats-server and redis-server, or the bare ws servers) and of the device processes.
+ * What other jobs used is left out.
+ */
+function cpuPerHandshake(
+  shares: Map<string, number>,
+  seconds: number,
+  handshakes: number,
+  deviceNames: Set<string>,
+): { servers: number; devices: number } {
+  let servers = 0;
+  let devices = 0;
+  for (const [name, cores] of shares) {
+    if (name === 'others') continue;
+    if (deviceNames.has(name)) devices += cores;
+    else servers += cores;
+  }
+  const ms = (cores: number) => round((cores * seconds * 1000) / Math.max(1, handshakes));
+  return { servers: ms(servers), devices: ms(devices) };
 }
 
 function describe(result: FleetConnectResult): string {
