@@ -717,23 +717,20 @@ describe('DispatchService.fetchPendingBatch', () => {
     await push(ios, { message: message({ content: 'i1' }) });
     clock.advance(3_000);
     await pushRequest(toTags(['vip'], 'OR'));
-    const facts = (platform: Platform, userTags: string[]): PendingDevice => ({
-      platform,
-      appVersion: '',
-      osVersion: '',
-      locale: '',
-      registeredAtMs: 0,
-      userTags,
-    });
     const requests: FetchPendingRequest[] = [
-      { accessId: app.accessId, token: android, afterMsgId: 0, device: facts(Platform.PLATFORM_ANDROID, []) },
+      {
+        accessId: app.accessId,
+        token: android,
+        afterMsgId: 0,
+        device: pendingDevice(Platform.PLATFORM_ANDROID, []),
+      },
       { accessId: app.accessId, token: '', afterMsgId: 0 },
-      { accessId: app.accessId, token: ios, afterMsgId: 0, device: facts(Platform.PLATFORM_IOS, []) },
+      { accessId: app.accessId, token: ios, afterMsgId: 0, device: pendingDevice(Platform.PLATFORM_IOS, []) },
       {
         accessId: app.accessId,
         token: quiet,
         afterMsgId: 0,
-        device: facts(Platform.PLATFORM_ANDROID, ['vip']),
+        device: pendingDevice(Platform.PLATFORM_ANDROID, ['vip']),
       },
       { accessId: app.accessId, token: 'f'.repeat(40), afterMsgId: 0 },
     ];
@@ -788,20 +785,12 @@ describe('DispatchService.fetchPendingBatch', () => {
     }
     const ids = (await stores.broadcasts.since(app.accessId, 0, clock.now(), 10)).entries.map((e) => e.msgId);
     expect(ids).toHaveLength(3);
-    const vip: PendingDevice = {
-      platform: Platform.PLATFORM_ANDROID,
-      appVersion: '',
-      osVersion: '',
-      locale: '',
-      registeredAtMs: 0,
-      userTags: ['vip'],
-    };
     const cursors = [ids[0]!, 0, ids[1]!, ids[2]!];
     const requests: FetchPendingRequest[] = devices.map((token, i) => ({
       accessId: app.accessId,
       token,
       afterMsgId: cursors[i]!,
-      device: { ...vip, platform: i === 2 ? Platform.PLATFORM_IOS : Platform.PLATFORM_ANDROID },
+      device: pendingDevice(i === 2 ? Platform.PLATFORM_IOS : Platform.PLATFORM_ANDROID, ['vip']),
     }));
     const reads = vi.spyOn(stores.broadcasts, 'since');
     // A cursor the log refuses fails its own item only, as in the single call.
@@ -1074,6 +1063,16 @@ describe('DispatchService.push to several devices', () => {
 
 const toAll = (fields: Partial<PushRequest> = {}): PushRequest =>
   notify('', { audience: { target: { $case: 'all', value: {} } }, ...fields });
+/** What a gateway tells dispatch of a device in FetchPending: its platform and tags, nothing else set. */
+const pendingDevice = (platform: Platform, userTags: string[]): PendingDevice => ({
+  platform,
+  appVersion: '',
+  osVersion: '',
+  locale: '',
+  registeredAtMs: 0,
+  userTags,
+});
+
 const toTags = (tags: string[], op: string, fields: Partial<PushRequest> = {}): PushRequest =>
   notify('', {
     audience: { target: { $case: 'tags', value: { form: { $case: 'tagList', value: { tags, op } } } } },
@@ -1133,14 +1132,7 @@ describe('DispatchService.push to all devices and to tag expressions', () => {
     expect((await fetch()).messages.map((m) => m.msgId)).toEqual([vip.msgId]);
     expect(deviceLookups).toBe(1);
     // With facts (the gateway's view: tags changed to beta), they decide, and the registry is not asked.
-    const facts: PendingDevice = {
-      platform: Platform.PLATFORM_ANDROID,
-      appVersion: '',
-      osVersion: '',
-      locale: '',
-      registeredAtMs: 0,
-      userTags: ['beta'],
-    };
+    const facts = pendingDevice(Platform.PLATFORM_ANDROID, ['beta']);
     expect((await fetch(facts)).messages.map((m) => m.msgId)).toEqual([beta.msgId]);
     // Both tags: both pushes, in order; registered after them (and no cursor): neither.
     expect((await fetch({ ...facts, userTags: ['vip', 'beta'] })).messages.map((m) => m.msgId)).toEqual([
