@@ -1102,6 +1102,30 @@ describe('Gateway delivery', () => {
     expect(slow.delivered()).toEqual([offline.msgId]);
   });
 
+  it('measures session setup from the upgrade request to the catch-up written, registration connections apart', async () => {
+    const system = await startGateway({
+      dispatch: (real) =>
+        fetchEach(real, async (request) => {
+          const response = await real.fetchPending(request);
+          await new Promise((resolve) => setTimeout(resolve, 100));
+          return response;
+        }),
+    });
+    // A registration connection: its catch-up (100 ms) ends before the session's below, and is not counted.
+    const registering = system.client();
+    await registering.device.connect();
+
+    const device = await system.registerDevice();
+    const offline = await system.push(device.token, 'offline');
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await waitFor(() => raw.delivered.includes(offline.msgId), 'the offline message');
+    const { count, sum } = await system.histogram('gateway_session_setup_seconds', {});
+    expect(count).toBe(1);
+    // At least the catch-up's 100 ms; far less than any timeout.
+    expect(sum).toBeGreaterThanOrEqual(0.1);
+    expect(sum).toBeLessThan(5);
+  });
+
   it('skips window messages the device says it already processed', async () => {
     const system = await startGateway();
     const device = await system.registerDevice();

@@ -383,6 +383,7 @@ export class Gateway {
   // ---- handshake -------------------------------------------------------------------------------------
 
   private async handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const startedAtMs = performance.now();
     // A module-level listener: a closure here would keep this whole handshake (credential included) alive
     // for the life of the connection.
     socket.on('error', destroySocket);
@@ -410,7 +411,7 @@ export class Gateway {
           const session = this.newSession(ws, handshake, undefined);
           adoptDevice(session, device);
           metrics.connects.inc({ kind: 'session' });
-          void this.establish(session, socket);
+          void this.establish(session, { corked: socket, startedAtMs });
         });
       } else {
         await registry.verifyApp({
@@ -450,11 +451,16 @@ export class Gateway {
    * Makes a session live. The order matters for not losing a message: the route is written before the
    * offline window is read, and dispatch writes the window before it reads the route. So a push either sees
    * the route (and is published here, buffered while syncing) or was in the window when it was read.
-   * `corked`: the socket of a session upgrade, holding the 101 back (see CONNECTED_HOLD_MS); a registration
-   * connection has its upgrade answered already.
+   * `upgrade`, for a session upgrade: its socket, corked to hold the 101 back (see CONNECTED_HOLD_MS), and
+   * when its request came (gateway_session_setup_seconds). A registration connection has its upgrade
+   * answered already.
    */
-  private async establish(session: Session, corked?: Duplex): Promise<void> {
+  private async establish(
+    session: Session,
+    upgrade?: { corked: Duplex; startedAtMs: number },
+  ): Promise<void> {
     const { routes, metrics, nodeId } = this.options;
+    const corked = upgrade?.corked;
     let release: NodeJS.Timeout | undefined;
     const previous = this.sessionOf(session.accessId, session.token);
     if (previous !== undefined && previous !== session) {
@@ -493,6 +499,9 @@ export class Gateway {
       });
       if (corked !== undefined) release = setTimeout(uncork, CONNECTED_HOLD_MS, corked);
       await this.catchUp(session);
+      if (upgrade !== undefined && session.state === 'live') {
+        metrics.sessionSetup.observe((performance.now() - upgrade.startedAtMs) / 1000);
+      }
     } catch (error) {
       this.options.logger.warn({ err: error, accessId: session.accessId }, 'session setup failed');
       this.closeWith(
