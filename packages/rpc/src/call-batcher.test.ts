@@ -183,10 +183,12 @@ describe('CallBatcher', () => {
     expect(calls.map((call) => call.requests)).toEqual([[1], [2, 3], [4]]);
   });
 
-  it('refuses a maxBatch or maxInFlight below 1 at construction', () => {
+  it('refuses a maxBatch or maxInFlight below 1, and a deadline that is not positive, at construction', () => {
     const send = async () => [];
     expect(() => new CallBatcher({ send, maxBatch: 0 })).toThrow(RangeError);
     expect(() => new CallBatcher({ send, maxInFlight: 0 })).toThrow(RangeError);
     expect(() => new CallBatcher({ send, maxInFlight: 1.5 })).toThrow(RangeError);
+    expect(() => new CallBatcher({ send, deadlineMs: 0 })).toThrow(RangeError);
+    expect(() => new CallBatcher({ send, deadlineMs: Number.NaN })).toThrow(RangeError);
   });
 });

@@ -61,6 +61,10 @@ export class CallBatcher<Request, Response> {
     if (!Number.isSafeInteger(this.maxInFlight) || this.maxInFlight < 1) {
       throw new RangeError(`maxInFlight must be a positive integer (got ${this.maxInFlight})`);
     }
+    // NaN or 0 would fail every request unsent, with DEADLINE_EXCEEDED.
+    if (!(this.deadlineMs > 0)) {
+      throw new RangeError(`deadlineMs must be positive (got ${this.deadlineMs})`);
+    }
   }
 
   /** Resolves with the request's response, or rejects with its error or that of the whole call. */

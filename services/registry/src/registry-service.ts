@@ -294,8 +294,7 @@ export class RegistryService {
   }
 
   private async requireApp(accessId: number): Promise<AppRecord> {
-    if (!accessId) throw invalidArgument('access_id', 'required');
-    return appOrThrow(accessId, await this.options.apps.get(accessId));
+    return appOrThrow(accessId, accessId ? await this.options.apps.get(accessId) : undefined);
   }
 
   private async requireDevice(accessId: number, token: string): Promise<DeviceRecord> {
