@@ -1,4 +1,5 @@
 import { PushdError } from '@pushd/common';
+import { encodeMessage, type MessageEncoder } from './encode.js';
 import { ClientFrame, ServerFrame } from './gen/pushd/v1/device.js';
 
 /**
@@ -28,11 +29,11 @@ export function subprotocolOf(encoding: FrameEncoding): string {
 
 /** Encodes a frame for the wire: a Uint8Array for a binary frame, a string for a text frame. */
 function encodeFrame<T>(
-  codec: { encode(frame: T): { finish(): Uint8Array }; toJSON(frame: T): unknown },
+  codec: MessageEncoder<T> & { toJSON(frame: T): unknown },
   frame: T,
   encoding: FrameEncoding,
 ): Uint8Array | string {
-  return encoding === 'proto' ? codec.encode(frame).finish() : JSON.stringify(codec.toJSON(frame));
+  return encoding === 'proto' ? encodeMessage(codec, frame) : JSON.stringify(codec.toJSON(frame));
 }
 
 /**

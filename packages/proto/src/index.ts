@@ -15,6 +15,7 @@ export {
   SUBPROTOCOL_PROTO,
   subprotocolOf,
 } from './device-codec.js';
+export { encodeMessage, type MessageEncoder } from './encode.js';
 export { Any } from './gen/google/protobuf/any.js';
 export { ErrorInfo, Status } from './gen/google/rpc/status.js';
 export { TagExpression, TagItem, TagList, TagRule, TagRuleSet } from './gen/pushd/v1/audience.js';

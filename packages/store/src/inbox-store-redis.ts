@@ -1,4 +1,4 @@
-import { PushMessage } from '@pushd/proto';
+import { encodeMessage, PushMessage } from '@pushd/proto';
 import type { AppendResult, InboxStore, PendingResult } from './inbox-store.js';
 import type { RedisKeys } from './keys.js';
 import { redisCall } from './redis-call.js';
@@ -38,7 +38,7 @@ export class RedisInboxStore implements InboxStore {
     capacity: number,
     nowMs: number,
   ): Promise<AppendResult> {
-    const encoded = PushMessage.encode(message).finish();
+    const encoded = encodeMessage(PushMessage, message);
     const member = Buffer.allocUnsafe(EXPIRY_BYTES + encoded.length);
     member.writeDoubleBE(message.expiresAtMs, 0);
     member.set(encoded, EXPIRY_BYTES);

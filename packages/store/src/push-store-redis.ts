@@ -1,4 +1,4 @@
-import { PushRecord, PushRequest, type PushStatus } from '@pushd/proto';
+import { encodeMessage, PushRecord, PushRequest, type PushStatus } from '@pushd/proto';
 import type { RedisKeys } from './keys.js';
 import {
   commandRetainUntil,
@@ -68,7 +68,7 @@ export class RedisPushStore implements PushStore {
           'pushSave',
           [this.keys.push(accessId, pushId)],
           [
-            Buffer.from(PushRecord.encode(push).finish()),
+            Buffer.from(encodeMessage(PushRecord, push)),
             push.status,
             push.target,
             push.msgId,

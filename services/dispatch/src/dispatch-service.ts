@@ -23,6 +23,7 @@ import {
   BroadcastDelivery,
   type Device,
   type DispatchServiceService,
+  encodeMessage,
   type FetchPendingRequest,
   type FetchPendingResponse,
   type Message,
@@ -304,7 +305,7 @@ export class DispatchService {
       // The push is accepted whatever happens here. Should recording the answer fail, the key stays held
       // without one: retries get IDEMPOTENCY_KEY_IN_USE naming this push (never a second push).
       await this.options.pushes
-        .completeIdempotencyKey(accessId, key, pushId, PushResponse.encode(response).finish())
+        .completeIdempotencyKey(accessId, key, pushId, encodeMessage(PushResponse, response))
         .catch((error: unknown) => {
           this.options.logger.error(
             { err: error, accessId, pushId },

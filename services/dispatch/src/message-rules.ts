@@ -3,6 +3,7 @@ import {
   type AndroidStyle,
   type Badge,
   type ClickAction,
+  encodeMessage,
   type IosStyle,
   Message,
   MessageType,
@@ -76,7 +77,7 @@ export function validateMessage(message: Message | undefined): Message {
     }
     validateIos(message.ios);
   }
-  const size = Message.encode(message).finish().length;
+  const size = encodeMessage(Message, message).length;
   if (size > MAX_MESSAGE_BYTES) {
     throw new PushdError(
       'PAYLOAD_TOO_LARGE',

@@ -12,6 +12,7 @@ import {
   Event,
   EventBatch,
   EventType,
+  encodeMessage,
   NodeDelivery,
   Platform,
   type PushCommand,
@@ -307,7 +308,7 @@ export class PushApplier {
     try {
       this.options.bus.publish(
         subjects.pushLogApplied(partition),
-        PushLogApplied.encode({ partition, throughSeq }).finish(),
+        encodeMessage(PushLogApplied, { partition, throughSeq }),
       );
     } catch (error) {
       logger.warn({ err: error, partition, throughSeq }, 'publishing a push-log marker failed');
@@ -431,7 +432,7 @@ export class PushApplier {
       platform: command.platform,
       previousBroadcastId: previousBroadcastId >= message.msgId ? 0 : previousBroadcastId,
     };
-    const data = BroadcastDelivery.encode(delivery).finish();
+    const data = encodeMessage(BroadcastDelivery, delivery);
     // Online only: the log keeps nothing (an entry expired on arrival), but its head still moves, so the
     // broadcast chain stays unbroken for gateways.
     const appended = await broadcasts.append(
@@ -443,7 +444,7 @@ export class PushApplier {
       // Applied before (this is a redelivery): publish again, chained onto itself, so that a gateway that
       // has it drops it and one that has not fetches the log.
       this.options.metrics.appliedAgain.inc();
-      const again = BroadcastDelivery.encode({ ...delivery, previousBroadcastId: message.msgId }).finish();
+      const again = encodeMessage(BroadcastDelivery, { ...delivery, previousBroadcastId: message.msgId });
       bus.publish(subjects.broadcast(accessId), again);
       return;
     }
@@ -654,7 +655,7 @@ export class PushApplier {
     for (const batch of batches) {
       publishes.push(
         this.options.bus
-          .publishDurable(subjects.events('dispatch'), EventBatch.encode({ events: batch }).finish())
+          .publishDurable(subjects.events('dispatch'), encodeMessage(EventBatch, { events: batch }))
           .catch((error: unknown) => {
             this.options.metrics.eventPublishFailures.inc();
             this.options.logger.error(

@@ -1,5 +1,5 @@
 import { type Bus, pushPartition, subjects } from '@pushd/bus';
-import { PushCommand, PushLogEntry } from '@pushd/proto';
+import { encodeMessage, PushCommand, PushLogEntry } from '@pushd/proto';
 
 /**
  * Msg ids per push-log entry: the i-th command of the entry at stream sequence s has msg_id s * 1024 + i.
@@ -82,7 +82,7 @@ export class PushLogWriter {
   /** Resolves with the push's msg_id once it is in the log. */
   append(command: PushCommand): Promise<number> {
     const partition = pushPartition(command.accessId, this.partitions);
-    const bytes = PushCommand.encode(command).finish().length;
+    const bytes = encodeMessage(PushCommand, command).length;
     return new Promise<number>((resolve, reject) => {
       let queue = this.waiting.get(partition);
       if (queue === undefined) {
@@ -102,7 +102,7 @@ export class PushLogWriter {
     const partition = pushPartition(command.accessId, this.partitions);
     const published = await this.options.bus.publishDurable(
       subjects.pushes(partition),
-      PushLogEntry.encode({ commands: [command] }).finish(),
+      encodeMessage(PushLogEntry, { commands: [command] }),
       { dedupKey },
     );
     return { msgId: msgIdOf(published.seq, 0), duplicate: published.duplicate };
@@ -121,7 +121,7 @@ export class PushLogWriter {
         this.lastAppendAt.set(partition, this.now());
         const batch = takeEntry(queue, this.maxCommands);
         try {
-          const entry = PushLogEntry.encode({ commands: batch.map((waiting) => waiting.command) }).finish();
+          const entry = encodeMessage(PushLogEntry, { commands: batch.map((waiting) => waiting.command) });
           const { seq } = await this.options.bus.publishDurable(subjects.pushes(partition), entry);
           for (const [index, waiting] of batch.entries()) waiting.resolve(msgIdOf(seq, index));
         } catch (error) {

@@ -1,6 +1,6 @@
 import { type Bus, pushPartition, streams } from '@pushd/bus';
 import { type Clock, ConfigError, type Logger, systemClock } from '@pushd/common';
-import { PushCommand, PushStatus } from '@pushd/proto';
+import { encodeMessage, PushCommand, PushStatus } from '@pushd/proto';
 import type {
   PushStore,
   PushUpdateResult,
@@ -136,7 +136,7 @@ export class Scheduler {
   async schedule(push: SchedulePushInput): Promise<void> {
     const { accessId, pushId } = push;
     const stored: ScheduledCommand = {
-      command: PushCommand.encode(push.command).finish(),
+      command: encodeMessage(PushCommand, push.command),
       firstNominalMs: push.nominalMs,
       ...(push.loop === undefined ? {} : { loop: push.loop }),
       ...(push.acceptTime === undefined ? {} : { acceptTime: push.acceptTime }),

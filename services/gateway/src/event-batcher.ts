@@ -1,6 +1,6 @@
 import { type Bus, type EventSource, subjects } from '@pushd/bus';
 import type { Logger } from '@pushd/common';
-import { type Event, EventBatch } from '@pushd/proto';
+import { type Event, EventBatch, encodeMessage } from '@pushd/proto';
 import type { Counter } from 'prom-client';
 
 /** Estimated size budget of one published batch, well under NATS's default 1 MB payload limit. */
@@ -124,7 +124,7 @@ export class EventBatcher {
         const batch = this.takeBatch();
         let data: Uint8Array;
         try {
-          data = EventBatch.encode({ events: batch }).finish();
+          data = encodeMessage(EventBatch, { events: batch });
         } catch (error) {
           // Not transient: retrying would block every later event. Callers validate, so this is a bug.
           this.options.logger.error({ err: error, events: batch.length }, 'unencodable event batch dropped');

@@ -21,6 +21,7 @@ import {
   Event,
   EventBatch,
   EventType,
+  encodeMessage,
   Platform,
   type RegistryServiceService,
 } from '@pushd/proto';
@@ -289,7 +290,7 @@ export class RegistryService {
   private async announce(event: Event): Promise<void> {
     await this.options.bus.publishDurable(
       subjects.events('registry'),
-      EventBatch.encode({ events: [event] }).finish(),
+      encodeMessage(EventBatch, { events: [event] }),
     );
   }
 

@@ -5,6 +5,7 @@ import {
   type Device,
   DeviceTagsChanged,
   EventBatch,
+  encodeMessage,
   Platform,
   type RegistryServiceService,
   type TagServiceService,
@@ -243,7 +244,7 @@ export class TagService {
       for (const [nodeId, held] of byNode) {
         this.options.bus.publish(
           subjects.nodeTags(nodeId),
-          DeviceTagsChanged.encode({ accessId, tokens: held }).finish(),
+          encodeMessage(DeviceTagsChanged, { accessId, tokens: held }),
         );
       }
     } catch (error) {
