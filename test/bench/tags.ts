@@ -631,7 +631,7 @@ export async function tagsBench(cleanup: Cleanup, options: BenchOptions): Promis
           return values === undefined ? 0 : (percentiles(values, [50])[0] ?? 0);
         };
         const steps = [
-          median('registry.getDevice'),
+          median('registry.getDevices'),
           median('audience.count'),
           median('pushes.nextPushId'),
           median('pushes.save'),
