@@ -101,8 +101,11 @@ describe('benchmark smoke runs', () => {
       if ('lost' in result) expect(result.lost).toBe(0);
       if (name === 'reconnect') {
         expect(result.offline_msgs_delivered).toBe(result.offline_msgs_accepted);
+        // Present and measured; not necessarily above 0: /proc counts CPU in 10 ms ticks, and 60 bare `ws`
+        // handshakes on a fast machine can take less than one.
         for (const side of ['server', 'ref_server', 'device', 'ref_device']) {
-          expect(result[`${side}_cpu_ms_per_handshake`]).toBeGreaterThan(0);
+          const figure = result[`${side}_cpu_ms_per_handshake`];
+          expect(Number.isFinite(figure) && (figure as number) >= 0, `${side}: ${String(figure)}`).toBe(true);
         }
       }
       if (name !== 'targeted') expect(result.devices).toBeGreaterThan(0);
