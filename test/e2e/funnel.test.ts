@@ -252,8 +252,11 @@ describe.each([
         clicked: expected.clicked,
       });
     }
+    // Part-way and final, at least. Not more: on a fast machine the stream's first answer after the stats
+    // restart can already count every live send, arrival and click, and the away devices all come back
+    // within one 200 ms interval.
     const distinct = new Set(watched.map((w) => `${w.stats.sent}/${w.stats.arrived}/${w.stats.clicked}`));
-    expect(distinct.size).toBeGreaterThanOrEqual(3);
+    expect(distinct.size).toBeGreaterThanOrEqual(2);
     // At most one response per 200 ms and stream. Measured here, where the receive times of a busy test
     // process jitter, so over each stream's whole run (the exact spacing is the unit test's).
     for (let stream = 1; stream <= streams; stream++) {
