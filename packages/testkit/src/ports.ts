@@ -1,7 +1,70 @@
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 
-/** A TCP port that was free a moment ago on 127.0.0.1 (the OS picks it). */
+/**
+ * Where freePort hands out ports: from 20000 up to just below the kernel's ephemeral range
+ * (/proc/sys/net/ipv4/ip_local_port_range, 32768-60999 by default). A port the OS picks for listen(0)
+ * comes from the ephemeral range, so the OS may also give it to an outgoing connection (a service's
+ * connection to NATS, Redis or another service) between the moment the test picked it and the moment the
+ * service meant to listen on it starts, which then fails with EADDRINUSE; that failed a CI run. The OS
+ * never hands out a port below the range by itself.
+ */
+const FIRST_PORT = 20_000;
+/** Vitest workers (VITEST_POOL_ID) get slices of their own, so that parallel test files never collide. */
+const SLICES = 12;
+
+interface PortSlice {
+  first: number;
+  size: number;
+  next: number;
+}
+
+let slice: PortSlice | null | undefined;
+
+/** This process's slice, or null where the ephemeral range leaves too little room below it. */
+function portSlice(): PortSlice | null {
+  if (slice !== undefined) return slice;
+  let ephemeralStart = 32_768;
+  try {
+    const [low] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/);
+    if (Number.isSafeInteger(Number(low))) ephemeralStart = Number(low);
+  } catch {
+    // Not Linux: keep the default range's start.
+  }
+  const size = Math.floor((ephemeralStart - FIRST_PORT) / SLICES);
+  if (size < 100) {
+    slice = null;
+    return slice;
+  }
+  const pool = Number(process.env.VITEST_POOL_ID ?? 0);
+  const first = FIRST_PORT + ((Number.isSafeInteger(pool) ? pool : 0) % SLICES) * size;
+  // A random start: consecutive runs do not reuse the ports the last one just released.
+  slice = { first, size, next: Math.floor(Math.random() * size) };
+  return slice;
+}
+
+/** Whether something could listen on 127.0.0.1:port right now (the port is bound, then released). */
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+  });
+}
+
+/**
+ * A TCP port that was free a moment ago on 127.0.0.1, below the kernel's ephemeral range (see FIRST_PORT),
+ * each call the next free one of this process's slice. Where there is no room below the range, one the OS
+ * picks.
+ */
 export async function freePort(): Promise<number> {
+  const own = portSlice();
+  if (own !== null) {
+    for (let tries = 0; tries < own.size; tries++) {
+      const port = own.first + (own.next++ % own.size);
+      if (await canListen(port)) return port;
+    }
+  }
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.once('error', reject);
