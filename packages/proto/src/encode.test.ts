@@ -41,7 +41,7 @@ describe('encodeMessage', () => {
     expect(EventBatch.decode(encodeMessage(EventBatch, message))).toEqual(message);
   });
 
-  it('encodes a result over the kept-writer cap (the writer is replaced), and the next one after it', () => {
+  it('encodes a result over the kept-writer cap, and a small one after it', () => {
     const huge = EventBatch.create({ events: [event(40_000)] });
     const bytes = encodeMessage(EventBatch, huge);
     expect(bytes.byteLength).toBeGreaterThan(256 * 1024);

@@ -43,12 +43,18 @@ function portSlice(): PortSlice | null {
   return slice;
 }
 
-/** Whether something could listen on 127.0.0.1:port right now (the port is bound, then released). */
-function canListen(port: number): Promise<boolean> {
+/**
+ * Listens on 127.0.0.1:port (0: a port the OS picks) and closes again: the port that was bound, or
+ * undefined when it could not be (something else holds it).
+ */
+function probe(port: number): Promise<number | undefined> {
   return new Promise((resolve) => {
     const server = createServer();
-    server.once('error', () => resolve(false));
-    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+    server.once('error', () => resolve(undefined));
+    server.listen(port, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => resolve(address && typeof address === 'object' ? address.port : undefined));
+    });
   });
 }
 
@@ -61,21 +67,13 @@ export async function freePort(): Promise<number> {
   const own = portSlice();
   if (own !== null) {
     for (let tries = 0; tries < own.size; tries++) {
-      const port = own.first + (own.next++ % own.size);
-      if (await canListen(port)) return port;
+      const port = await probe(own.first + (own.next++ % own.size));
+      if (port !== undefined) return port;
     }
   }
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => {
-        if (address && typeof address === 'object') resolve(address.port);
-        else reject(new Error('could not read the port of a probe socket'));
-      });
-    });
-  });
+  const picked = await probe(0);
+  if (picked === undefined) throw new Error('could not listen on 127.0.0.1 to find a free port');
+  return picked;
 }
 
 /** Resolves once something accepts TCP connections on host:port, or rejects after timeoutMs. */
