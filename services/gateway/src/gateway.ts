@@ -150,6 +150,9 @@ class EncodedFrame {
   }
 }
 
+/** ws send options, one object each rather than one per frame. */
+const SEND_BINARY = { binary: true } as const;
+const SEND_TEXT = { binary: false } as const;
 /** Live messages a session holds while it catches up (see offerLive). */
 const MAX_BUFFERED_LIVE = 256;
 /** FetchPending failures worth retrying in place (see fetchPending), and the backoff between tries. */
@@ -198,7 +201,7 @@ export class Gateway {
   private hubSize = 0;
   private lastSessionSerial = 0;
   /** SENT and ARRIVED events being merged during this turn of the event loop (see mergeDeviceEvent). */
-  private readonly mergedEvents = new Map<string, Event>();
+  private readonly mergedEvents = new Map<number, Event[]>();
   private mergedFlushScheduled = false;
   /**
    * Messages that came as live broadcasts: no device holds them in its offline window, so their ARRIVED
@@ -593,13 +596,13 @@ export class Gateway {
     try {
       frame = decodeClientFrame(toBytes(data), isBinary, session.encoding);
     } catch (error) {
-      this.options.metrics.framesIn.inc({ type: 'malformed' });
+      this.options.metrics.framesIn.inc('malformed');
       this.closeWith(session, toPushdError(error));
       return;
     }
     const body = frame.body;
     if (body === undefined) return;
-    this.options.metrics.framesIn.inc({ type: body.$case });
+    this.options.metrics.framesIn.inc(body.$case);
     switch (body.$case) {
       case 'ping':
         this.send(session, {
@@ -830,8 +833,7 @@ export class Gateway {
     }
     const now = this.clock.now();
     for (const msgId of msgIds) {
-      const message = session.unacked?.get(msgId);
-      session.unacked?.delete(msgId);
+      const message = session.takeUnacked(msgId);
       this.mergeDeviceEvent(EventType.EVENT_TYPE_ARRIVED, session, {
         msgId,
         pushId: message?.pushId ?? '',
@@ -840,7 +842,6 @@ export class Gateway {
         windowless: message !== undefined && this.liveBroadcasts.has(message),
       });
     }
-    if (session.unacked?.size === 0) session.unacked = undefined;
   }
 
   /**
@@ -872,7 +873,7 @@ export class Gateway {
       );
       return;
     }
-    const pushId = click.pushId || session.unacked?.get(click.msgId)?.pushId || '';
+    const pushId = click.pushId || session.unackedMessage(click.msgId)?.pushId || '';
     if (pushId === '') {
       this.options.metrics.clicksUnattributed.inc();
       return;
@@ -934,11 +935,15 @@ export class Gateway {
     if (message === undefined || sessions === undefined) return;
     this.options.metrics.broadcastsReceived.inc();
     this.liveBroadcasts.add(message);
+    // Two shared offers, not one object per session: what a session keeps of one (buffered while it
+    // syncs) it only reads.
+    const matching: LiveMessage = { message, previousMsgId: 0, previousBroadcastId, broadcastMatch: true };
+    const notMatching: LiveMessage = { ...matching, broadcastMatch: false };
     for (const session of sessions.values()) {
       const broadcastMatch =
         (platform === Platform.PLATFORM_UNSPECIFIED || platform === session.platform) &&
         (matcher === undefined || matcher(tagTestOf(session)));
-      this.offerLive(session, { message, previousMsgId: 0, previousBroadcastId, broadcastMatch });
+      this.offerLive(session, broadcastMatch ? matching : notMatching);
     }
   }
 
@@ -1052,8 +1057,28 @@ export class Gateway {
     session: Session,
     fields: { msgId: number; pushId: string; atMs: number; sentAtMs?: number; windowless?: boolean },
   ): void {
-    const key = `${type}:${session.accessId}:${fields.msgId}:${session.platform}:${fields.pushId}:${fields.sentAtMs ?? 0}:${fields.windowless === true}`;
-    let event = this.mergedEvents.get(key);
+    const windowless = fields.windowless === true;
+    // Found by msg_id, then among its few events (SENT and ARRIVED, per platform) by the other fields: no
+    // key string is built per device.
+    let events = this.mergedEvents.get(fields.msgId);
+    if (events === undefined) {
+      events = [];
+      this.mergedEvents.set(fields.msgId, events);
+    }
+    let index = 0;
+    for (; index < events.length; index++) {
+      const candidate = events[index] as Event;
+      if (
+        candidate.type === type &&
+        candidate.accessId === session.accessId &&
+        candidate.platform === session.platform &&
+        candidate.pushId === fields.pushId &&
+        candidate.sentAtMs === fields.sentAtMs &&
+        candidate.windowless === windowless
+      )
+        break;
+    }
+    let event = events[index];
     if (event === undefined || event.tokens.length >= TOKENS_PER_MERGED_EVENT) {
       if (event !== undefined) this.events.add(event);
       event = Event.create({
@@ -1064,9 +1089,9 @@ export class Gateway {
         platform: session.platform,
         atMs: fields.atMs,
         sentAtMs: fields.sentAtMs,
-        windowless: fields.windowless === true,
+        windowless,
       });
-      this.mergedEvents.set(key, event);
+      events[index] = event;
     }
     event.tokens.push(session.token);
     if (type === EventType.EVENT_TYPE_ARRIVED) event.tokensAtMs.push(fields.atMs);
@@ -1078,7 +1103,7 @@ export class Gateway {
 
   private flushMerged(): void {
     this.mergedFlushScheduled = false;
-    for (const event of this.mergedEvents.values()) this.events.add(event);
+    for (const events of this.mergedEvents.values()) for (const event of events) this.events.add(event);
     this.mergedEvents.clear();
   }
 
@@ -1110,20 +1135,13 @@ export class Gateway {
           );
     if (!this.write(session, data, 'deliver')) return false;
     const now = this.clock.now();
-    session.unacked ??= new Map();
     for (const message of messages) {
-      session.unacked.set(message.msgId, message);
+      session.rememberUnacked(message);
       session.lastDeliveredMsgId = Math.max(session.lastDeliveredMsgId, message.msgId);
       session.chainMsgId = Math.max(session.chainMsgId, message.msgId);
       this.options.metrics.deliveryLatency.observe({ source }, Math.max(0, now - message.sentAtMs) / 1000);
     }
-    // Unacked entries only serve arrival attribution; a device that never acks must not grow this map.
-    while (session.unacked.size > 64) {
-      const oldest = session.unacked.keys().next().value;
-      if (oldest === undefined) break;
-      session.unacked.delete(oldest);
-    }
-    this.options.metrics.messagesDelivered.inc({ source }, messages.length);
+    this.options.metrics.messagesDelivered.inc(source, messages.length);
     return true;
   }
 
@@ -1182,9 +1200,12 @@ export class Gateway {
       socket.terminate();
       return false;
     }
-    socket.send(data, { binary: typeof data !== 'string' });
-    this.options.metrics.framesOut.inc({ type });
-    this.options.metrics.bytesOut.inc(typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength);
+    socket.send(data, typeof data === 'string' ? SEND_TEXT : SEND_BINARY);
+    this.options.metrics.framesOut.inc(type);
+    this.options.metrics.bytesOut.inc(
+      undefined,
+      typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength,
+    );
     return true;
   }
 

@@ -1,3 +1,4 @@
+import { HotCounter } from '@pushd/common';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 
 export interface GatewayMetrics {
@@ -5,10 +6,11 @@ export interface GatewayMetrics {
   connects: Counter<'kind'>;
   disconnects: Counter<'reason'>;
   upgradeFailures: Counter<'code'>;
-  framesIn: Counter<'type'>;
-  framesOut: Counter<'type'>;
-  bytesOut: Counter;
-  messagesDelivered: Counter<'source'>;
+  /** Hot: counted per frame and per delivered message (HotCounter). */
+  framesIn: HotCounter<'type'>;
+  framesOut: HotCounter<'type'>;
+  bytesOut: HotCounter;
+  messagesDelivered: HotCounter<'source'>;
   duplicatesDropped: Counter;
   clicksUnattributed: Counter;
   gapRefetches: Counter;
@@ -51,24 +53,24 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
       labelNames: ['code'],
       registers,
     }),
-    framesIn: new Counter({
+    framesIn: new HotCounter({
       name: 'gateway_frames_in_total',
       help: 'Frames received from devices, by type (malformed when they could not be decoded).',
       labelNames: ['type'],
       registers,
     }),
-    framesOut: new Counter({
+    framesOut: new HotCounter({
       name: 'gateway_frames_out_total',
       help: 'Frames sent to devices, by type.',
       labelNames: ['type'],
       registers,
     }),
-    bytesOut: new Counter({
+    bytesOut: new HotCounter({
       name: 'gateway_bytes_out_total',
       help: 'Bytes of frames sent to devices.',
       registers,
     }),
-    messagesDelivered: new Counter({
+    messagesDelivered: new HotCounter({
       name: 'gateway_messages_delivered_total',
       help: 'Messages written to device connections, by source (live, or pending from the offline window).',
       labelNames: ['source'],

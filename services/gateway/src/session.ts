@@ -40,6 +40,9 @@ export function shared(value: string): string {
 
 const NO_TAGS: readonly string[] = Object.freeze([]);
 
+/** Delivered messages a session keeps for their acks (Session.rememberUnacked). */
+export const MAX_UNACKED = 64;
+
 /** A session's tag list made of shared strings (one empty list for every session without tags). */
 export function sharedTags(tags: readonly string[]): readonly string[] {
   if (tags.length === 0) return NO_TAGS;
@@ -86,12 +89,13 @@ export class Session {
   /** Live messages received while syncing; delivered in order once the window was fetched. */
   buffered: LiveMessage[] | undefined;
   /**
-   * Messages delivered and not yet acknowledged, by msg_id: their push and send time go into arrival
-   * events (and name the push of a click that does not). The message itself, not a copy of those two
-   * fields: a live message is one object shared by every session it reaches, so this allocates nothing
-   * per device.
+   * Messages delivered and not yet acknowledged: their push and send time go into arrival events (and name
+   * the push of a click that does not). The message itself, not a copy of those two fields: a live message
+   * is one object shared by every session it reaches. The usual case, one message out at a time (a device
+   * acks each Deliver), is one field; a Map is made only while several are out (see rememberUnacked).
    */
-  unacked: Map<number, PushMessage> | undefined;
+  private unackedOne: PushMessage | undefined;
+  private unackedMany: Map<number, PushMessage> | undefined;
   /** The device sent Unregister and the registry call is in flight. */
   unregistering = false;
   /** Start of the current rate window of UpdateTags / ReportLocation frames, and how many came in it. */
@@ -117,6 +121,55 @@ export class Session {
   ) {
     this.state = accessKey === undefined ? 'syncing' : 'registering';
     this.lastDeliveredMsgId = lastMsgId;
+  }
+
+  /**
+   * Keeps a delivered message until its ack, at most MAX_UNACKED (the oldest go): they only serve arrival
+   * attribution, and a device that never acks must not grow this. A Map per delivery would be made for
+   * every session a broadcast reaches and kept until the acks came back, long enough to be copied by the
+   * collector (a scavenge copies what is still alive).
+   */
+  rememberUnacked(message: PushMessage): void {
+    if (this.unackedMany === undefined) {
+      if (this.unackedOne === undefined || this.unackedOne.msgId === message.msgId) {
+        this.unackedOne = message;
+        return;
+      }
+      this.unackedMany = new Map([[this.unackedOne.msgId, this.unackedOne]]);
+      this.unackedOne = undefined;
+    }
+    this.unackedMany.set(message.msgId, message);
+    while (this.unackedMany.size > MAX_UNACKED) {
+      const oldest = this.unackedMany.keys().next().value as number;
+      this.unackedMany.delete(oldest);
+    }
+  }
+
+  /** The unacknowledged message of this msg_id, if delivered here and kept. */
+  unackedMessage(msgId: number): PushMessage | undefined {
+    if (this.unackedOne !== undefined) return this.unackedOne.msgId === msgId ? this.unackedOne : undefined;
+    return this.unackedMany?.get(msgId);
+  }
+
+  /** Forgets (and returns) the unacknowledged message of this msg_id: its ack came. */
+  takeUnacked(msgId: number): PushMessage | undefined {
+    const one = this.unackedOne;
+    if (one !== undefined) {
+      if (one.msgId !== msgId) return undefined;
+      this.unackedOne = undefined;
+      return one;
+    }
+    const many = this.unackedMany;
+    const message = many?.get(msgId);
+    if (message === undefined || many === undefined) return undefined;
+    many.delete(msgId);
+    if (many.size === 0) this.unackedMany = undefined;
+    return message;
+  }
+
+  /** How many delivered messages this session keeps for their acks. */
+  get unackedCount(): number {
+    return this.unackedOne !== undefined ? 1 : (this.unackedMany?.size ?? 0);
   }
 
   /**
