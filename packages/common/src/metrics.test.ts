@@ -33,6 +33,16 @@ describe('HotCounter', () => {
     expect(await registry.metrics()).toContain('test_bytes_total 300');
   });
 
+  it('refuses a negative or non-finite increment at the call, counting nothing, and scrapes on', async () => {
+    const registry = new Registry();
+    const bytes = new HotCounter({ name: 'test_refused_total', help: 'Bytes.', registers: [registry] });
+    bytes.inc(undefined, 5);
+    for (const bad of [-1, Number.NaN, Number.POSITIVE_INFINITY]) {
+      expect(() => bytes.inc(undefined, bad)).toThrow(/test_refused_total: cannot add .*finite amount/);
+    }
+    expect(await registry.metrics()).toContain('test_refused_total 5');
+  });
+
   it('refuses more than one label name', () => {
     expect(
       () =>

@@ -42,6 +42,7 @@ export function createMetricsRegistry(options: CreateMetricsRegistryOptions): Re
 export class HotCounter<L extends string = never> {
   /** The Counter the registry exposes. */
   readonly counter: Counter<L>;
+  private readonly name: string;
   private readonly labelName: L | undefined;
   /** Increments not yet added to the counter, by label value ('' without a label). */
   private readonly pending = new Map<string, number>();
@@ -49,12 +50,22 @@ export class HotCounter<L extends string = never> {
   constructor(configuration: Omit<CounterConfiguration<L>, 'collect'>) {
     const labelNames = configuration.labelNames ?? [];
     if (labelNames.length > 1) throw new Error(`HotCounter ${configuration.name}: at most one label name`);
+    this.name = configuration.name;
     this.labelName = labelNames[0];
     this.counter = new Counter<L>({ ...configuration, collect: () => this.flush() });
   }
 
-  /** Adds `by` (default 1) to the series of `labelValue` (leave it out for a counter without a label). */
+  /**
+   * Adds `by` (default 1) to the series of `labelValue` (leave it out for a counter without a label). A
+   * negative or non-finite `by` throws here, as prom-client's `inc` would, and counts nothing: kept, it
+   * would make every later scrape of the registry fail instead.
+   */
   inc(labelValue = '', by = 1): void {
+    if (!(by >= 0 && by < Number.POSITIVE_INFINITY)) {
+      throw new RangeError(
+        `HotCounter ${this.name}: cannot add ${by}; a counter only grows by a finite amount`,
+      );
+    }
     this.pending.set(labelValue, (this.pending.get(labelValue) ?? 0) + by);
   }
 
