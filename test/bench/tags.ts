@@ -426,6 +426,7 @@ export async function tagsBench(cleanup: Cleanup, options: BenchOptions): Promis
     broadcasts: dispatchStores.broadcasts,
     audience: timed(dispatchStores.audience, 'audience', phases),
     tags: dispatchStores.tags,
+    devices: timed(dispatchStores.devices, 'devices', phases),
     bus: timed(dispatchConn.bus, 'bus', phases),
     registry: dispatchRegistry,
     clusterToken: CLUSTER_TOKEN,
@@ -618,7 +619,7 @@ export async function tagsBench(cleanup: Cleanup, options: BenchOptions): Promis
       title: 'where an accepted push spends its time (median ms of each step)',
       headers: [
         'audience',
-        'registry lookup',
+        'device lookup',
         'audience count',
         'push ids',
         'push record',
@@ -638,7 +639,7 @@ export async function tagsBench(cleanup: Cleanup, options: BenchOptions): Promis
           return percentiles(values, [50])[0] ?? 0;
         };
         const steps = [
-          median('registry.getDevices', tokenPush),
+          median('devices.getMany', tokenPush),
           median('audience.count', !tokenPush),
           median('pushes.nextPushId', true),
           median('pushes.save', true),

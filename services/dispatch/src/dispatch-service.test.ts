@@ -32,6 +32,7 @@ import {
 } from '@pushd/rpc';
 import {
   createMemoryStores,
+  type DeviceStore,
   type InboxStore,
   type PushStore,
   type Route,
@@ -66,6 +67,7 @@ interface SetupOptions {
   /** Replaces the registry client dispatch gets (default: the real registry's handlers). */
   registry?: (real: RegistryClient) => RegistryClient;
   /** Wraps the stores dispatch gets. */
+  devices?: (real: DeviceStore) => DeviceStore;
   pushes?: (real: PushStore) => PushStore;
   routes?: (real: RouteStore) => RouteStore;
   inboxes?: (real: InboxStore) => InboxStore;
@@ -107,6 +109,7 @@ async function setup(options: SetupOptions = {}) {
     stores: {
       ...stores,
       pushes,
+      devices: options.devices?.(stores.devices) ?? stores.devices,
       routes: options.routes?.(stores.routes) ?? stores.routes,
       inboxes: options.inboxes?.(stores.inboxes) ?? stores.inboxes,
     },
@@ -578,16 +581,28 @@ describe('DispatchService.push', () => {
   });
 
   it('looks up the devices of concurrent single-token pushes together; an unknown token is refused alone', async () => {
-    const calls = { getDevice: 0, getDevices: 0 };
+    const calls = { get: 0, getMany: 0, registry: 0 };
     const { push, registerDevice, app, pendingIds } = await setup({
+      devices: (real) =>
+        Object.assign(Object.create(real) as DeviceStore, {
+          get: async (accessId: number, token: string) => {
+            calls.get++;
+            return real.get(accessId, token);
+          },
+          getMany: async (accessId: number, tokens: string[]) => {
+            calls.getMany++;
+            return real.getMany(accessId, tokens);
+          },
+        }),
+      // Device records are read from the store: the registry is not asked for them.
       registry: (real) => ({
         ...real,
         getDevice: async (...args) => {
-          calls.getDevice++;
+          calls.registry++;
           return real.getDevice(...args);
         },
         getDevices: async (...args) => {
-          calls.getDevices++;
+          calls.registry++;
           return real.getDevices(...args);
         },
       }),
@@ -610,27 +625,28 @@ describe('DispatchService.push', () => {
         metadata: { token: unknown },
       },
     });
-    expect(calls.getDevice).toBe(0);
-    // 13 pushes accepted at once share calls (the first goes alone while the others arrive).
-    expect(calls.getDevices).toBeGreaterThan(0);
-    expect(calls.getDevices).toBeLessThan(13);
+    expect(calls.get).toBe(0);
+    expect(calls.registry).toBe(0);
+    // 13 pushes accepted at once share reads (the first goes alone while the others arrive).
+    expect(calls.getMany).toBeGreaterThan(0);
+    expect(calls.getMany).toBeLessThan(13);
   });
 
-  it('fails the push and stores nothing when the registry is unavailable', async () => {
+  it('fails the push and stores nothing when the device store is unavailable', async () => {
+    let storeDown = false;
     const { push, registerDevice, routeToNode, pending, deliveries, sentEvents, h, app, bus, metrics } =
       await setup({
-        registry: (real) => ({
-          ...real,
-          getDevice: async () => {
-            throw new PushdError('UNAVAILABLE', 'registry unreachable (test)');
-          },
-          getDevices: async () => {
-            throw new PushdError('UNAVAILABLE', 'registry unreachable (test)');
-          },
-        }),
+        devices: (real) =>
+          Object.assign(Object.create(real) as DeviceStore, {
+            getMany: async (accessId: number, tokens: string[]) => {
+              if (storeDown) throw new PushdError('UNAVAILABLE', 'redis unreachable (test)');
+              return real.getMany(accessId, tokens);
+            },
+          }),
       });
     const token = await registerDevice();
     await routeToNode(token);
+    storeDown = true;
     const refused = push(token);
     await expect(refused).rejects.toBeInstanceOf(PushdError);
     await expect(refused).rejects.toMatchObject({ code: 'UNAVAILABLE' });
@@ -1114,13 +1130,13 @@ describe('DispatchService.push to all devices and to tag expressions', () => {
   it('matches a returning device against missed broadcasts with the facts its gateway passes, asking no one', async () => {
     let deviceLookups = 0;
     const { h, app, clock, registerIndexed, pushRequest } = await setup({
-      registry: (real) => ({
-        ...real,
-        getDevice: async (...args) => {
-          deviceLookups++;
-          return real.getDevice(...args);
-        },
-      }),
+      devices: (real) =>
+        Object.assign(Object.create(real) as DeviceStore, {
+          get: async (accessId: number, token: string) => {
+            deviceLookups++;
+            return real.get(accessId, token);
+          },
+        }),
     });
     const token = await registerIndexed(Platform.PLATFORM_ANDROID, ['vip']);
     const vip = await pushRequest(toTags(['vip'], 'OR'));
@@ -1128,10 +1144,10 @@ describe('DispatchService.push to all devices and to tag expressions', () => {
     const beta = await pushRequest(toTags(['beta'], 'OR'));
     const fetch = (device?: PendingDevice) =>
       h.fetchPending({ accessId: app.accessId, token, afterMsgId: 0, device }, cluster());
-    // Without facts, dispatch asks the registry and reads the stored tags: vip matches.
+    // Without facts, dispatch reads the device record and the stored tags: vip matches.
     expect((await fetch()).messages.map((m) => m.msgId)).toEqual([vip.msgId]);
     expect(deviceLookups).toBe(1);
-    // With facts (the gateway's view: tags changed to beta), they decide, and the registry is not asked.
+    // With facts (the gateway's view: tags changed to beta), they decide, and no record is read.
     const facts = pendingDevice(Platform.PLATFORM_ANDROID, ['beta']);
     expect((await fetch(facts)).messages.map((m) => m.msgId)).toEqual([beta.msgId]);
     // Both tags: both pushes, in order; registered after them (and no cursor): neither.

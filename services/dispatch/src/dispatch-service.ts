@@ -21,7 +21,6 @@ import {
 import {
   type Audience,
   BroadcastDelivery,
-  type Device,
   type DispatchServiceService,
   encodeMessage,
   type FetchPendingRequest,
@@ -53,6 +52,8 @@ import type {
   AudienceIndex,
   BroadcastLog,
   BroadcastSinceResult,
+  DeviceRecord,
+  DeviceStore,
   InboxStore,
   PendingResult,
   PushStore,
@@ -97,7 +98,7 @@ const MAX_PAGE_SIZE = 1000;
 const MAX_IDEMPOTENCY_KEY_CHARS = 64;
 
 interface ResolvedAudience {
-  devices: Device[];
+  devices: DeviceRecord[];
   invalidTokens: string[];
   unknownAccounts: string[];
 }
@@ -110,8 +111,15 @@ export interface DispatchServiceOptions {
   audience: AudienceIndex;
   /** User tags of a device catching up on broadcasts. */
   tags: TagStore;
+  /**
+   * The registry's device records, read here directly (as the gateway reads tags and the applier routes)
+   * and never written: the devices a targeted push names, and the facts of a returning device its gateway
+   * did not pass. A GetDevices call per push cost the registry as much CPU as dispatch's own share of the
+   * lookup, and a hop on every push's way (docs/benchmarks.md, targeted).
+   */
+  devices: Pick<DeviceStore, 'get' | 'getMany'>;
   bus: Bus;
-  /** Registry client authorized with the cluster token: device lookups and app secret checks. */
+  /** Registry client authorized with the cluster token: account bindings and app secret checks. */
   registry: PromiseClient<typeof RegistryServiceService>;
   clusterToken: string;
   /** Push-log partitions; must equal the PushApplier's. Default: 16. */
@@ -137,10 +145,9 @@ export class DispatchService {
   private readonly broadcastCache = new Map<string, DecodedBroadcast>();
   /**
    * The device of each single-token push, looked up in batches: the pushes accepted at the same time
-   * share GetDevices calls (per app) instead of making one GetDevice call each. That call was half of
-   * what accepting a push cost dispatch (gRPC and HTTP/2 on both sides; docs/benchmarks.md, targeted).
+   * share one read of the device store (per app) instead of one read each.
    */
-  private readonly deviceLookups: CallBatcher<DeviceKey, Device | undefined>;
+  private readonly deviceLookups: CallBatcher<DeviceKey, DeviceRecord | undefined>;
 
   constructor(private readonly options: DispatchServiceOptions) {
     this.clock = options.clock ?? systemClock;
@@ -533,15 +540,9 @@ export class DispatchService {
     return { messages, lastMsgId: window.lastMsgId, lastBroadcastId: log.lastMsgId, dropped };
   }
 
-  /** What a gateway passes in FetchPending, from the registry and the tag store (undefined: not registered). */
+  /** What a gateway passes in FetchPending, from the device and tag stores (undefined: not registered). */
   private async lookUpPendingDevice(accessId: number, token: string): Promise<PendingDevice | undefined> {
-    let device: Device | undefined;
-    try {
-      device = (await this.options.registry.getDevice({ accessId, token })).device;
-    } catch (error) {
-      if (error instanceof PushdError && error.code === 'TOKEN_NOT_FOUND') return undefined;
-      throw error;
-    }
+    const device = await this.options.devices.get(accessId, token);
     if (device === undefined) return undefined;
     return {
       platform: device.platform,
@@ -549,7 +550,8 @@ export class DispatchService {
       osVersion: device.osVersion,
       locale: device.locale,
       registeredAtMs: device.registeredAtMs,
-      userTags: await this.options.tags.list(accessId, token, device.index),
+      // A record stored before device indexes existed has -1: the tag store then reads by token alone.
+      userTags: await this.options.tags.list(accessId, token, device.index >= 0 ? device.index : undefined),
     };
   }
 
@@ -668,8 +670,8 @@ export class DispatchService {
    * One batch of deviceLookups: each key's device, or undefined for a token no device of its app has.
    * The apps' lookups run side by side; a failed lookup fails only its app's keys.
    */
-  private async lookUpEach(keys: DeviceKey[]): Promise<PromiseSettledResult<Device | undefined>[]> {
-    const devicesByApp = new Map<number, Promise<Map<string, Device>>>();
+  private async lookUpEach(keys: DeviceKey[]): Promise<PromiseSettledResult<DeviceRecord | undefined>[]> {
+    const devicesByApp = new Map<number, Promise<Map<string, DeviceRecord>>>();
     for (const [accessId, tokens] of tokensByApp(keys)) {
       devicesByApp.set(
         accessId,
@@ -683,15 +685,15 @@ export class DispatchService {
     );
   }
 
-  /** Registered devices among tokens, through the registry's batch lookup (1,000 per call). */
-  private async lookUpDevices(accessId: number, tokens: string[]): Promise<Device[]> {
+  /** Registered devices among tokens, read from the device store 1,000 at a time. */
+  private async lookUpDevices(accessId: number, tokens: string[]): Promise<DeviceRecord[]> {
     const chunks: string[][] = [];
     for (let start = 0; start < tokens.length; start += MAX_LIST_ENTRIES)
       chunks.push(tokens.slice(start, start + MAX_LIST_ENTRIES));
-    const found = await mapConcurrently(
-      chunks,
-      4,
-      async (chunk) => (await this.options.registry.getDevices({ accessId, tokens: chunk })).devices,
+    const found = await mapConcurrently(chunks, 4, async (chunk) =>
+      (await this.options.devices.getMany(accessId, chunk)).filter(
+        (device): device is DeviceRecord => device !== undefined,
+      ),
     );
     return found.flat();
   }

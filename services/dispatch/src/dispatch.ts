@@ -21,9 +21,12 @@ export interface DispatchParts {
 }
 
 export interface CreateDispatchOptions {
-  stores: Pick<Stores, 'pushes' | 'inboxes' | 'routes' | 'broadcasts' | 'audience' | 'tags' | 'schedules'>;
+  stores: Pick<
+    Stores,
+    'pushes' | 'inboxes' | 'routes' | 'broadcasts' | 'audience' | 'tags' | 'devices' | 'schedules'
+  >;
   bus: Bus;
-  /** Registry client authorized with the cluster token. */
+  /** Registry client authorized with the cluster token (account bindings, app secrets). */
   registry: PromiseClient<typeof RegistryServiceService>;
   clusterToken: string;
   /** Push-log partitions, the same on every dispatch instance. Default: 16. */
@@ -59,6 +62,7 @@ export function createDispatch(options: CreateDispatchOptions): DispatchParts {
     broadcasts: stores.broadcasts,
     audience: stores.audience,
     tags: stores.tags,
+    devices: stores.devices,
     registry: options.registry,
     clusterToken: options.clusterToken,
     scheduler,
