@@ -114,8 +114,8 @@ export interface DispatchServiceOptions {
   /**
    * The registry's device records, read here directly (as the gateway reads tags and the applier routes)
    * and never written: the devices a targeted push names, and the facts of a returning device its gateway
-   * did not pass. A GetDevices call per push cost the registry as much CPU as dispatch's own share of the
-   * lookup, and a hop on every push's way (docs/benchmarks.md, targeted).
+   * did not pass. The GetDevices call this replaces cost the registry several times the CPU it cost
+   * dispatch, and put a hop on every push's way (docs/benchmarks.md, targeted).
    */
   devices: Pick<DeviceStore, 'get' | 'getMany'>;
   bus: Bus;
