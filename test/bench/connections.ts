@@ -50,7 +50,7 @@ export async function connectionsBench(cleanup: Cleanup, options: BenchOptions):
     startBenchSystem(cleanup, {
       gateways: 1,
       inspect: profiling ? 'all' : 'gateways',
-      ...(options.gatewayEnv === undefined ? {} : { gatewayEnv: options.gatewayEnv }),
+      ...(options.serviceEnv === undefined ? {} : { serviceEnv: options.serviceEnv }),
     }),
     DeviceFleet.start(cleanup, DeviceFleet.workersFor(devices, options.deviceWorkers), profiling),
     startReferences(cleanup, 1, true),

@@ -15,6 +15,7 @@ import {
 import { notification } from './fanout-message.js';
 import { type Cleanup, log } from './lifecycle.js';
 import { CpuMeter, formatCpu, PhaseProfiler, sleep } from './measure.js';
+import type { ServiceEnv } from './options.js';
 import { type BenchApp, createBenchApp, type RegisteredDevices, registerDevices } from './register.js';
 import { formatCounts } from './report.js';
 import { type BenchSystem, startBenchSystem } from './system.js';
@@ -181,12 +182,12 @@ export interface Ours {
 
 export async function startOurs(
   cleanup: Cleanup,
-  options: { gateways: number; profiling: boolean; gatewayEnv?: Record<string, string> },
+  options: { gateways: number; profiling: boolean; serviceEnv?: ServiceEnv },
 ): Promise<Ours> {
   const system = await startBenchSystem(cleanup, {
     gateways: options.gateways,
     ...(options.profiling ? { inspect: 'all' as const } : {}),
-    ...(options.gatewayEnv === undefined ? {} : { gatewayEnv: options.gatewayEnv }),
+    ...(options.serviceEnv === undefined ? {} : { serviceEnv: options.serviceEnv }),
   });
   const tags: PushRequest['audience'] = {
     target: {

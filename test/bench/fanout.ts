@@ -96,7 +96,7 @@ export async function fanoutBench(cleanup: Cleanup, options: BenchOptions): Prom
     const ours = await startOurs(systemCleanup, {
       gateways: config.gateways,
       profiling,
-      ...(options.gatewayEnv === undefined ? {} : { gatewayEnv: options.gatewayEnv }),
+      ...(options.serviceEnv === undefined ? {} : { serviceEnv: options.serviceEnv }),
     });
     const { system } = ours;
     log(`configuration ${index + 1}: ${config.devices} devices over ${config.gateways} gateway(s)`);

@@ -31,15 +31,22 @@ export interface BenchOptions {
   /** connections: write a sampling heap profile (live allocations by site) of each server here. */
   heapProfileDir?: string;
   /**
-   * Diagnostics only: extra environment of the gateways (e.g. HEARTBEAT_INTERVAL_MS=600000 to see what the
-   * heartbeat sweep costs). A run with any is marked in its JSON line (`gateway_env`).
+   * Diagnostics only: extra environment of the service processes, by service (e.g. the gateways'
+   * HEARTBEAT_INTERVAL_MS=600000 to see what the heartbeat sweep costs, or NODE_OPTIONS for a profiler).
+   * A service process gets only its own environment, not the benchmark's (startServiceProcess): this is
+   * the way to change one. A run with any is marked in its JSON line (`gateway_env`, `dispatch_env`...).
    */
-  gatewayEnv?: Record<string, string>;
+  serviceEnv?: ServiceEnv;
   /** Also write the final JSON object to this file. */
   out?: string;
   /** Stop everything and fail after this long. */
   timeoutS?: number;
 }
+
+/** The service processes whose environment --service-env can extend. */
+export const ENV_SERVICES = ['gateway', 'dispatch', 'registry'] as const;
+export type EnvService = (typeof ENV_SERVICES)[number];
+export type ServiceEnv = Partial<Record<EnvService, Record<string, string>>>;
 
 export const USAGE = `usage: pnpm bench <${BENCHMARKS.join('|')}> [options]
 
@@ -60,7 +67,9 @@ export const USAGE = `usage: pnpm bench <${BENCHMARKS.join('|')}> [options]
                        every device)
   --cpu-prof DIR       write a .cpuprofile of each process per measured phase into DIR
   --heap-profile DIR   connections: write what the live memory was allocated by (.heapprofile) into DIR
-  --gateway-env K=V    diagnostics: extra gateway environment (repeatable; marked in the JSON line)
+  --service-env S:K=V  diagnostics: extra environment of service S (gateway, dispatch or registry; the
+                       services do not inherit the benchmark's); repeatable, marked in the JSON line
+  --gateway-env K=V    the same as --service-env gateway:K=V
   --out FILE           also write the final JSON line to FILE
   --timeout-s N        stop everything and fail after N seconds
 `;
@@ -92,6 +101,7 @@ export function parseOptions(argv: string[]): BenchOptions {
       'heap-profile': { type: 'string' },
       out: { type: 'string' },
       'gateway-env': { type: 'string', multiple: true },
+      'service-env': { type: 'string', multiple: true },
       'timeout-s': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
@@ -119,13 +129,28 @@ export function parseOptions(argv: string[]): BenchOptions {
   assign('cpuProfDir', values['cpu-prof']);
   assign('heapProfileDir', values['heap-profile']);
   assign('out', values.out);
-  if (values['gateway-env'] !== undefined) {
-    options.gatewayEnv = {};
-    for (const pair of values['gateway-env']) {
-      const equals = pair.indexOf('=');
-      if (equals <= 0) throw new Error(`--gateway-env ${pair}: expected KEY=VALUE`);
-      options.gatewayEnv[pair.slice(0, equals)] = pair.slice(equals + 1);
+  const envEntries = [
+    ...(values['gateway-env'] ?? []).map((pair) => ({ option: '--gateway-env', entry: `gateway:${pair}` })),
+    ...(values['service-env'] ?? []).map((entry) => ({ option: '--service-env', entry })),
+  ];
+  for (const { option, entry } of envEntries) {
+    const colon = entry.indexOf(':');
+    const service = entry.slice(0, Math.max(0, colon));
+    const pair = entry.slice(colon + 1);
+    const equals = pair.indexOf('=');
+    if (!(ENV_SERVICES as readonly string[]).includes(service) || equals <= 0) {
+      const shape =
+        option === '--gateway-env'
+          ? 'KEY=VALUE'
+          : `SERVICE:KEY=VALUE, SERVICE one of ${ENV_SERVICES.join(', ')}`;
+      throw new Error(`${option} ${option === '--gateway-env' ? pair : entry}: expected ${shape}`);
     }
+    const serviceEnv: ServiceEnv = options.serviceEnv ?? {};
+    serviceEnv[service as EnvService] = {
+      ...serviceEnv[service as EnvService],
+      [pair.slice(0, equals)]: pair.slice(equals + 1),
+    };
+    options.serviceEnv = serviceEnv;
   }
   if (values.rates !== undefined) {
     options.rates = values.rates.split(',').map((rate) => {

@@ -48,7 +48,7 @@ export async function peersBench(cleanup: Cleanup, options: BenchOptions): Promi
     startOurs(cleanup, {
       gateways: 1,
       profiling,
-      ...(options.gatewayEnv === undefined ? {} : { gatewayEnv: options.gatewayEnv }),
+      ...(options.serviceEnv === undefined ? {} : { serviceEnv: options.serviceEnv }),
     }),
     SubscriberFleet.start(cleanup, SubscriberFleet.workersFor(devices, options.deviceWorkers), profiling),
     startSocketIo(cleanup, profiling),

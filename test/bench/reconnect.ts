@@ -32,7 +32,7 @@ export async function reconnectBench(cleanup: Cleanup, options: BenchOptions): P
     startBenchSystem(cleanup, {
       gateways: gatewayCount,
       ...(profiling ? { inspect: 'all' as const } : {}),
-      ...(options.gatewayEnv === undefined ? {} : { gatewayEnv: options.gatewayEnv }),
+      ...(options.serviceEnv === undefined ? {} : { serviceEnv: options.serviceEnv }),
     }),
     DeviceFleet.start(cleanup, DeviceFleet.workersFor(devices, options.deviceWorkers), profiling),
     startPushers(cleanup, pusherCount, profiling),

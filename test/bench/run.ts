@@ -51,8 +51,8 @@ await runBounded(deadlineS, async (cleanup) => {
       ],
     ],
   });
-  if (options.gatewayEnv !== undefined) {
-    result.figures.gateway_env = Object.entries(options.gatewayEnv)
+  for (const [service, env] of Object.entries(options.serviceEnv ?? {})) {
+    result.figures[`${service}_env`] = Object.entries(env)
       .map(([key, value]) => `${key}=${value}`)
       .join(' ');
   }

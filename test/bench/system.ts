@@ -9,6 +9,7 @@ import {
 import { ROOT } from './children.js';
 import { Cleanup, log } from './lifecycle.js';
 import { findPid, readMetric, readMetrics } from './measure.js';
+import type { EnvService, ServiceEnv } from './options.js';
 
 export const CLUSTER_TOKEN = 'bench-cluster-token-0123456789';
 
@@ -19,8 +20,8 @@ export interface BenchSystemOptions {
    * reading memory) or every service (to profile a phase). Default: none.
    */
   inspect?: 'gateways' | 'all';
-  /** Extra environment of the gateways (e.g. HEARTBEAT_INTERVAL_MS). */
-  gatewayEnv?: Record<string, string>;
+  /** Extra environment of the service processes, by service (e.g. the gateways' HEARTBEAT_INTERVAL_MS). */
+  serviceEnv?: ServiceEnv;
 }
 
 export interface BenchGateway {
@@ -90,14 +91,15 @@ async function startOnce(cleanup: Cleanup, options: BenchSystemOptions): Promise
     REGISTRY_ADDR: `127.0.0.1:${grpc.registry}`,
     DISPATCH_ADDR: `127.0.0.1:${grpc.dispatch}`,
   };
-  const start = async (service: string, env: Record<string, string>) => {
+  const start = async (service: EnvService, env: Record<string, string>) => {
     const opsPort = await freePort();
     const inspect = options.inspect === 'all' || (options.inspect === 'gateways' && service === 'gateway');
     const inspectPort = inspect ? await freePort() : undefined;
     const started = await startServiceProcess({
       root: ROOT,
       service,
-      env: { ...common, ...env, OPS_PORT: String(opsPort) },
+      // A diagnostic setting may override the common ones (LOG_LEVEL, say), not a process's ports or node id.
+      env: { ...common, ...options.serviceEnv?.[service], ...env, OPS_PORT: String(opsPort) },
       opsPort,
       nodeArgs: inspectPort === undefined ? [] : [`--inspect=127.0.0.1:${inspectPort}`],
     });
@@ -112,7 +114,6 @@ async function startOnce(cleanup: Cleanup, options: BenchSystemOptions): Promise
       const wsPort = await freePort();
       const nodeId = `gw-bench-${index + 1}`;
       const started = await start('gateway', {
-        ...options.gatewayEnv,
         WS_PORT: String(wsPort),
         NODE_ID: nodeId,
       });

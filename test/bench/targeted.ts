@@ -72,7 +72,7 @@ export async function targetedBench(cleanup: Cleanup, options: BenchOptions): Pr
     startBenchSystem(cleanup, {
       gateways,
       ...(profiling ? { inspect: 'all' as const } : {}),
-      ...(options.gatewayEnv === undefined ? {} : { gatewayEnv: options.gatewayEnv }),
+      ...(options.serviceEnv === undefined ? {} : { serviceEnv: options.serviceEnv }),
     }),
     DeviceFleet.start(cleanup, workerCount, profiling),
     startPushers(cleanup, pusherCount, profiling),
