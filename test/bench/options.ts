@@ -129,28 +129,26 @@ export function parseOptions(argv: string[]): BenchOptions {
   assign('cpuProfDir', values['cpu-prof']);
   assign('heapProfileDir', values['heap-profile']);
   assign('out', values.out);
-  const envEntries = [
-    ...(values['gateway-env'] ?? []).map((pair) => ({ option: '--gateway-env', entry: `gateway:${pair}` })),
-    ...(values['service-env'] ?? []).map((entry) => ({ option: '--service-env', entry })),
-  ];
-  for (const { option, entry } of envEntries) {
-    const colon = entry.indexOf(':');
-    const service = entry.slice(0, Math.max(0, colon));
-    const pair = entry.slice(colon + 1);
+  const addEnv = (service: string, pair: string, refused: string) => {
     const equals = pair.indexOf('=');
-    if (!(ENV_SERVICES as readonly string[]).includes(service) || equals <= 0) {
-      const shape =
-        option === '--gateway-env'
-          ? 'KEY=VALUE'
-          : `SERVICE:KEY=VALUE, SERVICE one of ${ENV_SERVICES.join(', ')}`;
-      throw new Error(`${option} ${option === '--gateway-env' ? pair : entry}: expected ${shape}`);
-    }
+    if (!(ENV_SERVICES as readonly string[]).includes(service) || equals <= 0) throw new Error(refused);
     const serviceEnv: ServiceEnv = options.serviceEnv ?? {};
     serviceEnv[service as EnvService] = {
       ...serviceEnv[service as EnvService],
       [pair.slice(0, equals)]: pair.slice(equals + 1),
     };
     options.serviceEnv = serviceEnv;
+  };
+  for (const pair of values['gateway-env'] ?? []) {
+    addEnv('gateway', pair, `--gateway-env ${pair}: expected KEY=VALUE`);
+  }
+  for (const entry of values['service-env'] ?? []) {
+    const colon = entry.indexOf(':');
+    addEnv(
+      colon < 0 ? '' : entry.slice(0, colon),
+      entry.slice(colon + 1),
+      `--service-env ${entry}: expected SERVICE:KEY=VALUE, SERVICE one of ${ENV_SERVICES.join(', ')}`,
+    );
   }
   if (values.rates !== undefined) {
     options.rates = values.rates.split(',').map((rate) => {
