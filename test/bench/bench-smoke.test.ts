@@ -99,6 +99,13 @@ describe('benchmark smoke runs', () => {
         expect(Number.isFinite(result[figure]), `${figure} = ${String(result[figure])}`).toBe(true);
       }
       if ('lost' in result) expect(result.lost).toBe(0);
+      if (name === 'targeted') {
+        // Measured (not necessarily above 0 in a one-second smoke step: /proc counts CPU in 10 ms ticks).
+        for (const side of ['server', 'harness']) {
+          const figure = result[`closed_loop_${side}_cpu_ms_per_push`];
+          expect(Number.isFinite(figure) && (figure as number) >= 0, `${side}: ${String(figure)}`).toBe(true);
+        }
+      }
       if (name === 'reconnect') {
         expect(result.offline_msgs_delivered).toBe(result.offline_msgs_accepted);
         // Present and measured; not necessarily above 0: /proc counts CPU in 10 ms ticks, and 60 bare `ws`

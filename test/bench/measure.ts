@@ -1,6 +1,7 @@
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import WebSocket from 'ws';
+import { round } from './report.js';
 
 /** Percentiles (0..100) of one sample by nearest rank, sorting a copy once; NaN for an empty sample. */
 export function percentiles(values: ArrayLike<number>, ps: number[]): number[] {
@@ -126,6 +127,29 @@ export function tcpIncrease(before: TcpCounters): TcpCounters {
     listenOverflows: after.listenOverflows - before.listenOverflows,
     synRetrans: after.synRetrans - before.synRetrans,
   };
+}
+
+/**
+ * CPU per unit of work (a handshake, a push) in ms, split between the system's processes and the load
+ * generators named in `harness` (device and pusher processes), from the cores each process used over
+ * `seconds`. `others` (processes outside the benchmark) counts on neither side. On a shared machine
+ * these move less from run to run than rates do, and their sum bounds the rate the machine's cores allow.
+ */
+export function cpuPerItem(
+  shares: Map<string, number>,
+  seconds: number,
+  items: number,
+  harness: Set<string>,
+): { servers: number; harness: number } {
+  let servers = 0;
+  let generators = 0;
+  for (const [name, cores] of shares) {
+    if (name === 'others') continue;
+    if (harness.has(name)) generators += cores;
+    else servers += cores;
+  }
+  const ms = (cores: number) => round((cores * seconds * 1000) / Math.max(1, items), 3);
+  return { servers: ms(servers), harness: ms(generators) };
 }
 
 /** Formats CPU shares as "gateway 0.95, dispatch 0.80, ..." (largest first). */

@@ -10,7 +10,15 @@ import {
   startReferences,
 } from './fleet.js';
 import { type Cleanup, log } from './lifecycle.js';
-import { CpuMeter, formatCpu, formatIncrease, metricIncrease, PhaseProfiler, sleep } from './measure.js';
+import {
+  CpuMeter,
+  cpuPerItem,
+  formatCpu,
+  formatIncrease,
+  metricIncrease,
+  PhaseProfiler,
+  sleep,
+} from './measure.js';
 import type { BenchOptions } from './options.js';
 import type { EachResult, PusherInit } from './pusher-worker.js';
 import { createBenchApp, registerDevices } from './register.js';
@@ -85,7 +93,7 @@ export async function reconnectBench(cleanup: Cleanup, options: BenchOptions): P
     fleet.connect(refUrls, app.accessId, registered, connect),
   );
   const refCpu = cpu.stop();
-  log(`reference: ${describe(ref)}; cpu ${formatCpu(refCpu)}`);
+  log(`reference: ${describe(ref)}; cpu ${formatCpu(refCpu, Infinity)}`);
   await fleet.close();
   await references.stop();
 
@@ -94,7 +102,7 @@ export async function reconnectBench(cleanup: Cleanup, options: BenchOptions): P
   cpu.start();
   const first = await fleet.connect(urls, app.accessId, registered, connect);
   const firstCpu = cpu.stop();
-  log(`system: first connect ${describe(first)}; cpu ${formatCpu(firstCpu)}`);
+  log(`system: first connect ${describe(first)}; cpu ${formatCpu(firstCpu, Infinity)}`);
   await fleet.close();
   // The drop is complete when no gateway holds a session (their routes are cleared then too).
   const dropDeadline = performance.now() + 60_000;
@@ -150,7 +158,7 @@ export async function reconnectBench(cleanup: Cleanup, options: BenchOptions): P
   const got = await fleet.collect();
   const delivered = new Set(got.msgIds).size;
   log(`system: ${describe(again)}; ${delivered} offline messages in ${deliveredS.toFixed(1)} s`);
-  log(`system: cpu ${formatCpu(systemCpu)}`);
+  log(`system: cpu ${formatCpu(systemCpu, Infinity)}`);
   // Sessions that reached Connected and were closed afterwards (the harness does not reconnect them), and
   // what the gateways counted meanwhile.
   const after = await fleet.stats();
@@ -165,7 +173,7 @@ export async function reconnectBench(cleanup: Cleanup, options: BenchOptions): P
   const gatewayCounts =
     `delivered ${moved('gateway_messages_delivered_total')}; disconnects ` +
     `${moved('gateway_disconnects_total')}; upgrade failures ${moved('gateway_upgrade_failures_total')}; ` +
-    `catch-up retries ${moved('gateway_catch_up_retries_total')}`;
+    `catch-up retries ${moved('gateway_catch_up_retries_total')}; batch calls ${batchCalls(metricsBefore, metricsAfter)}`;
   log(
     `system: ${after.open} open, closed after Connected: ${formatCounts(closed)}; gateways: ${gatewayCounts}`,
   );
@@ -175,11 +183,11 @@ export async function reconnectBench(cleanup: Cleanup, options: BenchOptions): P
   // CPU per handshake moves less with the machine than handshakes per second do (see docs/benchmarks.md,
   // reconnect): the servers' side against the bare ws servers', and the device processes' in both runs.
   const deviceNames = new Set(fleet.pids().keys());
-  const systemPerHandshake = cpuPerHandshake(systemCpu, deliveredS, again.ok, deviceNames);
-  const refPerHandshake = cpuPerHandshake(refCpu, ref.elapsedMs / 1000, ref.ok, deviceNames);
+  const systemPerHandshake = cpuPerItem(systemCpu, deliveredS, again.ok, deviceNames);
+  const refPerHandshake = cpuPerItem(refCpu, ref.elapsedMs / 1000, ref.ok, deviceNames);
   log(
     `cpu per handshake: servers ${systemPerHandshake.servers} ms (bare ws ${refPerHandshake.servers} ms), ` +
-      `device processes ${systemPerHandshake.devices} ms (${refPerHandshake.devices} ms)`,
+      `device processes ${systemPerHandshake.harness} ms (${refPerHandshake.harness} ms)`,
   );
   const row = (name: string, r: FleetConnectResult, shares: Map<string, number>) => [
     name,
@@ -250,32 +258,10 @@ export async function reconnectBench(cleanup: Cleanup, options: BenchOptions): P
       offline_pushes_per_s: Math.round(accepted / pushS),
       server_cpu_ms_per_handshake: systemPerHandshake.servers,
       ref_server_cpu_ms_per_handshake: refPerHandshake.servers,
-      device_cpu_ms_per_handshake: systemPerHandshake.devices,
-      ref_device_cpu_ms_per_handshake: refPerHandshake.devices,
+      device_cpu_ms_per_handshake: systemPerHandshake.harness,
+      ref_device_cpu_ms_per_handshake: refPerHandshake.harness,
     },
   };
-}
-
-/**
- * CPU milliseconds per handshake over a phase (cores × seconds / handshakes): of the servers (gateways,
- * registry, dispatch, nats-server and redis-server, or the bare ws servers) and of the device processes.
- * What other jobs used is left out.
- */
-function cpuPerHandshake(
-  shares: Map<string, number>,
-  seconds: number,
-  handshakes: number,
-  deviceNames: Set<string>,
-): { servers: number; devices: number } {
-  let servers = 0;
-  let devices = 0;
-  for (const [name, cores] of shares) {
-    if (name === 'others') continue;
-    if (deviceNames.has(name)) devices += cores;
-    else servers += cores;
-  }
-  const ms = (cores: number) => round((cores * seconds * 1000) / Math.max(1, handshakes));
-  return { servers: ms(servers), devices: ms(devices) };
 }
 
 function describe(result: FleetConnectResult): string {
@@ -285,4 +271,20 @@ function describe(result: FleetConnectResult): string {
     `${result.failed} failed (${formatCounts(result.errors)}); listen-queue overflows ` +
     `${result.tcp.listenOverflows}, SYN retransmissions ${result.tcp.synRetrans}`
   );
+}
+
+/**
+ * The gateways' batched gRPC calls over a phase: per call, how many were made and their mean items (the
+ * larger the batches, the less each handshake pays for its calls).
+ */
+function batchCalls(before: Map<string, number>, after: Map<string, number>): string {
+  const calls = metricIncrease(before, after, 'gateway_batch_items_count');
+  const items = metricIncrease(before, after, 'gateway_batch_items_sum');
+  if (calls.size === 0) return 'none';
+  return [...calls]
+    .map(
+      ([labels, n]) =>
+        `${labels.replace('call=', '')} ${n} (${((items.get(labels) ?? 0) / n).toFixed(1)} items each)`,
+    )
+    .join(', ');
 }

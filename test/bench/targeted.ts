@@ -1,6 +1,7 @@
 // targeted: open-loop single-token pushes through dispatch's gRPC API to online devices, in steps of
 // increasing rate; a step holds when its p99 publish-to-device latency is under 100 ms, nothing accepted
 // is lost, nothing is refused and the pushers kept the rate.
+import { availableParallelism } from 'node:os';
 import { DispatchServiceService } from '@pushd/proto';
 import { bearerAuthorization, createRpcClient } from '@pushd/rpc';
 import type { HarnessChild } from './children.js';
@@ -8,6 +9,7 @@ import { DeviceFleet, inspectPortsOf, startPushers } from './fleet.js';
 import { type Cleanup, log } from './lifecycle.js';
 import {
   CpuMeter,
+  cpuPerItem,
   formatCpu,
   formatIncrease,
   metricIncrease,
@@ -48,6 +50,8 @@ interface Step {
   pusherLagMs: number;
   saturated: boolean;
   cpu: Map<string, number>;
+  /** CPU ms per accepted push over the sending phase: the system's processes, and the devices' and pushers'. */
+  cpuMsPerPush: { servers: number; harness: number };
   unexpectedCloses: Record<string, number>;
   /** Longest event-loop stall of each service over the step (and drain), ms. */
   lagMs: Map<string, number>;
@@ -113,6 +117,8 @@ export async function targetedBench(cleanup: Cleanup, options: BenchOptions): Pr
       } satisfies PusherInit),
     ),
   );
+  // The load generators, apart from the system under test in the CPU per push.
+  const harness = new Set([...fleet.pids().keys(), ...pushers.map((p) => p.name)]);
   const cpu = new CpuMeter(
     () =>
       new Map([
@@ -161,8 +167,10 @@ export async function targetedBench(cleanup: Cleanup, options: BenchOptions): Pr
     log(`step ${label} for ${stepMs / 1000} s`);
     await profiler.start(`targeted-${label.replace(/[^A-Za-z0-9]+/g, '-')}`);
     cpu.start();
+    const cpuStarted = performance.now();
     const results = await Promise.all(pushers.map(call));
     const shares = cpu.stop();
+    const cpuSeconds = (performance.now() - cpuStarted) / 1000;
     const profiles = await profiler.stop();
     if (profiles.length > 0) log(`  profiles: ${profiles.join(' ')}`);
     const accepted = new Set<number>();
@@ -216,6 +224,7 @@ export async function targetedBench(cleanup: Cleanup, options: BenchOptions): Pr
       pusherLagMs: Math.max(...results.map((r) => r.maxLagMs)),
       saturated: results.some((r) => r.saturated),
       cpu: shares,
+      cpuMsPerPush: cpuPerItem(shares, cpuSeconds, accepted.size, harness),
       unexpectedCloses,
       lagMs: new Map(),
       held: false,
@@ -239,7 +248,8 @@ export async function targetedBench(cleanup: Cleanup, options: BenchOptions): Pr
     step.lagMs = eventLoopLagMaxMs(byServiceAfter);
     log(
       `  ${label}: ${Math.round(step.achieved)}/s accepted, p50 ${p50.toFixed(1)} p99 ${p99.toFixed(1)} ms, ` +
-        `${step.lost} lost, ${step.why}; cpu ${formatCpu(shares, 6)}`,
+        `${step.lost} lost, ${step.why}; cpu ${formatCpu(shares, 6)}; cpu per push: servers ` +
+        `${step.cpuMsPerPush.servers} ms, devices and pushers ${step.cpuMsPerPush.harness} ms`,
     );
     log(
       `  routed ${moved('dispatch_deliveries_routed_total')}; delivered ` +
@@ -293,6 +303,10 @@ export async function targetedBench(cleanup: Cleanup, options: BenchOptions): Pr
     (pusher) => pusher.call<RateResult>('closed', { durationMs: stepMs, concurrency: closedInflight }),
   );
 
+  // What the machine's cores allow at the closed loop's CPU per push (its batches are the largest, so
+  // its cost per push the lowest): with the load generators sharing the cores, and for the system alone.
+  const cores = availableParallelism();
+  const closedCpu = closedLoop.cpuMsPerPush;
   const held = steps.filter((s) => s.held);
   const best = held[held.length - 1];
   const lost = steps.reduce((sum, s) => sum + s.lost, 0);
@@ -311,6 +325,7 @@ export async function targetedBench(cleanup: Cleanup, options: BenchOptions): Pr
           'achieved/s',
           'result',
           'cpu (cores)',
+          'cpu ms/push: system + devices, pushers',
           'longest stall ms',
         ],
         rows: [...steps, closedLoop].map((s) => [
@@ -324,6 +339,7 @@ export async function targetedBench(cleanup: Cleanup, options: BenchOptions): Pr
           Math.round(s.achieved),
           s.why,
           formatCpu(s.cpu, 5),
+          `${s.cpuMsPerPush.servers} + ${s.cpuMsPerPush.harness}`,
           formatStalls(s.lagMs, 3),
         ]),
       },
@@ -339,8 +355,17 @@ export async function targetedBench(cleanup: Cleanup, options: BenchOptions): Pr
       closed_loop_p99_ms: round(closedLoop.p99),
       first_failed_rate: steps.find((s) => !s.held)?.rate ?? 0,
       pushers: pusherCount,
+      closed_loop_server_cpu_ms_per_push: closedCpu.servers,
+      closed_loop_harness_cpu_ms_per_push: closedCpu.harness,
+      cpu_bound_pushes_per_s: pushesPerSecondOf(cores, closedCpu.servers + closedCpu.harness),
+      server_cpu_bound_pushes_per_s: pushesPerSecondOf(cores, closedCpu.servers),
     },
   };
+}
+
+/** The pushes per second `cores` allow at `msPerPush` of CPU each; NaN (null in JSON) when none was measured. */
+function pushesPerSecondOf(cores: number, msPerPush: number): number {
+  return msPerPush > 0 ? Math.round((cores * 1000) / msPerPush) : Number.NaN;
 }
 
 /** "gateway 1250 ms, dispatch 40 ms" (longest first). */
