@@ -3,6 +3,7 @@ export {
   type NatsTestServer,
   requireBinary,
   startNatsServer,
+  startRedisCluster,
   startRedisServer,
   type TestServer,
 } from './servers.js';

@@ -2,7 +2,7 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort, waitForPort } from './ports.js';
+import { freePort, waitFor, waitForPort } from './ports.js';
 
 /** A server process a test started; `stop()` kills it and removes its files. */
 export interface TestServer {
@@ -129,6 +129,67 @@ export async function startRedisServer(): Promise<TestServer> {
     { stdio: 'ignore' },
   );
   return track(child, port, `redis://127.0.0.1:${port}`, dir);
+}
+
+/**
+ * Starts a Redis Cluster of `masters` redis-server processes (no replicas), each on a free port with its
+ * cluster bus on another, and waits until every node sees all 16,384 slots served. Its `url` lists every
+ * node, comma-separated, as `createRedisClient` takes a cluster's seeds. The slots are split with
+ * `redis-cli --cluster create` (Debian's redis-tools, which redis-server depends on).
+ */
+export async function startRedisCluster(masters = 3): Promise<TestServer> {
+  const binary = requireBinary('redis-server');
+  const nodes: TestServer[] = [];
+  try {
+    for (let i = 0; i < masters; i++) {
+      const port = await freePort();
+      const busPort = await freePort();
+      const dir = mkdtempSync(join(tmpdir(), 'pushd-redis-cluster-'));
+      const child = spawn(
+        binary,
+        [
+          ...['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+          ...['--dir', dir, '--cluster-enabled', 'yes', '--cluster-port', String(busPort)],
+          ...['--cluster-config-file', join(dir, 'nodes.conf'), '--cluster-node-timeout', '5000'],
+        ],
+        { stdio: 'ignore' },
+      );
+      nodes.push(await track(child, port, `redis://127.0.0.1:${port}`, dir));
+    }
+    const addresses = nodes.map((node) => `127.0.0.1:${node.port}`);
+    const created = spawnSync(
+      'redis-cli',
+      ['--cluster', 'create', ...addresses, '--cluster-replicas', '0', '--cluster-yes'],
+      { encoding: 'utf8', timeout: 30_000 },
+    );
+    if (created.status !== 0) {
+      throw new Error(
+        `redis-cli --cluster create failed (redis-cli comes with redis-tools: apt-get install -y ` +
+          `redis-tools): ${created.error?.message ?? ''}${created.stdout ?? ''}${created.stderr ?? ''}`,
+      );
+    }
+    // redis-cli returns once the nodes agree on the configuration; each must also serve every slot.
+    await waitFor(
+      () =>
+        nodes.every((node) => {
+          const info = spawnSync('redis-cli', ['-p', String(node.port), 'cluster', 'info'], {
+            encoding: 'utf8',
+          });
+          return /cluster_state:ok/.test(info.stdout) && /cluster_slots_ok:16384/.test(info.stdout);
+        }),
+      'every Redis Cluster node to serve all 16384 slots',
+    );
+  } catch (error) {
+    await Promise.all(nodes.map((node) => node.stop()));
+    throw error;
+  }
+  return {
+    url: nodes.map((node) => node.url).join(','),
+    port: nodes[0]!.port,
+    async stop() {
+      await Promise.all(nodes.map((node) => node.stop()));
+    },
+  };
 }
 
 async function track(child: ChildProcess, port: number, url: string, dir: string): Promise<TestServer> {
