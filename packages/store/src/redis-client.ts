@@ -1,6 +1,7 @@
 import { ConfigError, type Logger } from '@pushd/common';
 import { Cluster, type ClusterNode, Redis, type RedisOptions } from 'ioredis';
 import { Counter, Gauge, type Registry } from 'prom-client';
+import { SCRIPTS_WITH_KEY_COUNT_ARGUMENT } from './redis-scripts.js';
 
 /** A connection to one Redis, or to a Redis Cluster. The stores accept either. */
 export type RedisClient = Redis | Cluster;
@@ -32,7 +33,8 @@ export interface CreateRedisClientOptions {
  *   while no node is ready (use a readiness check to keep traffic away until it is).
  * - A command already sent when the connection dropped fails instead of being sent again: its effect is
  *   unknown and not every store call is idempotent (counters), so the caller decides whether to retry.
- * - Commands issued in the same tick share one write (auto-pipelining), per node on a cluster.
+ * - Commands issued in the same tick share one write (auto-pipelining), per node on a cluster; there,
+ *   scripts taking their key count as an argument go on their own (see SCRIPTS_WITH_KEY_COUNT_ARGUMENT).
  */
 export function createRedisClient(options: CreateRedisClientOptions): RedisClient {
   const name = options.name ?? 'pushd';
@@ -70,6 +72,7 @@ export function createRedisClient(options: CreateRedisClientOptions): RedisClien
       clusterRetryStrategy: backoff,
       enableOfflineQueue: false,
       enableAutoPipelining: true,
+      autoPipeliningIgnoredCommands: SCRIPTS_WITH_KEY_COUNT_ARGUMENT,
       redisOptions: {
         ...common,
         ...(first.username ? { username: decodeURIComponent(first.username) } : {}),

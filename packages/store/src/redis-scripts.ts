@@ -67,6 +67,16 @@ function commandName(name: ScriptName): string {
 }
 
 /**
+ * The commands of the scripts whose key count is their first argument (keys: null). Auto-pipelining picks
+ * a Redis Cluster node by a command's first argument, which for these is the count, not a key: in a tick's
+ * pipeline bound for another node they failed. A cluster client sends them on their own, and ioredis then
+ * routes their EVALSHA by its keys.
+ */
+export const SCRIPTS_WITH_KEY_COUNT_ARGUMENT: string[] = (Object.keys(SCRIPTS) as ScriptName[])
+  .filter((name) => SCRIPTS[name].keys === null)
+  .map(commandName);
+
+/**
  * Defines every script as a command of the client, once per client however many stores share it.
  * ioredis then sends EVALSHA and falls back to EVAL only on the first use per connection (or NOSCRIPT).
  * Must run before pipelines are created: a pipeline copies the client's commands when it is made.
