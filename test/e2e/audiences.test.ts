@@ -1,11 +1,17 @@
 import { MessageType, Platform } from '@pushd/proto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientsFor, type TestApp, TestDevice } from '../support/clients.js';
-import { type SystemUnderTest, startEmbeddedSystem, startProcessSystem } from '../support/system.js';
+import {
+  ON_REDIS_CLUSTER,
+  type SystemUnderTest,
+  startEmbeddedSystem,
+  startProcessSystem,
+} from '../support/system.js';
 
 // Targeted audiences end to end: token lists, accounts (last bind wins), account lists, platforms.
 describe.each([
   ['separate processes on NATS and Redis', startProcessSystem],
+  ON_REDIS_CLUSTER,
   ['embedded mode', startEmbeddedSystem],
 ] as const)('audiences: %s', (_mode, start) => {
   let system: SystemUnderTest;

@@ -3,12 +3,18 @@ import { MessageType, Platform } from '@pushd/proto';
 import { waitFor } from '@pushd/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientsFor, notifyToken, type TestApp, TestDevice } from '../support/clients.js';
-import { type SystemUnderTest, startEmbeddedSystem, startProcessSystem } from '../support/system.js';
+import {
+  ON_REDIS_CLUSTER,
+  type SystemUnderTest,
+  startEmbeddedSystem,
+  startProcessSystem,
+} from '../support/system.js';
 
 // The walking skeleton's scenario, run twice: every service as its own process on real NATS and Redis,
 // and the embedded single process on the in-memory bus and stores. Same code path, same expectations.
 describe.each([
   ['separate processes on NATS and Redis', startProcessSystem],
+  ON_REDIS_CLUSTER,
   ['embedded mode', startEmbeddedSystem],
 ] as const)('first push end to end: %s', (_mode, start) => {
   let system: SystemUnderTest;

@@ -3,7 +3,12 @@ import { Platform, type TagExpression, type TagRule } from '@pushd/proto';
 import { waitFor } from '@pushd/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientsFor, type TestApp, TestDevice } from '../support/clients.js';
-import { type SystemUnderTest, startEmbeddedSystem, startProcessSystem } from '../support/system.js';
+import {
+  ON_REDIS_CLUSTER,
+  type SystemUnderTest,
+  startEmbeddedSystem,
+  startProcessSystem,
+} from '../support/system.js';
 
 // Tags and audience dry runs end to end, on both modes: the tag API's limits and batches, and the
 // audience index the tag service keeps from registry and gateway events (registrations, connects,
@@ -23,6 +28,7 @@ const rules = (...tagRules: TagRule[]): TagExpression => ({
 
 describe.each([
   ['separate processes on NATS and Redis', startProcessSystem],
+  ON_REDIS_CLUSTER,
   ['embedded mode', startEmbeddedSystem],
 ] as const)('tags and audience counts end to end: %s', (_mode, start) => {
   let system: SystemUnderTest;

@@ -2,7 +2,14 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { silentLogger } from '@pushd/common';
 import { startEmbedded } from '@pushd/embedded';
-import { freePort, startNatsServer, startRedisServer, type TestServer, waitFor } from '@pushd/testkit';
+import {
+  freePort,
+  startNatsServer,
+  startRedisCluster,
+  startRedisServer,
+  type TestServer,
+  waitFor,
+} from '@pushd/testkit';
 
 export const CLUSTER_TOKEN = 'e2e-cluster-token-0123456789';
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -34,9 +41,20 @@ export interface ProcessSystemOptions {
   dispatchInstances?: number;
   /** Gateway processes (node ids gw-e2e-1, gw-e2e-2, ...). Default: 1. */
   gatewayInstances?: number;
+  /** Store on a Redis Cluster of three masters instead of one redis-server. Default: false. */
+  redisCluster?: boolean;
 }
 
 export type ServiceName = 'registry' | 'tag' | 'dispatch' | 'stats' | 'gateway';
+
+/**
+ * Production shape on a Redis Cluster: what the suites that cover every store (pushes, tags, audiences)
+ * run as well, for `describe.each`.
+ */
+export const ON_REDIS_CLUSTER = [
+  'separate processes on NATS and a Redis Cluster',
+  () => startProcessSystem({ redisCluster: true }),
+] as const;
 
 /** The two ways end-to-end suites run the system, for `describe.each`. */
 export const BOTH_MODES = [
@@ -81,7 +99,10 @@ interface ServiceProcess {
 export async function startProcessSystem(
   options: ProcessSystemOptions = {},
 ): Promise<SystemUnderTest & { nats: TestServer; redis: TestServer }> {
-  const [nats, redis] = await Promise.all([startNatsServer(), startRedisServer()]);
+  const [nats, redis] = await Promise.all([
+    startNatsServer(),
+    options.redisCluster ? startRedisCluster(3) : startRedisServer(),
+  ]);
   const dispatchPorts: number[] = [];
   for (let i = 0; i < (options.dispatchInstances ?? 1); i++) dispatchPorts.push(await freePort());
   const wsPorts: number[] = [];
