@@ -2,9 +2,9 @@ import { PushdError } from '@pushd/common';
 import { Platform } from '@pushd/proto';
 import type { DeviceCounts, DeviceRecord, DeviceStore } from './device-store.js';
 import type { RedisKeys } from './keys.js';
-import { pipelinePerKey, redisCall } from './redis-call.js';
+import { commandPerKey, redisCall } from './redis-call.js';
 import type { RedisClient } from './redis-client.js';
-import { defineScripts, queueScript, runScript } from './redis-scripts.js';
+import { defineScripts, runScript } from './redis-scripts.js';
 
 export interface RedisDeviceStoreOptions {
   redis: RedisClient;
@@ -93,13 +93,12 @@ export class RedisDeviceStore implements DeviceStore {
   }
 
   async getMany(accessId: number, tokens: string[]): Promise<(DeviceRecord | undefined)[]> {
-    const replies = await pipelinePerKey(
-      this.redis,
+    const replies = await commandPerKey(
       tokens.map((token) => this.keys.device(accessId, token)),
-      (pipeline, key) => pipeline.hmget(key, ...FIELDS),
+      (key) => this.redis.hmget(key, ...FIELDS),
     );
     return tokens.map((token, i) => {
-      const values = replies[i] as (string | null)[];
+      const values = replies[i]!;
       return toRecord(accessId, token, Object.fromEntries(FIELDS.map((field, f) => [field, values[f]])));
     });
   }
@@ -186,10 +185,9 @@ export class RedisDeviceStore implements DeviceStore {
     const index = await redisCall(this.redis.hgetall(indexKey));
     const tokens = Object.keys(index);
     if (tokens.length === 0) return [];
-    const records = await pipelinePerKey(
-      this.redis,
+    const records = await commandPerKey(
       tokens.map((token) => this.keys.device(accessId, token)),
-      (pipeline, key) => pipeline.hmget(key, 'a', 'bv'),
+      (key) => this.redis.hmget(key, 'a', 'bv'),
     );
     const bound: string[] = [];
     const stale: [string, string][] = [];
@@ -202,12 +200,11 @@ export class RedisDeviceStore implements DeviceStore {
         stale.push([token, indexVersion]);
     });
     if (stale.length > 0) {
-      await pipelinePerKey(
-        this.redis,
+      await commandPerKey(
         stale.map(() => indexKey),
-        (pipeline, key, i) => {
+        (key, i) => {
           const [token, version] = stale[i]!;
-          queueScript(pipeline, 'accountDelete', [key], [token, version]);
+          return runScript(this.redis, 'accountDelete', [key], [token, version]);
         },
       );
     }

@@ -1,7 +1,4 @@
 import { PushdError } from '@pushd/common';
-import calculateSlot from 'cluster-key-slot';
-import { type ChainableCommander, Cluster } from 'ioredis';
-import type { RedisClient } from './redis-client.js';
 
 /**
  * Server replies that mean "not now" rather than "never": memory full, a replica or a loading node, a
@@ -31,52 +28,18 @@ export async function redisCall<T>(call: Promise<T>): Promise<T> {
   }
 }
 
-/** Executes a pipeline and returns its replies in order; the first failed command fails the whole call. */
-export async function execPipeline(pipeline: ChainableCommander): Promise<unknown[]> {
-  const results = await redisCall(pipeline.exec());
-  if (!results) throw new PushdError('UNAVAILABLE', 'redis: pipeline was discarded');
-  return results.map(([error, value]) => {
-    if (error) throw storeError(error);
-    return value;
-  });
-}
-
 /**
- * One command per key, in one round trip per Redis node; replies in the order of `keys`. On a single
- * Redis that is one pipeline. On a cluster a pipeline must stay within one node's slots, so keys are
- * grouped by the node serving their slot and the groups' pipelines run concurrently.
+ * One command per key, replies in the order of `keys`; the first failed command fails the whole call.
+ * The commands go through the client's auto-pipelining: issued in one tick, they leave in one write per
+ * Redis node together with every other command of that tick (the pushes, lookups and acknowledgements
+ * being handled at the same time), instead of a pipeline of their own with its own write. On a cluster
+ * ioredis groups them by the node serving the slot of each command's first argument, which must be its
+ * key (every key of a script passed here shares that key's hash tag).
  */
-export async function pipelinePerKey(
-  client: RedisClient,
+export async function commandPerKey<T>(
   keys: string[],
-  queue: (pipeline: ChainableCommander, key: string, index: number) => void,
-): Promise<unknown[]> {
+  command: (key: string, index: number) => Promise<T>,
+): Promise<T[]> {
   if (keys.length === 0) return [];
-  if (!(client instanceof Cluster)) {
-    const pipeline = client.pipeline();
-    for (const [index, key] of keys.entries()) queue(pipeline, key, index);
-    return execPipeline(pipeline);
-  }
-  const groups = new Map<string, number[]>();
-  keys.forEach((key, index) => {
-    const slot = calculateSlot(key);
-    // Before the slot map is known, group per slot: always valid, merely more pipelines.
-    const nodes = client.slots[slot];
-    const group = nodes && nodes.length > 0 ? nodes.join(';') : `slot:${slot}`;
-    const members = groups.get(group);
-    if (members) members.push(index);
-    else groups.set(group, [index]);
-  });
-  const replies: unknown[] = new Array(keys.length);
-  await Promise.all(
-    [...groups.values()].map(async (indexes) => {
-      const pipeline = client.pipeline();
-      for (const index of indexes) queue(pipeline, keys[index]!, index);
-      const results = await execPipeline(pipeline);
-      indexes.forEach((index, position) => {
-        replies[index] = results[position];
-      });
-    }),
-  );
-  return replies;
+  return redisCall(Promise.all(keys.map(command)));
 }

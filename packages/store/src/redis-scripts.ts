@@ -1,5 +1,4 @@
 import { readFileSync } from 'node:fs';
-import type { ChainableCommander } from 'ioredis';
 import type { RedisClient } from './redis-client.js';
 
 /**
@@ -91,7 +90,7 @@ export function defineScripts(client: RedisClient): void {
   clientsWithScripts.add(client);
 }
 
-function method(target: RedisClient | ChainableCommander, name: string): ScriptMethod {
+function method(target: RedisClient, name: string): ScriptMethod {
   const found = (target as unknown as Record<string, ScriptMethod | undefined>)[name];
   if (!found)
     throw new Error(`script ${name} is not defined on this Redis client (call defineScripts first)`);
@@ -123,16 +122,6 @@ export function runScriptBuffer(
     ...keyArgs(name, keys),
     ...args,
   ) as Promise<unknown>;
-}
-
-/** Queues a script on a pipeline (same key layout as runScript). */
-export function queueScript(
-  pipeline: ChainableCommander,
-  name: ScriptName,
-  keys: string[],
-  args: ScriptArg[],
-): void {
-  method(pipeline, commandName(name)).call(pipeline, ...keyArgs(name, keys), ...args);
 }
 
 function keyArgs(name: ScriptName, keys: string[]): ScriptArg[] {

@@ -1,7 +1,7 @@
 import type { RedisKeys } from './keys.js';
-import { pipelinePerKey, redisCall } from './redis-call.js';
+import { commandPerKey, redisCall } from './redis-call.js';
 import type { RedisClient } from './redis-client.js';
-import { defineScripts, queueScript, runScript } from './redis-scripts.js';
+import { defineScripts, runScript } from './redis-scripts.js';
 import type { Route, RouteKey, RouteStore } from './route-store.js';
 
 export interface RedisRouteStoreOptions {
@@ -35,12 +35,11 @@ export class RedisRouteStore implements RouteStore {
   }
 
   async getMany(accessId: number, tokens: string[]): Promise<(Route | undefined)[]> {
-    const replies = await pipelinePerKey(
-      this.redis,
+    const replies = await commandPerKey(
       tokens.map((token) => this.keys.route(accessId, token)),
-      (pipeline, key) => pipeline.getBuffer(key),
+      (key) => this.redis.getBuffer(key),
     );
-    return replies.map((reply) => decodeRoute(reply as Buffer | null));
+    return replies.map(decodeRoute);
   }
 
   async clear(accessId: number, token: string, sessionId: string): Promise<void> {
@@ -51,11 +50,9 @@ export class RedisRouteStore implements RouteStore {
 
   async refresh(entries: (RouteKey & { sessionId: string })[], ttlMs: number): Promise<void> {
     const ttl = wholeMs(ttlMs);
-    await pipelinePerKey(
-      this.redis,
+    await commandPerKey(
       entries.map(({ accessId, token }) => this.keys.route(accessId, token)),
-      (pipeline, key, i) =>
-        queueScript(pipeline, 'routeRefresh', [key], [sessionPrefix(entries[i]!.sessionId), ttl]),
+      (key, i) => runScript(this.redis, 'routeRefresh', [key], [sessionPrefix(entries[i]!.sessionId), ttl]),
     );
   }
 }

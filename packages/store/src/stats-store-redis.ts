@@ -1,8 +1,8 @@
 import { DAY_MS, dayOf } from './audience-index.js';
 import type { RedisKeys } from './keys.js';
-import { pipelinePerKey, redisCall } from './redis-call.js';
+import { commandPerKey, redisCall } from './redis-call.js';
 import type { RedisClient } from './redis-client.js';
-import { defineScripts, queueScript, runScript } from './redis-scripts.js';
+import { defineScripts, runScript } from './redis-scripts.js';
 import {
   APP_DAYS_KEPT,
   type AppDay,
@@ -73,12 +73,11 @@ export class RedisStatsStore implements StatsStore {
       }
       chunks.push(args);
     }
-    // All chunks touch one slot: one pipeline, one round trip.
-    const replies = await pipelinePerKey(
-      this.redis,
+    // All chunks touch one slot: one node, one round trip.
+    const replies = await commandPerKey(
       chunks.map(() => dedupKey),
-      (pipeline, key, i) =>
-        queueScript(pipeline, 'statsFunnel', [key, countsKey], [field, this.dedupTtlMs, day, ...chunks[i]!]),
+      (key, i) =>
+        runScript(this.redis, 'statsFunnel', [key, countsKey], [field, this.dedupTtlMs, day, ...chunks[i]!]),
     );
     let added = 0;
     let dayCount = 0;
@@ -139,13 +138,12 @@ export class RedisStatsStore implements StatsStore {
     for (let day = fromDay; day <= toDay; day++) days.push(day);
     const oldestKept = dayOf(Date.now()) - APP_DAYS_KEPT + 1;
     const kept = days.filter((day) => day >= oldestKept);
-    const replies = await pipelinePerKey(
-      this.redis,
+    const replies = await commandPerKey(
       kept.map((day) => this.keys.statsDay(accessId, day)),
-      (pipeline, key) => pipeline.hmget(key, 'p', 's', 'a', 'c'),
+      (key) => this.redis.hmget(key, 'p', 's', 'a', 'c'),
     );
     const byDay = new Map<number, (string | null)[]>();
-    for (const [i, day] of kept.entries()) byDay.set(day, replies[i] as (string | null)[]);
+    for (const [i, day] of kept.entries()) byDay.set(day, replies[i]!);
     return days.map((day) => {
       const [pushes, sent, arrived, clicked] = byDay.get(day) ?? [];
       return {

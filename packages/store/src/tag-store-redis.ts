@@ -1,8 +1,8 @@
 import type { Platform } from '@pushd/proto';
 import type { RedisKeys } from './keys.js';
-import { pipelinePerKey, redisCall } from './redis-call.js';
+import { commandPerKey, redisCall } from './redis-call.js';
 import type { RedisClient } from './redis-client.js';
-import { defineScripts, queueScript, runScript } from './redis-scripts.js';
+import { defineScripts, runScript } from './redis-scripts.js';
 import {
   type AppTag,
   type DeviceTagState,
@@ -332,13 +332,17 @@ export class RedisTagStore implements TagStore {
     devices: TagDevice[],
     args: (device: TagDevice) => (string | number)[],
   ): Promise<DeviceReply[]> {
-    const replies = await pipelinePerKey(
-      this.redis,
+    const replies = await commandPerKey(
       devices.map((device) => this.keys.tags(accessId, device.token)),
-      (pipeline, key, i) => {
+      (key, i) => {
         const device = devices[i]!;
-        // Both keys share the device's hash tag, so grouping the pipeline by the first one is right.
-        queueScript(pipeline, 'tagDevice', [key, this.keys.tagMeta(accessId, device.token)], args(device));
+        // Both keys share the device's hash tag, so routing the command by the first one is right.
+        return runScript(
+          this.redis,
+          'tagDevice',
+          [key, this.keys.tagMeta(accessId, device.token)],
+          args(device),
+        );
       },
     );
     return replies.map((raw) => parseReply(raw as (string | number)[]));
