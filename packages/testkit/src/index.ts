@@ -1,7 +1,9 @@
 export { freePort, waitFor, waitForPort } from './ports.js';
 export {
+  type NatsTestCluster,
   type NatsTestServer,
   requireBinary,
+  startNatsCluster,
   startNatsServer,
   startRedisCluster,
   startRedisServer,

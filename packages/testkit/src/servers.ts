@@ -53,11 +53,14 @@ export interface NatsTestServer extends TestServer {
 
 /** Starts a nats-server with JetStream on a free port, storing in a fresh temporary directory. */
 export async function startNatsServer(): Promise<NatsTestServer> {
-  const binary = requireBinary('nats-server');
-  const port = await freePort();
+  return startNatsProcess(requireBinary('nats-server'), await freePort(), []);
+}
+
+/** One nats-server process with JetStream on `port`, with `extra` arguments (cluster settings). */
+async function startNatsProcess(binary: string, port: number, extra: string[]): Promise<NatsTestServer> {
   const dir = mkdtempSync(join(tmpdir(), 'pushd-nats-'));
   const spawnServer = () =>
-    spawn(binary, ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir], { stdio: 'ignore' });
+    spawn(binary, ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir, ...extra], { stdio: 'ignore' });
   let child: ChildProcess | undefined;
   let exited: Promise<void> = Promise.resolve();
 
@@ -129,6 +132,73 @@ export async function startRedisServer(): Promise<TestServer> {
     { stdio: 'ignore' },
   );
   return track(child, port, `redis://127.0.0.1:${port}`, dir);
+}
+
+/** A NATS cluster a test started: one server per node, each of which can be taken down and back. */
+export interface NatsTestCluster {
+  /** Every node's client URL, comma-separated (as `NATS_URL` takes several servers). */
+  url: string;
+  nodes: NatsTestServer[];
+  /** Each node's HTTP monitoring endpoint (`/jsz`, `/varz`...), in node order. */
+  monitorUrls: string[];
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts a NATS cluster of `size` nats-servers with JetStream (routes between all of them, each with its
+ * own store directory) and waits until JetStream has a meta leader, so that replicated streams can be
+ * created at once. Each node is a NatsTestServer: stopProcess()/startProcess() take one down and back.
+ */
+export async function startNatsCluster(size = 3): Promise<NatsTestCluster> {
+  const binary = requireBinary('nats-server');
+  const specs: { port: number; routePort: number; monitorPort: number; name: string }[] = [];
+  for (let i = 0; i < size; i++) {
+    specs.push({
+      port: await freePort(),
+      routePort: await freePort(),
+      monitorPort: await freePort(),
+      name: `n${i + 1}`,
+    });
+  }
+  const routes = specs.map((spec) => `nats://127.0.0.1:${spec.routePort}`).join(',');
+  const nodes: NatsTestServer[] = [];
+  try {
+    // Started together: JetStream waits for its peers before it elects a meta leader.
+    for (const spec of specs) {
+      nodes.push(
+        await startNatsProcess(binary, spec.port, [
+          ...['--server_name', spec.name, '--cluster_name', 'pushd-test'],
+          ...['--cluster', `nats://127.0.0.1:${spec.routePort}`, '--routes', routes],
+          ...['-m', String(spec.monitorPort)],
+        ]),
+      );
+    }
+    await waitFor(
+      async () => {
+        for (const spec of specs) {
+          const response = await fetch(`http://127.0.0.1:${spec.monitorPort}/jsz`);
+          const jsz = (await response.json()) as {
+            meta_cluster?: { leader?: string; cluster_size?: number };
+          };
+          if (!jsz.meta_cluster?.leader || jsz.meta_cluster.cluster_size !== size) return false;
+        }
+        return true;
+      },
+      'the NATS cluster to elect a JetStream meta leader',
+      30_000,
+    );
+  } catch (error) {
+    await Promise.all(nodes.map((node) => node.stop()));
+    throw error;
+  }
+  return {
+    url: nodes.map((node) => node.url).join(','),
+    nodes,
+    monitorUrls: specs.map((spec) => `http://127.0.0.1:${spec.monitorPort}`),
+    async stop() {
+      await Promise.all(nodes.map((node) => node.stop()));
+    },
+  };
 }
 
 /**
