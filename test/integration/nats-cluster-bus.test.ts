@@ -88,7 +88,8 @@ describe('NatsBus on a three-node NATS cluster', () => {
     const acknowledged: string[] = [];
     const publish = async (value: string) => {
       // A publish is acknowledged once a majority of the replicas stored it; while a leader is being
-      // elected it is refused (UNAVAILABLE), and the producer tries again, as dispatch does.
+      // elected it is refused (UNAVAILABLE), and the producer sends it again, as an API client sends
+      // again a push refused with UNAVAILABLE.
       await until(async () => {
         await producer.publishDurable(`clog.${value}`, bytes(value), { dedupKey: value });
       });
