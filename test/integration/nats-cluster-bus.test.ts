@@ -27,20 +27,18 @@ async function busOn(index: number, streams: DurableStreamConfig[]): Promise<Nat
   return bus;
 }
 
-/** The nodes holding `stream` (its leader and its replicas), by the monitoring endpoint of node 1. */
+/** The nodes holding a copy of `stream` (leader or replica): those whose monitoring lists it. */
 async function peersOf(stream: string): Promise<string[]> {
   interface Jsz {
-    account_details?: {
-      stream_detail?: { name: string; cluster?: { leader?: string; replicas?: { name: string }[] } }[];
-    }[];
+    account_details?: { stream_detail?: { name: string }[] }[];
   }
-  const response = await fetch(`${cluster.monitorUrls[0]}/jsz?streams=true`);
-  const jsz = (await response.json()) as Jsz;
-  const detail = jsz.account_details?.flatMap((account) => account.stream_detail ?? []);
-  const found = detail?.find((candidate) => candidate.name === stream)?.cluster;
-  return [found?.leader ?? '', ...(found?.replicas ?? []).map((replica) => replica.name)]
-    .filter(Boolean)
-    .sort();
+  const holding: string[] = [];
+  for (const [index, url] of cluster.monitorUrls.entries()) {
+    const jsz = (await (await fetch(`${url}/jsz?streams=true`)).json()) as Jsz;
+    const streams = jsz.account_details?.flatMap((account) => account.stream_detail ?? []) ?? [];
+    if (streams.some((candidate) => candidate.name === stream)) holding.push(`n${index + 1}`);
+  }
+  return holding;
 }
 
 beforeAll(async () => {
