@@ -2,7 +2,7 @@ import { MessageType, Platform } from '@pushd/proto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientsFor, type TestApp, TestDevice } from '../support/clients.js';
 import {
-  ON_REDIS_CLUSTER,
+  ON_CLUSTERS,
   type SystemUnderTest,
   startEmbeddedSystem,
   startProcessSystem,
@@ -11,7 +11,7 @@ import {
 // Targeted audiences end to end: token lists, accounts (last bind wins), account lists, platforms.
 describe.each([
   ['separate processes on NATS and Redis', startProcessSystem],
-  ON_REDIS_CLUSTER,
+  ON_CLUSTERS,
   ['embedded mode', startEmbeddedSystem],
 ] as const)('audiences: %s', (_mode, start) => {
   let system: SystemUnderTest;

@@ -4,7 +4,7 @@ import { waitFor } from '@pushd/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientsFor, notifyToken, type TestApp, TestDevice } from '../support/clients.js';
 import {
-  ON_REDIS_CLUSTER,
+  ON_CLUSTERS,
   type SystemUnderTest,
   startEmbeddedSystem,
   startProcessSystem,
@@ -14,7 +14,7 @@ import {
 // and the embedded single process on the in-memory bus and stores. Same code path, same expectations.
 describe.each([
   ['separate processes on NATS and Redis', startProcessSystem],
-  ON_REDIS_CLUSTER,
+  ON_CLUSTERS,
   ['embedded mode', startEmbeddedSystem],
 ] as const)('first push end to end: %s', (_mode, start) => {
   let system: SystemUnderTest;

@@ -4,7 +4,7 @@ import { waitFor } from '@pushd/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientsFor, type TestApp, TestDevice } from '../support/clients.js';
 import {
-  ON_REDIS_CLUSTER,
+  ON_CLUSTERS,
   type SystemUnderTest,
   startEmbeddedSystem,
   startProcessSystem,
@@ -28,7 +28,7 @@ const rules = (...tagRules: TagRule[]): TagExpression => ({
 
 describe.each([
   ['separate processes on NATS and Redis', startProcessSystem],
-  ON_REDIS_CLUSTER,
+  ON_CLUSTERS,
   ['embedded mode', startEmbeddedSystem],
 ] as const)('tags and audience counts end to end: %s', (_mode, start) => {
   let system: SystemUnderTest;

@@ -4,6 +4,7 @@ import { silentLogger } from '@pushd/common';
 import { startEmbedded } from '@pushd/embedded';
 import {
   freePort,
+  startNatsCluster,
   startNatsServer,
   startRedisCluster,
   startRedisServer,
@@ -43,17 +44,23 @@ export interface ProcessSystemOptions {
   gatewayInstances?: number;
   /** Store on a Redis Cluster of three masters instead of one redis-server. Default: false. */
   redisCluster?: boolean;
+  /**
+   * Bus on a NATS cluster of three servers instead of one, the durable streams replicated three times
+   * (`NATS_STREAM_REPLICAS=3`). Default: false.
+   */
+  natsCluster?: boolean;
 }
 
 export type ServiceName = 'registry' | 'tag' | 'dispatch' | 'stats' | 'gateway';
 
 /**
- * Production shape on a Redis Cluster: what the suites that cover every store (pushes, tags, audiences)
- * run as well, for `describe.each`.
+ * Production shape grown onto clusters (three NATS servers with replicated streams, a Redis Cluster of
+ * three masters): what the suites that cover every store and stream (pushes, tags, audiences) run as
+ * well, for `describe.each`.
  */
-export const ON_REDIS_CLUSTER = [
-  'separate processes on NATS and a Redis Cluster',
-  () => startProcessSystem({ redisCluster: true }),
+export const ON_CLUSTERS = [
+  'separate processes on a NATS cluster and a Redis Cluster',
+  () => startProcessSystem({ natsCluster: true, redisCluster: true }),
 ] as const;
 
 /** The two ways end-to-end suites run the system, for `describe.each`. */
@@ -98,9 +105,9 @@ interface ServiceProcess {
  */
 export async function startProcessSystem(
   options: ProcessSystemOptions = {},
-): Promise<SystemUnderTest & { nats: TestServer; redis: TestServer }> {
+): Promise<SystemUnderTest & { nats: Pick<TestServer, 'url' | 'stop'>; redis: TestServer }> {
   const [nats, redis] = await Promise.all([
-    startNatsServer(),
+    options.natsCluster ? startNatsCluster(3) : startNatsServer(),
     options.redisCluster ? startRedisCluster(3) : startRedisServer(),
   ]);
   const dispatchPorts: number[] = [];
@@ -122,6 +129,7 @@ export async function startProcessSystem(
     REGISTRY_ADDR: `127.0.0.1:${grpc.registry}`,
     DISPATCH_ADDR: `127.0.0.1:${grpc.dispatch}`,
     TAG_ADDR: `127.0.0.1:${grpc.tag}`,
+    ...(options.natsCluster ? { NATS_STREAM_REPLICAS: '3' } : {}),
   };
   const services: ServiceProcess[] = [];
   const add = async (name: ServiceName, instance: number, own: Record<string, string>) => {
