@@ -4,28 +4,10 @@
 // MOVED: the cluster is where the key layout (packages/store/src/keys.ts) is proven, not assumed.
 import { silentLogger } from '@pushd/common';
 import { Platform } from '@pushd/proto';
-import {
-  createRedisClient,
-  createRedisStores,
-  RedisBroadcastLog,
-  type RedisClient,
-  RedisKeys,
-  type Stores,
-} from '@pushd/store';
-import {
-  describeAppStoreContract,
-  describeAudienceIndexContract,
-  describeBroadcastLogContract,
-  describeDeviceStoreContract,
-  describeInboxStoreContract,
-  describePushStoreContract,
-  describeRouteStoreContract,
-  describeScheduleStoreContract,
-  describeStatsStoreContract,
-  describeTagStoreContract,
-} from '@pushd/store/contract';
+import { createRedisClient, createRedisStores, type RedisClient, RedisKeys, type Stores } from '@pushd/store';
 import { startRedisCluster, type TestServer, waitFor } from '@pushd/testkit';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describeRedisStoreContracts } from '../support/redis-contracts.js';
 
 let cluster: TestServer;
 let redis: Extract<RedisClient, { nodes: unknown }>;
@@ -51,24 +33,27 @@ beforeEach(async () => {
 
 const stores = (): Stores => createRedisStores({ redis, keys });
 
+/** The registration of device number `n` of app `accessId` (token: n, zero-padded to 40 digits). */
+function androidDevice(accessId: number, n: number) {
+  return {
+    accessId,
+    token: `${n}`.padStart(40, '0'),
+    platform: Platform.PLATFORM_ANDROID,
+    appVersion: '1',
+    osVersion: '14',
+    locale: 'en',
+    sdkVersion: '0.1.0',
+    credentialHash: 'h',
+    registeredAtMs: Date.now(),
+  };
+}
+
 describe('the test cluster', () => {
   it('spreads the keys of different devices over several masters', async () => {
     const masters = redis.nodes('master');
     expect(masters).toHaveLength(3);
     const devices = stores().devices;
-    for (let i = 0; i < 30; i++) {
-      await devices.upsert({
-        accessId: 1_500_000_001,
-        token: `${i}`.padStart(40, '0'),
-        platform: Platform.PLATFORM_ANDROID,
-        appVersion: '1',
-        osVersion: '14',
-        locale: 'en',
-        sdkVersion: '0.1.0',
-        credentialHash: 'h',
-        registeredAtMs: Date.now(),
-      });
-    }
+    for (let i = 0; i < 30; i++) await devices.upsert(androidDevice(1_500_000_001, i));
     const sizes = await Promise.all(masters.map((node) => node.dbsize()));
     expect(sizes.filter((size) => size > 0).length).toBeGreaterThan(1);
   });
@@ -94,19 +79,7 @@ describe('scripts with a variable number of keys on a cluster', () => {
     const audience = stores().audience;
     const devices = stores().devices;
     const writesOnEveryNode = () =>
-      Array.from({ length: 30 }, (_, i) =>
-        devices.upsert({
-          accessId: 1_600_000_001 + i,
-          token: `${i}`.padStart(40, '0'),
-          platform: Platform.PLATFORM_ANDROID,
-          appVersion: '1',
-          osVersion: '14',
-          locale: 'en',
-          sdkVersion: '0.1.0',
-          credentialHash: 'h',
-          registeredAtMs: Date.now(),
-        }),
-      );
+      Array.from({ length: 30 }, (_, i) => devices.upsert(androidDevice(1_600_000_001 + i, i)));
     for (const app of apps.values()) {
       await Promise.all([
         audience.setRegistered(app, 1, Platform.PLATFORM_ANDROID, true),
@@ -121,16 +94,4 @@ describe('scripts with a variable number of keys on a cluster', () => {
   });
 });
 
-describeAppStoreContract('redis cluster', () => stores().apps);
-describeBroadcastLogContract(
-  'redis cluster',
-  (options) => new RedisBroadcastLog({ redis, keys, ...options }),
-);
-describeAudienceIndexContract('redis cluster', () => stores().audience);
-describeDeviceStoreContract('redis cluster', () => stores().devices);
-describeInboxStoreContract('redis cluster', () => stores().inboxes);
-describePushStoreContract('redis cluster', () => stores().pushes);
-describeRouteStoreContract('redis cluster', () => stores().routes);
-describeScheduleStoreContract('redis cluster', () => stores().schedules);
-describeStatsStoreContract('redis cluster', () => stores().stats);
-describeTagStoreContract('redis cluster', () => stores().tags);
+describeRedisStoreContracts('redis cluster', () => redis, keys);

@@ -9,20 +9,9 @@ import {
   RedisKeys,
   type Stores,
 } from '@pushd/store';
-import {
-  describeAppStoreContract,
-  describeAudienceIndexContract,
-  describeBroadcastLogContract,
-  describeDeviceStoreContract,
-  describeInboxStoreContract,
-  describePushStoreContract,
-  describeRouteStoreContract,
-  describeScheduleStoreContract,
-  describeStatsStoreContract,
-  describeTagStoreContract,
-} from '@pushd/store/contract';
 import { startRedisServer, type TestServer, waitFor } from '@pushd/testkit';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describeRedisStoreContracts } from '../support/redis-contracts.js';
 
 // One redis-server for the file, emptied before every test.
 let server: TestServer;
@@ -45,16 +34,7 @@ beforeEach(async () => {
 
 const stores = (): Stores => createRedisStores({ redis, keys });
 
-describeAppStoreContract('redis', () => stores().apps);
-describeBroadcastLogContract('redis', (options) => new RedisBroadcastLog({ redis, keys, ...options }));
-describeAudienceIndexContract('redis', () => stores().audience);
-describeDeviceStoreContract('redis', () => stores().devices);
-describeInboxStoreContract('redis', () => stores().inboxes);
-describePushStoreContract('redis', () => stores().pushes);
-describeRouteStoreContract('redis', () => stores().routes);
-describeScheduleStoreContract('redis', () => stores().schedules);
-describeStatsStoreContract('redis', () => stores().stats);
-describeTagStoreContract('redis', () => stores().tags);
+describeRedisStoreContracts('redis', () => redis, keys);
 
 const APP = 1_500_000_001;
 const TOKEN = '0123456789abcdef0123456789abcdef01234567';
