@@ -1,3 +1,5 @@
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
 import { type Bus, type DurableStreamConfig, NatsBus } from '@pushd/bus';
 import { createMetricsRegistry, PushdError, silentLogger } from '@pushd/common';
 import { type NatsTestServer, startNatsServer } from '@pushd/testkit';
@@ -113,13 +115,19 @@ describe('NatsBus against a nats-server that goes away', () => {
     await consumer.stop();
   });
 
-  it('keeps a running consumer going across a restart', async () => {
+  // Both ways a consumer pulls: batches sized to its free handler slots, and (when the server bounds what
+  // it delivers, max_ack_pending 1 like the push log's appliers) one long-lived pull.
+  it.each([
+    ['pulling batches', undefined],
+    ['one long-lived pull (maxAckPending 1)', 1],
+  ] as const)('keeps a running consumer going across a restart: %s', async (_way, maxAckPending) => {
     const bus = await open();
     const seen: string[] = [];
     const consumer = bus.consume({
       stream: STREAM.name,
       consumer: 'running',
       redeliverAfterMs: 1_000,
+      ...(maxAckPending === undefined ? {} : { maxAckPending }),
       handler: async (data) => {
         seen.push(text(data));
       },
@@ -135,6 +143,29 @@ describe('NatsBus against a nats-server that goes away', () => {
     await until(() => bus.publishDurable('ev.gateway', bytes('two')));
     await until(() => expect(seen).toContain('two'));
     expect(seen.filter((s) => s === 'one')).toHaveLength(1);
+    await consumer.stop();
+  });
+
+  it('consumes again through one long-lived pull after its consumer was deleted', async () => {
+    const bus = await open();
+    const seen: string[] = [];
+    const consumer = bus.consume({
+      stream: STREAM.name,
+      consumer: 'deleted',
+      maxAckPending: 1,
+      handler: async (data) => {
+        seen.push(text(data));
+      },
+    });
+    await bus.publishDurable('ev.gateway', bytes('one'));
+    await until(() => expect(seen).toEqual(['one']));
+    const admin = await connect({ servers: server.url });
+    await (await jetstreamManager(admin)).consumers.delete(STREAM.name, 'deleted');
+    await until(async () => {
+      await bus.publishDurable('ev.gateway', bytes('again'));
+      expect(seen).toContain('again');
+    });
+    await admin.close();
     await consumer.stop();
   });
 

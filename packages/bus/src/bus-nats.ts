@@ -684,15 +684,39 @@ class NatsDurableConsumer implements DurableConsumer {
           consumer = ensured.consumer;
           pullLimit = ensured.maxAckPending > 0 ? ensured.maxAckPending : Number.POSITIVE_INFINITY;
         }
-        if (this.freeSlots() < this.refillAt) await this.waitForSlots();
-        if (this.stopping) break;
-        const batch = await consumer.fetch({
-          max_messages: Math.min(this.freeSlots(), pullLimit),
-          expires: PULL_EXPIRES_MS,
-        });
+        let batch: ConsumerMessages;
+        const longLived = pullLimit <= this.concurrency;
+        if (longLived) {
+          // The server never has more delivered and unacknowledged than the handler slots (the push log's
+          // max_ack_pending 1): one long-lived pull that asks again as each message arrives, so the next
+          // waits at the server and leaves as soon as the previous is acknowledged, with no subscription
+          // made and dropped per message. Ends only on stop or a missing consumer (made again below).
+          batch = await consumer.consume({
+            max_messages: pullLimit,
+            expires: PULL_EXPIRES_MS,
+            abort_on_missing_resource: true,
+          });
+        } else {
+          // Unbounded by the server: pull what the free slots can take, so that nothing waits unhandled
+          // in this process while its ack wait runs out.
+          if (this.freeSlots() < this.refillAt) await this.waitForSlots();
+          if (this.stopping) break;
+          batch = await consumer.fetch({
+            max_messages: Math.min(this.freeSlots(), pullLimit),
+            expires: PULL_EXPIRES_MS,
+          });
+        }
         this.batch = batch;
         if (this.stopping) void batch.close();
-        for await (const msg of batch) this.dispatch(msg);
+        for await (const msg of batch) {
+          if (failures > 0) {
+            this.logger.info('consuming again');
+            failures = 0;
+          }
+          this.dispatch(msg);
+        }
+        // A long-lived pull that ends by itself (not stopped) is retried after the failure backoff.
+        if (longLived && !this.stopping) throw new Error('the long-lived pull ended');
         if (failures > 0) this.logger.info('consuming again');
         failures = 0;
       } catch (error) {
