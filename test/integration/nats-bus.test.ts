@@ -115,11 +115,11 @@ describe('NatsBus against a nats-server that goes away', () => {
     await consumer.stop();
   });
 
-  // Both ways a consumer pulls: batches sized to its free handler slots, and (when the server bounds what
-  // it delivers, max_ack_pending 1 like the push log's appliers) one long-lived pull.
+  // Without a server-side limit of unacknowledged messages, and with max_ack_pending 1 (the push log's
+  // appliers: one message at a time whatever the instances).
   it.each([
-    ['pulling batches', undefined],
-    ['one long-lived pull (maxAckPending 1)', 1],
+    ['no max_ack_pending', undefined],
+    ['max_ack_pending 1', 1],
   ] as const)('keeps a running consumer going across a restart: %s', async (_way, maxAckPending) => {
     const bus = await open();
     const seen: string[] = [];
@@ -146,7 +146,9 @@ describe('NatsBus against a nats-server that goes away', () => {
     await consumer.stop();
   });
 
-  it('consumes again through one long-lived pull after its consumer was deleted', async () => {
+  // A durable consumer deleted under a running pull (by an operator, or lost with JetStream's state): the
+  // bus creates it again and goes on, instead of pulling from the stale handle for ever (it did).
+  it('consumes again after its durable consumer was deleted', async () => {
     const bus = await open();
     const seen: string[] = [];
     const consumer = bus.consume({

@@ -684,50 +684,21 @@ class NatsDurableConsumer implements DurableConsumer {
           consumer = ensured.consumer;
           pullLimit = ensured.maxAckPending > 0 ? ensured.maxAckPending : Number.POSITIVE_INFINITY;
         }
-        let batch: ConsumerMessages;
-        const longLived = pullLimit <= this.concurrency;
-        if (longLived) {
-          // The server never has more delivered and unacknowledged than the handler slots (the push log's
-          // max_ack_pending 1): one long-lived pull that asks again as each message arrives, so the next
-          // waits at the server and leaves as soon as the previous is acknowledged, with no subscription
-          // made and dropped per message. Ends only on stop or a missing consumer (made again below).
-          batch = await consumer.consume({
-            max_messages: pullLimit,
-            expires: PULL_EXPIRES_MS,
-            abort_on_missing_resource: true,
-          });
-        } else {
-          // Unbounded by the server: pull what the free slots can take, so that nothing waits unhandled
-          // in this process while its ack wait runs out.
-          if (this.freeSlots() < this.refillAt) await this.waitForSlots();
-          if (this.stopping) break;
-          batch = await consumer.fetch({
-            max_messages: Math.min(this.freeSlots(), pullLimit),
-            expires: PULL_EXPIRES_MS,
-          });
-        }
+        if (this.freeSlots() < this.refillAt) await this.waitForSlots();
+        if (this.stopping) break;
+        const batch = await consumer.fetch({
+          max_messages: Math.min(this.freeSlots(), pullLimit),
+          expires: PULL_EXPIRES_MS,
+        });
         this.batch = batch;
         if (this.stopping) void batch.close();
-        for await (const msg of batch) {
-          if (failures > 0) {
-            this.logger.info('consuming again');
-            failures = 0;
-          }
-          this.dispatch(msg);
-        }
-        // A long-lived pull that ends by itself (not stopped) is retried after the failure backoff.
-        if (longLived && !this.stopping) throw new Error('the long-lived pull ended');
+        for await (const msg of batch) this.dispatch(msg);
         if (failures > 0) this.logger.info('consuming again');
         failures = 0;
       } catch (error) {
         if (this.stopping) break;
         this.context.onError();
-        if (
-          isApiError(error, JetStreamApiCodes.ConsumerNotFound) ||
-          isApiError(error, JetStreamApiCodes.StreamNotFound)
-        ) {
-          consumer = undefined;
-        }
+        if (consumerMayBeGone(error)) consumer = undefined;
         const level = failures === 0 ? 'warn' : 'debug';
         this.logger[level]({ err: error, failures }, 'consuming failed; retrying');
         failures++;
@@ -871,6 +842,27 @@ function streamDiffers(current: StreamConfig, wanted: WantedStream): boolean {
     subjects.length !== wantedSubjects.length ||
     subjects.some((subject, i) => subject !== wantedSubjects[i])
   );
+}
+
+/**
+ * Whether a failed pull means the durable consumer (or its stream) may be gone, so that it must be looked
+ * up, and created again, before the next pull. A consumer deleted under a running pull shows as a 409
+ * "consumer deleted" status, and the pulls after it as missed heartbeats, not as an API "not found":
+ * pulling from the stale handle never recovered. Other failures (a disconnection) keep the handle.
+ */
+function consumerMayBeGone(error: unknown): boolean {
+  if (
+    isApiError(error, JetStreamApiCodes.ConsumerNotFound) ||
+    isApiError(error, JetStreamApiCodes.StreamNotFound)
+  ) {
+    return true;
+  }
+  if (!(error instanceof Error)) return false;
+  const status = error as Error & { code?: unknown };
+  if (error.name === 'JetStreamStatusError' && status.code === 409) {
+    return /consumer deleted|stream deleted/.test(error.message);
+  }
+  return error.message === 'heartbeats missed';
 }
 
 function isApiError(error: unknown, code: number): boolean {
