@@ -848,7 +848,8 @@ function streamDiffers(current: StreamConfig, wanted: WantedStream): boolean {
  * Whether a failed pull means the durable consumer (or its stream) may be gone, so that it must be looked
  * up, and created again, before the next pull. A consumer deleted under a running pull shows as a 409
  * "consumer deleted" status, and the pulls after it as missed heartbeats, not as an API "not found":
- * pulling from the stale handle never recovered. Other failures (a disconnection) keep the handle.
+ * pulling from the stale handle never recovered. Missed heartbeats can also mean a lost connection; the
+ * lookup then costs one request. Other failures (a disconnection, a timeout) keep the handle.
  */
 function consumerMayBeGone(error: unknown): boolean {
   if (
