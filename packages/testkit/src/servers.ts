@@ -141,6 +141,11 @@ export interface NatsTestCluster {
   nodes: NatsTestServer[];
   /** Each node's HTTP monitoring endpoint (`/jsz`, `/varz`...), in node order. */
   monitorUrls: string[];
+  /**
+   * Resolves once every node is up with JetStream current (`/healthz` answers 200 on each, and they agree
+   * on a meta leader): after a node was brought back, before the next failure is made.
+   */
+  ready(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -161,6 +166,23 @@ export async function startNatsCluster(size = 3): Promise<NatsTestCluster> {
     });
   }
   const routes = specs.map((spec) => `nats://127.0.0.1:${spec.routePort}`).join(',');
+  const monitorUrls = specs.map((spec) => `http://127.0.0.1:${spec.monitorPort}`);
+  const ready = async (): Promise<void> => {
+    await waitFor(
+      async () => {
+        for (const url of monitorUrls) {
+          if ((await fetch(`${url}/healthz`)).status !== 200) return false;
+          const jsz = (await (await fetch(`${url}/jsz`)).json()) as {
+            meta_cluster?: { leader?: string; cluster_size?: number };
+          };
+          if (!jsz.meta_cluster?.leader || jsz.meta_cluster.cluster_size !== size) return false;
+        }
+        return true;
+      },
+      'every NATS cluster node to be healthy under one JetStream meta leader',
+      30_000,
+    );
+  };
   const nodes: NatsTestServer[] = [];
   try {
     // Started together: JetStream waits for its peers before it elects a meta leader.
@@ -173,20 +195,7 @@ export async function startNatsCluster(size = 3): Promise<NatsTestCluster> {
         ]),
       );
     }
-    await waitFor(
-      async () => {
-        for (const spec of specs) {
-          const response = await fetch(`http://127.0.0.1:${spec.monitorPort}/jsz`);
-          const jsz = (await response.json()) as {
-            meta_cluster?: { leader?: string; cluster_size?: number };
-          };
-          if (!jsz.meta_cluster?.leader || jsz.meta_cluster.cluster_size !== size) return false;
-        }
-        return true;
-      },
-      'the NATS cluster to elect a JetStream meta leader',
-      30_000,
-    );
+    await ready();
   } catch (error) {
     await Promise.all(nodes.map((node) => node.stop()));
     throw error;
@@ -194,7 +203,8 @@ export async function startNatsCluster(size = 3): Promise<NatsTestCluster> {
   return {
     url: nodes.map((node) => node.url).join(','),
     nodes,
-    monitorUrls: specs.map((spec) => `http://127.0.0.1:${spec.monitorPort}`),
+    monitorUrls,
+    ready,
     async stop() {
       await Promise.all(nodes.map((node) => node.stop()));
     },
