@@ -26,6 +26,7 @@ const STREAM: DurableStreamConfig = { name: 'EVENTS', subjects: ['ev.>'] };
 const bytes = (text: string) => new TextEncoder().encode(text);
 const text = (data: Uint8Array) => new TextDecoder().decode(data);
 const until = (check: () => unknown, timeout = 20_000) => vi.waitFor(check, { timeout, interval: 50 });
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 describe('NatsBus against a nats-server that goes away', () => {
   let server: NatsTestServer;
@@ -167,6 +168,36 @@ describe('NatsBus against a nats-server that goes away', () => {
       await bus.publishDurable('ev.gateway', bytes('again'));
       expect(seen).toContain('again');
     });
+    await admin.close();
+    await consumer.stop();
+  });
+
+  it('creates a deleted consumer again with startWithinMs: only what was stored within it comes again', async () => {
+    const bus = await open();
+    const seen: string[] = [];
+    const consumer = bus.consume({
+      stream: STREAM.name,
+      consumer: 'deleted-window',
+      startWithinMs: 2_500,
+      handler: async (data) => {
+        seen.push(text(data));
+      },
+    });
+    await bus.publishDurable('ev.gateway', bytes('old'));
+    await until(() => expect(seen).toEqual(['old']));
+    await sleep(3_000);
+    await bus.publishDurable('ev.gateway', bytes('recent'));
+    await until(() => expect(seen).toEqual(['old', 'recent']));
+    const admin = await connect({ servers: server.url });
+    await (await jetstreamManager(admin)).consumers.delete(STREAM.name, 'deleted-window');
+    await until(async () => {
+      await bus.publishDurable('ev.gateway', bytes('again'));
+      expect(seen).toContain('again');
+    });
+    // Recreated at "2.5 s ago": 'recent' once more (a handler deduplicating for 2.5 s would drop it), never 'old'
+    // (stored 3 s or more before).
+    expect(seen.filter((message) => message === 'old')).toHaveLength(1);
+    expect(seen.filter((message) => message === 'recent')).toHaveLength(2);
     await admin.close();
     await consumer.stop();
   });

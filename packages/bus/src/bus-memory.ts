@@ -13,7 +13,13 @@ import type {
   ReadDurableOptions,
   SubscribeOptions,
 } from './bus.js';
-import { checkDedupKey, checkMaxAckPending, checkReadDurable, duplicateWindowOf } from './durable-options.js';
+import {
+  checkDedupKey,
+  checkMaxAckPending,
+  checkReadDurable,
+  checkStartWithinMs,
+  duplicateWindowOf,
+} from './durable-options.js';
 import { ErrorReporter } from './error-reporter.js';
 import { isValidPublishSubject, isValidSubscribeSubject, subjectMatches } from './subject-match.js';
 
@@ -232,7 +238,7 @@ export class MemoryBroker {
         `invalid filter subject ${JSON.stringify(options.filterSubject)}`,
       );
     }
-    const group = stream.consumerGroup(options.consumer, options.filterSubject, options.maxAckPending);
+    const group = stream.consumerGroup(options);
     group.join(member);
     return group;
   }
@@ -329,6 +335,19 @@ class MemoryStream {
     return { seq: this.lastSeq, duplicate: false };
   }
 
+  /** Sequence of the first stored message stored at `time` or later (lastSeq + 1 when none is). */
+  firstSeqStoredSince(time: number): number {
+    // Stored times never decrease along the sequence: binary search the stored messages.
+    let low = this.head;
+    let high = this.messages.length;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (this.messages[middle]!.time < time) low = middle + 1;
+      else high = middle;
+    }
+    return low < this.messages.length ? this.messages[low]!.seq : this.lastSeq + 1;
+  }
+
   /** The stored message with this sequence, or undefined when removed (too old). */
   get(seq: number): StoredMessage | undefined {
     if (seq < this.firstSeqValue) return undefined;
@@ -398,14 +417,15 @@ class MemoryStream {
     return this.groups.get(name);
   }
 
-  consumerGroup(
-    name: string,
-    filterSubject: string | undefined,
-    maxAckPending: number | undefined,
-  ): MemoryConsumerGroup {
+  consumerGroup(options: ConsumeOptions): MemoryConsumerGroup {
+    const { consumer: name, filterSubject, maxAckPending, startWithinMs } = options;
     let group = this.groups.get(name);
     if (!group) {
-      group = new MemoryConsumerGroup(this, filterSubject);
+      const startSeq =
+        startWithinMs === undefined
+          ? this.firstSeq
+          : this.firstSeqStoredSince(this.clock.now() - startWithinMs);
+      group = new MemoryConsumerGroup(this, filterSubject, startSeq);
       this.groups.set(name, group);
       this.groupList.push(group);
     } else {
@@ -449,8 +469,9 @@ class MemoryConsumerGroup {
   constructor(
     private readonly stream: MemoryStream,
     public filterSubject: string | undefined,
+    startSeq: number,
   ) {
-    this.nextSeq = stream.firstSeq;
+    this.nextSeq = startSeq;
   }
 
   join(member: MemoryDurableConsumer): void {
@@ -612,6 +633,7 @@ class MemoryDurableConsumer implements DurableConsumer {
     this.concurrency = options.concurrency ?? 1;
     this.handler = options.handler;
     checkMaxAckPending(options.maxAckPending);
+    checkStartWithinMs(options.startWithinMs);
     if (!Number.isInteger(this.concurrency) || this.concurrency < 1) {
       throw new PushdError(
         'INVALID_ARGUMENT',

@@ -34,7 +34,13 @@ import type {
   ReadDurableOptions,
   SubscribeOptions,
 } from './bus.js';
-import { checkDedupKey, checkMaxAckPending, checkReadDurable, duplicateWindowOf } from './durable-options.js';
+import {
+  checkDedupKey,
+  checkMaxAckPending,
+  checkReadDurable,
+  checkStartWithinMs,
+  duplicateWindowOf,
+} from './durable-options.js';
 import { ErrorReporter } from './error-reporter.js';
 
 const DEFAULT_MAX_AGE_MS = 7 * 24 * 3600 * 1000;
@@ -446,7 +452,7 @@ export class NatsBus implements Bus {
    * pull from it.
    */
   private async ensureConsumer(options: ResolvedConsumeOptions): Promise<EnsuredConsumer> {
-    const { stream, consumer: name, filterSubject, redeliverAfterMs, maxAckPending } = options;
+    const { stream, consumer: name, filterSubject, redeliverAfterMs, maxAckPending, startWithinMs } = options;
     const ackWait = nanos(redeliverAfterMs);
     for (let attempt = 0; ; attempt++) {
       let info: ConsumerInfo;
@@ -467,13 +473,18 @@ export class NatsBus implements Bus {
           deliver_policy: DeliverPolicy.All,
           max_deliver: -1,
         };
+        if (startWithinMs !== undefined) {
+          // Compared with the stored messages' timestamps, taken by the server's clock.
+          config.deliver_policy = DeliverPolicy.StartTime;
+          config.opt_start_time = new Date(Date.now() - startWithinMs).toISOString();
+        }
         if (filterSubject !== undefined) config.filter_subject = filterSubject;
         // Without maxAckPending the server applies its default, as before the option existed.
         if (maxAckPending !== undefined) config.max_ack_pending = maxAckPending;
         try {
           info = await this.jsm.consumers.add(stream, config);
           this.logger.info(
-            { stream, consumer: name, filterSubject, maxAckPending },
+            { stream, consumer: name, filterSubject, maxAckPending, startTime: config.opt_start_time },
             'created JetStream consumer',
           );
         } catch (addError) {
@@ -577,6 +588,7 @@ interface ResolvedConsumeOptions {
   filterSubject: string | undefined;
   redeliverAfterMs: number;
   maxAckPending: number | undefined;
+  startWithinMs: number | undefined;
 }
 
 interface EnsuredConsumer {
@@ -638,12 +650,14 @@ class NatsDurableConsumer implements DurableConsumer {
       throw new PushdError('INVALID_ARGUMENT', `redeliverAfterMs must be positive, got ${redeliverAfterMs}`);
     }
     checkMaxAckPending(options.maxAckPending);
+    checkStartWithinMs(options.startWithinMs);
     this.options = {
       stream: options.stream,
       consumer: options.consumer,
       filterSubject: options.filterSubject,
       redeliverAfterMs,
       maxAckPending: options.maxAckPending,
+      startWithinMs: options.startWithinMs,
     };
     this.handler = options.handler;
     this.concurrency = concurrency;

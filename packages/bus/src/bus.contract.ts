@@ -764,6 +764,47 @@ export function describeBusContract(name: string, setup: () => Promise<BusHarnes
         }
       });
 
+      it('starts a consumer it creates with startWithinMs at the messages stored within that time', async () => {
+        const [a, b] = await buses(2);
+        const options = { stream: STREAM.name, filterSubject: 'contract.window.>', startWithinMs: 2_500 };
+        // 'kept' exists before anything is stored: it keeps its position whatever startWithinMs says later.
+        await b!.consume({ ...options, consumer: 'kept', handler: async () => {} }).stop();
+        await a!.publishDurable('contract.window.x', bytes('old'));
+        // 'old' is 3 s old or more when 'recent' is created; 'new' younger than 2.5 s unless creating it stalls.
+        await sleep(3_000);
+        await a!.publishDurable('contract.window.x', bytes('new'));
+
+        const recent: string[] = [];
+        const kept: string[] = [];
+        const consumers = [
+          b!.consume({
+            ...options,
+            consumer: 'recent',
+            handler: async (data) => void recent.push(text(data)),
+          }),
+          b!.consume({ ...options, consumer: 'kept', handler: async (data) => void kept.push(text(data)) }),
+        ];
+        await until(() => expect(kept).toEqual(['old', 'new']));
+        await until(() => expect(recent).toEqual(['new']));
+        await settle(a!, b!);
+        expect(recent).toEqual(['new']);
+        for (const consumer of consumers) await consumer.stop();
+      });
+
+      it('refuses a startWithinMs that is not a positive number of ms with INVALID_ARGUMENT', async () => {
+        const [a] = await buses(1);
+        for (const startWithinMs of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) {
+          expect(() =>
+            a!.consume({ stream: STREAM.name, consumer: 'bad', startWithinMs, handler: async () => {} }),
+          ).toThrow(
+            expect.objectContaining({
+              code: 'INVALID_ARGUMENT',
+              message: expect.stringContaining('startWithinMs'),
+            }),
+          );
+        }
+      });
+
       it('rejects publishDurable with UNAVAILABLE, naming the subject, when no stream stores it', async () => {
         const [a] = await buses(1);
         const error = await a!.publishDurable('nostream.events.x', bytes('x')).then(

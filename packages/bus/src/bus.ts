@@ -148,6 +148,15 @@ export interface ConsumeOptions {
    * unlimited; NATS: the server's default, 1000).
    */
   maxAckPending?: number;
+  /**
+   * Where a consumer the bus has to create starts: at the first message stored at most this many ms ago,
+   * rather than at the first message the stream still holds. The bus creates the consumer on its first
+   * consume() and again whenever it finds it deleted (by an operator, or lost with a NATS node); a consumer
+   * that exists keeps its position. For a handler that recognizes a message it already applied only for a
+   * limited time: replaying that time and no more neither applies an older message twice nor skips a
+   * newer one. A positive number of ms (INVALID_ARGUMENT otherwise). Default: the first stored message.
+   */
+  startWithinMs?: number;
 }
 
 export interface DurableMessageMeta {

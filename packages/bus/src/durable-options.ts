@@ -37,6 +37,17 @@ export function checkMaxAckPending(maxAckPending: number | undefined): void {
   }
 }
 
+/** Throws INVALID_ARGUMENT unless `startWithinMs` is absent or a positive, finite number of ms. */
+export function checkStartWithinMs(startWithinMs: number | undefined): void {
+  if (startWithinMs === undefined) return;
+  if (!(startWithinMs > 0) || !Number.isFinite(startWithinMs)) {
+    throw new PushdError(
+      'INVALID_ARGUMENT',
+      `startWithinMs must be a positive number of ms, got ${startWithinMs}`,
+    );
+  }
+}
+
 /**
  * Throws INVALID_ARGUMENT for options of readDurable that neither bus could read with: both refuse them
  * alike, before asking anything (a NATS server would refuse a bad filter only as a failed request).

@@ -43,7 +43,7 @@ const zero = (): StageCounts => ({ sent: 0, arrived: 0, clicked: 0 });
  */
 export class MemoryStatsStore implements StatsStore {
   private readonly clock: Clock;
-  private readonly dedupTtlMs: number;
+  readonly dedupTtlMs: number;
   private readonly pushes = new Map<string, PushStats>();
   /** `<accessId>\n<day>` -> the app's figures of that day. */
   private readonly appDays = new Map<string, AppDayStats>();

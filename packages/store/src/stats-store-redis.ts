@@ -41,7 +41,7 @@ export interface RedisStatsStoreOptions {
 export class RedisStatsStore implements StatsStore {
   private readonly redis: RedisClient;
   private readonly keys: RedisKeys;
-  private readonly dedupTtlMs: number;
+  readonly dedupTtlMs: number;
 
   constructor(options: RedisStatsStoreOptions) {
     this.redis = options.redis;

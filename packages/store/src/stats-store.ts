@@ -60,6 +60,12 @@ export interface AppDay extends StageCounts {
 
 export interface StatsStore {
   /**
+   * How long after a push's last event the store remembers which devices it counted: a replayed event
+   * older than that may count again (see StatsService for how its consumer replays no further back).
+   */
+  readonly dedupTtlMs: number;
+
+  /**
    * Counts `tokens` as sent for the push; a token already counted is not counted again, so replayed
    * events do not inflate the figure (within the store's dedup window, DEFAULT_DEDUP_TTL_MS unless
    * configured, after the push's last event). Returns how many were new. Same as add() at stage `sent`

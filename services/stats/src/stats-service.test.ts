@@ -19,7 +19,14 @@ import {
   inProcessClient,
   type PromiseClient,
 } from '@pushd/rpc';
-import { createMemoryStores, DAY_MS, dayOf, latencyBucket, latencyBucketUpperMs } from '@pushd/store';
+import {
+  createMemoryStores,
+  DAY_MS,
+  DEFAULT_DEDUP_TTL_MS,
+  dayOf,
+  latencyBucket,
+  latencyBucketUpperMs,
+} from '@pushd/store';
 import { waitFor } from '@pushd/testkit';
 import { type MetricValue, Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -28,6 +35,7 @@ import { StatsService } from './stats-service.js';
 const CLUSTER_TOKEN = 'stats-unit-test-cluster-token';
 const NOW = Date.UTC(2026, 4, 20, 12);
 const TODAY = '2026-05-20';
+const HOUR_MS = 3_600_000;
 
 const cluster = () => callContext(bearerAuthorization(CLUSTER_TOKEN));
 
@@ -39,12 +47,17 @@ afterEach(async () => {
 interface SetupOptions {
   /** Calls of dispatch GetPush fail with UNAVAILABLE while this returns true. */
   dispatchDown?: () => boolean;
+  /**
+   * The bus stores events at the test's clock, and the service consumes only once the test calls
+   * `startConsuming` (a stats consumer created while the stream holds older events).
+   */
+  consumeLater?: boolean;
 }
 
 async function setup(options: SetupOptions = {}) {
   const clock = new ManualClock(NOW);
   const stores = createMemoryStores({ clock });
-  const bus = new MemoryBus({ streams: [streams.events] });
+  const bus = new MemoryBus({ streams: [streams.events], clock: options.consumeLater ? clock : undefined });
   const bearer = bearerAuthorization(CLUSTER_TOKEN);
   const registry = new RegistryService({
     apps: stores.apps,
@@ -97,7 +110,7 @@ async function setup(options: SetupOptions = {}) {
     watchPollMs: 1_000,
     redeliverAfterMs: 100,
   });
-  service.startConsuming();
+  if (!options.consumeLater) service.startConsuming();
   stopAfterTest.push(() => service.stop());
   const h = service.handlers();
 
@@ -170,6 +183,7 @@ async function setup(options: SetupOptions = {}) {
     publish,
     online,
     getPushCalls: () => getPushCalls,
+    startConsuming: () => service.startConsuming(),
   };
 }
 
@@ -269,6 +283,23 @@ describe('StatsService', () => {
     await publish('dispatch', [{ ...a, pushId, type: SENT, tokens: ['t1', 't2', 't3'] }]);
     await waitFor(async () => (await applied('sent')) === 4, 'the replays');
     expect(await app.stats(pushId)).toMatchObject({ sent: 3, arrived: 2 });
+  });
+
+  it('reads back no further than its dedup window, less an hour, when its consumer is created', async () => {
+    const { createApp, applied, publish, clock, startConsuming } = await setup({ consumeLater: true });
+    const app = await createApp();
+    const pushId = app.sendPush(2);
+    await publish('dispatch', [{ accessId: app.accessId, pushId, type: SENT, tokens: ['counted-long-ago'] }]);
+    clock.advance(2 * HOUR_MS);
+    await publish('dispatch', [{ accessId: app.accessId, pushId, type: SENT, tokens: ['recent'] }]);
+    // The first event is now 96 h old: beyond the 95 h read back, not read (had it been counted when new,
+    // its push's dedup set could be gone and it would count twice). The second, 94 h old, is read.
+    clock.advance(DEFAULT_DEDUP_TTL_MS - 2 * HOUR_MS);
+    startConsuming();
+    await waitFor(async () => (await applied('sent')) === 1, 'the recent event');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(await applied('sent')).toBe(1);
+    expect(await app.stats(pushId)).toMatchObject({ sent: 1 });
   });
 
   it('counts ARRIVED events merged per message device by device, each with its own latency', async () => {

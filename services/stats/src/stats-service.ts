@@ -68,6 +68,18 @@ const STAGE_OF: Partial<Record<EventType, FunnelStage>> = {
   [EventType.EVENT_TYPE_CLICKED]: 'clicked',
 };
 
+/**
+ * How far back a stats consumer that has to be created (first start, or after it was deleted or lost with
+ * a NATS node) reads the event stream, which keeps 7 days. Counting is idempotent only while a push's dedup
+ * set lives (`dedupTtlMs` after its last event, 96 h by default), so a replay reaching further back would
+ * count old events twice. It stops short of the window by an hour (a quarter of short test windows), so
+ * that an event replayed while the replay is under way is still within its dedup set. Older events were
+ * counted when they were new, unless stats lagged that far behind.
+ */
+function replayWindowOf(dedupTtlMs: number): number {
+  return dedupTtlMs - Math.min(3_600_000, dedupTtlMs / 4);
+}
+
 const DATE = /^(\d{4})-(\d{2})-(\d{2})$/;
 /** GetAppStats without dates: the last 7 days up to today. */
 const DEFAULT_DAYS = 7;
@@ -159,6 +171,7 @@ export class StatsService {
       handler: (data) => this.apply(EventBatch.decode(data)),
       concurrency: 4,
       redeliverAfterMs: this.options.redeliverAfterMs,
+      startWithinMs: replayWindowOf(this.options.stats.dedupTtlMs),
     });
   }
 
