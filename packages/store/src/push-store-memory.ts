@@ -107,12 +107,14 @@ export class MemoryPushStore implements PushStore {
     pushId: string,
     patch: PushPatch,
     expect?: PushStatus[],
+    expectFiring?: number,
   ): Promise<PushUpdateResult> {
     const stored = this.live(accessId, pushId);
     if (!stored) return { updated: false, status: undefined, firing: 0 };
     const { record } = stored;
     const refused = { updated: false, status: record.status, firing: stored.firing };
     if (expect !== undefined && !expect.includes(record.status)) return refused;
+    if (expectFiring !== undefined && expectFiring !== stored.firing) return refused;
     if (patch.firing !== undefined && patch.firing <= stored.firing) return refused;
     if (patch.firing !== undefined) stored.firing = patch.firing;
     if (patch.status !== undefined) record.status = patch.status;

@@ -102,6 +102,7 @@ export class RedisPushStore implements PushStore {
     pushId: string,
     patch: PushPatch,
     expect?: PushStatus[],
+    expectFiring?: number,
   ): Promise<PushUpdateResult> {
     const fields: (string | number)[] = [];
     if (patch.status !== undefined) fields.push('s', patch.status);
@@ -114,7 +115,7 @@ export class RedisPushStore implements PushStore {
         this.redis,
         'pushUpdate',
         [this.keys.push(accessId, pushId)],
-        [expect === undefined ? '*' : expect.join(','), patch.firing ?? '', ...fields],
+        [expect === undefined ? '*' : expect.join(','), expectFiring ?? '', patch.firing ?? '', ...fields],
       ),
     )) as [number, number, number];
     return {

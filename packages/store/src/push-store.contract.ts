@@ -211,6 +211,38 @@ export function describePushStoreContract(
         expect(await store.update(APP, '1', { firing: 2 })).toMatchObject({ updated: false, firing: 2 });
       });
 
+      it('updates with expectFiring only while that occurrence is the one last started (0: never fired)', async () => {
+        await store.save({ ...record('1', 1), status: SENDING });
+        // An immediate push: never fired by the scheduler.
+        expect(await store.update(APP, '1', { status: DONE }, [SENDING], 1)).toEqual({
+          updated: false,
+          status: SENDING,
+          firing: 0,
+        });
+        expect(await store.update(APP, '1', { status: DONE }, [SENDING], 0)).toEqual({
+          updated: true,
+          status: DONE,
+          firing: 0,
+        });
+        await store.save({ ...record('2', 1), status: SCHEDULED });
+        await store.update(APP, '2', { status: SENDING, firing: 3 }, [SCHEDULED]);
+        // Occurrence 2's entry applied again while occurrence 3 is being sent: refused, nothing changed.
+        expect(await store.update(APP, '2', { status: SCHEDULED, occurrences: 2 }, [SENDING], 2)).toEqual({
+          updated: false,
+          status: SENDING,
+          firing: 3,
+        });
+        expect((await store.get(APP, '2'))?.occurrences).toBe(0);
+        expect(await store.update(APP, '2', { status: SCHEDULED, occurrences: 3 }, [SENDING], 3)).toEqual({
+          updated: true,
+          status: SCHEDULED,
+          firing: 3,
+        });
+        expect(await store.update(APP, '9', { status: DONE }, undefined, 0)).toMatchObject({
+          updated: false,
+        });
+      });
+
       it('setStatus changes status and target whatever the status', async () => {
         await store.save({ ...record('1', 1), status: CANCELLED });
         expect(await store.setStatus(APP, '1', FAILED, 0)).toBe(true);

@@ -116,14 +116,17 @@ export interface PushStore {
   setStatus(accessId: number, pushId: string, status: PushStatus, target: number): Promise<boolean>;
 
   /**
-   * Applies `patch` atomically. With `expect`, only if the current status is one of them; a patch with
-   * `firing` only if it is above the stored one (see PushPatch.firing). Never creates a push.
+   * Applies `patch` atomically. With `expect`, only if the current status is one of them; with
+   * `expectFiring`, only if the occurrence the scheduler last started is that one (0: a push it never
+   * fired); a patch with `firing` only if it is above the stored one (see PushPatch.firing). Never creates
+   * a push.
    */
   update(
     accessId: number,
     pushId: string,
     patch: PushPatch,
     expect?: PushStatus[],
+    expectFiring?: number,
   ): Promise<PushUpdateResult>;
 
   /**

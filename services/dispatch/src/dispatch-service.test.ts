@@ -15,6 +15,7 @@ import {
   type PendingDevice,
   Platform,
   PushCommand,
+  PushRecord,
   type PushRequest,
   type PushResponse,
   PushStatus,
@@ -946,6 +947,7 @@ describe('DispatchEventConsumer', () => {
     const consumer = new DispatchEventConsumer({
       bus,
       inboxes: stores.inboxes,
+      devices: stores.devices,
       metrics,
       logger: silentLogger(),
     });
@@ -1015,6 +1017,55 @@ describe('DispatchEventConsumer', () => {
       await waitFor(async () => (await pending(token)).lastMsgId === 0, 'the window to be cleared');
       expect(await pending(token)).toEqual({ messages: [], lastMsgId: 0, lastBroadcastId: 0, dropped: 0 });
       expect(await pendingIds(other)).toEqual([fourth.msgId]);
+      expect(await counterValue(metrics.eventsConsumed, { type: 'unregistered' })).toBe(1);
+    } finally {
+      await consumer.stop();
+    }
+  });
+
+  it('keeps the window of a device that registered again before its unregistration was applied', async () => {
+    const { push, pendingIds, bus, app, metrics, stores, registryHandlers } = await setup();
+    const register = async () =>
+      (
+        await registryHandlers.registerDevice(
+          {
+            accessId: app.accessId,
+            accessKey: app.accessKey,
+            deviceId: 'device_registered_again',
+            platform: Platform.PLATFORM_ANDROID,
+            appVersion: '',
+            osVersion: '',
+            locale: '',
+            sdkVersion: '',
+          },
+          cluster(),
+        )
+      ).device?.token ?? '';
+    // Dispatch's event consumer is behind (an outage, or created again and replaying): the device
+    // unregisters, registers again with the same device id (same token) and gets a push meanwhile.
+    const token = await register();
+    await registryHandlers.unregisterDevice({ accessId: app.accessId, token }, cluster());
+    expect(await register()).toBe(token);
+    const kept = await push(token);
+    const consumer = new DispatchEventConsumer({
+      bus,
+      inboxes: stores.inboxes,
+      devices: stores.devices,
+      metrics,
+      logger: silentLogger(),
+    });
+    consumer.start();
+    try {
+      await waitFor(
+        async () => (await counterValue(metrics.eventsConsumed, { type: 'unregistered_superseded' })) === 1,
+        'the late unregistration',
+      );
+      expect(await pendingIds(token)).toEqual([kept.msgId]);
+      expect(await counterValue(metrics.eventsConsumed, { type: 'unregistered' })).toBe(0);
+
+      // Its next unregistration is about the current registration: the window goes.
+      await registryHandlers.unregisterDevice({ accessId: app.accessId, token }, cluster());
+      await waitFor(async () => (await pendingIds(token)).length === 0, 'the window to be cleared');
       expect(await counterValue(metrics.eventsConsumed, { type: 'unregistered' })).toBe(1);
     } finally {
       await consumer.stop();
@@ -1303,6 +1354,58 @@ describe('DispatchService.push to all devices and to tag expressions', () => {
       [accepted.msgId + 1, [accepted.msgId + 1]],
     ]);
     expect((await stores.inboxes.pending(app.accessId, token, 0, clock.now())).messages).toHaveLength(1);
+  });
+
+  it('leaves alone a record that moved on when an entry is applied again (a consumer created again replays the log)', async () => {
+    const { h, app, applier, stores, clock, registerIndexed } = await setup({ startApplier: false });
+    const token = await registerIndexed();
+    const accepted = await h.push(notify(token, { expireTimeS: 60 }), app.auth());
+    const command = {
+      accessId: app.accessId,
+      pushId: accepted.pushId,
+      message: message({ content: 'once' }),
+      acceptedAtMs: clock.now(),
+      expiresAtMs: clock.now() + 60_000,
+      platform: Platform.PLATFORM_UNSPECIFIED,
+      audience: undefined,
+      devices: [{ token, platform: Platform.PLATFORM_ANDROID }],
+      countedTarget: 1,
+      onlineOnly: false,
+      occurrence: 0,
+      moreOccurrences: false,
+    };
+    const status = async (pushId: string) => (await stores.pushes.get(app.accessId, pushId))?.status;
+    await applier.apply(command, accepted.msgId);
+    expect(await status(accepted.pushId)).toBe(PushStatus.PUSH_STATUS_DONE);
+    // Its entry, expired since, comes again: the push was sent, so it is not marked FAILED.
+    clock.advance(60_000);
+    await applier.apply(command, accepted.msgId);
+    expect(await stores.pushes.get(app.accessId, accepted.pushId)).toMatchObject({
+      status: PushStatus.PUSH_STATUS_DONE,
+      failure: '',
+    });
+
+    // A recurring push's first occurrence comes again after the push was cancelled, and after its third
+    // occurrence started: neither goes back to SCHEDULED nor loses its count.
+    const recurring = { ...command, expiresAtMs: clock.now() + 60_000, moreOccurrences: true, occurrence: 1 };
+    for (const [pushId, firing, before] of [
+      ['cancelled', 1, PushStatus.PUSH_STATUS_CANCELLED],
+      ['later', 3, PushStatus.PUSH_STATUS_SENDING],
+    ] as const) {
+      await stores.pushes.save(
+        PushRecord.fromPartial({
+          accessId: app.accessId,
+          pushId,
+          status: PushStatus.PUSH_STATUS_SCHEDULED,
+          createdAtMs: clock.now(),
+          occurrences: 2,
+        }),
+      );
+      await stores.pushes.update(app.accessId, pushId, { status: PushStatus.PUSH_STATUS_SENDING, firing });
+      await stores.pushes.update(app.accessId, pushId, { status: before });
+      await applier.apply({ ...recurring, pushId }, accepted.msgId + firing);
+      expect(await stores.pushes.get(app.accessId, pushId)).toMatchObject({ status: before, occurrences: 2 });
+    }
   });
 
   it('marks a push that waited in the log past its expiry as failed and delivers nothing', async () => {

@@ -410,12 +410,16 @@ export class DispatchService {
     try {
       return { ...response, msgId: await this.log.append(command) };
     } catch (error) {
-      // Not in the log, so never sent: the record says so, and the caller gets the error to retry.
+      // Not in the log, so never sent: the record says so, and the caller gets the error to retry. Only
+      // while SENDING: should the log have stored it after all (an acknowledgement lost), an applier
+      // that finished it first keeps its DONE.
       await this.options.pushes
-        .update(accessId, pushId, {
-          status: PushStatus.PUSH_STATUS_FAILED,
-          failure: 'the push log was unavailable',
-        })
+        .update(
+          accessId,
+          pushId,
+          { status: PushStatus.PUSH_STATUS_FAILED, failure: 'the push log was unavailable' },
+          [PushStatus.PUSH_STATUS_SENDING],
+        )
         .catch(() => undefined);
       throw error;
     }

@@ -80,6 +80,12 @@ export function createDispatch(options: CreateDispatchOptions): DispatchParts {
       ? {}
       : { lookAheadMinPending: options.lookAheadMinPending }),
   });
-  const events = new DispatchEventConsumer({ bus, inboxes: stores.inboxes, metrics, logger });
+  const events = new DispatchEventConsumer({
+    bus,
+    inboxes: stores.inboxes,
+    devices: stores.devices,
+    metrics,
+    logger,
+  });
   return { service, applier, scheduler, events };
 }

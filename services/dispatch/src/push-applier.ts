@@ -21,7 +21,15 @@ import {
   PushStatus,
   type TargetDevice,
 } from '@pushd/proto';
-import type { BroadcastLog, InboxStore, PushStore, Route, RouteStore } from '@pushd/store';
+import type {
+  BroadcastLog,
+  InboxStore,
+  PushPatch,
+  PushStore,
+  PushUpdateResult,
+  Route,
+  RouteStore,
+} from '@pushd/store';
 import type { DispatchMetrics } from './metrics.js';
 import { readPushLogEntry } from './push-log.js';
 
@@ -361,14 +369,12 @@ export class PushApplier {
     const { logger } = this.options;
     const { accessId, pushId } = push.command;
     const reason = error instanceof Error ? error.message : String(error);
-    await this.options.pushes
-      .update(accessId, pushId, {
-        status: PushStatus.PUSH_STATUS_FAILED,
-        failure: `could not be applied: ${reason}`,
-      })
-      .catch((cause: unknown) =>
-        logger.error({ err: cause, accessId, pushId }, 'marking a push failed failed'),
-      );
+    await this.updateRecord(push.command, {
+      status: PushStatus.PUSH_STATUS_FAILED,
+      failure: `could not be applied: ${reason}`,
+    }).catch((cause: unknown) =>
+      logger.error({ err: cause, accessId, pushId }, 'marking a push failed failed'),
+    );
     logger.error({ accessId, pushId, seq, deliveryCount }, 'a push that could not be applied was given up');
   }
 
@@ -410,12 +416,29 @@ export class PushApplier {
    * place in the app's list). A recurring push goes back to SCHEDULED until its last occurrence.
    */
   private recordApplied({ command, msgId }: LoggedPush, target: number): Promise<unknown> {
-    return this.options.pushes.update(command.accessId, command.pushId, {
+    return this.updateRecord(command, {
       status: command.moreOccurrences ? PushStatus.PUSH_STATUS_SCHEDULED : PushStatus.PUSH_STATUS_DONE,
       msgId,
       target,
       ...(command.occurrence > 0 ? { occurrences: command.occurrence } : {}),
     });
+  }
+
+  /**
+   * Updates the record of an entry's push only while finishing it is still that entry's part: status
+   * SENDING, with the entry's occurrence the one the scheduler last started (0 for an immediate push). An
+   * entry applied again (its consumer created again reads the log from its start; an acknowledgement was
+   * lost) thus leaves alone a record that moved on: a DONE push is not marked FAILED because its entry has
+   * expired since, a recurring push cancelled or at a later occurrence is not set back to SCHEDULED.
+   */
+  private updateRecord(command: PushCommand, patch: PushPatch): Promise<PushUpdateResult> {
+    return this.options.pushes.update(
+      command.accessId,
+      command.pushId,
+      patch,
+      [PushStatus.PUSH_STATUS_SENDING],
+      command.occurrence,
+    );
   }
 
   private async applyBroadcast({ command, msgId }: LoggedPush, now: number): Promise<void> {
@@ -495,7 +518,7 @@ export class PushApplier {
    * recurring push's later occurrences still come.
    */
   private recordExpired(command: PushCommand): Promise<unknown> {
-    return this.options.pushes.update(command.accessId, command.pushId, {
+    return this.updateRecord(command, {
       status: command.moreOccurrences ? PushStatus.PUSH_STATUS_SCHEDULED : PushStatus.PUSH_STATUS_FAILED,
       occurrences: command.occurrence,
       failure: 'expired in the push log before it could be sent',

@@ -1261,6 +1261,7 @@ describe('Gateway delivery', () => {
     const consumer = new DispatchEventConsumer({
       bus: system.bus,
       inboxes: system.stores.inboxes,
+      devices: system.stores.devices,
       metrics: system.dispatchMetrics,
       logger: silentLogger(),
     });
