@@ -146,12 +146,15 @@ async function setup(options: SetupOptions = {}) {
     }
     return token;
   };
-  const registerDevice = async (platform = Platform.PLATFORM_ANDROID) => {
+  const registerDevice = async (
+    platform = Platform.PLATFORM_ANDROID,
+    deviceId = `device_${String(++devices).padStart(12, '0')}`,
+  ) => {
     const registered = await registryHandlers.registerDevice(
       {
         accessId: app.accessId,
         accessKey: app.accessKey,
-        deviceId: `device_${String(++devices).padStart(12, '0')}`,
+        deviceId,
         platform,
         appVersion: '',
         osVersion: '',
@@ -941,9 +944,7 @@ describe('DispatchService.fetchPendingBatch', () => {
 });
 
 describe('DispatchEventConsumer', () => {
-  it('removes acknowledged messages from windows and clears the window of an unregistered device', async () => {
-    const { push, registerDevice, pending, pendingIds, bus, app, metrics, stores, registryHandlers } =
-      await setup();
+  const startEventConsumer = ({ bus, stores, metrics }: Awaited<ReturnType<typeof setup>>) => {
     const consumer = new DispatchEventConsumer({
       bus,
       inboxes: stores.inboxes,
@@ -952,6 +953,13 @@ describe('DispatchEventConsumer', () => {
       logger: silentLogger(),
     });
     consumer.start();
+    return consumer;
+  };
+
+  it('removes acknowledged messages from windows and clears the window of an unregistered device', async () => {
+    const context = await setup();
+    const { push, registerDevice, pending, pendingIds, bus, app, metrics, registryHandlers } = context;
+    const consumer = startEventConsumer(context);
     try {
       const token = await registerDevice();
       const other = await registerDevice();
@@ -1024,37 +1032,16 @@ describe('DispatchEventConsumer', () => {
   });
 
   it('keeps the window of a device that registered again before its unregistration was applied', async () => {
-    const { push, pendingIds, bus, app, metrics, stores, registryHandlers } = await setup();
-    const register = async () =>
-      (
-        await registryHandlers.registerDevice(
-          {
-            accessId: app.accessId,
-            accessKey: app.accessKey,
-            deviceId: 'device_registered_again',
-            platform: Platform.PLATFORM_ANDROID,
-            appVersion: '',
-            osVersion: '',
-            locale: '',
-            sdkVersion: '',
-          },
-          cluster(),
-        )
-      ).device?.token ?? '';
+    const context = await setup();
+    const { push, pendingIds, app, metrics, registryHandlers, registerDevice } = context;
+    const register = () => registerDevice(Platform.PLATFORM_ANDROID, 'device_registered_again');
     // Dispatch's event consumer is behind (an outage, or created again and replaying): the device
     // unregisters, registers again with the same device id (same token) and gets a push meanwhile.
     const token = await register();
     await registryHandlers.unregisterDevice({ accessId: app.accessId, token }, cluster());
     expect(await register()).toBe(token);
     const kept = await push(token);
-    const consumer = new DispatchEventConsumer({
-      bus,
-      inboxes: stores.inboxes,
-      devices: stores.devices,
-      metrics,
-      logger: silentLogger(),
-    });
-    consumer.start();
+    const consumer = startEventConsumer(context);
     try {
       await waitFor(
         async () => (await counterValue(metrics.eventsConsumed, { type: 'unregistered_superseded' })) === 1,
