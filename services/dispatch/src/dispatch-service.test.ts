@@ -944,11 +944,14 @@ describe('DispatchService.fetchPendingBatch', () => {
 });
 
 describe('DispatchEventConsumer', () => {
-  const startEventConsumer = ({ bus, stores, metrics }: Awaited<ReturnType<typeof setup>>) => {
+  const startEventConsumer = (
+    { bus, stores, metrics }: Awaited<ReturnType<typeof setup>>,
+    devices: DeviceStore = stores.devices,
+  ) => {
     const consumer = new DispatchEventConsumer({
       bus,
       inboxes: stores.inboxes,
-      devices: stores.devices,
+      devices,
       metrics,
       logger: silentLogger(),
     });
@@ -1025,6 +1028,43 @@ describe('DispatchEventConsumer', () => {
       await waitFor(async () => (await pending(token)).lastMsgId === 0, 'the window to be cleared');
       expect(await pending(token)).toEqual({ messages: [], lastMsgId: 0, lastBroadcastId: 0, dropped: 0 });
       expect(await pendingIds(other)).toEqual([fourth.msgId]);
+      expect(await counterValue(metrics.eventsConsumed, { type: 'unregistered' })).toBe(1);
+    } finally {
+      await consumer.stop();
+    }
+  });
+
+  it('clears the window of a device stored before device indexes existed (announced without one)', async () => {
+    const context = await setup();
+    const { push, registerDevice, pendingIds, bus, app, metrics, stores } = context;
+    const token = await registerDevice();
+    await push(token);
+    // Such a record reads with index -1, and the registry announces its unregistration without an index.
+    const legacy = Object.assign(Object.create(stores.devices) as DeviceStore, {
+      get: async (accessId: number, forToken: string) => {
+        const device = await stores.devices.get(accessId, forToken);
+        return device && { ...device, index: -1 };
+      },
+    });
+    const consumer = startEventConsumer(context, legacy);
+    try {
+      const unregistered: Event = {
+        type: EventType.EVENT_TYPE_UNREGISTERED,
+        accessId: app.accessId,
+        pushId: '',
+        msgId: 0,
+        token,
+        platform: Platform.PLATFORM_ANDROID,
+        atMs: 0,
+        tokens: [],
+        tokensAtMs: [],
+        windowless: false,
+      };
+      await bus.publishDurable(
+        subjects.events('registry'),
+        EventBatch.encode({ events: [unregistered] }).finish(),
+      );
+      await waitFor(async () => (await pendingIds(token)).length === 0, 'the window to be cleared');
       expect(await counterValue(metrics.eventsConsumed, { type: 'unregistered' })).toBe(1);
     } finally {
       await consumer.stop();

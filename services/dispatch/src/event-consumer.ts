@@ -78,7 +78,10 @@ export class DispatchEventConsumer {
    */
   private async clearUnregistered(event: Event): Promise<void> {
     const device = await this.options.devices.get(event.accessId, event.token);
-    if (device !== undefined && device.index !== event.deviceIndex) {
+    // Still registered under the same index: the registry announces before it removes. A record from
+    // before indexes existed (-1) is announced without one.
+    const index = device === undefined || device.index < 0 ? undefined : device.index;
+    if (device !== undefined && index !== event.deviceIndex) {
       this.options.metrics.eventsConsumed.inc({ type: 'unregistered_superseded' });
       return;
     }
