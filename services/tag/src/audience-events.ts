@@ -109,7 +109,10 @@ export class AudienceEvents {
   private async unregistered(event: Event): Promise<void> {
     const { tags, audience } = this.options;
     const { accessId, token } = event;
-    const index = event.deviceIndex ?? (await tags.state(accessId, token))?.index;
+    // Without an index the event is about a registration from before indexes existed, which the index
+    // never held. The device's state, if any, belongs to a later registration: taking its index would
+    // unregister that one.
+    const index = event.deviceIndex;
     if (index === undefined) return;
     // The state first (it makes late events about this registration obsolete), then the bits.
     const held = await tags.unregister(accessId, token, index);

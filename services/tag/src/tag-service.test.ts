@@ -251,4 +251,39 @@ describe('TagService', () => {
     expect(await app.register(deviceId)).toBe(token);
     await expect(h.listTags({ accessId: 0, token }, app.auth())).resolves.toEqual({ tags: [] });
   });
+
+  it('ignores an unregistration without a device index (a registration from before indexes existed)', async () => {
+    const { h, createApp, service, stores, bus } = await setup();
+    service.startConsuming();
+    const app = await createApp();
+    const token = await app.register();
+    await h.addTags({ accessId: 0, token, tags: ['vip'] }, app.auth());
+    await waitFor(
+      async () => (await stores.tags.state(app.accessId, token)) !== undefined,
+      'the registration',
+    );
+    // Applied late (a redelivery, a replay), after the device registered again and got an index.
+    await bus.publishDurable(
+      subjects.events('registry'),
+      EventBatch.encode({
+        events: [
+          {
+            type: EventType.EVENT_TYPE_UNREGISTERED,
+            accessId: app.accessId,
+            pushId: '',
+            msgId: 0,
+            token,
+            platform: Platform.PLATFORM_ANDROID,
+            atMs: Date.now(),
+            tokens: [],
+            tokensAtMs: [],
+            windowless: false,
+          },
+        ],
+      }).finish(),
+    );
+    await waitFor(async () => (await bus.consumerBacklog(streams.events.name, 'tag')) === 0, 'the event');
+    expect(await stores.tags.list(app.accessId, token)).toEqual(['vip']);
+    expect(await stores.tags.state(app.accessId, token)).toMatchObject({ unregistered: false });
+  });
 });
