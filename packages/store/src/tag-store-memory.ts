@@ -22,6 +22,9 @@ interface DeviceState {
   sessionId: string;
   sessionAtMs: number;
   online: boolean;
+  /** The newest disconnect of a session not recorded when it came, and its at_ms. */
+  endedSessionId: string;
+  endedAtMs: number;
 }
 
 /**
@@ -186,13 +189,16 @@ export class MemoryTagStore implements TagStore {
     if (this.obsolete(accessId, device)) return undefined;
     const state = this.claim(accessId, device);
     if (event.connected) {
-      if (event.atMs >= state.sessionAtMs) {
+      if (event.sessionId !== state.sessionId && event.atMs >= state.sessionAtMs) {
         state.sessionId = event.sessionId;
         state.sessionAtMs = event.atMs;
-        state.online = true;
+        state.online = event.sessionId !== state.endedSessionId;
       }
     } else if (state.sessionId === event.sessionId) {
       state.online = false;
+    } else if (event.atMs > state.endedAtMs) {
+      state.endedSessionId = event.sessionId;
+      state.endedAtMs = event.atMs;
     }
     return { online: state.online };
   }
@@ -272,6 +278,8 @@ function blank(index: number): DeviceState {
     sessionId: '',
     sessionAtMs: -1,
     online: false,
+    endedSessionId: '',
+    endedAtMs: -1,
   };
 }
 

@@ -279,6 +279,23 @@ export function describeTagStoreContract(name: string, makeStore: () => TagStore
       expect(await presence('s0', 6, false)).toEqual({ online: false });
     });
 
+    it('keeps a device offline when a connect is applied again or comes after its disconnect', async () => {
+      const presence = (sessionId: string, atMs: number, connected: boolean) =>
+        store.presence(APP, D1.token, 1, { sessionId, atMs, connected });
+      expect(await presence('s1', 10, true)).toEqual({ online: true });
+      expect(await presence('s1', 20, false)).toEqual({ online: false });
+      // The connect's batch delivered again (its handler failed on another event), or the stream replayed.
+      expect(await presence('s1', 10, true)).toEqual({ online: false });
+      // Out of order: s2's disconnect before its connect, and between them the late disconnect of an
+      // older session never recorded here (it must not take the place of s2's).
+      expect(await presence('s2', 40, false)).toEqual({ online: false });
+      expect(await presence('s0', 5, false)).toEqual({ online: false });
+      expect(await presence('s2', 30, true)).toEqual({ online: false });
+      // The next session is online as usual, and a connect applied twice keeps it so.
+      expect(await presence('s3', 50, true)).toEqual({ online: true });
+      expect(await presence('s3', 50, true)).toEqual({ online: true });
+    });
+
     it('replaces attribute tags under their prefixes, beside the user tags and outside their limits', async () => {
       const location = ['pushd:province:', 'pushd:city:'];
       const limits = { perDevice: 2, perApp: 2 };

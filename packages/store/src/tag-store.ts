@@ -158,7 +158,10 @@ export interface TagStore {
   /**
    * Records that session `sessionId` of the device connected or disconnected at `atMs`; returns whether the
    * device is online afterwards (a disconnect of a session that another one replaced changes nothing), or
-   * undefined when the event is obsolete (a newer registration, or this one unregistered).
+   * undefined when the event is obsolete (a newer registration, or this one unregistered). Events come at
+   * least once and in any order: a connect of the session already recorded changes nothing (it may have
+   * disconnected since), and a connect whose disconnect came first (the newest disconnect of a session
+   * not recorded is kept) records the session offline.
    */
   presence(
     accessId: number,

@@ -13,6 +13,7 @@
 --   p  platform                                    that expires, making late events obsolete)
 --   b  built-in value tags set in the index, '\n'-joined (registry refuses control characters in them)
 --   ra at_ms of the registration event applied  s / sa / o  last connected session, its at_ms, online '1'
+--   e / ea  the newest disconnect of a session not recorded when it came (events out of order), its at_ms
 -- ARGV[1] operation, ARGV[2] the caller's device index, then per operation:
 --   add        ARGV[3] most tags per device, ARGV[4..] tags (distinct)
 --   remove     ARGV[4..] tags
@@ -228,14 +229,22 @@ end
 
 if op == 'presence' then
   local at = tonumber(ARGV[4])
+  local recorded = redis.call('HMGET', KEYS[2], 's', 'sa', 'e', 'ea')
   if ARGV[5] == '1' then
-    local since = tonumber(redis.call('HGET', KEYS[2], 'sa') or '-1')
-    -- A connect older than the session already recorded (another gateway, events out of order) loses.
-    if at >= since then
-      redis.call('HSET', KEYS[2], 's', ARGV[3], 'sa', ARGV[4], 'o', '1')
+    -- A connect of the session already recorded (applied again) changes nothing: it may have
+    -- disconnected since. A connect older than the recorded session (another gateway, events out of
+    -- order) loses. A connect whose disconnect came first records the session offline.
+    if recorded[1] ~= ARGV[3] and at >= tonumber(recorded[2] or '-1') then
+      local online = '1'
+      if recorded[3] == ARGV[3] then
+        online = '0'
+      end
+      redis.call('HSET', KEYS[2], 's', ARGV[3], 'sa', ARGV[4], 'o', online)
     end
-  elseif redis.call('HGET', KEYS[2], 's') == ARGV[3] then
+  elseif recorded[1] == ARGV[3] then
     redis.call('HSET', KEYS[2], 'o', '0')
+  elseif at > tonumber(recorded[4] or '-1') then
+    redis.call('HSET', KEYS[2], 'e', ARGV[3], 'ea', ARGV[4])
   end
   return reply(1, 0, {}, {}, {}, redis.call('HGET', KEYS[2], 'o') == '1')
 end
