@@ -2,7 +2,7 @@ import { type Bus, MemoryBus, pushPartition, streams, subjects, withDurablePubli
 import { ManualClock, PushdError, silentLogger } from '@pushd/common';
 import {
   BroadcastDelivery,
-  type Event,
+  Event,
   EventBatch,
   EventType,
   FetchPendingBatchResponse,
@@ -1048,18 +1048,12 @@ describe('DispatchEventConsumer', () => {
     });
     const consumer = startEventConsumer(context, legacy);
     try {
-      const unregistered: Event = {
+      const unregistered = Event.create({
         type: EventType.EVENT_TYPE_UNREGISTERED,
         accessId: app.accessId,
-        pushId: '',
-        msgId: 0,
         token,
         platform: Platform.PLATFORM_ANDROID,
-        atMs: 0,
-        tokens: [],
-        tokensAtMs: [],
-        windowless: false,
-      };
+      });
       await bus.publishDurable(
         subjects.events('registry'),
         EventBatch.encode({ events: [unregistered] }).finish(),

@@ -1,6 +1,6 @@
 import { MemoryBus, streams, subjects } from '@pushd/bus';
 import { PushdError, silentLogger } from '@pushd/common';
-import { EventBatch, EventType, Platform, RegistryServiceService } from '@pushd/proto';
+import { Event, EventBatch, EventType, Platform, RegistryServiceService } from '@pushd/proto';
 import { RegistryService } from '@pushd/registry';
 import { basicAuthorization, bearerAuthorization, callContext, inProcessClient } from '@pushd/rpc';
 import { createMemoryStores } from '@pushd/store';
@@ -267,18 +267,13 @@ describe('TagService', () => {
       subjects.events('registry'),
       EventBatch.encode({
         events: [
-          {
+          Event.create({
             type: EventType.EVENT_TYPE_UNREGISTERED,
             accessId: app.accessId,
-            pushId: '',
-            msgId: 0,
             token,
             platform: Platform.PLATFORM_ANDROID,
             atMs: Date.now(),
-            tokens: [],
-            tokensAtMs: [],
-            windowless: false,
-          },
+          }),
         ],
       }).finish(),
     );
