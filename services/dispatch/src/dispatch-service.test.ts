@@ -1749,6 +1749,50 @@ describe('DispatchService scheduling, cancel, list and idempotency', () => {
     const { push } = await h.getPush({ accessId: 0, pushId: accepted.pushId }, app.auth());
     expect(push).toMatchObject({ status: PushStatus.PUSH_STATUS_DONE, occurrences: 3 });
   });
+
+  it('gives up an occurrence that cannot be applied and still fires the next one', async () => {
+    const { h, app, clock, scheduler, stores, bus, metrics, applier, registerDevice, pendingIds } =
+      await setup({
+        startApplier: false,
+      });
+    const token = await registerDevice();
+    const day = 86_400_000;
+    const start = clock.now() + 1_000;
+    const accepted = await h.push(
+      notify(token, {
+        sendTimeMs: start,
+        loop: { interval: LoopInterval.LOOP_INTERVAL_DAILY, endTimeMs: start + day + 1 },
+      }),
+      app.auth(),
+    );
+    const record = async () => (await h.getPush({ accessId: 0, pushId: accepted.pushId }, app.auth())).push;
+    // Occurrence 1 meets a device store that keeps failing (Redis unreachable for longer than the retries).
+    const failing = applierFailingFor(
+      token,
+      { stores, bus, metrics, clock },
+      { retryDelaysMs: [1], maxDeliveries: 2 },
+    );
+    failing.start();
+    clock.set(start);
+    await scheduler.poll();
+    await waitFor(async () => (await record())?.failure !== '', 'occurrence 1 given up');
+    expect(await record()).toMatchObject({
+      status: PushStatus.PUSH_STATUS_SCHEDULED,
+      occurrences: 1,
+      failure: expect.stringContaining('occurrence 1 could not be applied'),
+    });
+    await failing.stop();
+
+    applier.start();
+    clock.set(start + day);
+    await scheduler.poll();
+    await waitFor(
+      async () => (await record())?.status === PushStatus.PUSH_STATUS_DONE,
+      'occurrence 2 applied',
+    );
+    expect(await record()).toMatchObject({ occurrences: 2 });
+    expect(await pendingIds(token)).toHaveLength(1);
+  });
 });
 
 /**

@@ -364,15 +364,25 @@ export class PushApplier {
     return entries;
   }
 
-  /** Marks a push that could not be applied FAILED, so that the pushes behind it in the partition go on. */
+  /**
+   * Marks a push that could not be applied FAILED, so that the pushes behind it in the partition go on. A
+   * recurring push goes back to SCHEDULED instead, as when an occurrence expires: its later occurrences
+   * still come (the scheduler fires only a SCHEDULED push), and the record says why this one was not sent.
+   */
   private async giveUp(push: LoggedPush, error: unknown, seq: number, deliveryCount: number): Promise<void> {
     const { logger } = this.options;
-    const { accessId, pushId } = push.command;
-    const reason = error instanceof Error ? error.message : String(error);
-    await this.updateRecord(push.command, {
-      status: PushStatus.PUSH_STATUS_FAILED,
-      failure: `could not be applied: ${reason}`,
-    }).catch((cause: unknown) =>
+    const { accessId, pushId, occurrence, moreOccurrences } = push.command;
+    const failure = `could not be applied: ${error instanceof Error ? error.message : String(error)}`;
+    await this.updateRecord(
+      push.command,
+      moreOccurrences
+        ? {
+            status: PushStatus.PUSH_STATUS_SCHEDULED,
+            occurrences: occurrence,
+            failure: `occurrence ${occurrence} ${failure}`,
+          }
+        : { status: PushStatus.PUSH_STATUS_FAILED, failure },
+    ).catch((cause: unknown) =>
       logger.error({ err: cause, accessId, pushId }, 'marking a push failed failed'),
     );
     logger.error({ accessId, pushId, seq, deliveryCount }, 'a push that could not be applied was given up');
