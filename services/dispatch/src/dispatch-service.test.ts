@@ -38,6 +38,8 @@ import {
   type PushStore,
   type Route,
   type RouteStore,
+  type ScheduledCommand,
+  type ScheduleStore,
   type Stores,
 } from '@pushd/store';
 import { waitFor } from '@pushd/testkit';
@@ -72,6 +74,7 @@ interface SetupOptions {
   pushes?: (real: PushStore) => PushStore;
   routes?: (real: RouteStore) => RouteStore;
   inboxes?: (real: InboxStore) => InboxStore;
+  schedules?: (real: ScheduleStore) => ScheduleStore;
   bus?: (real: MemoryBus) => Bus;
   /** Default: true. False leaves accepted pushes in the log (call applier.apply or start it later). */
   startApplier?: boolean;
@@ -113,6 +116,7 @@ async function setup(options: SetupOptions = {}) {
       devices: options.devices?.(stores.devices) ?? stores.devices,
       routes: options.routes?.(stores.routes) ?? stores.routes,
       inboxes: options.inboxes?.(stores.inboxes) ?? stores.inboxes,
+      schedules: options.schedules?.(stores.schedules) ?? stores.schedules,
     },
     bus,
     registry: options.registry?.(realRegistry) ?? realRegistry,
@@ -1748,6 +1752,55 @@ describe('DispatchService scheduling, cancel, list and idempotency', () => {
     expect(ids).toEqual([...ids].sort((a, b) => a - b));
     const { push } = await h.getPush({ accessId: 0, pushId: accepted.pushId }, app.auth());
     expect(push).toMatchObject({ status: PushStatus.PUSH_STATUS_DONE, occurrences: 3 });
+  });
+
+  it('marks a push FAILED, not SCHEDULED for ever, when it could not be scheduled', async () => {
+    let failedPushId = '';
+    const { h, app, clock, stores, registerDevice } = await setup({
+      pushes: (real) =>
+        Object.assign(Object.create(real) as PushStore, {
+          saveCommand: async (accessId: number, pushId: string, command: ScheduledCommand) => {
+            failedPushId = pushId;
+            await real.saveCommand(accessId, pushId, command);
+            throw new PushdError('UNAVAILABLE', 'redis unreachable (test): the answer was lost');
+          },
+        }),
+    });
+    const token = await registerDevice();
+    await expect(
+      h.push(notify(token, { sendTimeMs: clock.now() + 60_000 }), app.auth()),
+    ).rejects.toMatchObject({
+      code: 'UNAVAILABLE',
+    });
+    expect(await stores.pushes.get(app.accessId, failedPushId)).toMatchObject({
+      status: PushStatus.PUSH_STATUS_FAILED,
+      failure: 'it could not be scheduled',
+    });
+  });
+
+  it('answers a push as accepted when its schedule entry was stored, and fired, though the write failed', async () => {
+    let fire: (() => Promise<void>) | undefined;
+    const context = await setup({
+      schedules: (real) =>
+        Object.assign(Object.create(real) as ScheduleStore, {
+          add: async (...args: Parameters<ScheduleStore['add']>) => {
+            await real.add(...args);
+            await fire?.(); // due and fired before the write's answer (lost) would have come back
+            throw new PushdError('UNAVAILABLE', 'redis unreachable (test): the answer was lost');
+          },
+        }),
+    });
+    const { h, app, clock, scheduler, registerDevice, applied } = context;
+    fire = async () => {
+      clock.advance(1_000);
+      await scheduler.poll();
+    };
+    const token = await registerDevice();
+    const accepted = await h.push(notify(token, { sendTimeMs: clock.now() + 1_000 }), app.auth());
+    await applied(accepted.pushId);
+    expect((await h.getPush({ accessId: 0, pushId: accepted.pushId }, app.auth())).push).toMatchObject({
+      status: PushStatus.PUSH_STATUS_DONE,
+    });
   });
 
   it('gives up an occurrence that cannot be applied and still fires the next one', async () => {

@@ -396,15 +396,34 @@ export class DispatchService {
     const response = { pushId, msgId: 0, invalidTokens, unknownAccounts, target: targetCount };
     if (plan.scheduled) {
       // The scheduler fires it (each occurrence gets the TTL from its own firing); its msg_id comes then.
-      await this.options.scheduler.schedule({
-        accessId,
-        pushId,
-        command,
-        nominalMs: plan.nominalMs,
-        fireAtMs: plan.fireAtMs,
-        ...(request.loop === undefined ? {} : { loop: request.loop }),
-        ...(request.acceptTime === undefined ? {} : { acceptTime: request.acceptTime }),
-      });
+      try {
+        await this.options.scheduler.schedule({
+          accessId,
+          pushId,
+          command,
+          nominalMs: plan.nominalMs,
+          fireAtMs: plan.fireAtMs,
+          ...(request.loop === undefined ? {} : { loop: request.loop }),
+          ...(request.acceptTime === undefined ? {} : { acceptTime: request.acceptTime }),
+        });
+      } catch (error) {
+        // Not scheduled, or not known to be (a write whose answer was lost): the record says FAILED rather
+        // than SCHEDULED for ever, which also keeps the scheduler from firing it should its entry have
+        // been stored after all (it fires SCHEDULED pushes only). Should that entry have fired already,
+        // the push is under way: it was accepted after all.
+        const marked = await this.options.pushes
+          .update(
+            accessId,
+            pushId,
+            { status: PushStatus.PUSH_STATUS_FAILED, failure: 'it could not be scheduled' },
+            [PushStatus.PUSH_STATUS_SCHEDULED],
+          )
+          .catch(() => undefined);
+        const fired =
+          marked?.status === PushStatus.PUSH_STATUS_SENDING || marked?.status === PushStatus.PUSH_STATUS_DONE;
+        if (fired) return response;
+        throw error;
+      }
       return response;
     }
     try {
