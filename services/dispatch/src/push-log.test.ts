@@ -26,6 +26,8 @@ class HoldingBus {
   readonly entries: { subject: string; seq: number; pushIds: string[] }[] = [];
   hold = false;
   failNext = 0;
+  /** Appends stored whose answer is then lost (the caller sees an error). `entries` lists each stored one once. */
+  loseAnswerNext = 0;
   private held: (() => void)[] = [];
 
   readonly bus: Bus = withDurablePublish(this.memory, async (real, subject, data, options) => {
@@ -36,7 +38,11 @@ class HoldingBus {
     }
     const result = await real(subject, data, options);
     const pushIds = readPushLogEntry(data, result.seq).map((push) => push.command.pushId);
-    this.entries.push({ subject, seq: result.seq, pushIds });
+    if (!result.duplicate) this.entries.push({ subject, seq: result.seq, pushIds });
+    if (this.loseAnswerNext > 0) {
+      this.loseAnswerNext--;
+      throw new PushdError('UNAVAILABLE', 'no answer from the stream within the timeout (test)');
+    }
     return result;
   });
 
@@ -58,7 +64,9 @@ afterEach(async () => {
   }
 });
 
-function makeWriter(options: { maxCommandsPerEntry?: number; busyLingerMs?: number } = {}) {
+function makeWriter(
+  options: { maxCommandsPerEntry?: number; busyLingerMs?: number; retryDelaysMs?: number[] } = {},
+) {
   const holding = new HoldingBus();
   buses.push(holding);
   const writer = new PushLogWriter({ bus: holding.bus, partitions: PARTITIONS, ...options });
@@ -162,7 +170,7 @@ describe('PushLogWriter', () => {
   });
 
   it('rejects every push of an entry whose append failed, and appends later pushes after it', async () => {
-    const { holding, writer } = makeWriter();
+    const { holding, writer } = makeWriter({ retryDelaysMs: [] });
     holding.hold = true;
     const first = writer.append(command(APP, 'p1'));
     await waitFor(() => holding.heldCount === 1, 'the first append in flight');
@@ -186,13 +194,31 @@ describe('PushLogWriter', () => {
     expect(holding.entries.map((entry) => entry.pushIds)).toEqual([['p2', 'p3']]);
   });
 
+  it('tries a failed append again, storing an entry once when only its answer was lost', async () => {
+    const { holding, writer } = makeWriter({ retryDelaysMs: [1, 1] });
+    holding.loseAnswerNext = 1;
+    const [p1, p2] = await Promise.all(['p1', 'p2'].map((pushId) => writer.append(command(APP, pushId))));
+    // p1's entry was stored by its first attempt (whose answer was lost) and found again by its second.
+    expect(holding.entries.map((entry) => entry.pushIds)).toEqual([['p1'], ['p2']]);
+    expect(p1).toBe(msgIdOf(1, 0));
+    expect(p2).toBe(msgIdOf(2, 0));
+
+    // Two failures, then the third attempt stores it; a third failure would reject.
+    holding.failNext = 2;
+    expect(await writer.append(command(APP, 'p3'))).toBe(msgIdOf(3, 0));
+    holding.failNext = 3;
+    await expect(writer.append(command(APP, 'p4'))).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    expect(holding.entries.map((entry) => entry.pushIds)).toEqual([['p1'], ['p2'], ['p3']]);
+  });
+
   it('appends a scheduled occurrence once per deduplication key', async () => {
     const { holding, writer } = makeWriter();
     const once = await writer.appendOnce(command(APP, 'p1'), `${APP}:p1:1`);
     const again = await writer.appendOnce(command(APP, 'p1'), `${APP}:p1:1`);
     expect(once.duplicate).toBe(false);
     expect(again).toEqual({ msgId: once.msgId, duplicate: true });
-    expect(holding.entries.map((entry) => entry.pushIds)).toEqual([['p1'], ['p1']]);
+    // The log holds it once.
+    expect(holding.entries.map((entry) => entry.pushIds)).toEqual([['p1']]);
   });
 });
 

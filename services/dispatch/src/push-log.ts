@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { type Bus, pushPartition, subjects } from '@pushd/bus';
 import { encodeMessage, PushCommand, PushLogEntry } from '@pushd/proto';
 
@@ -43,6 +44,14 @@ export interface PushLogWriterOptions {
   busyLingerMs?: number;
   /** Default: Date.now. */
   now?: () => number;
+  /**
+   * Waits before each further attempt of an append that failed. Each entry carries a deduplication key,
+   * so an attempt after one whose answer was lost (a timeout after the stream stored it) gets the stored
+   * entry's sequence back instead of storing it twice (within the stream's duplicate window, 2 minutes):
+   * the pushes are then answered as accepted, rather than refused while the applier delivers them (and a
+   * retry of the call sends them again). Default: [100, 500].
+   */
+  retryDelaysMs?: number[];
 }
 
 interface Waiting {
@@ -71,12 +80,17 @@ export class PushLogWriter {
   private readonly appending = new Set<number>();
   /** When each partition's last append started. */
   private readonly lastAppendAt = new Map<number, number>();
+  private readonly retryDelaysMs: number[];
+  /** Entry deduplication keys: this writer's id and a serial (unique across instances and restarts). */
+  private readonly writerId = randomUUID();
+  private entrySerial = 0;
 
   constructor(private readonly options: PushLogWriterOptions) {
     this.partitions = options.partitions ?? 16;
     this.maxCommands = Math.min(MSG_IDS_PER_ENTRY, Math.max(1, options.maxCommandsPerEntry ?? 256));
     this.busyLingerMs = Math.max(0, options.busyLingerMs ?? 10);
     this.now = options.now ?? Date.now;
+    this.retryDelaysMs = options.retryDelaysMs ?? [100, 500];
   }
 
   /** Resolves with the push's msg_id once it is in the log. */
@@ -122,7 +136,7 @@ export class PushLogWriter {
         const batch = takeEntry(queue, this.maxCommands);
         try {
           const entry = encodeMessage(PushLogEntry, { commands: batch.map((waiting) => waiting.command) });
-          const { seq } = await this.options.bus.publishDurable(subjects.pushes(partition), entry);
+          const seq = await this.publishEntry(partition, entry);
           for (const [index, waiting] of batch.entries()) waiting.resolve(msgIdOf(seq, index));
         } catch (error) {
           for (const waiting of batch) waiting.reject(error);
@@ -131,6 +145,20 @@ export class PushLogWriter {
     } finally {
       this.appending.delete(partition);
       if (this.waiting.get(partition)?.length === 0) this.waiting.delete(partition);
+    }
+  }
+
+  /** Stores one entry, trying again after a failure (see retryDelaysMs); resolves with its sequence. */
+  private async publishEntry(partition: number, entry: Uint8Array): Promise<number> {
+    const dedupKey = `${this.writerId}:${++this.entrySerial}`;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return (await this.options.bus.publishDurable(subjects.pushes(partition), entry, { dedupKey })).seq;
+      } catch (error) {
+        const delay = this.retryDelaysMs[attempt];
+        if (delay === undefined) throw error;
+        await new Promise((resolve) => setTimeout(resolve, delay));
+      }
     }
   }
 }
