@@ -57,6 +57,7 @@ import type {
   InboxStore,
   PendingResult,
   PushStore,
+  PushUpdateResult,
   TagStore,
 } from '@pushd/store';
 import { validateMessage } from './message-rules.js';
@@ -411,14 +412,12 @@ export class DispatchService {
         // than SCHEDULED for ever, which also keeps the scheduler from firing it should its entry have
         // been stored after all (it fires SCHEDULED pushes only). Should that entry have fired already,
         // the push is under way: it was accepted after all.
-        const marked = await this.options.pushes
-          .update(
-            accessId,
-            pushId,
-            { status: PushStatus.PUSH_STATUS_FAILED, failure: 'it could not be scheduled' },
-            [PushStatus.PUSH_STATUS_SCHEDULED],
-          )
-          .catch(() => undefined);
+        const marked = await this.markFailed(
+          accessId,
+          pushId,
+          PushStatus.PUSH_STATUS_SCHEDULED,
+          'it could not be scheduled',
+        );
         const fired =
           marked?.status === PushStatus.PUSH_STATUS_SENDING || marked?.status === PushStatus.PUSH_STATUS_DONE;
         if (fired) return response;
@@ -432,16 +431,24 @@ export class DispatchService {
       // Not in the log, so never sent: the record says so, and the caller gets the error to retry. Only
       // while SENDING: should the log have stored it after all (an acknowledgement lost), an applier
       // that finished it first keeps its DONE.
-      await this.options.pushes
-        .update(
-          accessId,
-          pushId,
-          { status: PushStatus.PUSH_STATUS_FAILED, failure: 'the push log was unavailable' },
-          [PushStatus.PUSH_STATUS_SENDING],
-        )
-        .catch(() => undefined);
+      await this.markFailed(accessId, pushId, PushStatus.PUSH_STATUS_SENDING, 'the push log was unavailable');
       throw error;
     }
+  }
+
+  /**
+   * FAILED with `failure`, if the push is still `from` (the status accept() gave it); the update's result,
+   * undefined if the update itself failed (the call's own error is what the caller reports).
+   */
+  private markFailed(
+    accessId: number,
+    pushId: string,
+    from: PushStatus,
+    failure: string,
+  ): Promise<PushUpdateResult | undefined> {
+    return this.options.pushes
+      .update(accessId, pushId, { status: PushStatus.PUSH_STATUS_FAILED, failure }, [from])
+      .catch(() => undefined);
   }
 
   /**
