@@ -74,6 +74,8 @@ export class CpuMeter {
   private readonly startedAt = new Map<string, number>();
   private t0 = 0;
   private machine0 = 0;
+  /** Length of the window the last stop() measured, in seconds (what its shares are averaged over). */
+  seconds = 0;
 
   constructor(private readonly pids: () => Map<string, number>) {}
 
@@ -86,6 +88,7 @@ export class CpuMeter {
 
   stop(): Map<string, number> {
     const elapsedS = (performance.now() - this.t0) / 1000;
+    this.seconds = elapsedS;
     const shares = new Map<string, number>();
     if (elapsedS <= 0) return shares;
     let ours = 0;
@@ -132,7 +135,7 @@ export function tcpIncrease(before: TcpCounters): TcpCounters {
 /**
  * CPU per unit of work (a handshake, a push) in ms, split between the system's processes and the load
  * generators named in `harness` (device and pusher processes), from the cores each process used over
- * `seconds`. `others` (processes outside the benchmark) counts on neither side. On a shared machine
+ * `seconds` (the CpuMeter window of `shares`: CpuMeter.seconds). `others` (processes outside the benchmark) counts on neither side. On a shared machine
  * these move less from run to run than rates do, and their sum bounds the rate the machine's cores allow.
  */
 export function cpuPerItem(

@@ -93,6 +93,7 @@ export async function reconnectBench(cleanup: Cleanup, options: BenchOptions): P
     fleet.connect(refUrls, app.accessId, registered, connect),
   );
   const refCpu = cpu.stop();
+  const refCpuSeconds = cpu.seconds;
   log(`reference: ${describe(ref)}; cpu ${formatCpu(refCpu, Infinity)}`);
   await fleet.close();
   await references.stop();
@@ -153,6 +154,7 @@ export async function reconnectBench(cleanup: Cleanup, options: BenchOptions): P
   }
   const deliveredS = (performance.now() - started) / 1000;
   const systemCpu = cpu.stop();
+  const systemCpuSeconds = cpu.seconds;
   const paths = await profiler.stop();
   if (paths.length > 0) log(`profiles: ${paths.join(' ')}`);
   const got = await fleet.collect();
@@ -183,8 +185,8 @@ export async function reconnectBench(cleanup: Cleanup, options: BenchOptions): P
   // CPU per handshake moves less with the machine than handshakes per second do (see docs/benchmarks.md,
   // reconnect): the servers' side against the bare ws servers', and the device processes' in both runs.
   const deviceNames = new Set(fleet.pids().keys());
-  const systemPerHandshake = cpuPerItem(systemCpu, deliveredS, again.ok, deviceNames);
-  const refPerHandshake = cpuPerItem(refCpu, ref.elapsedMs / 1000, ref.ok, deviceNames);
+  const systemPerHandshake = cpuPerItem(systemCpu, systemCpuSeconds, again.ok, deviceNames);
+  const refPerHandshake = cpuPerItem(refCpu, refCpuSeconds, ref.ok, deviceNames);
   log(
     `cpu per handshake: servers ${systemPerHandshake.servers} ms (bare ws ${refPerHandshake.servers} ms), ` +
       `device processes ${systemPerHandshake.harness} ms (${refPerHandshake.harness} ms)`,

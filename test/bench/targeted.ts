@@ -167,10 +167,9 @@ export async function targetedBench(cleanup: Cleanup, options: BenchOptions): Pr
     log(`step ${label} for ${stepMs / 1000} s`);
     await profiler.start(`targeted-${label.replace(/[^A-Za-z0-9]+/g, '-')}`);
     cpu.start();
-    const cpuStarted = performance.now();
     const results = await Promise.all(pushers.map(call));
     const shares = cpu.stop();
-    const cpuSeconds = (performance.now() - cpuStarted) / 1000;
+    const cpuSeconds = cpu.seconds;
     const profiles = await profiler.stop();
     if (profiles.length > 0) log(`  profiles: ${profiles.join(' ')}`);
     const accepted = new Set<number>();
