@@ -1462,12 +1462,15 @@ describe('DispatchService.push online only (expire_time_s 0)', () => {
     );
     await waitFor(() => deliveries.length >= 2, 'two node deliveries');
     await bus.flush();
-    // No window predecessor claimed: it was never in a window.
+    // No window predecessor claimed, and marked online only: it was never in a window, so a gateway must
+    // not take it for a link of the device chain.
     expect(deliveries[1]).toMatchObject({
       tokens: [online],
       message: { msgId: result.msgId },
       previousMsgIds: [0],
+      onlineOnly: true,
     });
+    expect(deliveries[0]?.onlineOnly).toBe(false);
     expect((await pending(online)).messages.map((m) => m.msgId)).toEqual([stored.msgId]);
     expect((await pending(offline)).messages).toEqual([]);
     expect(

@@ -508,7 +508,14 @@ export class PushApplier {
     for (const [i, push] of live.entries()) {
       const { accessId, pushId } = push.command;
       const message = messages[i] as PushMessage;
-      const routed = this.route(accessId, message, chains[i] ?? [], routes, headOf.get(accessId) ?? 0);
+      const routed = this.route(
+        accessId,
+        message,
+        chains[i] ?? [],
+        routes,
+        headOf.get(accessId) ?? 0,
+        push.command.onlineOnly,
+      );
       // Online only: counted as sent where a route took it; otherwise stored for every device.
       const counted = push.command.onlineOnly ? routed : push.command.devices;
       sent.push(...this.sentEvents(accessId, pushId, push.msgId, counted));
@@ -616,6 +623,7 @@ export class PushApplier {
     chained: Chained[],
     routes: Map<string, Route>,
     previousBroadcastId: number,
+    onlineOnly: boolean,
   ): TargetDevice[] {
     const batches = new Map<string, { tokens: string[]; previousMsgIds: number[] }>();
     const routed: TargetDevice[] = [];
@@ -638,6 +646,7 @@ export class PushApplier {
         message,
         previousMsgIds: batch.previousMsgIds,
         previousBroadcastId,
+        onlineOnly,
       }).finish();
       this.options.bus.publish(subjects.nodeDelivery(nodeId), delivery);
     }

@@ -119,6 +119,11 @@ export interface NodeDelivery {
    * session has not seen it fetches the device's pending messages first, so that order holds across kinds.
    */
   previousBroadcastId: number;
+  /**
+   * An online-only push (expire_time_s 0): in no window, so it claims no predecessor (previous_msg_ids are
+   * 0) and is no link of the device chain; a gateway checks it against what it delivered, not the chain.
+   */
+  onlineOnly: boolean;
 }
 
 /**
@@ -272,7 +277,7 @@ export interface DeviceTagsChanged {
 }
 
 function createBaseNodeDelivery(): NodeDelivery {
-  return { accessId: 0, tokens: [], message: undefined, previousMsgIds: [], previousBroadcastId: 0 };
+  return { accessId: 0, tokens: [], message: undefined, previousMsgIds: [], previousBroadcastId: 0, onlineOnly: false };
 }
 
 export const NodeDelivery: MessageFns<NodeDelivery> = {
@@ -295,6 +300,9 @@ export const NodeDelivery: MessageFns<NodeDelivery> = {
     }
     if (message.previousBroadcastId !== 0) {
       writer.uint32(40).uint64(message.previousBroadcastId);
+    }
+    if (message.onlineOnly !== false) {
+      writer.uint32(48).bool(message.onlineOnly);
     }
     return writer;
   },
@@ -362,6 +370,14 @@ export const NodeDelivery: MessageFns<NodeDelivery> = {
             message.previousBroadcastId = longToNumber(reader.uint64());
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.onlineOnly = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -393,6 +409,11 @@ export const NodeDelivery: MessageFns<NodeDelivery> = {
         : isSet(object.previous_broadcast_id)
         ? globalThis.Number(object.previous_broadcast_id)
         : 0,
+      onlineOnly: isSet(object.onlineOnly)
+        ? globalThis.Boolean(object.onlineOnly)
+        : isSet(object.online_only)
+        ? globalThis.Boolean(object.online_only)
+        : false,
     };
   },
 
@@ -413,6 +434,9 @@ export const NodeDelivery: MessageFns<NodeDelivery> = {
     if (message.previousBroadcastId !== 0) {
       obj.previousBroadcastId = Math.round(message.previousBroadcastId);
     }
+    if (message.onlineOnly !== false) {
+      obj.onlineOnly = message.onlineOnly;
+    }
     return obj;
   },
 
@@ -428,6 +452,7 @@ export const NodeDelivery: MessageFns<NodeDelivery> = {
       : undefined;
     message.previousMsgIds = object.previousMsgIds?.map((e) => e) || [];
     message.previousBroadcastId = object.previousBroadcastId ?? 0;
+    message.onlineOnly = object.onlineOnly ?? false;
     return message;
   },
 };
