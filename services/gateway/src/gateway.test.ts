@@ -470,6 +470,28 @@ const pushMessage = (msgId: number, content = `m${msgId}`): PushMessage => ({
   expiresAtMs: Date.now() + HOUR_MS,
 });
 
+type TestSystem = Awaited<ReturnType<typeof startGateway>>;
+
+/** Publishes one message to one device of the test app on this gateway, as dispatch does. */
+function publishTargeted(
+  system: TestSystem,
+  token: string,
+  message: PushMessage,
+  chain: { previousMsgId?: number; previousBroadcastId?: number; onlineOnly?: boolean } = {},
+): void {
+  system.bus.publish(
+    subjects.nodeDelivery(NODE_ID),
+    NodeDelivery.encode({
+      accessId: system.app.accessId,
+      tokens: [token],
+      message,
+      previousMsgIds: [chain.previousMsgId ?? 0],
+      previousBroadcastId: chain.previousBroadcastId ?? 0,
+      onlineOnly: chain.onlineOnly ?? false,
+    }).finish(),
+  );
+}
+
 describe('Gateway handshake', () => {
   it('refuses upgrades with the catalogue HTTP status and code, before any session exists', async () => {
     const system = await startGateway();
@@ -874,16 +896,7 @@ describe('Gateway sessions', () => {
     await waitFor(
       async () => {
         for (let i = 0; i < 8; i++, next++) {
-          system.bus.publish(
-            subjects.nodeDelivery(NODE_ID),
-            NodeDelivery.encode({
-              accessId: system.app.accessId,
-              tokens: [device.token],
-              message: pushMessage(next, big),
-              previousMsgIds: [next - 1],
-              previousBroadcastId: 0,
-            }).finish(),
-          );
+          publishTargeted(system, device.token, pushMessage(next, big), { previousMsgId: next - 1 });
         }
         await system.bus.flush();
         return (await system.metric('gateway_send_queue_drops_total')) > 0;
@@ -958,16 +971,7 @@ describe('Gateway delivery', () => {
     await system.caughtUp(device.token);
     const { accessId } = system.app;
     const publish = (message: PushMessage, previousMsgId: number) =>
-      system.bus.publish(
-        subjects.nodeDelivery(NODE_ID),
-        NodeDelivery.encode({
-          accessId,
-          tokens: [device.token],
-          message,
-          previousMsgIds: [previousMsgId],
-          previousBroadcastId: 0,
-        }).finish(),
-      );
+      publishTargeted(system, device.token, message, { previousMsgId });
 
     // Dispatch's order: append to the window, then publish. Message 1 arrives in order.
     await system.stores.inboxes.append(accessId, device.token, pushMessage(1), 2, Date.now());
@@ -1001,20 +1005,13 @@ describe('Gateway delivery', () => {
     const raw = await openRaw(system.url, system.sessionHeaders(device));
     await connected(raw);
     await system.caughtUp(device.token);
-    const delivery = (msgId: number, previousMsgId: number) =>
-      NodeDelivery.encode({
-        accessId: system.app.accessId,
-        tokens: [device.token],
-        message: pushMessage(msgId),
-        previousMsgIds: [previousMsgId],
-        previousBroadcastId: 0,
-      }).finish();
-    const subject = subjects.nodeDelivery(NODE_ID);
-    system.bus.publish(subject, delivery(1, 0));
-    system.bus.publish(subject, delivery(1, 0));
-    system.bus.publish(subject, delivery(2, 1));
-    system.bus.publish(subject, delivery(1, 0));
-    system.bus.publish(subject, delivery(2, 1));
+    const publish = (msgId: number, previousMsgId: number) =>
+      publishTargeted(system, device.token, pushMessage(msgId), { previousMsgId });
+    publish(1, 0);
+    publish(1, 0);
+    publish(2, 1);
+    publish(1, 0);
+    publish(2, 1);
     await waitFor(() => raw.delivered.length >= 2, 'two messages');
     await waitFor(
       async () => (await system.metric('gateway_duplicates_dropped_total')) >= 3,
@@ -1060,11 +1057,11 @@ describe('Gateway delivery', () => {
     await waitFor(() => raw.delivered.length >= 3, 'three messages');
     await raw.roundTrip();
     expect(raw.delivered).toEqual([offline1.msgId, offline2.msgId, live.msgId]);
-    // Offline messages come together in one Deliver read from the window, the live one after it.
+    // The live message buffered behind the fetch joins the offline ones in the catch-up's one Deliver.
     const deliverFrames = raw.frames.filter((f) => f.body?.$case === 'deliver');
     expect(
       deliverFrames.map((f) => (f.body?.$case === 'deliver' ? f.body.value.messages.length : 0)),
-    ).toEqual([2, 1]);
+    ).toEqual([3]);
     expect(await system.metric('gateway_messages_delivered_total', { source: 'pending' })).toBe(2);
     expect(await system.metric('gateway_messages_delivered_total', { source: 'live' })).toBe(1);
   });
@@ -1160,16 +1157,7 @@ describe('Gateway delivery', () => {
     await waitFor(() => raw.delivered.length >= 2, 'the window');
     // A live message afterwards carries no count.
     await system.stores.inboxes.append(accessId, withMessages.token, pushMessage(3), 2, Date.now());
-    system.bus.publish(
-      subjects.nodeDelivery(NODE_ID),
-      NodeDelivery.encode({
-        accessId,
-        tokens: [withMessages.token],
-        message: pushMessage(3),
-        previousMsgIds: [2],
-        previousBroadcastId: 0,
-      }).finish(),
-    );
+    publishTargeted(system, withMessages.token, pushMessage(3), { previousMsgId: 2 });
     await waitFor(() => raw.delivered.length >= 3, 'the live message');
     const delivers = raw.frames.flatMap((f) => (f.body?.$case === 'deliver' ? [f.body.value] : []));
     expect(delivers.map((d) => ({ ids: d.messages.map((m) => m.msgId), dropped: d.dropped }))).toEqual([
@@ -1395,6 +1383,194 @@ async function pushTo(system: Awaited<ReturnType<typeof startGateway>>, request:
 
 const tagList = (tags: string[], op = 'OR'): Partial<PushRequest> => ({
   audience: { target: { $case: 'tags', value: { form: { $case: 'tagList', value: { tags, op } } } } },
+});
+
+describe('Gateway catch-up order', () => {
+  type Answer = (request: FetchPendingRequest, real: DispatchClient) => Promise<FetchPendingResponse>;
+
+  /**
+   * A gateway whose catch-ups take their answers from `answers` in turn (the real FetchPending once it is
+   * empty), so that a test can set what a read found and what was published while it ran.
+   */
+  async function scripted() {
+    const answers: Answer[] = [];
+    const system = await startGateway({
+      dispatch: (real) =>
+        fetchEach(real, (request) => {
+          const answer = answers.shift();
+          return answer === undefined ? real.fetchPending(request) : answer(request, real);
+        }),
+    });
+    const { accessId } = system.app;
+    /** Stores a broadcast to everyone in the app's log, as dispatch does before publishing it. */
+    const logBroadcast = async (msgId: number, previousBroadcastId: number) => {
+      const data = BroadcastDelivery.encode({
+        accessId,
+        message: pushMessage(msgId),
+        expression: undefined,
+        platform: Platform.PLATFORM_UNSPECIFIED,
+        previousBroadcastId,
+      }).finish();
+      await system.stores.broadcasts.append(
+        accessId,
+        { msgId, expiresAtMs: Date.now() + HOUR_MS, data },
+        Date.now(),
+      );
+      return data;
+    };
+    const publishBroadcast = async (msgId: number, previousBroadcastId: number) =>
+      system.bus.publish(subjects.broadcast(accessId), await logBroadcast(msgId, previousBroadcastId));
+    const append = (token: string, msgId: number) =>
+      system.stores.inboxes.append(accessId, token, pushMessage(msgId), 2, Date.now());
+    const delivers = (raw: RawDevice) =>
+      raw.frames.flatMap((f) =>
+        f.body?.$case === 'deliver'
+          ? [{ ids: f.body.value.messages.map((m) => m.msgId), dropped: f.body.value.dropped ?? 0 }]
+          : [],
+      );
+    return { ...system, answers, logBroadcast, publishBroadcast, append, delivers };
+  }
+
+  it('merges a targeted message the window read missed with a later broadcast the log read found, by id', async () => {
+    const system = await scripted();
+    const device = await system.registerDevice();
+    // The window is read first; then 10 is appended and published, 11 logged and published, and only
+    // then is the log read: the answer holds 11 but not 10, whose live copy waits in the buffer.
+    system.answers.push(async (request, real) => {
+      const read = await real.fetchPending(request);
+      await system.append(device.token, 10);
+      publishTargeted(system, device.token, pushMessage(10));
+      await system.publishBroadcast(11, 0);
+      await system.bus.flush();
+      return { ...read, messages: [...read.messages, pushMessage(11)], lastBroadcastId: 11 };
+    });
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await waitFor(() => raw.delivered.length >= 2, 'messages 10 and 11');
+    await raw.roundTrip();
+    expect(system.delivers(raw)).toEqual([{ ids: [10, 11], dropped: 0 }]);
+    expect(await system.metric('gateway_late_messages_dropped_total')).toBe(0);
+  });
+
+  it('delivers an online-only message buffered behind a fetch before the later window message it found', async () => {
+    const system = await scripted();
+    const device = await system.registerDevice();
+    // 10 is online only (in no window); 11 was appended before the window was read.
+    system.answers.push(async (request, real) => {
+      publishTargeted(system, device.token, pushMessage(10), { onlineOnly: true });
+      await system.append(device.token, 11);
+      publishTargeted(system, device.token, pushMessage(11));
+      await system.bus.flush();
+      return real.fetchPending(request);
+    });
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await waitFor(() => raw.delivered.length >= 2, 'messages 10 and 11');
+    await raw.roundTrip();
+    expect(system.delivers(raw)).toEqual([{ ids: [10, 11], dropped: 0 }]);
+    // Online only is no link of the window chain: 12 chaining onto 11 follows without a fetch.
+    await system.append(device.token, 12);
+    publishTargeted(system, device.token, pushMessage(12), { previousMsgId: 11 });
+    await waitFor(() => raw.delivered.length >= 3, 'message 12');
+    expect(raw.delivered).toEqual([10, 11, 12]);
+    expect(await system.metric('gateway_gap_refetches_total')).toBe(0);
+  });
+
+  it('holds back what follows a message still missing after a fetch, and fetches it before writing on', async () => {
+    const system = await scripted();
+    const device = await system.registerDevice();
+    // The window read found nothing; 11 and 12 were appended after it, but only 12 reached the gateway
+    // (11 is on its way, or lost on the bus); the log read found broadcast 13. Writing 13 would pass 11.
+    system.answers.push(async (request, real) => {
+      const read = await real.fetchPending(request);
+      await system.append(device.token, 11);
+      await system.append(device.token, 12);
+      publishTargeted(system, device.token, pushMessage(12), { previousMsgId: 11 });
+      await system.publishBroadcast(13, 0);
+      await system.bus.flush();
+      return { ...read, messages: [pushMessage(13)], lastBroadcastId: 13 };
+    });
+    // The second read finds 11 (dispatch's capacity, which would keep the newest 2 of the 3, is left out).
+    system.answers.push(async (request) => {
+      const window = await system.stores.inboxes.pending(
+        system.app.accessId,
+        device.token,
+        request.afterMsgId,
+        Date.now(),
+      );
+      return { ...window, messages: [...window.messages, pushMessage(13)], lastBroadcastId: 13 };
+    });
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await waitFor(() => raw.delivered.length >= 3, 'messages 11 to 13');
+    await raw.roundTrip();
+    expect(system.delivers(raw)).toEqual([{ ids: [11, 12, 13], dropped: 0 }]);
+    expect(await system.metric('gateway_gap_refetches_total')).toBe(1);
+    expect(await system.metric('gateway_late_messages_dropped_total')).toBe(0);
+  });
+
+  it('reports a missing message that a second fetch does not find either as dropped, instead of fetching for ever', async () => {
+    const system = await scripted();
+    const device = await system.registerDevice();
+    // 12 chains onto 11, which no read finds (the window was cleared, say): the window's last id is 10.
+    const nothing = { messages: [], lastMsgId: 10, lastBroadcastId: 0, dropped: 0 };
+    system.answers.push(async () => {
+      publishTargeted(system, device.token, pushMessage(12), { previousMsgId: 11 });
+      await system.bus.flush();
+      return nothing;
+    });
+    system.answers.push(async () => nothing);
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await waitFor(() => raw.delivered.length >= 1, 'message 12');
+    await raw.roundTrip();
+    expect(system.delivers(raw)).toEqual([{ ids: [12], dropped: 1 }]);
+    expect(await system.metric('gateway_late_messages_dropped_total')).toBe(1);
+    expect(await system.metric('gateway_gap_refetches_total')).toBe(1);
+  });
+
+  it('tells the device of a targeted message lost on the bus before a broadcast that was written past it', async () => {
+    const system = await scripted();
+    const device = await system.registerDevice();
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await system.caughtUp(device.token);
+    // 10 is lost on the bus; broadcast 11 cannot name it and is written; 12 names 10 as its predecessor.
+    await system.append(device.token, 10);
+    await system.publishBroadcast(11, 0);
+    await waitFor(() => raw.delivered.length >= 1, 'broadcast 11');
+    await system.append(device.token, 12);
+    publishTargeted(system, device.token, pushMessage(12), { previousMsgId: 10, previousBroadcastId: 11 });
+    await waitFor(() => raw.delivered.length >= 2, 'message 12');
+    await raw.roundTrip();
+    // 10 can no longer come in order (the device drops what is not above 11): the app is told to resync.
+    expect(system.delivers(raw)).toEqual([
+      { ids: [11], dropped: 0 },
+      { ids: [12], dropped: 1 },
+    ]);
+    expect(await system.metric('gateway_late_messages_dropped_total')).toBe(1);
+  });
+
+  it('reports a targeted message published after a later one was written as dropped, at once', async () => {
+    const system = await scripted();
+    const device = await system.registerDevice();
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await system.caughtUp(device.token);
+    await system.publishBroadcast(11, 0);
+    await waitFor(() => raw.delivered.length >= 1, 'broadcast 11');
+    // A stalled dispatch instance publishes 10 after its partition moved on: too late to write.
+    await system.append(device.token, 10);
+    publishTargeted(system, device.token, pushMessage(10));
+    await waitFor(() => system.delivers(raw).length >= 2, 'the count');
+    expect(system.delivers(raw)).toEqual([
+      { ids: [11], dropped: 0 },
+      { ids: [], dropped: 1 },
+    ]);
+    // Its copy is a duplicate now, not a second loss.
+    publishTargeted(system, device.token, pushMessage(10));
+    await waitFor(
+      async () => (await system.metric('gateway_duplicates_dropped_total')) >= 1,
+      'the copy to be dropped',
+    );
+    await raw.roundTrip();
+    expect(system.delivers(raw)).toHaveLength(2);
+    expect(await system.metric('gateway_late_messages_dropped_total')).toBe(1);
+  });
 });
 
 describe('Gateway broadcasts and tag pushes', () => {
@@ -1673,16 +1849,7 @@ describe('Gateway broadcasts and tag pushes', () => {
     // Broadcast 10 never reaches this gateway; targeted 11 names it as the app's last broadcast.
     await logBroadcast(10, 0);
     await system.stores.inboxes.append(accessId, device.token, pushMessage(11), 2, now);
-    system.bus.publish(
-      subjects.nodeDelivery(NODE_ID),
-      NodeDelivery.encode({
-        accessId,
-        tokens: [device.token],
-        message: pushMessage(11),
-        previousMsgIds: [0],
-        previousBroadcastId: 10,
-      }).finish(),
-    );
+    publishTargeted(system, device.token, pushMessage(11), { previousBroadcastId: 10 });
     await waitFor(() => device.raw.delivered.length >= 2, 'messages 10 and 11');
 
     // Broadcast 12 is missed too; broadcast 13, chained to it, arrives.

@@ -155,6 +155,10 @@ const SEND_BINARY = { binary: true } as const;
 const SEND_TEXT = { binary: false } as const;
 /** Live messages a session holds while it catches up (see offerLive). */
 const MAX_BUFFERED_LIVE = 256;
+const byMsgId = (a: { msgId: number }, b: { msgId: number }) => a.msgId - b.msgId;
+const byLiveMsgId = (a: LiveMessage, b: LiveMessage) => a.message.msgId - b.message.msgId;
+/** A targeted message stored in the device's window: a link of the session's window chain. */
+const isWindowed = (live: LiveMessage) => live.broadcastMatch === undefined && live.onlineOnly !== true;
 /** FetchPending failures worth retrying in place (see fetchPending), and the backoff between tries. */
 const TRANSIENT_CODES: ReadonlySet<string> = new Set([
   'UNAVAILABLE',
@@ -530,25 +534,105 @@ export class Gateway {
     }
   }
 
+  /**
+   * One round per fetch. The window and the broadcast log are read side by side (two hash slots), so the
+   * answer can hold a message newer than one the other read missed; that one was published to this
+   * gateway and waits in the buffer. So fetched and buffered messages are merged by msg_id and written
+   * in one Deliver. A buffered message chaining onto one that is in neither (still in flight, or lost on
+   * the bus) holds back everything from that missing id on, and the next round fetches it: writing past
+   * it would lose it, since the device drops what is not above what it processed.
+   */
   private async catchUpLoop(session: Session): Promise<void> {
+    let heldAt = -1;
     while (session.state === 'syncing') {
       const pending = await this.fetchPending(session);
       if (pending === undefined || (session.state as string) === 'closed') return;
-      const { messages, lastMsgId, lastBroadcastId, dropped } = pending;
-      const fresh = messages.filter((message) => message.msgId > session.lastDeliveredMsgId);
-      // Dispatch reset the count when it answered, so this frame is the device's only chance to learn of
-      // it: sent even without messages (the app then knows to resync with its server).
-      if ((fresh.length > 0 || dropped > 0) && this.deliver(session, fresh, 'pending', dropped)) {
-        for (const message of fresh) this.countSent(session, message);
-      }
-      session.chainMsgId = Math.max(session.chainMsgId, lastMsgId);
-      session.broadcastChainId = Math.max(session.broadcastChainId, lastBroadcastId);
       const buffered = session.buffered ?? [];
       session.buffered = undefined;
+      buffered.sort(byLiveMsgId);
+      const holdAt = this.holdPoint(session, pending, buffered, heldAt);
+      // What the window and the log held when read is accounted for, delivered or not.
+      session.chainMsgId = Math.max(session.chainMsgId, pending.lastMsgId);
+      session.broadcastChainId = Math.max(session.broadcastChainId, pending.lastBroadcastId);
+      // Dispatch reset its count when it answered: carried until a Deliver carries it.
+      session.unreportedDropped += pending.dropped;
+      const messages: PushMessage[] = [];
+      const live = new Set<PushMessage>();
+      for (const message of pending.messages) {
+        if (message.msgId > session.lastDeliveredMsgId && message.msgId < holdAt) messages.push(message);
+      }
+      const held: LiveMessage[] = [];
+      for (const offered of buffered) {
+        if (held.length > 0 || offered.message.msgId >= holdAt) {
+          held.push(offered);
+          continue;
+        }
+        const verdict = this.account(session, offered);
+        if (verdict === 'gap') held.push(offered);
+        else if (verdict === 'duplicate') this.options.metrics.duplicatesDropped.inc();
+        else if (verdict === 'deliver') {
+          messages.push(offered.message);
+          live.add(offered.message);
+        }
+      }
+      messages.sort(byMsgId);
+      // Sent even without messages when something was dropped: this frame is the device's only chance to
+      // learn of it (the app then knows to resync with its server).
+      if ((messages.length > 0 || session.unreportedDropped > 0) && this.deliver(session, messages, live)) {
+        // Targeted messages that came live were counted by dispatch; the rest are counted here.
+        for (const message of messages) {
+          if (!live.has(message) || this.liveBroadcasts.has(message)) this.countSent(session, message);
+        }
+      }
+      if (held.length > 0) {
+        session.buffered = held;
+        heldAt = holdAt;
+        this.options.metrics.gapRefetches.inc();
+        continue;
+      }
       session.state = 'live';
-      buffered.sort((a, b) => a.message.msgId - b.message.msgId);
-      for (const live of buffered) this.offerLive(session, live);
     }
+  }
+
+  /**
+   * Where a catch-up round must stop writing: the lowest msg_id that a buffered message chains onto (its
+   * window or broadcast predecessor) and that is neither accounted for, nor among the fetched or buffered
+   * messages, nor in the window or log when read (Infinity: none). Called before the chains take in what
+   * was read. A missing predecessor the device has passed already (a later message was written first), or
+   * the one the previous round held at and that its fetch did not find either (the window was cleared,
+   * the store lost it), will never be delivered in order: it is counted as dropped and its chain moves
+   * past it.
+   */
+  private holdPoint(
+    session: Session,
+    pending: FetchPendingResponse,
+    buffered: LiveMessage[],
+    heldAt: number,
+  ): number {
+    const present = new Set<number>();
+    for (const message of pending.messages) present.add(message.msgId);
+    for (const offered of buffered) present.add(offered.message.msgId);
+    const predecessors: { msgId: number; window: boolean }[] = [];
+    for (const offered of buffered) {
+      const { previousMsgId, previousBroadcastId } = offered;
+      if (isWindowed(offered) && !present.has(previousMsgId))
+        predecessors.push({ msgId: previousMsgId, window: true });
+      if (!present.has(previousBroadcastId)) predecessors.push({ msgId: previousBroadcastId, window: false });
+    }
+    predecessors.sort(byMsgId);
+    for (const { msgId, window } of predecessors) {
+      // Before a session's first fetch its chains are unknown (-1): nothing can have been passed yet.
+      const accounted = window ? session.chainMsgId : session.broadcastChainId;
+      if (msgId <= accounted) continue;
+      const passed = accounted >= 0 && msgId <= session.lastDeliveredMsgId;
+      // In the window or the log when read: fetched, or gone (acked, or dropped and counted by dispatch).
+      if (!passed && msgId <= (window ? pending.lastMsgId : pending.lastBroadcastId)) continue;
+      if (!passed && msgId !== heldAt) return msgId;
+      this.countLate(session);
+      if (window) session.chainMsgId = msgId;
+      else session.broadcastChainId = msgId;
+    }
+    return Number.POSITIVE_INFINITY;
   }
 
   /**
@@ -910,6 +994,7 @@ export class Gateway {
         message,
         previousMsgId: delivery.previousMsgIds[index] ?? 0,
         previousBroadcastId: delivery.previousBroadcastId,
+        onlineOnly: delivery.onlineOnly,
       });
     });
   }
@@ -986,31 +1071,88 @@ export class Gateway {
       return;
     }
     if (session.state !== 'live') return;
-    const { message } = live;
-    if (live.broadcastMatch !== undefined) {
-      if (message.msgId <= session.broadcastChainId) {
-        this.options.metrics.duplicatesDropped.inc();
-        return;
-      }
-      if (live.previousBroadcastId > session.broadcastChainId) {
-        this.startCatchUp(session, live);
-        return;
-      }
-      session.broadcastChainId = message.msgId;
-      if (!live.broadcastMatch || message.msgId <= session.lastDeliveredMsgId) return;
-      if (this.deliver(session, [message], 'live')) this.countSent(session, message);
-      return;
-    }
-    if (message.msgId <= session.chainMsgId || message.msgId <= session.lastDeliveredMsgId) {
-      this.options.metrics.duplicatesDropped.inc();
-      return;
-    }
-    if (live.previousMsgId > session.chainMsgId || live.previousBroadcastId > session.broadcastChainId) {
+    const verdict = this.account(session, live);
+    if (verdict === 'gap') {
       this.startCatchUp(session, live);
-      return;
+    } else if (verdict === 'duplicate') {
+      this.options.metrics.duplicatesDropped.inc();
+    } else if (verdict === 'deliver') {
+      const sent = this.deliver(session, [live.message]);
+      // Broadcasts are counted where they reach a device; dispatch counted targeted messages.
+      if (sent && live.broadcastMatch !== undefined) this.countSent(session, live.message);
+    } else if (session.unreportedDropped > 0) {
+      // One could no longer be delivered in order: the device learns it now, not at the next message.
+      this.deliver(session, []);
     }
-    session.chainMsgId = message.msgId;
-    this.deliver(session, [message], 'live');
+  }
+
+  /**
+   * Accounts for a message offered to a session whose chains are up to date: a duplicate (already
+   * accounted for), a gap (a predecessor not accounted for: fetch first), to deliver, or nothing to write
+   * (a broadcast the device does not match, or a message it can no longer get in order, counted as
+   * dropped). Moves the chains past what it accepts.
+   */
+  private account(session: Session, live: LiveMessage): 'duplicate' | 'gap' | 'deliver' | 'none' {
+    const msgId = live.message.msgId;
+    if (live.broadcastMatch !== undefined) {
+      if (msgId <= session.broadcastChainId) return 'duplicate';
+      this.skipPassedPredecessors(session, live);
+      if (live.previousBroadcastId > session.broadcastChainId) return 'gap';
+      session.broadcastChainId = msgId;
+      return live.broadcastMatch && this.stillInOrder(session, msgId) ? 'deliver' : 'none';
+    }
+    if (live.onlineOnly === true) {
+      // In no window: a copy at or below what was written is a duplicate or late, and promised no more.
+      if (msgId <= session.lastDeliveredMsgId) return 'duplicate';
+      this.skipPassedPredecessors(session, live);
+      return live.previousBroadcastId > session.broadcastChainId ? 'gap' : 'deliver';
+    }
+    if (msgId <= session.chainMsgId) return 'duplicate';
+    this.skipPassedPredecessors(session, live);
+    if (live.previousMsgId > session.chainMsgId || live.previousBroadcastId > session.broadcastChainId) {
+      return 'gap';
+    }
+    session.chainMsgId = msgId;
+    return this.stillInOrder(session, msgId) ? 'deliver' : 'none';
+  }
+
+  /**
+   * A predecessor this session has not accounted for but that is at or below what it wrote can no longer
+   * be delivered in order (the device drops it): counted as dropped rather than fetched. It was lost on the
+   * bus before a message of the other chain was written (a targeted message before a broadcast, which
+   * cannot name it), or published late by a dispatch failover.
+   */
+  private skipPassedPredecessors(session: Session, live: LiveMessage): void {
+    const { previousMsgId, previousBroadcastId } = live;
+    if (
+      isWindowed(live) &&
+      previousMsgId > session.chainMsgId &&
+      previousMsgId <= session.lastDeliveredMsgId
+    ) {
+      this.countLate(session);
+      session.chainMsgId = previousMsgId;
+    }
+    if (previousBroadcastId > session.broadcastChainId && previousBroadcastId <= session.lastDeliveredMsgId) {
+      // It may be a broadcast the device does not match: reported anyway, a resync costs less than a loss.
+      this.countLate(session);
+      session.broadcastChainId = previousBroadcastId;
+    }
+  }
+
+  /**
+   * Whether a message the session accounts for can still be written: not if a later one was (the device
+   * drops what is not above what it processed). That happens only when messages of one app were published
+   * out of order (a dispatch failover); it is then counted as dropped, so that the app resyncs.
+   */
+  private stillInOrder(session: Session, msgId: number): boolean {
+    if (msgId > session.lastDeliveredMsgId) return true;
+    this.countLate(session);
+    return false;
+  }
+
+  private countLate(session: Session): void {
+    session.unreportedDropped++;
+    this.options.metrics.lateMessagesDropped.inc();
   }
 
   /**
@@ -1109,16 +1251,13 @@ export class Gateway {
 
   /**
    * Writes one Deliver frame: each message as the session's platform receives it (forPlatform), and the
-   * count of messages the device will never get, when there is one.
+   * count of messages the device will never get, when there is one. `live`: which of them came live (the
+   * rest were fetched), for the metrics; default all when there is one message, none otherwise.
    */
-  private deliver(
-    session: Session,
-    messages: PushMessage[],
-    source: 'live' | 'pending',
-    dropped = 0,
-  ): boolean {
+  private deliver(session: Session, messages: PushMessage[], live?: ReadonlySet<PushMessage>): boolean {
+    const dropped = session.unreportedDropped;
     const data =
-      source === 'live' && messages.length === 1 && dropped === 0
+      live === undefined && messages.length === 1 && dropped === 0
         ? this.liveFrame(messages[0] as PushMessage, session.platform).get(session.encoding)
         : encodeServerFrame(
             {
@@ -1134,14 +1273,16 @@ export class Gateway {
             session.encoding,
           );
     if (!this.write(session, data, 'deliver')) return false;
+    session.unreportedDropped = 0;
     const now = this.clock.now();
+    const { deliveryLatency, messagesDelivered } = this.options.metrics;
     for (const message of messages) {
       session.rememberUnacked(message);
       session.lastDeliveredMsgId = Math.max(session.lastDeliveredMsgId, message.msgId);
-      session.chainMsgId = Math.max(session.chainMsgId, message.msgId);
-      this.options.metrics.deliveryLatency.observe({ source }, Math.max(0, now - message.sentAtMs) / 1000);
+      const source = (live === undefined ? messages.length === 1 : live.has(message)) ? 'live' : 'pending';
+      deliveryLatency.observe({ source }, Math.max(0, now - message.sentAtMs) / 1000);
+      messagesDelivered.inc(source);
     }
-    this.options.metrics.messagesDelivered.inc(source, messages.length);
     return true;
   }
 

@@ -14,6 +14,7 @@ export interface GatewayMetrics {
   duplicatesDropped: Counter;
   clicksUnattributed: Counter;
   gapRefetches: Counter;
+  lateMessagesDropped: Counter;
   catchUpRetries: Counter;
   broadcastsReceived: Counter;
   tagReloads: Counter;
@@ -99,6 +100,11 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     gapRefetches: new Counter({
       name: 'gateway_gap_refetches_total',
       help: 'Pending messages fetched again because a live message arrived ahead of one not yet seen.',
+      registers,
+    }),
+    lateMessagesDropped: new Counter({
+      name: 'gateway_late_messages_dropped_total',
+      help: 'Messages that could no longer be delivered in msg id order (a later one was written to the device first, or a second fetch did not find one a live message chained onto): never written, reported to the device in Deliver.dropped.',
       registers,
     }),
     catchUpRetries: new Counter({

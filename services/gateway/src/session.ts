@@ -14,6 +14,8 @@ export interface LiveMessage {
   previousBroadcastId: number;
   /** Broadcast only: whether the device is in its audience (evaluated when it arrived). */
   broadcastMatch?: boolean;
+  /** Targeted, online only: in no window, so no link of the device chain (NodeDelivery.online_only). */
+  onlineOnly?: boolean;
 }
 
 /**
@@ -62,15 +64,19 @@ export class Session {
   /** Highest msg_id written to this connection (or reported processed by the device at connect). */
   lastDeliveredMsgId: number;
   /**
-   * Highest msg_id of the device's window this session knows about. A live message chains onto it when
-   * its previousMsgId equals it; a larger previousMsgId means a message is missing (fetch the window).
+   * Highest msg_id of the device's window this session has accounted for (the window's last id when it
+   * was read, and windowed targeted messages since). A live message chains onto it when its previousMsgId
+   * equals it; a larger previousMsgId means a message is missing (fetch the window). Broadcasts and
+   * online-only messages are no links of this chain and never move it: a targeted message lost on the bus
+   * before one of them must still show as a gap. -1 until the session's first fetch: not known yet.
    */
-  chainMsgId = 0;
+  chainMsgId = -1;
   /**
    * msg_id of the newest broadcast of the app this session has accounted for (delivered, not matching, or
    * covered by a catch-up). A message chaining onto a later broadcast means one was missed: catch up.
+   * -1 until the session's first fetch.
    */
-  broadcastChainId = 0;
+  broadcastChainId = -1;
   /** What the device reported at registration: its built-in tags (pushd:app_version:..., ...). */
   appVersion = '';
   osVersion = '';
@@ -84,6 +90,11 @@ export class Session {
   userTags: readonly string[] = NO_TAGS;
   /** Built from the above on the first tag push that needs it; cleared when they change. */
   tagTest: HasTag | undefined;
+  /**
+   * Messages owed to the device that it will never get, not yet written in a Deliver's `dropped`: what
+   * dispatch reported (its window's drops) and what this session found it can no longer deliver in order.
+   */
+  unreportedDropped = 0;
   /** True while catchUp runs, so that a gap found during it does not start a second one. */
   catchingUp = false;
   /** Live messages received while syncing; delivered in order once the window was fetched. */
