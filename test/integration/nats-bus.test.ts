@@ -98,6 +98,22 @@ describe('NatsBus against a nats-server that goes away', () => {
     });
   });
 
+  it('tells its interruption listeners once it is connected again, and not the ones removed', async () => {
+    const bus = await open();
+    let told = 0;
+    let toldRemoved = 0;
+    bus.onInterruption(() => told++);
+    const remove = bus.onInterruption(() => toldRemoved++);
+    remove();
+    await bus.flush();
+    expect(told).toBe(0);
+
+    await server.restart();
+    await until(() => expect(told).toBe(1));
+    await until(() => bus.ready());
+    expect(toldRemoved).toBe(0);
+  });
+
   it('keeps durable messages across a restart and consumes them afterwards', async () => {
     const bus = await open();
     for (let i = 0; i < 5; i++) await bus.publishDurable('ev.gateway', bytes(`stored-${i}`));

@@ -777,6 +777,11 @@ export class MemoryBus implements Bus {
     return this.broker.flush();
   }
 
+  /** Never called: nothing published to a MemoryBus is lost while its subscriptions exist. */
+  onInterruption(_listener: () => void): () => void {
+    return () => {};
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

@@ -98,6 +98,7 @@ export class NatsBus implements Bus {
   private readonly logger: Logger;
   private readonly streams = new Map<string, DurableStreamConfig>();
   private readonly consumers = new Set<NatsDurableConsumer>();
+  private readonly interruptionListeners = new Set<() => void>();
   private readonly metrics: BusMetrics;
   private readonly errors: ErrorReporter;
   private readonly publishOptions: Partial<JetStreamPublishOptions>;
@@ -382,6 +383,11 @@ export class NatsBus implements Bus {
     }
   }
 
+  onInterruption(listener: () => void): () => void {
+    this.interruptionListeners.add(listener);
+    return () => this.interruptionListeners.delete(listener);
+  }
+
   close(): Promise<void> {
     if (!this.closing) this.closing = this.shutdown();
     return this.closing;
@@ -545,6 +551,13 @@ export class NatsBus implements Bus {
         this.metrics.connected?.set(1);
         this.metrics.reconnects?.inc();
         this.logger.info({ server: status.server }, 'reconnected to NATS');
+        for (const listener of this.interruptionListeners) {
+          try {
+            listener();
+          } catch (error) {
+            this.logger.error({ err: error }, 'a NATS interruption listener threw');
+          }
+        }
         break;
       case 'reconnecting':
         this.logger.debug('reconnecting to NATS');

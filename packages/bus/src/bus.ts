@@ -70,6 +70,15 @@ export interface Bus {
    */
   flush(): Promise<void>;
 
+  /**
+   * Calls `listener` each time messages published to this bus's subscriptions may have been missed: NATS
+   * delivers core messages at most once, so whatever was published while the connection was down is gone
+   * when it comes back (the subscriptions themselves are restored). Called once the connection is back.
+   * A subscriber that can recover what it missed (a gateway fetches its devices' pending messages) does
+   * it then. MemoryBus never loses a message and never calls it. Returns a function removing the listener.
+   */
+  onInterruption(listener: () => void): () => void;
+
   /** Stops consumers and subscriptions, flushes, disconnects. */
   close(): Promise<void>;
 }

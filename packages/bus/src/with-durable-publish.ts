@@ -21,6 +21,7 @@ export function withDurablePublish(
     readDurable: (options) => bus.readDurable(options),
     ready: () => bus.ready(),
     flush: () => bus.flush(),
+    onInterruption: (listener) => bus.onInterruption(listener),
     close: () => bus.close(),
   };
 }

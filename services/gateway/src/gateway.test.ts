@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { request as httpRequest } from 'node:http';
 import { connect, type Socket } from 'node:net';
-import { MemoryBus, streams, subjects } from '@pushd/bus';
+import { type Bus, MemoryBus, streams, subjects, withDurablePublish } from '@pushd/bus';
 import { PushdError, silentLogger } from '@pushd/common';
 import { DeviceClient, type DeviceCloseEvent, generateDeviceId } from '@pushd/device-sdk';
 import { createDispatch, createDispatchMetrics, DispatchEventConsumer } from '@pushd/dispatch';
@@ -93,6 +93,8 @@ interface StartOptions {
   registry?: (real: RegistryClient) => RegistryClient;
   /** Limits of the tag service the gateway calls. Default: the brief's (100 per device, 10,000 per app). */
   tagLimits?: Partial<TagLimits>;
+  /** Wraps the bus the gateway gets (default: the MemoryBus every service of the test shares). */
+  gatewayBus?: (real: MemoryBus) => Bus;
 }
 
 /**
@@ -164,7 +166,7 @@ async function startGateway(options: StartOptions = {}) {
     routes: stores.routes,
     tags: stores.tags,
     tag: inProcessClient(TagServiceService, tagService.handlers(), bearer),
-    bus,
+    bus: options.gatewayBus?.(bus) ?? bus,
     metrics: createGatewayMetrics(metrics),
     logger: silentLogger(),
     ...options.gateway,
@@ -1544,6 +1546,47 @@ describe('Gateway catch-up order', () => {
       { ids: [12], dropped: 1 },
     ]);
     expect(await system.metric('gateway_late_messages_dropped_total')).toBe(1);
+  });
+
+  it('makes every live session fetch what it missed when the bus was interrupted, before a later broadcast', async () => {
+    const listeners = new Set<() => void>();
+    const system = await startGateway({
+      gatewayBus: (real) => ({
+        ...withDurablePublish(real, (publish, ...args) => publish(...args)),
+        onInterruption: (listener) => {
+          listeners.add(listener);
+          return () => listeners.delete(listener);
+        },
+      }),
+    });
+    const device = await system.registerDevice();
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await system.caughtUp(device.token);
+    // 10 was published while the gateway was away from NATS: lost. Broadcast 11 comes after it is back.
+    await system.stores.inboxes.append(system.app.accessId, device.token, pushMessage(10), 2, Date.now());
+    for (const listener of listeners) listener();
+    await waitFor(async () => (await system.metric('gateway_interruption_resyncs_total')) === 1, 'resync');
+    const now = Date.now();
+    const data = BroadcastDelivery.encode({
+      accessId: system.app.accessId,
+      message: pushMessage(11),
+      expression: undefined,
+      platform: Platform.PLATFORM_UNSPECIFIED,
+      previousBroadcastId: 0,
+    }).finish();
+    await system.stores.broadcasts.append(
+      system.app.accessId,
+      { msgId: 11, expiresAtMs: now + HOUR_MS, data },
+      now,
+    );
+    system.bus.publish(subjects.broadcast(system.app.accessId), data);
+    await waitFor(() => raw.delivered.length >= 2, 'messages 10 and 11');
+    await raw.roundTrip();
+    expect(raw.delivered).toEqual([10, 11]);
+    expect(await system.metric('gateway_late_messages_dropped_total')).toBe(0);
+    // A stopped gateway listens no more.
+    await system.stop();
+    expect(listeners.size).toBe(0);
   });
 
   it('reports a targeted message published after a later one was written as dropped, at once', async () => {

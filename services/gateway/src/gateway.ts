@@ -212,6 +212,7 @@ export class Gateway {
    * events tell dispatch so (windowless) and spare it one window update per device.
    */
   private readonly liveBroadcasts = new WeakSet<PushMessage>();
+  private stopWatchingInterruptions: () => void = () => {};
   private readonly registering = new Set<Session>();
   private readonly clock: Clock;
   private readonly path: string;
@@ -336,6 +337,7 @@ export class Gateway {
       // Unregistrations come on the durable event subject; any gateway may hold the device.
       bus.subscribe(subjects.events('registry'), (data) => this.onRegistryEvents(data)),
     ];
+    this.stopWatchingInterruptions = bus.onInterruption(() => this.resyncAfterInterruption());
     await bus.flush();
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);
@@ -365,6 +367,7 @@ export class Gateway {
     this.shuttingDown = true;
     for (const timer of this.timers) clearInterval(timer);
     for (const subscription of this.subscriptions) subscription.unsubscribe();
+    this.stopWatchingInterruptions();
     const closing = new Promise<void>((resolve) => this.server.close(() => resolve()));
     const shutdown = new PushdError('SHUTTING_DOWN', 'gateway shutting down; reconnect');
     const live = this.liveSessions();
@@ -522,27 +525,16 @@ export class Gateway {
   }
 
   /**
-   * Fetches the offline window past what was delivered, writes it, then the live messages buffered
-   * meanwhile. Repeats while live messages reveal a gap. Callers set state to 'syncing' first.
-   */
-  private async catchUp(session: Session): Promise<void> {
-    session.catchingUp = true;
-    try {
-      await this.catchUpLoop(session);
-    } finally {
-      session.catchingUp = false;
-    }
-  }
-
-  /**
-   * One round per fetch. The window and the broadcast log are read side by side (two hash slots), so the
+   * Fetches the offline window past what was delivered and writes it with the live messages buffered
+   * meanwhile; callers set state to 'syncing' first, and the session is live when it returns (unless it
+   * closed). One round per fetch. The window and the broadcast log are read side by side (two hash slots), so the
    * answer can hold a message newer than one the other read missed; that one was published to this
    * gateway and waits in the buffer. So fetched and buffered messages are merged by msg_id and written
    * in one Deliver. A buffered message chaining onto one that is in neither (still in flight, or lost on
    * the bus) holds back everything from that missing id on, and the next round fetches it: writing past
    * it would lose it, since the device drops what is not above what it processed.
    */
-  private async catchUpLoop(session: Session): Promise<void> {
+  private async catchUp(session: Session): Promise<void> {
     let heldAt = -1;
     while (session.state === 'syncing') {
       const pending = await this.fetchPending(session);
@@ -1073,6 +1065,7 @@ export class Gateway {
     if (session.state !== 'live') return;
     const verdict = this.account(session, live);
     if (verdict === 'gap') {
+      this.options.metrics.gapRefetches.inc();
       this.startCatchUp(session, live);
     } else if (verdict === 'duplicate') {
       this.options.metrics.duplicatesDropped.inc();
@@ -1156,15 +1149,31 @@ export class Gateway {
   }
 
   /**
+   * The bus was interrupted: what was published to this node meanwhile is lost, and a broadcast could be
+   * written past a lost targeted message before the next targeted one showed the gap. So every live
+   * session fetches what its device is owed, buffering live messages meanwhile, as after a gap. A session
+   * already catching up goes on with its fetch: what was lost after its read shows as a gap later.
+   */
+  private resyncAfterInterruption(): void {
+    let resynced = 0;
+    for (const sessions of this.hub.values()) {
+      for (const session of sessions.values()) {
+        if (session.state !== 'live') continue;
+        this.startCatchUp(session);
+        resynced++;
+      }
+    }
+    this.options.metrics.interruptionResyncs.inc(resynced);
+    this.options.logger.warn({ sessions: resynced }, 'NATS was interrupted: sessions fetch what they missed');
+  }
+
+  /**
    * A message this one follows has not reached us (lost on the bus, or published while this gateway was
    * reconnecting): fetch what the device is owed rather than deliver out of order.
    */
-  private startCatchUp(session: Session, live: LiveMessage): void {
-    this.options.metrics.gapRefetches.inc();
+  private startCatchUp(session: Session, live?: LiveMessage): void {
     session.state = 'syncing';
-    session.buffered = [live];
-    // Inside a running catch-up (replaying its buffer) the loop goes round again by itself.
-    if (session.catchingUp) return;
+    session.buffered = live === undefined ? [] : [live];
     void this.catchUp(session).catch((error: unknown) => {
       this.options.logger.warn({ err: error }, 'catch-up after a gap failed');
       this.closeWith(

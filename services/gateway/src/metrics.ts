@@ -15,6 +15,7 @@ export interface GatewayMetrics {
   clicksUnattributed: Counter;
   gapRefetches: Counter;
   lateMessagesDropped: Counter;
+  interruptionResyncs: Counter;
   catchUpRetries: Counter;
   broadcastsReceived: Counter;
   tagReloads: Counter;
@@ -105,6 +106,11 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     lateMessagesDropped: new Counter({
       name: 'gateway_late_messages_dropped_total',
       help: 'Messages that could no longer be delivered in msg id order (a later one was written to the device first, or a second fetch did not find one a live message chained onto): never written, reported to the device in Deliver.dropped.',
+      registers,
+    }),
+    interruptionResyncs: new Counter({
+      name: 'gateway_interruption_resyncs_total',
+      help: 'Live sessions made to fetch their pending messages because the NATS connection was interrupted (what was published meanwhile is lost).',
       registers,
     }),
     catchUpRetries: new Counter({

@@ -95,8 +95,6 @@ export class Session {
    * dispatch reported (its window's drops) and what this session found it can no longer deliver in order.
    */
   unreportedDropped = 0;
-  /** True while catchUp runs, so that a gap found during it does not start a second one. */
-  catchingUp = false;
   /** Live messages received while syncing; delivered in order once the window was fetched. */
   buffered: LiveMessage[] | undefined;
   /**
