@@ -1500,9 +1500,10 @@ describe('DispatchService.push online only (expire_time_s 0)', () => {
     clock.advance(3_000);
     const kept = await pushRequest(toAll());
     await bus.flush();
-    expect(broadcasts.map((b) => [b.message?.msgId, b.previousBroadcastId])).toEqual([
-      [live.msgId, 0],
-      [kept.msgId, live.msgId],
+    // Marked online only: a gateway whose log read covers its id must not take it as fetched.
+    expect(broadcasts.map((b) => [b.message?.msgId, b.previousBroadcastId, b.onlineOnly])).toEqual([
+      [live.msgId, 0, true],
+      [kept.msgId, live.msgId, false],
     ]);
     expect(
       (await stores.broadcasts.since(app.accessId, 0, clock.now(), 10)).entries.map((e) => e.msgId),

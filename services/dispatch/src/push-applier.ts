@@ -464,6 +464,7 @@ export class PushApplier {
       expression: target?.$case === 'tags' ? target.value : undefined,
       platform: command.platform,
       previousBroadcastId: previousBroadcastId >= message.msgId ? 0 : previousBroadcastId,
+      onlineOnly: command.onlineOnly,
     };
     const data = encodeMessage(BroadcastDelivery, delivery);
     // Online only: the log keeps nothing (an entry expired on arrival), but its head still moves, so the

@@ -494,6 +494,45 @@ function publishTargeted(
   );
 }
 
+/**
+ * Stores a broadcast to everyone of the test app as dispatch applies one: in the app's log for an hour
+ * (an online-only one only moves the log's head), returning what dispatch publishes to every gateway.
+ */
+async function logBroadcast(
+  system: TestSystem,
+  msgId: number,
+  previousBroadcastId: number,
+  onlineOnly = false,
+): Promise<Uint8Array> {
+  const { accessId } = system.app;
+  const data = BroadcastDelivery.encode({
+    accessId,
+    message: pushMessage(msgId),
+    expression: undefined,
+    platform: Platform.PLATFORM_UNSPECIFIED,
+    previousBroadcastId,
+    onlineOnly,
+  }).finish();
+  const now = Date.now();
+  await system.stores.broadcasts.append(
+    accessId,
+    { msgId, expiresAtMs: onlineOnly ? now : now + HOUR_MS, data },
+    now,
+  );
+  return data;
+}
+
+/** logBroadcast, then the publish to every gateway. */
+async function publishBroadcast(
+  system: TestSystem,
+  msgId: number,
+  previousBroadcastId: number,
+  onlineOnly = false,
+): Promise<void> {
+  const data = await logBroadcast(system, msgId, previousBroadcastId, onlineOnly);
+  system.bus.publish(subjects.broadcast(system.app.accessId), data);
+}
+
 describe('Gateway handshake', () => {
   it('refuses upgrades with the catalogue HTTP status and code, before any session exists', async () => {
     const system = await startGateway();
@@ -1392,36 +1431,30 @@ describe('Gateway catch-up order', () => {
 
   /**
    * A gateway whose catch-ups take their answers from `answers` in turn (the real FetchPending once it is
-   * empty), so that a test can set what a read found and what was published while it ran.
+   * empty), so that a test can set what a read found and what was published while it ran; `interrupt()`
+   * tells it that its bus was interrupted, as NatsBus does once reconnected.
    */
   async function scripted() {
     const answers: Answer[] = [];
+    const interruptionListeners = new Set<() => void>();
     const system = await startGateway({
       dispatch: (real) =>
         fetchEach(real, (request) => {
           const answer = answers.shift();
           return answer === undefined ? real.fetchPending(request) : answer(request, real);
         }),
+      gatewayBus: (real) => ({
+        ...withDurablePublish(real, (publish, ...args) => publish(...args)),
+        onInterruption: (listener) => {
+          interruptionListeners.add(listener);
+          return () => interruptionListeners.delete(listener);
+        },
+      }),
     });
-    const { accessId } = system.app;
-    /** Stores a broadcast to everyone in the app's log, as dispatch does before publishing it. */
-    const logBroadcast = async (msgId: number, previousBroadcastId: number) => {
-      const data = BroadcastDelivery.encode({
-        accessId,
-        message: pushMessage(msgId),
-        expression: undefined,
-        platform: Platform.PLATFORM_UNSPECIFIED,
-        previousBroadcastId,
-      }).finish();
-      await system.stores.broadcasts.append(
-        accessId,
-        { msgId, expiresAtMs: Date.now() + HOUR_MS, data },
-        Date.now(),
-      );
-      return data;
+    const interrupt = () => {
+      for (const listener of interruptionListeners) listener();
     };
-    const publishBroadcast = async (msgId: number, previousBroadcastId: number) =>
-      system.bus.publish(subjects.broadcast(accessId), await logBroadcast(msgId, previousBroadcastId));
+    const { accessId } = system.app;
     const append = (token: string, msgId: number) =>
       system.stores.inboxes.append(accessId, token, pushMessage(msgId), 2, Date.now());
     const delivers = (raw: RawDevice) =>
@@ -1430,7 +1463,7 @@ describe('Gateway catch-up order', () => {
           ? [{ ids: f.body.value.messages.map((m) => m.msgId), dropped: f.body.value.dropped ?? 0 }]
           : [],
       );
-    return { ...system, answers, logBroadcast, publishBroadcast, append, delivers };
+    return { ...system, answers, append, delivers, interrupt, interruptionListeners };
   }
 
   it('merges a targeted message the window read missed with a later broadcast the log read found, by id', async () => {
@@ -1442,7 +1475,7 @@ describe('Gateway catch-up order', () => {
       const read = await real.fetchPending(request);
       await system.append(device.token, 10);
       publishTargeted(system, device.token, pushMessage(10));
-      await system.publishBroadcast(11, 0);
+      await publishBroadcast(system, 11, 0);
       await system.bus.flush();
       return { ...read, messages: [...read.messages, pushMessage(11)], lastBroadcastId: 11 };
     });
@@ -1486,7 +1519,7 @@ describe('Gateway catch-up order', () => {
       await system.append(device.token, 11);
       await system.append(device.token, 12);
       publishTargeted(system, device.token, pushMessage(12), { previousMsgId: 11 });
-      await system.publishBroadcast(13, 0);
+      await publishBroadcast(system, 13, 0);
       await system.bus.flush();
       return { ...read, messages: [pushMessage(13)], lastBroadcastId: 13 };
     });
@@ -1534,7 +1567,7 @@ describe('Gateway catch-up order', () => {
     await system.caughtUp(device.token);
     // 10 is lost on the bus; broadcast 11 cannot name it and is written; 12 names 10 as its predecessor.
     await system.append(device.token, 10);
-    await system.publishBroadcast(11, 0);
+    await publishBroadcast(system, 11, 0);
     await waitFor(() => raw.delivered.length >= 1, 'broadcast 11');
     await system.append(device.token, 12);
     publishTargeted(system, device.token, pushMessage(12), { previousMsgId: 10, previousBroadcastId: 11 });
@@ -1549,44 +1582,79 @@ describe('Gateway catch-up order', () => {
   });
 
   it('makes every live session fetch what it missed when the bus was interrupted, before a later broadcast', async () => {
-    const listeners = new Set<() => void>();
-    const system = await startGateway({
-      gatewayBus: (real) => ({
-        ...withDurablePublish(real, (publish, ...args) => publish(...args)),
-        onInterruption: (listener) => {
-          listeners.add(listener);
-          return () => listeners.delete(listener);
-        },
-      }),
-    });
+    const system = await scripted();
     const device = await system.registerDevice();
     const raw = await openRaw(system.url, system.sessionHeaders(device));
     await system.caughtUp(device.token);
     // 10 was published while the gateway was away from NATS: lost. Broadcast 11 comes after it is back.
     await system.stores.inboxes.append(system.app.accessId, device.token, pushMessage(10), 2, Date.now());
-    for (const listener of listeners) listener();
+    system.interrupt();
     await waitFor(async () => (await system.metric('gateway_interruption_resyncs_total')) === 1, 'resync');
-    const now = Date.now();
-    const data = BroadcastDelivery.encode({
-      accessId: system.app.accessId,
-      message: pushMessage(11),
-      expression: undefined,
-      platform: Platform.PLATFORM_UNSPECIFIED,
-      previousBroadcastId: 0,
-    }).finish();
-    await system.stores.broadcasts.append(
-      system.app.accessId,
-      { msgId: 11, expiresAtMs: now + HOUR_MS, data },
-      now,
-    );
-    system.bus.publish(subjects.broadcast(system.app.accessId), data);
+    await publishBroadcast(system, 11, 0);
     await waitFor(() => raw.delivered.length >= 2, 'messages 10 and 11');
     await raw.roundTrip();
     expect(raw.delivered).toEqual([10, 11]);
     expect(await system.metric('gateway_late_messages_dropped_total')).toBe(0);
     // A stopped gateway listens no more.
     await system.stop();
-    expect(listeners.size).toBe(0);
+    expect(system.interruptionListeners.size).toBe(0);
+  });
+
+  it('fetches once more when the bus was interrupted while a catch-up read the window', async () => {
+    const system = await scripted();
+    const device = await system.registerDevice();
+    // The window is read; then 10 is appended and published while the gateway is away from NATS (lost),
+    // and NATS comes back before the answer does.
+    system.answers.push(async (request, real) => {
+      const read = await real.fetchPending(request);
+      await system.append(device.token, 10);
+      system.interrupt();
+      return read;
+    });
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await waitFor(() => raw.delivered.length >= 1, 'message 10');
+    await publishBroadcast(system, 11, 0);
+    await waitFor(() => raw.delivered.length >= 2, 'broadcast 11');
+    expect(raw.delivered).toEqual([10, 11]);
+    expect(await system.metric('gateway_late_messages_dropped_total')).toBe(0);
+  });
+
+  it("writes an online-only broadcast that a catch-up's log read covers but cannot hold, and an online-only message applied twice once", async () => {
+    const system = await scripted();
+    const device = await system.registerDevice();
+    // Online-only broadcast 10 moves the log's head (the read's lastBroadcastId is 10) in no entry; the
+    // online-only targeted 11 was applied twice (a dispatch failover) and so came twice.
+    system.answers.push(async (request, real) => {
+      await publishBroadcast(system, 10, 0, true);
+      publishTargeted(system, device.token, pushMessage(11), { previousBroadcastId: 10, onlineOnly: true });
+      publishTargeted(system, device.token, pushMessage(11), { previousBroadcastId: 10, onlineOnly: true });
+      await system.bus.flush();
+      const read = await real.fetchPending(request);
+      expect(read.lastBroadcastId).toBe(10);
+      return read;
+    });
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await waitFor(() => raw.delivered.length >= 2, 'messages 10 and 11');
+    await raw.roundTrip();
+    expect(system.delivers(raw)).toEqual([{ ids: [10, 11], dropped: 0 }]);
+  });
+
+  it('counts a passed message applied again (chained onto itself) as dropped once', async () => {
+    const system = await scripted();
+    const device = await system.registerDevice();
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await system.caughtUp(device.token);
+    await publishBroadcast(system, 11, 0);
+    await waitFor(() => raw.delivered.length >= 1, 'broadcast 11');
+    await system.append(device.token, 10);
+    publishTargeted(system, device.token, pushMessage(10), { previousMsgId: 10 });
+    await waitFor(() => system.delivers(raw).length >= 2, 'the count');
+    await raw.roundTrip();
+    expect(system.delivers(raw)).toEqual([
+      { ids: [11], dropped: 0 },
+      { ids: [], dropped: 1 },
+    ]);
+    expect(await system.metric('gateway_late_messages_dropped_total')).toBe(1);
   });
 
   it('reports a targeted message published after a later one was written as dropped, at once', async () => {
@@ -1594,7 +1662,7 @@ describe('Gateway catch-up order', () => {
     const device = await system.registerDevice();
     const raw = await openRaw(system.url, system.sessionHeaders(device));
     await system.caughtUp(device.token);
-    await system.publishBroadcast(11, 0);
+    await publishBroadcast(system, 11, 0);
     await waitFor(() => raw.delivered.length >= 1, 'broadcast 11');
     // A stalled dispatch instance publishes 10 after its partition moved on: too late to write.
     await system.append(device.token, 10);
@@ -1873,31 +1941,16 @@ describe('Gateway broadcasts and tag pushes', () => {
     const device = await online(system, Platform.PLATFORM_ANDROID, []);
     const { accessId } = system.app;
     const now = Date.now();
-    const logBroadcast = async (msgId: number, previousBroadcastId: number) => {
-      const delivery = BroadcastDelivery.encode({
-        accessId,
-        message: pushMessage(msgId),
-        expression: undefined,
-        platform: Platform.PLATFORM_UNSPECIFIED,
-        previousBroadcastId,
-      }).finish();
-      await system.stores.broadcasts.append(
-        accessId,
-        { msgId, expiresAtMs: now + 60_000, data: delivery },
-        now,
-      );
-      return delivery;
-    };
 
     // Broadcast 10 never reaches this gateway; targeted 11 names it as the app's last broadcast.
-    await logBroadcast(10, 0);
+    await logBroadcast(system, 10, 0);
     await system.stores.inboxes.append(accessId, device.token, pushMessage(11), 2, now);
     publishTargeted(system, device.token, pushMessage(11), { previousBroadcastId: 10 });
     await waitFor(() => device.raw.delivered.length >= 2, 'messages 10 and 11');
 
     // Broadcast 12 is missed too; broadcast 13, chained to it, arrives.
-    await logBroadcast(12, 10);
-    system.bus.publish(subjects.broadcast(accessId), await logBroadcast(13, 12));
+    await logBroadcast(system, 12, 10);
+    await publishBroadcast(system, 13, 12);
     await waitFor(() => device.raw.delivered.length >= 4, 'messages 12 and 13');
     await device.raw.roundTrip();
     expect(device.raw.delivered).toEqual([10, 11, 12, 13]);

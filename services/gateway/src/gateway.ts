@@ -213,6 +213,8 @@ export class Gateway {
    */
   private readonly liveBroadcasts = new WeakSet<PushMessage>();
   private stopWatchingInterruptions: () => void = () => {};
+  /** How many times the bus was interrupted (see resyncAfterInterruption). */
+  private interruptions = 0;
   private readonly registering = new Set<Session>();
   private readonly clock: Clock;
   private readonly path: string;
@@ -537,6 +539,7 @@ export class Gateway {
   private async catchUp(session: Session): Promise<void> {
     let heldAt = -1;
     while (session.state === 'syncing') {
+      const interruptionsBefore = this.interruptions;
       const pending = await this.fetchPending(session);
       if (pending === undefined || (session.state as string) === 'closed') return;
       const buffered = session.buffered ?? [];
@@ -568,6 +571,10 @@ export class Gateway {
         }
       }
       messages.sort(byMsgId);
+      // An online-only message applied twice comes twice, the same: one copy is written.
+      for (let i = messages.length - 1; i > 0; i--) {
+        if (messages[i]?.msgId === messages[i - 1]?.msgId) messages.splice(i, 1);
+      }
       // Sent even without messages when something was dropped: this frame is the device's only chance to
       // learn of it (the app then knows to resync with its server).
       if ((messages.length > 0 || session.unreportedDropped > 0) && this.deliver(session, messages, live)) {
@@ -576,12 +583,15 @@ export class Gateway {
           if (!live.has(message) || this.liveBroadcasts.has(message)) this.countSent(session, message);
         }
       }
+      if ((session.state as string) === 'closed') return;
       if (held.length > 0) {
         session.buffered = held;
         heldAt = holdAt;
         this.options.metrics.gapRefetches.inc();
         continue;
       }
+      // NATS was interrupted while this round's fetch ran: what its read missed may be lost. Once more.
+      if (this.interruptions !== interruptionsBefore) continue;
       session.state = 'live';
     }
   }
@@ -1014,7 +1024,13 @@ export class Gateway {
     this.liveBroadcasts.add(message);
     // Two shared offers, not one object per session: what a session keeps of one (buffered while it
     // syncs) it only reads.
-    const matching: LiveMessage = { message, previousMsgId: 0, previousBroadcastId, broadcastMatch: true };
+    const matching: LiveMessage = {
+      message,
+      previousMsgId: 0,
+      previousBroadcastId,
+      broadcastMatch: true,
+      onlineOnly: delivery.onlineOnly,
+    };
     const notMatching: LiveMessage = { ...matching, broadcastMatch: false };
     for (const session of sessions.values()) {
       const broadcastMatch =
@@ -1088,8 +1104,15 @@ export class Gateway {
   private account(session: Session, live: LiveMessage): 'duplicate' | 'gap' | 'deliver' | 'none' {
     const msgId = live.message.msgId;
     if (live.broadcastMatch !== undefined) {
-      if (msgId <= session.broadcastChainId) return 'duplicate';
+      if (msgId <= session.broadcastChainId) {
+        // An online-only broadcast moves the log's head but is in no entry: a read covering it did not
+        // fetch it, so it is still to write if nothing later was.
+        const unfetched = live.onlineOnly === true && live.broadcastMatch;
+        return unfetched && msgId > session.lastDeliveredMsgId ? 'deliver' : 'duplicate';
+      }
       this.skipPassedPredecessors(session, live);
+      // Chained onto itself (applied again) and passed: counted as dropped just now, not a second time.
+      if (msgId <= session.broadcastChainId) return 'none';
       if (live.previousBroadcastId > session.broadcastChainId) return 'gap';
       session.broadcastChainId = msgId;
       return live.broadcastMatch && this.stillInOrder(session, msgId) ? 'deliver' : 'none';
@@ -1102,6 +1125,7 @@ export class Gateway {
     }
     if (msgId <= session.chainMsgId) return 'duplicate';
     this.skipPassedPredecessors(session, live);
+    if (msgId <= session.chainMsgId) return 'none';
     if (live.previousMsgId > session.chainMsgId || live.previousBroadcastId > session.broadcastChainId) {
       return 'gap';
     }
@@ -1152,9 +1176,10 @@ export class Gateway {
    * The bus was interrupted: what was published to this node meanwhile is lost, and a broadcast could be
    * written past a lost targeted message before the next targeted one showed the gap. So every live
    * session fetches what its device is owed, buffering live messages meanwhile, as after a gap. A session
-   * already catching up goes on with its fetch: what was lost after its read shows as a gap later.
+   * already catching up fetches once more after its current round (catchUp compares `interruptions`).
    */
   private resyncAfterInterruption(): void {
+    this.interruptions++;
     let resynced = 0;
     for (const sessions of this.hub.values()) {
       for (const session of sessions.values()) {

@@ -144,6 +144,11 @@ export interface BroadcastDelivery {
   platform: Platform;
   /** The msg_id of the app's previous broadcast (0 if none): a gateway that has not seen it missed one. */
   previousBroadcastId: number;
+  /**
+   * An online-only broadcast (expire_time_s 0): it moves the log's head but is kept in no log entry, so a
+   * log read that covers its msg_id does not hold it; a gateway checks it against what it delivered.
+   */
+  onlineOnly: boolean;
 }
 
 /** A device targeted by a push, resolved when the push was accepted. */
@@ -458,7 +463,14 @@ export const NodeDelivery: MessageFns<NodeDelivery> = {
 };
 
 function createBaseBroadcastDelivery(): BroadcastDelivery {
-  return { accessId: 0, message: undefined, expression: undefined, platform: 0, previousBroadcastId: 0 };
+  return {
+    accessId: 0,
+    message: undefined,
+    expression: undefined,
+    platform: 0,
+    previousBroadcastId: 0,
+    onlineOnly: false,
+  };
 }
 
 export const BroadcastDelivery: MessageFns<BroadcastDelivery> = {
@@ -477,6 +489,9 @@ export const BroadcastDelivery: MessageFns<BroadcastDelivery> = {
     }
     if (message.previousBroadcastId !== 0) {
       writer.uint32(40).uint64(message.previousBroadcastId);
+    }
+    if (message.onlineOnly !== false) {
+      writer.uint32(48).bool(message.onlineOnly);
     }
     return writer;
   },
@@ -534,6 +549,14 @@ export const BroadcastDelivery: MessageFns<BroadcastDelivery> = {
             message.previousBroadcastId = longToNumber(reader.uint64());
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.onlineOnly = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -561,6 +584,11 @@ export const BroadcastDelivery: MessageFns<BroadcastDelivery> = {
         : isSet(object.previous_broadcast_id)
         ? globalThis.Number(object.previous_broadcast_id)
         : 0,
+      onlineOnly: isSet(object.onlineOnly)
+        ? globalThis.Boolean(object.onlineOnly)
+        : isSet(object.online_only)
+        ? globalThis.Boolean(object.online_only)
+        : false,
     };
   },
 
@@ -581,6 +609,9 @@ export const BroadcastDelivery: MessageFns<BroadcastDelivery> = {
     if (message.previousBroadcastId !== 0) {
       obj.previousBroadcastId = Math.round(message.previousBroadcastId);
     }
+    if (message.onlineOnly !== false) {
+      obj.onlineOnly = message.onlineOnly;
+    }
     return obj;
   },
 
@@ -598,6 +629,7 @@ export const BroadcastDelivery: MessageFns<BroadcastDelivery> = {
       : undefined;
     message.platform = object.platform ?? 0;
     message.previousBroadcastId = object.previousBroadcastId ?? 0;
+    message.onlineOnly = object.onlineOnly ?? false;
     return message;
   },
 };
