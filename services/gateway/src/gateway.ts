@@ -529,12 +529,12 @@ export class Gateway {
   /**
    * Fetches the offline window past what was delivered and writes it with the live messages buffered
    * meanwhile; callers set state to 'syncing' first, and the session is live when it returns (unless it
-   * closed). One round per fetch. The window and the broadcast log are read side by side (two hash slots), so the
-   * answer can hold a message newer than one the other read missed; that one was published to this
-   * gateway and waits in the buffer. So fetched and buffered messages are merged by msg_id and written
-   * in one Deliver. A buffered message chaining onto one that is in neither (still in flight, or lost on
-   * the bus) holds back everything from that missing id on, and the next round fetches it: writing past
-   * it would lose it, since the device drops what is not above what it processed.
+   * closed). One round per fetch. Dispatch reads the window and the broadcast log side by side (two hash
+   * slots), so its answer can hold a message newer than one the other read missed; that one was
+   * published to this gateway and waits in the buffer. So fetched and buffered messages are merged by
+   * msg_id and written in one Deliver. A buffered message chaining onto one that is in neither (still in
+   * flight, or lost on the bus) holds back everything from that missing id on, and the next round
+   * fetches it: writing past it would lose it, since the device drops what is not above what it processed.
    */
   private async catchUp(session: Session): Promise<void> {
     let heldAt = -1;

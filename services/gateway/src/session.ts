@@ -14,7 +14,10 @@ export interface LiveMessage {
   previousBroadcastId: number;
   /** Broadcast only: whether the device is in its audience (evaluated when it arrived). */
   broadcastMatch?: boolean;
-  /** Targeted, online only: in no window, so no link of the device chain (NodeDelivery.online_only). */
+  /**
+   * Online only (NodeDelivery / BroadcastDelivery.online_only): targeted, in no window, so no link of the
+   * device chain; a broadcast, kept in no log entry, so not fetched by a log read that covers its id.
+   */
   onlineOnly?: boolean;
 }
 
@@ -95,7 +98,7 @@ export class Session {
    * dispatch reported (its window's drops) and what this session found it can no longer deliver in order.
    */
   unreportedDropped = 0;
-  /** Live messages received while syncing; delivered in order once the window was fetched. */
+  /** Live messages received while syncing; merged by msg_id with what the fetch found (catchUp). */
   buffered: LiveMessage[] | undefined;
   /**
    * Messages delivered and not yet acknowledged: their push and send time go into arrival events (and name
