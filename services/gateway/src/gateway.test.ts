@@ -1463,7 +1463,12 @@ describe('Gateway catch-up order', () => {
           ? [{ ids: f.body.value.messages.map((m) => m.msgId), dropped: f.body.value.dropped ?? 0 }]
           : [],
       );
-    return { ...system, answers, append, delivers, interrupt, interruptionListeners };
+    /** Waits for `count` messages on `raw`, then for a round trip: nothing more was on its way. */
+    const received = async (raw: RawDevice, count: number, what: string) => {
+      await waitFor(() => raw.delivered.length >= count, what);
+      await raw.roundTrip();
+    };
+    return { ...system, answers, append, delivers, received, interrupt, interruptionListeners };
   }
 
   it('merges a targeted message the window read missed with a later broadcast the log read found, by id', async () => {
@@ -1480,8 +1485,7 @@ describe('Gateway catch-up order', () => {
       return { ...read, messages: [...read.messages, pushMessage(11)], lastBroadcastId: 11 };
     });
     const raw = await openRaw(system.url, system.sessionHeaders(device));
-    await waitFor(() => raw.delivered.length >= 2, 'messages 10 and 11');
-    await raw.roundTrip();
+    await system.received(raw, 2, 'messages 10 and 11');
     expect(system.delivers(raw)).toEqual([{ ids: [10, 11], dropped: 0 }]);
     expect(await system.metric('gateway_late_messages_dropped_total')).toBe(0);
   });
@@ -1498,8 +1502,7 @@ describe('Gateway catch-up order', () => {
       return real.fetchPending(request);
     });
     const raw = await openRaw(system.url, system.sessionHeaders(device));
-    await waitFor(() => raw.delivered.length >= 2, 'messages 10 and 11');
-    await raw.roundTrip();
+    await system.received(raw, 2, 'messages 10 and 11');
     expect(system.delivers(raw)).toEqual([{ ids: [10, 11], dropped: 0 }]);
     // Online only is no link of the window chain: 12 chaining onto 11 follows without a fetch.
     await system.append(device.token, 12);
@@ -1534,8 +1537,7 @@ describe('Gateway catch-up order', () => {
       return { ...window, messages: [...window.messages, pushMessage(13)], lastBroadcastId: 13 };
     });
     const raw = await openRaw(system.url, system.sessionHeaders(device));
-    await waitFor(() => raw.delivered.length >= 3, 'messages 11 to 13');
-    await raw.roundTrip();
+    await system.received(raw, 3, 'messages 11 to 13');
     expect(system.delivers(raw)).toEqual([{ ids: [11, 12, 13], dropped: 0 }]);
     expect(await system.metric('gateway_gap_refetches_total')).toBe(1);
     expect(await system.metric('gateway_late_messages_dropped_total')).toBe(0);
@@ -1553,8 +1555,7 @@ describe('Gateway catch-up order', () => {
     });
     system.answers.push(async () => nothing);
     const raw = await openRaw(system.url, system.sessionHeaders(device));
-    await waitFor(() => raw.delivered.length >= 1, 'message 12');
-    await raw.roundTrip();
+    await system.received(raw, 1, 'message 12');
     expect(system.delivers(raw)).toEqual([{ ids: [12], dropped: 1 }]);
     expect(await system.metric('gateway_late_messages_dropped_total')).toBe(1);
     expect(await system.metric('gateway_gap_refetches_total')).toBe(1);
@@ -1571,8 +1572,7 @@ describe('Gateway catch-up order', () => {
     await waitFor(() => raw.delivered.length >= 1, 'broadcast 11');
     await system.append(device.token, 12);
     publishTargeted(system, device.token, pushMessage(12), { previousMsgId: 10, previousBroadcastId: 11 });
-    await waitFor(() => raw.delivered.length >= 2, 'message 12');
-    await raw.roundTrip();
+    await system.received(raw, 2, 'message 12');
     // 10 can no longer come in order (the device drops what is not above 11): the app is told to resync.
     expect(system.delivers(raw)).toEqual([
       { ids: [11], dropped: 0 },
@@ -1591,8 +1591,7 @@ describe('Gateway catch-up order', () => {
     system.interrupt();
     await waitFor(async () => (await system.metric('gateway_interruption_resyncs_total')) === 1, 'resync');
     await publishBroadcast(system, 11, 0);
-    await waitFor(() => raw.delivered.length >= 2, 'messages 10 and 11');
-    await raw.roundTrip();
+    await system.received(raw, 2, 'messages 10 and 11');
     expect(raw.delivered).toEqual([10, 11]);
     expect(await system.metric('gateway_late_messages_dropped_total')).toBe(0);
     // A stopped gateway listens no more.
@@ -1634,8 +1633,7 @@ describe('Gateway catch-up order', () => {
       return read;
     });
     const raw = await openRaw(system.url, system.sessionHeaders(device));
-    await waitFor(() => raw.delivered.length >= 2, 'messages 10 and 11');
-    await raw.roundTrip();
+    await system.received(raw, 2, 'messages 10 and 11');
     expect(system.delivers(raw)).toEqual([{ ids: [10, 11], dropped: 0 }]);
   });
 
