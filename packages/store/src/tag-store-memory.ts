@@ -159,6 +159,7 @@ export class MemoryTagStore implements TagStore {
       platform: state.platform,
       builtin: [...state.builtin],
       registeredAtMs: state.registeredAtMs,
+      online: state.online,
     };
   }
 

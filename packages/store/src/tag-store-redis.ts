@@ -226,8 +226,8 @@ export class RedisTagStore implements TagStore {
   }
 
   async state(accessId: number, token: string): Promise<DeviceTagState | undefined> {
-    const [x, d, p, b, ra] = await redisCall(
-      this.redis.hmget(this.keys.tagMeta(accessId, token), 'x', 'd', 'p', 'b', 'ra'),
+    const [x, d, p, b, ra, o] = await redisCall(
+      this.redis.hmget(this.keys.tagMeta(accessId, token), 'x', 'd', 'p', 'b', 'ra', 'o'),
     );
     if (x == null) return undefined;
     return {
@@ -236,6 +236,7 @@ export class RedisTagStore implements TagStore {
       platform: Number(p ?? 0) as Platform,
       builtin: splitBuiltin(b ?? ''),
       registeredAtMs: Number(ra ?? 0),
+      online: o === '1',
     };
   }
 

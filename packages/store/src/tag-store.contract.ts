@@ -256,6 +256,7 @@ export function describeTagStoreContract(name: string, makeStore: () => TagStore
         platform: Platform.PLATFORM_ANDROID,
         builtin: ['pushd:app_version:1'],
         registeredAtMs: 100,
+        online: false,
       });
       const v2 = { ...v1, builtin: ['pushd:app_version:2', 'pushd:locale:zh CN'], atMs: 200 };
       expect(await store.commitRegistration(APP, D1.token, v2, [])).toBe('changed');
@@ -268,7 +269,9 @@ export function describeTagStoreContract(name: string, makeStore: () => TagStore
       const presence = (sessionId: string, atMs: number, connected: boolean) =>
         store.presence(APP, D1.token, 1, { sessionId, atMs, connected });
       expect(await presence('s1', 10, true)).toEqual({ online: true });
+      expect((await store.state(APP, D1.token))?.online).toBe(true);
       expect(await presence('s1', 20, false)).toEqual({ online: false });
+      expect((await store.state(APP, D1.token))?.online).toBe(false);
       expect(await presence('s2', 30, true)).toEqual({ online: true });
       // The device moved to another gateway; the first one reports its old session closed afterwards.
       expect(await presence('s3', 40, true)).toEqual({ online: true });

@@ -65,6 +65,8 @@ export interface DeviceTagState {
   builtin: string[];
   /** at_ms of the registration event applied last, 0 if none. */
   registeredAtMs: number;
+  /** Whether the presence events applied so far leave the device online (see presence). */
+  online: boolean;
 }
 
 /** A registration event's attributes, as commitRegistration stores them. */

@@ -11,6 +11,8 @@ export interface AudienceEventsOptions {
 
 /** Attempts at a registration whose built-in tags another event changed meanwhile. */
 const MAX_REGISTRATION_ATTEMPTS = 5;
+/** Writes of a device's online bit while another replica keeps changing its presence (see presence). */
+const MAX_ONLINE_WRITES = 5;
 
 /**
  * Keeps the audience index current from registry and gateway events, without any call from the app:
@@ -133,7 +135,18 @@ export class AudienceEvents {
       connected: event.type === EventType.EVENT_TYPE_CONNECTED,
     });
     if (result === undefined) return;
-    await audience.setOnline(event.accessId, index, result.online);
+    // The bit is in the app's hash slot, the state in the device's: two replicas applying a connect and
+    // a disconnect of one device side by side (neighbouring batches) can write the bit in the opposite
+    // order to the one the state decided. So each writer reads the state back after its write and
+    // writes again until the two agree: the last write to the bit then matches the state.
+    let online = result.online;
+    for (let write = 0; write < MAX_ONLINE_WRITES; write++) {
+      await audience.setOnline(event.accessId, index, online);
+      const state = await tags.state(event.accessId, event.token);
+      if (state === undefined || state.index !== index || state.unregistered || state.online === online)
+        break;
+      online = state.online;
+    }
     await audience.markSeen(event.accessId, index, event.atMs);
   }
 }
