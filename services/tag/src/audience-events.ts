@@ -138,14 +138,15 @@ export class AudienceEvents {
     // The bit is in the app's hash slot, the state in the device's: two replicas applying a connect and
     // a disconnect of one device side by side (neighbouring batches) can write the bit in the opposite
     // order to the one the state decided. So each writer reads the state back after its write and
-    // writes again until the two agree: the last write to the bit then matches the state.
+    // writes again until the two agree: the last write to the bit then matches the state. A registration
+    // that unregistered, or that a newer one replaced, is offline.
     let online = result.online;
     for (let write = 0; write < MAX_ONLINE_WRITES; write++) {
       await audience.setOnline(event.accessId, index, online);
       const state = await tags.state(event.accessId, event.token);
-      if (state === undefined || state.index !== index || state.unregistered || state.online === online)
-        break;
-      online = state.online;
+      const current = state !== undefined && state.index === index && !state.unregistered && state.online;
+      if (current === online) break;
+      online = current;
     }
     await audience.markSeen(event.accessId, index, event.atMs);
   }
