@@ -56,6 +56,20 @@ function device(token: string) {
 }
 
 describe('Redis stores: layout and recovery', () => {
+  it('reads, refreshes, clears and replaces routes written before they carried their opened_at', async () => {
+    const { routes } = stores();
+    // What a gateway of the previous release wrote: '<session id length>:<session id><node id>'.
+    await redis.set(keys.route(APP, TOKEN), '2:s1gw-1', 'PX', 60_000);
+    expect(await routes.get(APP, TOKEN)).toEqual({ nodeId: 'gw-1', sessionId: 's1', openedAtMs: 0 });
+    await routes.refresh([{ accessId: APP, token: TOKEN, sessionId: 's1' }], 600_000);
+    expect(await redis.pttl(keys.route(APP, TOKEN))).toBeGreaterThan(60_000);
+    await routes.clear(APP, TOKEN, 's1');
+    expect(await redis.exists(keys.route(APP, TOKEN))).toBe(0);
+    await redis.set(keys.route(APP, TOKEN), '2:s1gw-1', 'PX', 60_000);
+    await routes.set(APP, TOKEN, { nodeId: 'gw-2', sessionId: 's2', openedAtMs: NOW }, 60_000);
+    expect(await redis.get(keys.route(APP, TOKEN))).toBe(`${NOW};2:s2gw-2`);
+  });
+
   it('keeps a push in its slot and its index in the app slot, expiring 30 days on or after its loop', async () => {
     const { pushes, schedules } = stores();
     const day = 24 * 3_600_000;

@@ -28,6 +28,7 @@ const SCRIPTS = {
   pushUpdate: { file: 'push-update', keys: 1 },
   routeClear: { file: 'route-clear', keys: 1 },
   routeRefresh: { file: 'route-refresh', keys: 1 },
+  routeSet: { file: 'route-set', keys: 1 },
   scheduleAdd: { file: 'schedule-add', keys: 2 },
   scheduleClaim: { file: 'schedule-claim', keys: 1 },
   scheduleRemove: { file: 'schedule-remove', keys: 2 },

@@ -25,7 +25,11 @@ export class MemoryRouteStore implements RouteStore {
   }
 
   async set(accessId: number, token: string, route: Route, ttlMs: number): Promise<void> {
-    this.routes.set(routeKey(accessId, token), {
+    const key = routeKey(accessId, token);
+    // A newer session's route stays (see Route.openedAtMs).
+    const current = this.live(key);
+    if (current !== undefined && current.openedAtMs > route.openedAtMs) return;
+    this.routes.set(key, {
       route: { ...route },
       expiresAtMs: this.clock.now() + ttlMs,
     });

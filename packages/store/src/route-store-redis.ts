@@ -10,9 +10,10 @@ export interface RedisRouteStoreOptions {
 }
 
 /**
- * Routes on Redis: one string per online device with a TTL, valued `<session id byte length>:<session
- * id><node id>`. The length prefix lets Lua compare the session exactly with a prefix test, whatever
- * characters ids contain, and keeps the value one short string (there is one per online device).
+ * Routes on Redis: one string per online device with a TTL, valued `<opened_at ms>;<session id byte
+ * length>:<session id><node id>`. The length prefix lets Lua compare the session exactly with a prefix
+ * test, whatever characters ids contain, and keeps the value one short string (there is one per online
+ * device). Values without the `<opened_at ms>;` part (written before it existed) are read as opened at 0.
  */
 export class RedisRouteStore implements RouteStore {
   private readonly redis: RedisClient;
@@ -26,7 +27,12 @@ export class RedisRouteStore implements RouteStore {
 
   async set(accessId: number, token: string, route: Route, ttlMs: number): Promise<void> {
     await redisCall(
-      this.redis.set(this.keys.route(accessId, token), encodeRoute(route), 'PX', wholeMs(ttlMs)),
+      runScript(
+        this.redis,
+        'routeSet',
+        [this.keys.route(accessId, token)],
+        [encodeRoute(route), openedAtOf(route), wholeMs(ttlMs)],
+      ),
     );
   }
 
@@ -62,19 +68,30 @@ function sessionPrefix(sessionId: string): string {
 }
 
 function encodeRoute(route: Route): string {
-  return `${sessionPrefix(route.sessionId)}${route.nodeId}`;
+  return `${openedAtOf(route)};${sessionPrefix(route.sessionId)}${route.nodeId}`;
 }
 
 function decodeRoute(value: Buffer | null): Route | undefined {
   if (!value) return undefined;
   const colon = value.indexOf(0x3a);
-  const length = Number(value.subarray(0, colon).toString('latin1'));
-  if (colon < 1 || !Number.isSafeInteger(length)) return undefined;
+  if (colon < 1) return undefined;
+  // '<opened_at>;' comes before the session's length, both digits; a route without it opened at 0.
+  const head = value.subarray(0, colon).toString('latin1');
+  const semicolon = head.indexOf(';');
+  const openedAtMs = semicolon < 0 ? 0 : Number(head.slice(0, semicolon));
+  const length = Number(head.slice(semicolon + 1));
+  if (!Number.isSafeInteger(length) || !Number.isSafeInteger(openedAtMs)) return undefined;
   const start = colon + 1;
   return {
     sessionId: value.subarray(start, start + length).toString('utf8'),
     nodeId: value.subarray(start + length).toString('utf8'),
+    openedAtMs,
   };
+}
+
+/** The route's opened_at as the script compares it: whole milliseconds, not below 0. */
+function openedAtOf(route: Route): number {
+  return Number.isFinite(route.openedAtMs) ? Math.max(0, Math.floor(route.openedAtMs)) : 0;
 }
 
 /** PX takes whole milliseconds, at least 1 (0 would be an error, not "expire now"). */

@@ -7,6 +7,13 @@ export interface Route {
   nodeId: string;
   /** Identifies the connection, so that a closing old connection cannot remove a newer one's route. */
   sessionId: string;
+  /**
+   * When the session opened (ms, by its gateway's clock). A route is only replaced by one of a session
+   * opened at or after it, so that the delayed write of a device's older session cannot take its newer
+   * session's place (dispatch would publish to a gateway that no longer holds the device). Routes
+   * written before this field existed read 0.
+   */
+  openedAtMs: number;
 }
 
 export interface RouteKey {
@@ -15,7 +22,10 @@ export interface RouteKey {
 }
 
 export interface RouteStore {
-  /** Records the route; it expires after ttlMs unless refreshed. */
+  /**
+   * Records the route, unless the stored one is of a session opened later (then nothing changes); it
+   * expires after ttlMs unless refreshed.
+   */
   set(accessId: number, token: string, route: Route, ttlMs: number): Promise<void>;
 
   get(accessId: number, token: string): Promise<Route | undefined>;

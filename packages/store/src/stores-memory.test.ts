@@ -41,11 +41,11 @@ describe('memory stores with an injected clock', () => {
   it('expire routes by the clock and refresh from its current time', async () => {
     const clock = new ManualClock();
     const routes = new MemoryRouteStore({ clock });
-    await routes.set(APP, TOKEN, { nodeId: 'gw', sessionId: 's' }, 1000);
+    await routes.set(APP, TOKEN, { nodeId: 'gw', sessionId: 's', openedAtMs: 0 }, 1000);
     clock.advance(999);
     await routes.refresh([{ accessId: APP, token: TOKEN, sessionId: 's' }], 1000);
     clock.advance(999);
-    expect(await routes.get(APP, TOKEN)).toEqual({ nodeId: 'gw', sessionId: 's' });
+    expect(await routes.get(APP, TOKEN)).toEqual({ nodeId: 'gw', sessionId: 's', openedAtMs: 0 });
     clock.advance(1);
     expect(await routes.get(APP, TOKEN)).toBeUndefined();
   });
@@ -64,7 +64,7 @@ describe('memory stores with an injected clock', () => {
   it('createMemoryStores shares the clock with the stores that keep time', async () => {
     const clock = new ManualClock();
     const stores = createMemoryStores({ clock });
-    await stores.routes.set(APP, TOKEN, { nodeId: 'gw', sessionId: 's' }, 10);
+    await stores.routes.set(APP, TOKEN, { nodeId: 'gw', sessionId: 's', openedAtMs: 0 }, 10);
     clock.advance(10);
     expect(await stores.routes.get(APP, TOKEN)).toBeUndefined();
     expect(Object.keys(stores).sort()).toEqual([

@@ -190,7 +190,12 @@ async function setup(options: SetupOptions = {}) {
 
   /** Routes `token` to the test node and records the NodeDeliveries published there. */
   const routeToNode = async (token: string) => {
-    await stores.routes.set(app.accessId, token, { nodeId: NODE_ID, sessionId: 'session-1' }, HOUR_MS);
+    await stores.routes.set(
+      app.accessId,
+      token,
+      { nodeId: NODE_ID, sessionId: 'session-1', openedAtMs: 0 },
+      HOUR_MS,
+    );
   };
   const deliveries: NodeDelivery[] = [];
   memoryBus.subscribe(subjects.nodeDelivery(NODE_ID), (data) => deliveries.push(NodeDelivery.decode(data)));

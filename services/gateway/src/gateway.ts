@@ -492,7 +492,12 @@ export class Gateway {
       // Tags before the catch-up: a tag push offered meanwhile is buffered until then.
       const [userTags] = await Promise.all([
         this.options.tags.list(session.accessId, session.token, session.index),
-        routes.set(session.accessId, session.token, { nodeId, sessionId: session.id }, this.routeTtlMs),
+        routes.set(
+          session.accessId,
+          session.token,
+          { nodeId, sessionId: session.id, openedAtMs: session.openedAtMs },
+          this.routeTtlMs,
+        ),
       ]);
       session.userTags = sharedTags(userTags);
       session.tagTest = undefined;

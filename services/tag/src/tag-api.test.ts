@@ -581,7 +581,12 @@ describe('TagService ReportLocation', () => {
     const { h, auth, bus, stores, accessId, registry, register, count, settled } = await setup();
     const device = await register();
     await settled({ matched: 1 });
-    await stores.routes.set(accessId, device.token, { nodeId: 'gw-1', sessionId: 's1' }, 60_000);
+    await stores.routes.set(
+      accessId,
+      device.token,
+      { nodeId: 'gw-1', sessionId: 's1', openedAtMs: 0 },
+      60_000,
+    );
     const announced: string[][] = [];
     const subscription = bus.subscribe(subjects.nodeTags('gw-1'), (data) =>
       announced.push(DeviceTagsChanged.decode(data).tokens),
