@@ -61,7 +61,8 @@ describe('Redis stores: layout and recovery', () => {
     // What a gateway of the previous release wrote: '<session id length>:<session id><node id>'.
     await redis.set(keys.route(APP, TOKEN), '2:s1gw-1', 'PX', 60_000);
     expect(await routes.get(APP, TOKEN)).toEqual({ nodeId: 'gw-1', sessionId: 's1', openedAtMs: 0 });
-    await routes.refresh([{ accessId: APP, token: TOKEN, sessionId: 's1' }], 600_000);
+    const mine = { nodeId: 'gw-1', sessionId: 's1', openedAtMs: 0 };
+    await routes.refresh([{ accessId: APP, token: TOKEN, route: mine }], 600_000);
     expect(await redis.pttl(keys.route(APP, TOKEN))).toBeGreaterThan(60_000);
     await routes.clear(APP, TOKEN, 's1');
     expect(await redis.exists(keys.route(APP, TOKEN))).toBe(0);

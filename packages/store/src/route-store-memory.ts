@@ -49,12 +49,14 @@ export class MemoryRouteStore implements RouteStore {
     if (this.live(key)?.sessionId === sessionId) this.routes.delete(key);
   }
 
-  async refresh(entries: (RouteKey & { sessionId: string })[], ttlMs: number): Promise<void> {
+  async refresh(entries: (RouteKey & { route: Route })[], ttlMs: number): Promise<void> {
     const expiresAtMs = this.clock.now() + ttlMs;
-    for (const { accessId, token, sessionId } of entries) {
+    for (const { accessId, token, route } of entries) {
       const key = routeKey(accessId, token);
+      const current = this.live(key);
       const entry = this.routes.get(key);
-      if (entry && this.live(key)?.sessionId === sessionId) entry.expiresAtMs = expiresAtMs;
+      if (current === undefined) this.routes.set(key, { route: { ...route }, expiresAtMs });
+      else if (entry && current.sessionId === route.sessionId) entry.expiresAtMs = expiresAtMs;
     }
   }
 

@@ -54,11 +54,19 @@ export class RedisRouteStore implements RouteStore {
     );
   }
 
-  async refresh(entries: (RouteKey & { sessionId: string })[], ttlMs: number): Promise<void> {
+  async refresh(entries: (RouteKey & { route: Route })[], ttlMs: number): Promise<void> {
     const ttl = wholeMs(ttlMs);
     await commandPerKey(
       entries.map(({ accessId, token }) => this.keys.route(accessId, token)),
-      (key, i) => runScript(this.redis, 'routeRefresh', [key], [sessionPrefix(entries[i]!.sessionId), ttl]),
+      (key, i) => {
+        const { route } = entries[i]!;
+        return runScript(
+          this.redis,
+          'routeRefresh',
+          [key],
+          [sessionPrefix(route.sessionId), ttl, encodeRoute(route)],
+        );
+      },
     );
   }
 }

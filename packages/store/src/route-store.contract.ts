@@ -67,7 +67,7 @@ export function describeRouteStoreContract(
       expect(await store.get(APP, token(1))).toEqual(route('gw-2', 'new', 2_000));
       // The older session closing removes nothing, and the newer one keeps refreshing its route.
       await store.clear(APP, token(1), 'old');
-      await store.refresh([{ accessId: APP, token: token(1), sessionId: 'new' }], LONG);
+      await store.refresh([{ accessId: APP, token: token(1), route: route('gw-2', 'new', 2_000) }], LONG);
       expect(await store.get(APP, token(1))).toEqual(route('gw-2', 'new', 2_000));
       // A session opened at the same time or later replaces it.
       await store.set(APP, token(1), route('gw-3', 'same-time', 2_000), LONG);
@@ -94,16 +94,16 @@ export function describeRouteStoreContract(
       await waitFor(async () => (await store.get(APP, token(1))) === undefined, 'the route to expire');
     });
 
-    it('refreshes only routes still held by the given session', async () => {
+    it('refreshes routes still held by their sessions, writes back the ones gone, leaves others alone', async () => {
       // Same short TTL for all, set in this order: without a refresh, 1 and 2 expire no later than 3.
       await store.set(APP, token(1), route('gw-1', 's1'), 300);
       await store.set(APP, token(2), route('gw-1', 's2'), 300);
       await store.set(APP, token(3), route('gw-1', 's3'), 300);
       await store.refresh(
         [
-          { accessId: APP, token: token(1), sessionId: 's1' },
-          { accessId: APP, token: token(2), sessionId: 'someone-else' },
-          { accessId: APP, token: token(4), sessionId: 's4' },
+          { accessId: APP, token: token(1), route: route('gw-1', 's1') },
+          { accessId: APP, token: token(2), route: route('gw-2', 'someone-else') },
+          { accessId: APP, token: token(4), route: route('gw-2', 's4') },
         ],
         LONG,
       );
@@ -113,8 +113,8 @@ export function describeRouteStoreContract(
       );
       expect(await store.get(APP, token(2))).toBeUndefined();
       expect(await store.get(APP, token(1))).toEqual(route('gw-1', 's1'));
-      // Refresh never creates a route.
-      expect(await store.get(APP, token(4))).toBeUndefined();
+      // A live session whose route is gone (an older session's close removed it) gets it back.
+      expect(await store.get(APP, token(4))).toEqual(route('gw-2', 's4'));
       await store.refresh([], LONG);
     });
   });

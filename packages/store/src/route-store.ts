@@ -36,6 +36,11 @@ export interface RouteStore {
   /** Removes the route only if it still belongs to `sessionId`. */
   clear(accessId: number, token: string, sessionId: string): Promise<void>;
 
-  /** Extends the expiry of routes still held by their sessions (one round trip for the whole batch). */
-  refresh(entries: (RouteKey & { sessionId: string })[], ttlMs: number): Promise<void>;
+  /**
+   * Extends the expiry of routes still held by their sessions, and writes back a session's route that is
+   * gone (expired, or removed by the close of an older session of the device whose route write had come
+   * late, or whose gateway's clock was ahead): a live session that lost its route gets it back within one
+   * refresh. A route held by another session is left alone. One round trip for the whole batch.
+   */
+  refresh(entries: (RouteKey & { route: Route })[], ttlMs: number): Promise<void>;
 }

@@ -43,7 +43,10 @@ describe('memory stores with an injected clock', () => {
     const routes = new MemoryRouteStore({ clock });
     await routes.set(APP, TOKEN, { nodeId: 'gw', sessionId: 's', openedAtMs: 0 }, 1000);
     clock.advance(999);
-    await routes.refresh([{ accessId: APP, token: TOKEN, sessionId: 's' }], 1000);
+    await routes.refresh(
+      [{ accessId: APP, token: TOKEN, route: { nodeId: 'gw', sessionId: 's', openedAtMs: 0 } }],
+      1000,
+    );
     clock.advance(999);
     expect(await routes.get(APP, TOKEN)).toEqual({ nodeId: 'gw', sessionId: 's', openedAtMs: 0 });
     clock.advance(1);

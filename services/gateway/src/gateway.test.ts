@@ -667,7 +667,7 @@ describe('Gateway handshake', () => {
     if (registered?.$case !== 'registered') throw new Error('no Registered frame');
     expect(registered.value).toMatchObject({ token: hello.token, created: true });
     expect(registered.value.credential.length).toBeGreaterThan(20);
-    expect(await system.route(hello.token)).toEqual({ nodeId: NODE_ID, sessionId: hello.sessionId });
+    expect(await system.route(hello.token)).toMatchObject({ nodeId: NODE_ID, sessionId: hello.sessionId });
     // The device is registered as what it said.
     await expect(
       system.registry.getDevice({ accessId: 0, token: hello.token }, system.app.auth()),
@@ -853,13 +853,40 @@ describe('Gateway sessions', () => {
     expect(second.device.state).toBe('open');
     expect(system.gateway.sessionCount).toBe(1);
     // The route is the newer session's: the older one closing did not remove it.
-    expect(await system.route(token)).toEqual({ nodeId: NODE_ID, sessionId: hello.sessionId });
+    expect(await system.route(token)).toMatchObject({ nodeId: NODE_ID, sessionId: hello.sessionId });
 
     const { msgId } = await system.push(token, 'to the newer connection');
     await waitFor(() => second.received.length > 0, 'the push on the newer connection');
     expect(second.received.map((m) => m.msgId)).toEqual([msgId]);
     expect(first.received).toEqual([]);
     expect(await system.metric('gateway_disconnects_total', { reason: 'CONNECTION_REPLACED' })).toBe(1);
+  });
+
+  it("writes back a live session's route that an older session's late write and close took away", async () => {
+    const system = await startGateway({ gateway: { routeTtlMs: 3_000 } });
+    const device = await system.registerDevice();
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    const hello = await connected(raw);
+    await system.caughtUp(device.token);
+    const { accessId } = system.app;
+    // An older session of the device, on another gateway whose clock ran ahead, wrote its route after
+    // this one's, then closed and removed it: the device has no route while it is connected here.
+    await system.stores.routes.set(
+      accessId,
+      device.token,
+      { nodeId: 'gw-other', sessionId: 'older', openedAtMs: Date.now() + 60_000 },
+      3_000,
+    );
+    expect(await system.route(device.token)).toMatchObject({ sessionId: 'older' });
+    await system.stores.routes.clear(accessId, device.token, 'older');
+    expect(await system.route(device.token)).toBeUndefined();
+    // The next refresh (every second here) writes it back, and pushes reach the device live again.
+    await waitFor(
+      async () => (await system.route(device.token))?.sessionId === hello.sessionId,
+      'the route written back',
+    );
+    const { msgId } = await system.push(device.token, 'live again');
+    await waitFor(() => raw.delivered.includes(msgId), 'the live push');
   });
 
   it('closes a registration connection that sends no Register in time with 4408', async () => {

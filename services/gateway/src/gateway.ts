@@ -1503,10 +1503,11 @@ export class Gateway {
   }
 
   private async refreshRoutes(): Promise<void> {
+    const { nodeId } = this.options;
     const entries = this.liveSessions().map((s) => ({
       accessId: s.accessId,
       token: s.token,
-      sessionId: s.id,
+      route: { nodeId, sessionId: s.id, openedAtMs: s.openedAtMs },
     }));
     if (entries.length === 0) return;
     try {
