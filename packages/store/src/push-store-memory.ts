@@ -1,5 +1,5 @@
 import { type Clock, systemClock } from '@pushd/common';
-import type { PushRecord, PushStatus } from '@pushd/proto';
+import { type PushRecord, PushStatus } from '@pushd/proto';
 import {
   commandRetainUntil,
   IDEMPOTENCY_TTL_MS,
@@ -25,6 +25,8 @@ export interface MemoryPushStoreOptions {
 interface StoredPush {
   record: PushRecord;
   firing: number;
+  /** The log entry that claimed delivering the latest claimed occurrence (claimDelivery). */
+  claimed?: { occurrence: number; msgId: number };
   command: ScheduledCommand | undefined;
   /** Entry in the app's index. */
   member: string;
@@ -123,6 +125,19 @@ export class MemoryPushStore implements PushStore {
     if (patch.occurrences !== undefined) record.occurrences = patch.occurrences;
     if (patch.failure !== undefined) record.failure = patch.failure;
     return { updated: true, status: record.status, firing: stored.firing };
+  }
+
+  async claimDelivery(accessId: number, pushId: string, occurrence: number, msgId: number): Promise<boolean> {
+    const stored = this.live(accessId, pushId);
+    if (!stored || stored.record.status !== PushStatus.PUSH_STATUS_SENDING || stored.firing !== occurrence) {
+      return false;
+    }
+    const { claimed } = stored;
+    if (claimed !== undefined && claimed.occurrence >= occurrence) {
+      return claimed.occurrence === occurrence && claimed.msgId === msgId;
+    }
+    stored.claimed = { occurrence, msgId };
+    return true;
   }
 
   async saveCommand(accessId: number, pushId: string, command: ScheduledCommand): Promise<void> {

@@ -1,4 +1,4 @@
-import { encodeMessage, PushRecord, PushRequest, type PushStatus } from '@pushd/proto';
+import { encodeMessage, PushRecord, PushRequest, PushStatus } from '@pushd/proto';
 import type { RedisKeys } from './keys.js';
 import {
   commandRetainUntil,
@@ -33,7 +33,7 @@ const RECORD_FIELDS = ['r', 's', 'n', 'm', 'o', 'f'] as const;
  * Pushes on Redis. Per push a hash (the push's slot): the encoded PushRecord (`r`) as saved, and beside it
  * the fields that change after that, so that updates are small atomic scripts that never decode protobuf
  * in Lua: `s` status, `n` target, `m` msg id, `o` occurrences, `f` failure, `x` the occurrence the
- * scheduler is firing; `t` the creation time (the index entry), `c` and `q` a scheduled push's command and
+ * scheduler is firing, `k` the log entry that claimed delivering it (claimDelivery); `t` the creation time (the index entry), `c` and `q` a scheduled push's command and
  * plan (a PushRequest holding send_time_ms = the first nominal time, loop and accept_time). Per app (the
  * app's slot) an index of the pushes by creation time and a set of their retention deadlines. Id counters
  * are one hash per app. Everything expires PUSH_RETENTION_MS after creation, or after a loop's end.
@@ -123,6 +123,18 @@ export class RedisPushStore implements PushStore {
       status: status < 0 ? undefined : (status as PushStatus),
       firing,
     };
+  }
+
+  async claimDelivery(accessId: number, pushId: string, occurrence: number, msgId: number): Promise<boolean> {
+    const claimed = await redisCall(
+      runScript(
+        this.redis,
+        'pushClaim',
+        [this.keys.push(accessId, pushId)],
+        [PushStatus.PUSH_STATUS_SENDING, occurrence, msgId],
+      ),
+    );
+    return claimed === 1;
   }
 
   async saveCommand(accessId: number, pushId: string, command: ScheduledCommand): Promise<void> {

@@ -243,6 +243,31 @@ export function describePushStoreContract(
         });
       });
 
+      it('lets the first log entry of an occurrence claim its delivery, and that entry again', async () => {
+        await store.save({ ...record('1', 1), status: SCHEDULED });
+        // Not fired yet: no entry may deliver.
+        expect(await store.claimDelivery(APP, '1', 1, 1024)).toBe(false);
+        await store.update(APP, '1', { status: SENDING, firing: 1 }, [SCHEDULED]);
+        // Two entries of occurrence 1 (appended twice past the log's deduplication window): the first wins,
+        // and may ask again (applied again after a crash); the other may not, nor may another occurrence.
+        const claims = await Promise.all([
+          store.claimDelivery(APP, '1', 1, 1024),
+          store.claimDelivery(APP, '1', 1, 2048),
+        ]);
+        expect(claims).toEqual([true, false]);
+        expect(await store.claimDelivery(APP, '1', 1, 1024)).toBe(true);
+        expect(await store.claimDelivery(APP, '1', 1, 2048)).toBe(false);
+        expect(await store.claimDelivery(APP, '1', 2, 3072)).toBe(false);
+        // Applied: no longer SENDING, so no late entry of it delivers, not even the one that claimed it.
+        await store.update(APP, '1', { status: SCHEDULED, occurrences: 1 }, [SENDING], 1);
+        expect(await store.claimDelivery(APP, '1', 1, 1024)).toBe(false);
+        // The next occurrence is claimed afresh.
+        await store.update(APP, '1', { status: SENDING, firing: 2 }, [SCHEDULED]);
+        expect(await store.claimDelivery(APP, '1', 2, 4096)).toBe(true);
+        expect(await store.claimDelivery(APP, '1', 2, 5120)).toBe(false);
+        expect(await store.claimDelivery(APP, '9', 1, 1024)).toBe(false);
+      });
+
       it('setStatus changes status and target whatever the status', async () => {
         await store.save({ ...record('1', 1), status: CANCELLED });
         expect(await store.setStatus(APP, '1', FAILED, 0)).toBe(true);

@@ -130,6 +130,16 @@ export interface PushStore {
   ): Promise<PushUpdateResult>;
 
   /**
+   * The push applier's fence for an occurrence of a scheduled push: the first push-log entry of the
+   * occurrence to ask (its `msgId`) may deliver it, and only while the push is SENDING at that occurrence.
+   * The scheduler can append an occurrence twice past the log's deduplication window (an instance stalled
+   * after starting it, or Redis away for minutes between its append and its bookkeeping): the second entry
+   * gets false and must deliver nothing. The same entry asking again (applied again after a crash) gets
+   * true. Atomic; false for a push that is gone.
+   */
+  claimDelivery(accessId: number, pushId: string, occurrence: number, msgId: number): Promise<boolean>;
+
+  /**
    * Keeps the command of a scheduled push with the push (replacing a previous one), and extends the push's
    * retention to PUSH_RETENTION_MS after its last occurrence is due (the loop's end). Throws PUSH_NOT_FOUND
    * when the push was not saved first.

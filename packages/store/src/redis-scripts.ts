@@ -26,6 +26,7 @@ const SCRIPTS = {
   pushSave: { file: 'push-save', keys: 1 },
   pushSaveCommand: { file: 'push-save-command', keys: 1 },
   pushUpdate: { file: 'push-update', keys: 1 },
+  pushClaim: { file: 'push-claim', keys: 1 },
   routeClear: { file: 'route-clear', keys: 1 },
   routeRefresh: { file: 'route-refresh', keys: 1 },
   routeSet: { file: 'route-set', keys: 1 },

@@ -1438,6 +1438,55 @@ describe('DispatchService.push to all devices and to tag expressions', () => {
     }
   });
 
+  it('delivers an occurrence appended twice to the push log once: the first entry claims it', async () => {
+    const { app, applier, stores, clock, registerIndexed, routeToNode, deliveries, bus, metrics } =
+      await setup({
+        startApplier: false,
+      });
+    const token = await registerIndexed();
+    await routeToNode(token);
+    await stores.pushes.save(
+      PushRecord.fromPartial({
+        accessId: app.accessId,
+        pushId: 'daily',
+        status: PushStatus.PUSH_STATUS_SCHEDULED,
+        createdAtMs: clock.now(),
+      }),
+    );
+    // The scheduler started occurrence 1; it reached the log twice, past the deduplication window (an
+    // instance stalled after starting it, another fired it again at the end of its lease).
+    await stores.pushes.update(app.accessId, 'daily', { status: PushStatus.PUSH_STATUS_SENDING, firing: 1 });
+    const occurrence = {
+      accessId: app.accessId,
+      pushId: 'daily',
+      message: message({ content: 'good morning' }),
+      acceptedAtMs: clock.now(),
+      expiresAtMs: clock.now() + HOUR_MS,
+      platform: Platform.PLATFORM_UNSPECIFIED,
+      audience: undefined,
+      devices: [{ token, platform: Platform.PLATFORM_ANDROID }],
+      countedTarget: 1,
+      onlineOnly: false,
+      occurrence: 1,
+      moreOccurrences: true,
+    };
+    // Both side by side: the second is kept out although the first has not updated the record yet. Then
+    // the first comes again once its record moved on (its acknowledgement was lost): nothing more.
+    await Promise.all([applier.apply(occurrence, 2048), applier.apply(occurrence, 3072)]);
+    await applier.apply(occurrence, 2048);
+    await bus.flush();
+    expect(deliveries.map((d) => d.message?.msgId)).toEqual([2048]);
+    expect(
+      (await stores.inboxes.pending(app.accessId, token, 0, clock.now())).messages.map((m) => m.msgId),
+    ).toEqual([2048]);
+    expect(await stores.pushes.get(app.accessId, 'daily')).toMatchObject({
+      status: PushStatus.PUSH_STATUS_SCHEDULED,
+      occurrences: 1,
+      msgId: 2048,
+    });
+    expect(await counterValue(metrics.occurrencesNotClaimed)).toBe(2);
+  });
+
   it('marks a push that waited in the log past its expiry as failed and delivers nothing', async () => {
     const { h, app, applier, stores, clock, registerIndexed, applied } = await setup({ startApplier: false });
     const token = await registerIndexed();

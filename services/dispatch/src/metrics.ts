@@ -11,6 +11,7 @@ export interface DispatchMetrics {
   applyFailures: Counter;
   applyEntries: Histogram;
   entriesSkipped: Counter;
+  occurrencesNotClaimed: Counter;
   pushLogBacklog: Gauge;
   scheduledPushes: Gauge;
   scheduleOverdue: Gauge;
@@ -85,6 +86,14 @@ export function createDispatchMetrics(registry: Registry): DispatchMetrics {
         'Push-log entries applied together by one application: 1 for an entry applied on its own, more ' +
         'when the applier took the entries waiting behind a delivery with it (look-ahead).',
       buckets: [1, 2, 4, 8, 16, 32, 64],
+      registers: [registry],
+    }),
+    occurrencesNotClaimed: new Counter({
+      name: 'dispatch_scheduled_occurrences_not_claimed_total',
+      help:
+        'Push-log entries of a scheduled occurrence not delivered because another entry of the same ' +
+        'occurrence claimed it (appended twice past the deduplication window) or the push moved on ' +
+        '(applied already, cancelled).',
       registers: [registry],
     }),
     entriesSkipped: new Counter({

@@ -400,8 +400,13 @@ export class PushApplier {
    */
   private async applyEntry(pushes: LoggedPush[], applied: Set<number>): Promise<void> {
     const now = this.clock.now();
+    const notClaimed = await this.occurrencesNotClaimed(pushes, now);
     let run: LoggedPush[] = [];
     for (const push of pushes) {
+      if (notClaimed.has(push)) {
+        applied.add(push.msgId);
+        continue;
+      }
       const { command } = push;
       const broadcast = isBroadcast(command);
       this.options.metrics.applyLag.observe(
@@ -419,6 +424,35 @@ export class PushApplier {
       }
     }
     await this.applyTargeted(run, now, applied);
+  }
+
+  /**
+   * The scheduled occurrences among `pushes` that must deliver nothing: the scheduler can append an
+   * occurrence twice past the log's deduplication window (an instance stalled after starting it, or Redis
+   * away for minutes between its append and its bookkeeping), and only the first entry to claim it on the
+   * push record delivers (PushStore.claimDelivery); one whose push moved on (applied, cancelled) neither.
+   * One call per scheduled push; immediate pushes (occurrence 0) are appended once by the accept path, and
+   * expired ones deliver nothing anyway.
+   */
+  private async occurrencesNotClaimed(pushes: LoggedPush[], now: number): Promise<Set<LoggedPush>> {
+    const scheduled = pushes.filter(({ command }) => command.occurrence > 0 && command.expiresAtMs > now);
+    const notClaimed = new Set<LoggedPush>();
+    if (scheduled.length === 0) return notClaimed;
+    const claims = await Promise.all(
+      scheduled.map(({ command, msgId }) =>
+        this.options.pushes.claimDelivery(command.accessId, command.pushId, command.occurrence, msgId),
+      ),
+    );
+    scheduled.forEach((push, i) => {
+      if (claims[i]) return;
+      notClaimed.add(push);
+      this.options.metrics.occurrencesNotClaimed.inc();
+      this.options.logger.warn(
+        { accessId: push.command.accessId, pushId: push.command.pushId, occurrence: push.command.occurrence },
+        'a scheduled occurrence in the push log is not delivered: another entry claimed it, or its push moved on',
+      );
+    });
+    return notClaimed;
   }
 
   /**
