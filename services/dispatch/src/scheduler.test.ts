@@ -381,6 +381,33 @@ describe('Scheduler', () => {
     expect(await e.schedule.pending(PARTITION)).toBe(0);
   });
 
+  it('leaves an occurrence fired again past its TTL to the entry its first attempt may have appended', async () => {
+    env = setup();
+    const e = env;
+    const due = e.clock.now() + SECOND;
+    const crash = dying<ScheduleStore>(e.schedule, 'complete');
+    const doomed = e.scheduler({ schedule: crash.store });
+    const survivor = e.scheduler();
+    await schedulePush(e, '1', { fireAtMs: due, ttlMs: HOUR }, survivor);
+    // The first attempt fires 10 minutes late (its entry expires an hour after that) and dies before
+    // its bookkeeping; the claim comes due again and is fired again past the nominal TTL.
+    e.clock.set(due + 10 * 60 * SECOND);
+    await doomed.poll();
+    await logHolds(e, 1);
+    e.clock.set(due + HOUR + SECOND);
+    await survivor.poll();
+    // Not marked failed here: an expired copy goes after the first entry, which decides.
+    await logHolds(e, 2);
+    expect((await e.pushes.get(APP, '1'))?.status).toBe(SENDING);
+    const [first, again] = e.log.map((logged) => logged.command);
+    expect(first).toMatchObject({ occurrence: 1, expiresAtMs: due + 10 * 60 * SECOND + HOUR });
+    expect(again).toMatchObject({ occurrence: 1, expiresAtMs: due + HOUR + SECOND });
+    expect(again?.expiresAtMs).toBe(again?.acceptedAtMs);
+    await applyAll(e, 0);
+    expect((await e.pushes.get(APP, '1'))?.status).toBe(DONE);
+    expect(await e.schedule.pending(PARTITION)).toBe(0);
+  });
+
   it('fails an occurrence whose accept window opens after its TTL', async () => {
     env = setup();
     const e = env;

@@ -287,6 +287,28 @@ export class Scheduler {
     }
 
     const failure = expiry(entry.fireAtMs, nominalMs, ttlMs, now);
+    const key = `${accessId}:${pushId}:${occurrence}`;
+    if (failure !== undefined && !started.updated) {
+      // Fired again after a previous attempt started this occurrence: that attempt may have appended it,
+      // late, with an expiry of its own firing time plus the TTL, and the entry may still wait in the log
+      // and be delivered. Marking the record here would make the applier drop that entry or report a
+      // delivered push as failed. An expired copy under the same key goes after it in the log instead (or
+      // is no entry at all within the deduplication window): the applier marks the occurrence expired
+      // only if no earlier entry of it was applied.
+      await this.log.appendOnce(
+        {
+          ...command,
+          occurrence,
+          acceptedAtMs: now,
+          expiresAtMs: now,
+          moreOccurrences: next !== undefined,
+        },
+        key,
+      );
+      await schedule.complete(partition, entry);
+      metrics.scheduledFired.inc({ outcome: 'expired' });
+      return;
+    }
     if (failure !== undefined) {
       // A loop goes on with its next occurrence; the record keeps why this one was not sent.
       const patch =
@@ -307,7 +329,7 @@ export class Scheduler {
         expiresAtMs: now + ttlMs,
         moreOccurrences: next !== undefined,
       },
-      `${accessId}:${pushId}:${occurrence}`,
+      key,
     );
     if (published.duplicate) {
       this.options.logger.info(
