@@ -129,13 +129,11 @@ export class MemoryPushStore implements PushStore {
 
   async claimDelivery(accessId: number, pushId: string, occurrence: number, msgId: number): Promise<boolean> {
     const stored = this.live(accessId, pushId);
-    if (!stored || stored.record.status !== PushStatus.PUSH_STATUS_SENDING || stored.firing !== occurrence) {
-      return false;
-    }
+    if (!stored) return false;
     const { claimed } = stored;
-    if (claimed !== undefined && claimed.occurrence >= occurrence) {
-      return claimed.occurrence === occurrence && claimed.msgId === msgId;
-    }
+    if (claimed?.occurrence === occurrence && claimed.msgId === msgId) return true;
+    if (stored.record.status !== PushStatus.PUSH_STATUS_SENDING || stored.firing !== occurrence) return false;
+    if (claimed !== undefined && claimed.occurrence >= occurrence) return false;
     stored.claimed = { occurrence, msgId };
     return true;
   }

@@ -131,11 +131,12 @@ export interface PushStore {
 
   /**
    * The push applier's fence for an occurrence of a scheduled push: the first push-log entry of the
-   * occurrence to ask (its `msgId`) may deliver it, and only while the push is SENDING at that occurrence.
+   * occurrence to ask (its `msgId`) may apply it, and only while the push is SENDING at that occurrence.
    * The scheduler can append an occurrence twice past the log's deduplication window (an instance stalled
-   * after starting it, or Redis away for minutes between its append and its bookkeeping): the second entry
-   * gets false and must deliver nothing. The same entry asking again (applied again after a crash) gets
-   * true. Atomic; false for a push that is gone.
+   * after starting it, or Redis away for minutes between its append and its bookkeeping): the other entry
+   * gets false and must apply nothing. The entry that claimed it gets true again, whatever the push's
+   * status since (applied again after a crash or a lost acknowledgement: its SENT counts are published
+   * again). Atomic; false for a push that is gone.
    */
   claimDelivery(accessId: number, pushId: string, occurrence: number, msgId: number): Promise<boolean>;
 

@@ -1471,11 +1471,17 @@ describe('DispatchService.push to all devices and to tag expressions', () => {
       moreOccurrences: true,
     };
     // Both side by side: the second is kept out although the first has not updated the record yet. Then
-    // the first comes again once its record moved on (its acknowledgement was lost): nothing more.
+    // the first comes again once its record moved on (its acknowledgement was lost): applied again, as
+    // any entry is (its SENT counts published again, its message republished chained onto itself, which
+    // gateways drop), and the second still not.
     await Promise.all([applier.apply(occurrence, 2048), applier.apply(occurrence, 3072)]);
     await applier.apply(occurrence, 2048);
+    await applier.apply(occurrence, 3072);
     await bus.flush();
-    expect(deliveries.map((d) => d.message?.msgId)).toEqual([2048]);
+    expect(deliveries.map((d) => [d.message?.msgId, d.previousMsgIds])).toEqual([
+      [2048, [0]],
+      [2048, [2048]],
+    ]);
     expect(
       (await stores.inboxes.pending(app.accessId, token, 0, clock.now())).messages.map((m) => m.msgId),
     ).toEqual([2048]);
@@ -1485,6 +1491,23 @@ describe('DispatchService.push to all devices and to tag expressions', () => {
       msgId: 2048,
     });
     expect(await counterValue(metrics.occurrencesNotClaimed)).toBe(2);
+
+    // Occurrence 2: an expired copy (a re-fire past its TTL) reaches the log before the stalled first
+    // attempt's live entry, and both are applied together (one look-ahead). The first entry decides: the
+    // occurrence is marked expired, nothing delivered.
+    await stores.pushes.update(app.accessId, 'daily', { status: PushStatus.PUSH_STATUS_SENDING, firing: 2 });
+    await Promise.all([
+      applier.apply({ ...occurrence, occurrence: 2, expiresAtMs: 1 }, 4096),
+      applier.apply({ ...occurrence, occurrence: 2 }, 5120),
+    ]);
+    await bus.flush();
+    expect(deliveries).toHaveLength(2);
+    expect(await stores.pushes.get(app.accessId, 'daily')).toMatchObject({
+      status: PushStatus.PUSH_STATUS_SCHEDULED,
+      occurrences: 2,
+      failure: 'expired in the push log before it could be sent',
+    });
+    expect(await counterValue(metrics.occurrencesNotClaimed)).toBe(3);
   });
 
   it('marks a push that waited in the log past its expiry as failed and delivers nothing', async () => {

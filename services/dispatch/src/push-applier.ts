@@ -400,7 +400,7 @@ export class PushApplier {
    */
   private async applyEntry(pushes: LoggedPush[], applied: Set<number>): Promise<void> {
     const now = this.clock.now();
-    const notClaimed = await this.occurrencesNotClaimed(pushes, now);
+    const notClaimed = await this.occurrencesNotClaimed(pushes);
     let run: LoggedPush[] = [];
     for (const push of pushes) {
       if (notClaimed.has(push)) {
@@ -427,15 +427,16 @@ export class PushApplier {
   }
 
   /**
-   * The scheduled occurrences among `pushes` that must deliver nothing: the scheduler can append an
+   * The scheduled occurrences among `pushes` that must be applied no further: the scheduler can append an
    * occurrence twice past the log's deduplication window (an instance stalled after starting it, or Redis
-   * away for minutes between its append and its bookkeeping), and only the first entry to claim it on the
-   * push record delivers (PushStore.claimDelivery); one whose push moved on (applied, cancelled) neither.
-   * One call per scheduled push; immediate pushes (occurrence 0) are appended once by the accept path, and
-   * expired ones deliver nothing anyway.
+   * away for minutes between its append and its bookkeeping, or an expired copy after a re-fire), and only
+   * the first entry to claim it on the push record applies it, delivering it or marking it expired
+   * (PushStore.claimDelivery); an entry whose push moved on without it neither. The claims go out in log
+   * order on one key, so within a look-ahead the first entry wins. One call per scheduled push; immediate
+   * pushes (occurrence 0) are appended once by the accept path.
    */
-  private async occurrencesNotClaimed(pushes: LoggedPush[], now: number): Promise<Set<LoggedPush>> {
-    const scheduled = pushes.filter(({ command }) => command.occurrence > 0 && command.expiresAtMs > now);
+  private async occurrencesNotClaimed(pushes: LoggedPush[]): Promise<Set<LoggedPush>> {
+    const scheduled = pushes.filter(({ command }) => command.occurrence > 0);
     const notClaimed = new Set<LoggedPush>();
     if (scheduled.length === 0) return notClaimed;
     const claims = await Promise.all(
@@ -449,7 +450,7 @@ export class PushApplier {
       this.options.metrics.occurrencesNotClaimed.inc();
       this.options.logger.warn(
         { accessId: push.command.accessId, pushId: push.command.pushId, occurrence: push.command.occurrence },
-        'a scheduled occurrence in the push log is not delivered: another entry claimed it, or its push moved on',
+        'a scheduled occurrence in the push log is not applied: another entry claimed it, or its push moved on',
       );
     });
     return notClaimed;

@@ -78,6 +78,9 @@ export interface SchedulePushInput {
  * window opened too late) is not sent: the push becomes FAILED, or stays SCHEDULED for the next
  * occurrence of a loop, with the reason in `failure`.
  */
+/** The expiry of a copy that must be expired whatever the applier's clock says (see fire). */
+const EXPIRED_AT_MS = 1;
+
 export class Scheduler {
   private readonly clock: Clock;
   private readonly partitions: number;
@@ -294,13 +297,14 @@ export class Scheduler {
       // and be delivered. Marking the record here would make the applier drop that entry or report a
       // delivered push as failed. An expired copy under the same key goes after it in the log instead (or
       // is no entry at all within the deduplication window): the applier marks the occurrence expired
-      // only if no earlier entry of it was applied.
+      // only if no earlier entry of it claimed it. Expired at 1 ms past the epoch, not at `now`: the
+      // applier's clock may be behind this one.
       await this.log.appendOnce(
         {
           ...command,
           occurrence,
           acceptedAtMs: now,
-          expiresAtMs: now,
+          expiresAtMs: EXPIRED_AT_MS,
           moreOccurrences: next !== undefined,
         },
         key,
