@@ -62,6 +62,9 @@ export interface SchedulePushInput {
   acceptTime?: AcceptTimes;
 }
 
+/** The expiry of a copy that must be expired whatever the applier's clock says (see fire). */
+const EXPIRED_AT_MS = 1;
+
 /**
  * Fires scheduled and recurring pushes: every dispatch instance runs one, and each poll claims the due
  * occurrences of every partition of the schedule and fires them in order. Firing an occurrence n:
@@ -74,13 +77,12 @@ export interface SchedulePushInput {
  *    2-minute window (the lease is shorter) stores nothing new;
  * 4. complete the entry.
  * The PushApplier then applies it as any push and sets the push SCHEDULED again (more occurrences) or
- * DONE. An occurrence whose TTL has run out before it fires (dispatch was down that long, or its accept
- * window opened too late) is not sent: the push becomes FAILED, or stays SCHEDULED for the next
- * occurrence of a loop, with the reason in `failure`.
+ * DONE; an occurrence that reached the log twice (past the window) is applied from its first entry only
+ * (PushStore.claimDelivery). An occurrence whose TTL has run out before it fires (dispatch was down that
+ * long, or its accept window opened too late) is not sent: the push becomes FAILED, or stays SCHEDULED
+ * for the next occurrence of a loop, with the reason in `failure`; when a previous attempt started it,
+ * an expired copy in the log says so instead (see fire).
  */
-/** The expiry of a copy that must be expired whatever the applier's clock says (see fire). */
-const EXPIRED_AT_MS = 1;
-
 export class Scheduler {
   private readonly clock: Clock;
   private readonly partitions: number;
