@@ -1626,6 +1626,80 @@ describe('Gateway catch-up order', () => {
     expect(system.interruptionListeners.size).toBe(0);
   });
 
+  it("reads a device's tags again after the bus was interrupted: a tag change announced meanwhile is lost", async () => {
+    const system = await scripted();
+    const device = await system.registerDevice();
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await system.caughtUp(device.token);
+    const { accessId } = system.app;
+    const index = (await system.stores.devices.get(accessId, device.token))?.index ?? -1;
+    // The device got tag 'vip' while the gateway was away from NATS: its DeviceTagsChanged is lost.
+    await system.stores.tags.add(accessId, [{ token: device.token, index }], ['vip'], {
+      perDevice: 100,
+      perApp: 10_000,
+    });
+    system.interrupt();
+    await waitFor(
+      async () => (await system.metric('gateway_tag_reloads_total')) === 1,
+      'the tags read again',
+    );
+    const now = Date.now();
+    const data = BroadcastDelivery.encode({
+      accessId,
+      message: pushMessage(11),
+      expression: { form: { $case: 'tagList', value: { tags: ['vip'], op: 'OR' } } },
+      platform: Platform.PLATFORM_UNSPECIFIED,
+      previousBroadcastId: 0,
+      onlineOnly: false,
+    }).finish();
+    await system.stores.broadcasts.append(accessId, { msgId: 11, expiresAtMs: now + HOUR_MS, data }, now);
+    system.bus.publish(subjects.broadcast(accessId), data);
+    await system.received(raw, 1, 'the tag push to vip');
+    expect(raw.delivered).toEqual([11]);
+  });
+
+  it('writes a buffered tag push the device matches on tags changed while its fetch ran', async () => {
+    const system = await scripted();
+    const device = await system.registerDevice();
+    const { accessId } = system.app;
+    const index = (await system.stores.devices.get(accessId, device.token))?.index ?? -1;
+    // While the catch-up's fetch runs (carrying the device's tags: none), the device gets tag 'vip' (the
+    // gateway is told and reads them again), and a tag push to 'vip' is logged and published. Dispatch
+    // matched the log on the tags the fetch carried, so its answer covers 11 without holding it.
+    system.answers.push(async (request, real) => {
+      await system.stores.tags.add(accessId, [{ token: device.token, index }], ['vip'], {
+        perDevice: 100,
+        perApp: 10_000,
+      });
+      system.bus.publish(
+        subjects.nodeTags(NODE_ID),
+        DeviceTagsChanged.encode({ accessId, tokens: [device.token] }).finish(),
+      );
+      await waitFor(
+        async () => (await system.metric('gateway_tag_reloads_total')) === 1,
+        'the tags read again',
+      );
+      const now = Date.now();
+      const data = BroadcastDelivery.encode({
+        accessId,
+        message: pushMessage(11),
+        expression: { form: { $case: 'tagList', value: { tags: ['vip'], op: 'OR' } } },
+        platform: Platform.PLATFORM_UNSPECIFIED,
+        previousBroadcastId: 0,
+        onlineOnly: false,
+      }).finish();
+      await system.stores.broadcasts.append(accessId, { msgId: 11, expiresAtMs: now + HOUR_MS, data }, now);
+      system.bus.publish(subjects.broadcast(accessId), data);
+      await system.bus.flush();
+      const read = await real.fetchPending(request);
+      expect(read).toMatchObject({ messages: [], lastBroadcastId: 11 });
+      return read;
+    });
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await system.received(raw, 1, 'the tag push to vip');
+    expect(system.delivers(raw)).toEqual([{ ids: [11], dropped: 0 }]);
+  });
+
   it('fetches once more when the bus was interrupted while a catch-up read the window', async () => {
     const system = await scripted();
     const device = await system.registerDevice();

@@ -576,7 +576,8 @@ export class Gateway {
         }
       }
       messages.sort(byMsgId);
-      // An online-only message applied twice comes twice, the same: one copy is written.
+      // The same message twice (an online-only one applied twice, a broadcast both fetched and buffered):
+      // one copy is written.
       for (let i = messages.length - 1; i > 0; i--) {
         if (messages[i]?.msgId === messages[i - 1]?.msgId) messages.splice(i, 1);
       }
@@ -1056,15 +1057,22 @@ export class Gateway {
     }
     for (const token of changed.tokens) {
       const session = this.sessionOf(changed.accessId, token);
-      if (session === undefined) continue;
-      this.options.tags.list(session.accessId, session.token, session.index).then(
-        (tags) => {
-          session.userTags = sharedTags(tags);
-          session.tagTest = undefined;
-          this.options.metrics.tagReloads.inc();
-        },
-        (error: unknown) => this.options.logger.warn({ err: error }, 'reloading device tags failed'),
-      );
+      if (session !== undefined) void this.reloadTags(session);
+    }
+  }
+
+  /**
+   * Reads the device's tags again: the tag service changed them, or its announcement may be lost.
+   * Resolves once done; a failure is logged, and the session keeps the tags it had.
+   */
+  private async reloadTags(session: Session): Promise<void> {
+    try {
+      const tags = await this.options.tags.list(session.accessId, session.token, session.index);
+      session.userTags = sharedTags(tags);
+      session.tagTest = undefined;
+      this.options.metrics.tagReloads.inc();
+    } catch (error) {
+      this.options.logger.warn({ err: error }, 'reloading device tags failed');
     }
   }
 
@@ -1110,10 +1118,11 @@ export class Gateway {
     const msgId = live.message.msgId;
     if (live.broadcastMatch !== undefined) {
       if (msgId <= session.broadcastChainId) {
-        // An online-only broadcast moves the log's head but is in no entry: a read covering it did not
-        // fetch it, so it is still to write if nothing later was.
-        const unfetched = live.onlineOnly === true && live.broadcastMatch;
-        return unfetched && msgId > session.lastDeliveredMsgId ? 'deliver' : 'duplicate';
+        // Accounted for by a log read, but not necessarily fetched: an online-only broadcast moves the
+        // log's head in no entry, and dispatch matched the log on the tags the fetch carried, which may
+        // have changed since (a tag change, or the reload after a NATS interruption). One the session
+        // matches now is still to write if nothing later was; a fetched copy is written once (catchUp).
+        return live.broadcastMatch && msgId > session.lastDeliveredMsgId ? 'deliver' : 'duplicate';
       }
       this.skipPassedPredecessors(session, live);
       // Chained onto itself (applied again) and passed: counted as dropped just now, not a second time.
@@ -1182,14 +1191,18 @@ export class Gateway {
    * written past a lost targeted message before the next targeted one showed the gap. So every live
    * session fetches what its device is owed, buffering live messages meanwhile, as after a gap. A session
    * already catching up fetches once more after its current round (catchUp compares `interruptions`).
+   * Every session also reads its device's tags again, before its fetch (dispatch matches the missed
+   * broadcasts on the tags the fetch carries): a tag change announced meanwhile is lost too, and tag
+   * pushes would otherwise be matched on the old tags until the next change.
    */
   private resyncAfterInterruption(): void {
     this.interruptions++;
     let resynced = 0;
     for (const sessions of this.hub.values()) {
       for (const session of sessions.values()) {
+        if (session.state === 'syncing') void this.reloadTags(session);
         if (session.state !== 'live') continue;
-        this.startCatchUp(session);
+        this.startCatchUp(session, undefined, this.reloadTags(session));
         resynced++;
       }
     }
@@ -1199,12 +1212,15 @@ export class Gateway {
 
   /**
    * A message this one follows has not reached us (lost on the bus, or published while this gateway was
-   * reconnecting): fetch what the device is owed rather than deliver out of order.
+   * reconnecting): fetch what the device is owed rather than deliver out of order. `live`: the message
+   * that showed the gap (buffered); `first`: what to wait for before the fetch (the session buffers
+   * meanwhile).
    */
-  private startCatchUp(session: Session, live?: LiveMessage): void {
+  private startCatchUp(session: Session, live?: LiveMessage, first?: Promise<void>): void {
     session.state = 'syncing';
     session.buffered = live === undefined ? [] : [live];
-    void this.catchUp(session).catch((error: unknown) => {
+    const catchUp = first === undefined ? this.catchUp(session) : first.then(() => this.catchUp(session));
+    void catchUp.catch((error: unknown) => {
       this.options.logger.warn({ err: error }, 'catch-up after a gap failed');
       this.closeWith(
         session,
