@@ -494,6 +494,13 @@ function publishTargeted(
   );
 }
 
+interface BroadcastOptions {
+  /** Expire_time_s 0: the log's head moves, no entry is kept. Default: false. */
+  onlineOnly?: boolean;
+  /** A tag push to devices with any of these tags. Default: every device of the app. */
+  tags?: string[];
+}
+
 /**
  * Stores a broadcast to everyone of the test app as dispatch applies one: in the app's log for an hour
  * (an online-only one only moves the log's head), returning what dispatch publishes to every gateway.
@@ -502,13 +509,14 @@ async function logBroadcast(
   system: TestSystem,
   msgId: number,
   previousBroadcastId: number,
-  onlineOnly = false,
+  options: BroadcastOptions = {},
 ): Promise<Uint8Array> {
   const { accessId } = system.app;
+  const { onlineOnly = false, tags } = options;
   const data = BroadcastDelivery.encode({
     accessId,
     message: pushMessage(msgId),
-    expression: undefined,
+    expression: tags === undefined ? undefined : { form: { $case: 'tagList', value: { tags, op: 'OR' } } },
     platform: Platform.PLATFORM_UNSPECIFIED,
     previousBroadcastId,
     onlineOnly,
@@ -527,9 +535,9 @@ async function publishBroadcast(
   system: TestSystem,
   msgId: number,
   previousBroadcastId: number,
-  onlineOnly = false,
+  options: BroadcastOptions = {},
 ): Promise<void> {
-  const data = await logBroadcast(system, msgId, previousBroadcastId, onlineOnly);
+  const data = await logBroadcast(system, msgId, previousBroadcastId, options);
   system.bus.publish(subjects.broadcast(system.app.accessId), data);
 }
 
@@ -1484,6 +1492,11 @@ describe('Gateway catch-up order', () => {
     const { accessId } = system.app;
     const append = (token: string, msgId: number) =>
       system.stores.inboxes.append(accessId, token, pushMessage(msgId), 2, Date.now());
+    /** Gives the device a tag in the tag store, announcing nothing (as if the announcement were lost). */
+    const tagSilently = async (token: string, tag: string) => {
+      const index = (await system.stores.devices.get(accessId, token))?.index ?? -1;
+      await system.stores.tags.add(accessId, [{ token, index }], [tag], { perDevice: 100, perApp: 10_000 });
+    };
     const delivers = (raw: RawDevice) =>
       raw.frames.flatMap((f) =>
         f.body?.$case === 'deliver'
@@ -1495,7 +1508,7 @@ describe('Gateway catch-up order', () => {
       await waitFor(() => raw.delivered.length >= count, what);
       await raw.roundTrip();
     };
-    return { ...system, answers, append, delivers, received, interrupt, interruptionListeners };
+    return { ...system, answers, append, tagSilently, delivers, received, interrupt, interruptionListeners };
   }
 
   it('merges a targeted message the window read missed with a later broadcast the log read found, by id', async () => {
@@ -1631,29 +1644,14 @@ describe('Gateway catch-up order', () => {
     const device = await system.registerDevice();
     const raw = await openRaw(system.url, system.sessionHeaders(device));
     await system.caughtUp(device.token);
-    const { accessId } = system.app;
-    const index = (await system.stores.devices.get(accessId, device.token))?.index ?? -1;
     // The device got tag 'vip' while the gateway was away from NATS: its DeviceTagsChanged is lost.
-    await system.stores.tags.add(accessId, [{ token: device.token, index }], ['vip'], {
-      perDevice: 100,
-      perApp: 10_000,
-    });
+    await system.tagSilently(device.token, 'vip');
     system.interrupt();
     await waitFor(
       async () => (await system.metric('gateway_tag_reloads_total')) === 1,
       'the tags read again',
     );
-    const now = Date.now();
-    const data = BroadcastDelivery.encode({
-      accessId,
-      message: pushMessage(11),
-      expression: { form: { $case: 'tagList', value: { tags: ['vip'], op: 'OR' } } },
-      platform: Platform.PLATFORM_UNSPECIFIED,
-      previousBroadcastId: 0,
-      onlineOnly: false,
-    }).finish();
-    await system.stores.broadcasts.append(accessId, { msgId: 11, expiresAtMs: now + HOUR_MS, data }, now);
-    system.bus.publish(subjects.broadcast(accessId), data);
+    await publishBroadcast(system, 11, 0, { tags: ['vip'] });
     await system.received(raw, 1, 'the tag push to vip');
     expect(raw.delivered).toEqual([11]);
   });
@@ -1662,15 +1660,11 @@ describe('Gateway catch-up order', () => {
     const system = await scripted();
     const device = await system.registerDevice();
     const { accessId } = system.app;
-    const index = (await system.stores.devices.get(accessId, device.token))?.index ?? -1;
     // While the catch-up's fetch runs (carrying the device's tags: none), the device gets tag 'vip' (the
     // gateway is told and reads them again), and a tag push to 'vip' is logged and published. Dispatch
     // matched the log on the tags the fetch carried, so its answer covers 11 without holding it.
     system.answers.push(async (request, real) => {
-      await system.stores.tags.add(accessId, [{ token: device.token, index }], ['vip'], {
-        perDevice: 100,
-        perApp: 10_000,
-      });
+      await system.tagSilently(device.token, 'vip');
       system.bus.publish(
         subjects.nodeTags(NODE_ID),
         DeviceTagsChanged.encode({ accessId, tokens: [device.token] }).finish(),
@@ -1679,17 +1673,7 @@ describe('Gateway catch-up order', () => {
         async () => (await system.metric('gateway_tag_reloads_total')) === 1,
         'the tags read again',
       );
-      const now = Date.now();
-      const data = BroadcastDelivery.encode({
-        accessId,
-        message: pushMessage(11),
-        expression: { form: { $case: 'tagList', value: { tags: ['vip'], op: 'OR' } } },
-        platform: Platform.PLATFORM_UNSPECIFIED,
-        previousBroadcastId: 0,
-        onlineOnly: false,
-      }).finish();
-      await system.stores.broadcasts.append(accessId, { msgId: 11, expiresAtMs: now + HOUR_MS, data }, now);
-      system.bus.publish(subjects.broadcast(accessId), data);
+      await publishBroadcast(system, 11, 0, { tags: ['vip'] });
       await system.bus.flush();
       const read = await real.fetchPending(request);
       expect(read).toMatchObject({ messages: [], lastBroadcastId: 11 });
@@ -1725,7 +1709,7 @@ describe('Gateway catch-up order', () => {
     // Online-only broadcast 10 moves the log's head (the read's lastBroadcastId is 10) in no entry; the
     // online-only targeted 11 was applied twice (a dispatch failover) and so came twice.
     system.answers.push(async (request, real) => {
-      await publishBroadcast(system, 10, 0, true);
+      await publishBroadcast(system, 10, 0, { onlineOnly: true });
       publishTargeted(system, device.token, pushMessage(11), { previousBroadcastId: 10, onlineOnly: true });
       publishTargeted(system, device.token, pushMessage(11), { previousBroadcastId: 10, onlineOnly: true });
       await system.bus.flush();
