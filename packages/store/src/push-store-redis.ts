@@ -33,8 +33,9 @@ const RECORD_FIELDS = ['r', 's', 'n', 'm', 'o', 'f'] as const;
  * Pushes on Redis. Per push a hash (the push's slot): the encoded PushRecord (`r`) as saved, and beside it
  * the fields that change after that, so that updates are small atomic scripts that never decode protobuf
  * in Lua: `s` status, `n` target, `m` msg id, `o` occurrences, `f` failure, `x` the occurrence the
- * scheduler is firing, `k` the log entry that claimed delivering it (claimDelivery); `t` the creation time (the index entry), `c` and `q` a scheduled push's command and
- * plan (a PushRequest holding send_time_ms = the first nominal time, loop and accept_time). Per app (the
+ * scheduler is firing, `k` the log entry that claimed delivering it (claimDelivery); `t` the creation
+ * time (the index entry), `c` and `q` a scheduled push's command and plan (a PushRequest holding
+ * send_time_ms = the first nominal time, loop and accept_time). Per app (the
  * app's slot) an index of the pushes by creation time and a set of their retention deadlines. Id counters
  * are one hash per app. Everything expires PUSH_RETENTION_MS after creation, or after a loop's end.
  * Idempotency keys of push calls are one small hash each in the app's slot (`p` holding push id, `r` the

@@ -265,9 +265,11 @@ export function describeTagStoreContract(name: string, makeStore: () => TagStore
       expect((await store.state(APP, D1.token))?.builtin).toEqual(v2.builtin);
     });
 
+    /** A presence event of D1's registration 1. */
+    const presence = (sessionId: string, atMs: number, connected: boolean) =>
+      store.presence(APP, D1.token, 1, { sessionId, atMs, connected });
+
     it('follows the newest session of a device', async () => {
-      const presence = (sessionId: string, atMs: number, connected: boolean) =>
-        store.presence(APP, D1.token, 1, { sessionId, atMs, connected });
       expect(await presence('s1', 10, true)).toEqual({ online: true });
       expect((await store.state(APP, D1.token))?.online).toBe(true);
       expect(await presence('s1', 20, false)).toEqual({ online: false });
@@ -283,8 +285,6 @@ export function describeTagStoreContract(name: string, makeStore: () => TagStore
     });
 
     it('keeps a device offline when a connect is applied again or comes after its disconnect', async () => {
-      const presence = (sessionId: string, atMs: number, connected: boolean) =>
-        store.presence(APP, D1.token, 1, { sessionId, atMs, connected });
       expect(await presence('s1', 10, true)).toEqual({ online: true });
       expect(await presence('s1', 20, false)).toEqual({ online: false });
       // The connect's batch delivered again (its handler failed on another event), or the stream replayed.
