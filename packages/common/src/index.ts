@@ -12,6 +12,7 @@ export {
 } from './errors.js';
 export { type Component, stopAll, stopOnSignals } from './lifecycle.js';
 export { type CreateLoggerOptions, createLogger, type Logger, silentLogger } from './logger.js';
+export { mapConcurrently } from './map-concurrently.js';
 export { type CreateMetricsRegistryOptions, createMetricsRegistry, HotCounter } from './metrics.js';
 export { OpsServer, type OpsServerOptions, type ReadinessCheck } from './ops-server.js';
 export { hashSecret, randomSecret, safeEqual, secretMatchesHash } from './secrets.js';

@@ -12,6 +12,7 @@ import {
   type Clock,
   invalidArgument,
   type Logger,
+  mapConcurrently,
   PushdError,
   systemClock,
   tokenNotFound,
@@ -62,7 +63,7 @@ import type {
 } from '@pushd/store';
 import { validateMessage } from './message-rules.js';
 import type { DispatchMetrics } from './metrics.js';
-import { mapConcurrently, OFFLINE_CAPACITY } from './push-applier.js';
+import { OFFLINE_CAPACITY } from './push-applier.js';
 import { PushLogWriter } from './push-log.js';
 import { type SchedulePlan, validateSchedule } from './schedule-times.js';
 import type { Scheduler } from './scheduler.js';

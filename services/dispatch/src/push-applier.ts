@@ -6,7 +6,7 @@ import {
   streams,
   subjects,
 } from '@pushd/bus';
-import { type Clock, type Logger, systemClock, tokensByApp } from '@pushd/common';
+import { type Clock, type Logger, mapConcurrently, systemClock, tokensByApp } from '@pushd/common';
 import {
   BroadcastDelivery,
   Event,
@@ -778,22 +778,4 @@ function messageOf(command: PushCommand, msgId: number): PushMessage {
     sentAtMs: command.acceptedAtMs,
     expiresAtMs: command.expiresAtMs,
   };
-}
-
-/** Maps with at most `limit` calls in flight, results in input order. */
-export async function mapConcurrently<T, R>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<R>,
-): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const index = next++;
-      results[index] = await fn(items[index] as T);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return results;
 }

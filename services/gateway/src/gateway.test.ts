@@ -1469,10 +1469,11 @@ describe('Gateway catch-up order', () => {
    * empty), so that a test can set what a read found and what was published while it ran; `interrupt()`
    * tells it that its bus was interrupted, as NatsBus does once reconnected.
    */
-  async function scripted() {
+  async function scripted(options: Pick<StartOptions, 'registry'> = {}) {
     const answers: Answer[] = [];
     const interruptionListeners = new Set<() => void>();
     const system = await startGateway({
+      ...options,
       dispatch: (real) =>
         fetchEach(real, (request) => {
           const answer = answers.shift();
@@ -1654,6 +1655,56 @@ describe('Gateway catch-up order', () => {
     await publishBroadcast(system, 11, 0, { tags: ['vip'] });
     await system.received(raw, 1, 'the tag push to vip');
     expect(raw.delivered).toEqual([11]);
+  });
+
+  it('closes the sessions of devices unregistered while the bus was interrupted, and only those', async () => {
+    const system = await scripted();
+    const { accessId } = system.app;
+    const againId = generateDeviceId();
+    const [gone, again, kept] = await Promise.all([
+      system.registerDevice(),
+      system.registerDevice(Platform.PLATFORM_ANDROID, againId),
+      system.registerDevice(),
+    ]);
+    const raws = await Promise.all(
+      [gone, again, kept].map((device) => openRaw(system.url, system.sessionHeaders(device))),
+    );
+    for (const device of [gone, again, kept]) await system.caughtUp(device.token);
+    // While the gateway was away from NATS, `gone` was unregistered and `again` unregistered and registered
+    // again (a new index): both UNREGISTERED events are lost.
+    await system.stores.devices.remove(accessId, gone.token);
+    await system.stores.devices.remove(accessId, again.token);
+    expect((await system.registerDevice(Platform.PLATFORM_ANDROID, againId)).token).toBe(again.token);
+    system.interrupt();
+    for (const raw of raws.slice(0, 2)) {
+      expect(await raw.closed).toMatchObject({ code: 4410, reason: 'DEVICE_UNREGISTERED' });
+    }
+    expect(await system.metric('gateway_disconnects_total', { reason: 'DEVICE_UNREGISTERED' })).toBe(2);
+    // The device still registered keeps its session and gets what follows.
+    await publishBroadcast(system, 11, 0);
+    await system.received(raws[2]!, 1, 'broadcast 11');
+    expect(system.gateway.sessionCount).toBe(1);
+  });
+
+  it('keeps the sessions open when the registry cannot say which devices are still registered', async () => {
+    const system = await scripted({
+      registry: (real) => ({
+        ...real,
+        getDevices: async () => {
+          throw new PushdError('UNAVAILABLE', 'the registry is restarting');
+        },
+      }),
+    });
+    const device = await system.registerDevice();
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await system.caughtUp(device.token);
+    await system.stores.inboxes.append(system.app.accessId, device.token, pushMessage(10), 2, Date.now());
+    system.interrupt();
+    // The resync itself goes on: the message lost during the interruption is fetched.
+    await system.received(raw, 1, 'message 10');
+    expect(raw.delivered).toEqual([10]);
+    expect(system.gateway.sessionCount).toBe(1);
+    expect(await system.metric('gateway_disconnects_total', { reason: 'DEVICE_UNREGISTERED' })).toBe(0);
   });
 
   it('writes a buffered tag push the device matches on tags changed while its fetch ran', async () => {

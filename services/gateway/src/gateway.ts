@@ -14,6 +14,7 @@ import {
   type Clock,
   invalidArgument,
   type Logger,
+  mapConcurrently,
   PushdError,
   systemClock,
   toPushdError,
@@ -166,6 +167,12 @@ const TRANSIENT_CODES: ReadonlySet<string> = new Set([
   'RESOURCE_EXHAUSTED',
 ]);
 const CATCH_UP_FIRST_BACKOFF_MS = 250;
+/**
+ * Tokens per registry GetDevices call when registrations are checked after a NATS interruption (the
+ * registry takes at most 1,000), and such calls in flight at once: every session is checked at once.
+ */
+const REGISTRATION_CHECK_BATCH = 500;
+const REGISTRATION_CHECKS_IN_FLIGHT = 4;
 const CATCH_UP_MAX_BACKOFF_MS = 5_000;
 /**
  * A session's upgrade response and Connected frame are held back (the socket corked) until its first
@@ -1193,13 +1200,16 @@ export class Gateway {
    * already catching up fetches once more after its current round (catchUp compares `interruptions`).
    * Every session also reads its device's tags again, before its fetch (dispatch matches the missed
    * broadcasts on the tags the fetch carries): a tag change announced meanwhile is lost too, and tag
-   * pushes would otherwise be matched on the old tags until the next change.
+   * pushes would otherwise be matched on the old tags until the next change. So is an unregistration:
+   * the registry is asked which devices are still registered (closeUnregistered).
    */
   private resyncAfterInterruption(): void {
     this.interruptions++;
     let resynced = 0;
+    const held: Session[] = [];
     for (const sessions of this.hub.values()) {
       for (const session of sessions.values()) {
+        held.push(session);
         if (session.state === 'syncing') void this.reloadTags(session);
         if (session.state !== 'live') continue;
         this.startCatchUp(session, undefined, this.reloadTags(session));
@@ -1208,6 +1218,65 @@ export class Gateway {
     }
     this.options.metrics.interruptionResyncs.inc(resynced);
     this.options.logger.warn({ sessions: resynced }, 'NATS was interrupted: sessions fetch what they missed');
+    void this.closeUnregistered(held);
+  }
+
+  /**
+   * Closes, as the registry's UNREGISTERED event would have, the sessions whose registration ended while
+   * that event could not reach this gateway: the device is no longer registered, or registered again
+   * under a new index. Such a session would otherwise stay open until the device's next connection,
+   * matching broadcasts it should no longer get. Every session checked authenticated before the reads
+   * are made, so a registration a read does not find has ended (indexes are never given twice). The
+   * registry removes a device right after announcing it: a read in between still finds it, and that
+   * session stays open, as before this check. A failed read is logged and leaves its sessions open.
+   */
+  private async closeUnregistered(held: Session[]): Promise<void> {
+    const byApp = new Map<number, Session[]>();
+    for (const session of held) {
+      const ofApp = byApp.get(session.accessId);
+      if (ofApp === undefined) byApp.set(session.accessId, [session]);
+      else ofApp.push(session);
+    }
+    const lookups: { accessId: number; sessions: Session[] }[] = [];
+    for (const [accessId, sessions] of byApp) {
+      for (let start = 0; start < sessions.length; start += REGISTRATION_CHECK_BATCH) {
+        lookups.push({ accessId, sessions: sessions.slice(start, start + REGISTRATION_CHECK_BATCH) });
+      }
+    }
+    let closed = 0;
+    await mapConcurrently(lookups, REGISTRATION_CHECKS_IN_FLIGHT, async ({ accessId, sessions }) => {
+      let registered: Device[];
+      try {
+        ({ devices: registered } = await this.options.registry.getDevices({
+          accessId,
+          tokens: sessions.map((session) => session.token),
+        }));
+      } catch (error) {
+        this.options.logger.warn(
+          { err: error, accessId, sessions: sessions.length },
+          'checking registrations after a NATS interruption failed; those sessions stay open',
+        );
+        return;
+      }
+      const indexes = new Map(registered.map((device) => [device.token, device.index]));
+      for (const session of sessions) {
+        if (session.state === 'closed' || session.unregistering) continue;
+        const index = indexes.get(session.token);
+        // A device stored before indexes existed has none until it registers again: the same registration.
+        const ended =
+          !indexes.has(session.token) ||
+          (index !== undefined && session.index !== undefined && index !== session.index);
+        if (!ended) continue;
+        this.closeWith(session, new PushdError('DEVICE_UNREGISTERED', 'the device was unregistered'));
+        closed++;
+      }
+    });
+    if (closed > 0) {
+      this.options.logger.warn(
+        { sessions: closed },
+        'closed the sessions of devices unregistered during a NATS interruption',
+      );
+    }
   }
 
   /**
