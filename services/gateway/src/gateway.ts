@@ -167,13 +167,14 @@ const TRANSIENT_CODES: ReadonlySet<string> = new Set([
   'RESOURCE_EXHAUSTED',
 ]);
 const CATCH_UP_FIRST_BACKOFF_MS = 250;
+const CATCH_UP_MAX_BACKOFF_MS = 5_000;
 /**
  * Tokens per registry GetDevices call when registrations are checked after a NATS interruption (the
- * registry takes at most 1,000), and such calls in flight at once: every session is checked at once.
+ * registry takes at most 1,000), and such calls in flight at once: every session held is checked, and
+ * the registry must not get them all at the same moment.
  */
 const REGISTRATION_CHECK_BATCH = 500;
 const REGISTRATION_CHECKS_IN_FLIGHT = 4;
-const CATCH_UP_MAX_BACKOFF_MS = 5_000;
 /**
  * A session's upgrade response and Connected frame are held back (the socket corked) until its first
  * catch-up is written, for at most this long: the device then gets the 101, Connected and its offline
