@@ -242,6 +242,32 @@ describe('Scheduler', () => {
     expect(await scheduler.cancel(APP, '3')).toEqual({ updated: false, status: SENDING, firing: 1 });
   });
 
+  it('cancels a loop while one of its occurrences is being sent, but not its last occurrence', async () => {
+    env = setup();
+    const e = env;
+    const scheduler = e.scheduler();
+    const start = e.clock.now() + HOUR;
+    await schedulePush(e, '1', { fireAtMs: start, loop: { interval: DAILY, endTimeMs: start + DAY + HOUR } });
+    e.clock.set(start + 200);
+    await scheduler.poll();
+    await logHolds(e, 1);
+    // Occurrence 1 waits in the log (SENDING); occurrence 2 is scheduled: the loop can still be stopped.
+    expect(await scheduler.cancel(APP, '1')).toMatchObject({ updated: true, status: CANCELLED });
+    expect(await e.schedule.pending(PARTITION)).toBe(0);
+    // The applier's update of occurrence 1 leaves the cancel alone, and no later occurrence fires.
+    await applyAll(e, 0);
+    expect((await e.pushes.get(APP, '1'))?.status).toBe(CANCELLED);
+    e.clock.set(start + DAY + 200);
+    await scheduler.poll();
+    await logHolds(e, 1);
+
+    // The last occurrence being sent has gone too far, as a one-off push being sent has.
+    await schedulePush(e, '2', { fireAtMs: start + DAY, loop: { interval: DAILY, endTimeMs: start + DAY } });
+    await scheduler.poll();
+    await logHolds(e, 2);
+    expect(await scheduler.cancel(APP, '2')).toEqual({ updated: false, status: SENDING, firing: 1 });
+  });
+
   describe('an instance that dies with a claim is replaced after the lease, and the log holds one command', () => {
     for (const [step, die] of [
       ['after claiming', (e: Env) => dying<PushStore>(e.pushes, 'update')],

@@ -157,14 +157,35 @@ export class Scheduler {
 
   /**
    * Cancels a scheduled push: SCHEDULED -> CANCELLED (compare-and-set), then removes its occurrences from
-   * the schedule. Refused (updated false) in any other status, which the result tells; an occurrence
-   * being sent (SENDING) has gone too far. Should the removal fail, the entries fire, find the push
-   * CANCELLED and are dropped.
+   * the schedule. A recurring push whose occurrence is being sent (SENDING) is cancelled too when later
+   * occurrences remain: they are what the cancel is for (the loop would otherwise run to its end, up to
+   * a year), and the occurrence in flight is delivered only if the applier claimed it already (a push
+   * no longer SENDING at that occurrence is not claimed, see PushStore.claimDelivery). Refused (updated
+   * false) otherwise, which the result tells: a one-off push or a last occurrence being sent has gone
+   * too far. Should the removal fail, the entries fire, find the push CANCELLED and are dropped.
    */
   async cancel(accessId: number, pushId: string): Promise<PushUpdateResult> {
-    const result = await this.options.pushes.update(accessId, pushId, { status: CANCELLED }, [SCHEDULED]);
-    if (result.updated) await this.options.schedule.remove(this.partitionOf(accessId), accessId, pushId);
+    const { pushes, schedule } = this.options;
+    let result = await pushes.update(accessId, pushId, { status: CANCELLED }, [SCHEDULED]);
+    // Each refusal means the status moved between the two reads (the applier finished the occurrence,
+    // or the scheduler started the next one): a few tries settle it.
+    for (let attempt = 0; attempt < 3 && !result.updated; attempt++) {
+      if (result.status === SENDING && (await this.occurrenceAfter(accessId, pushId, result.firing))) {
+        result = await pushes.update(accessId, pushId, { status: CANCELLED }, [SENDING], result.firing);
+      } else if (result.status === SCHEDULED) {
+        result = await pushes.update(accessId, pushId, { status: CANCELLED }, [SCHEDULED]);
+      } else {
+        break;
+      }
+    }
+    if (result.updated) await schedule.remove(this.partitionOf(accessId), accessId, pushId);
     return result;
+  }
+
+  /** Whether a recurring push has an occurrence after `occurrence` (false for a one-off push). */
+  private async occurrenceAfter(accessId: number, pushId: string, occurrence: number): Promise<boolean> {
+    const stored = await this.options.pushes.command(accessId, pushId);
+    return stored !== undefined && nextOccurrenceOf(stored, occurrence) !== undefined;
   }
 
   /** One round over every partition (what the timer runs); public for tests. Never rejects. */
@@ -271,17 +292,8 @@ export class Scheduler {
     }
     const command = PushCommand.decode(stored.command);
     const ttlMs = command.expiresAtMs - command.acceptedAtMs;
-    const step = stored.loop === undefined ? undefined : intervalMs(stored.loop.interval);
-    const nominalMs = stored.firstNominalMs + (occurrence - 1) * (step ?? 0);
-    const next =
-      stored.loop === undefined
-        ? undefined
-        : nextOccurrence({
-            previousFireAtMs: nominalMs,
-            interval: stored.loop.interval,
-            endTimeMs: stored.loop.endTimeMs,
-            acceptTime: stored.acceptTime,
-          });
+    const nominalMs = nominalTimeOf(stored, occurrence);
+    const next = nextOccurrenceOf(stored, occurrence);
     if (next !== undefined) {
       await schedule.add(partition, {
         accessId,
@@ -362,4 +374,21 @@ function expiry(fireAtMs: number, nominalMs: number, ttlMs: number, now: number)
   if (fireAtMs >= nominalMs + ttlMs) return 'expired before its accept window opened';
   if (now >= fireAtMs + ttlMs) return 'expired before it could be sent';
   return undefined;
+}
+
+/** When an occurrence of a stored push was due before any accept window moved it (1 is the first). */
+function nominalTimeOf(stored: ScheduledCommand, occurrence: number): number {
+  const step = stored.loop === undefined ? 0 : (intervalMs(stored.loop.interval) ?? 0);
+  return stored.firstNominalMs + (occurrence - 1) * step;
+}
+
+/** The occurrence after `occurrence` of a recurring push, if its loop has one; undefined for a one-off push. */
+function nextOccurrenceOf(stored: ScheduledCommand, occurrence: number) {
+  if (stored.loop === undefined) return undefined;
+  return nextOccurrence({
+    previousFireAtMs: nominalTimeOf(stored, occurrence),
+    interval: stored.loop.interval,
+    endTimeMs: stored.loop.endTimeMs,
+    acceptTime: stored.acceptTime,
+  });
 }
