@@ -52,10 +52,11 @@ export class MemoryDeviceStore implements DeviceStore {
     });
   }
 
-  async remove(accessId: number, token: string): Promise<DeviceRecord | undefined> {
+  async remove(accessId: number, token: string, index?: number): Promise<DeviceRecord | undefined> {
     const app = this.apps.get(accessId);
     const record = app?.devices.get(token);
     if (!app || !record) return undefined;
+    if (index !== undefined && record.index !== index) return undefined;
     app.devices.delete(token);
     unbind(app, record.account, token);
     count(app.counts, record.platform, -1, true);

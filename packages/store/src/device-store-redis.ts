@@ -108,9 +108,14 @@ export class RedisDeviceStore implements DeviceStore {
     return toRecord(accessId, token, Object.fromEntries(FIELDS.map((field, i) => [field, values[i]])));
   }
 
-  async remove(accessId: number, token: string): Promise<DeviceRecord | undefined> {
+  async remove(accessId: number, token: string, index?: number): Promise<DeviceRecord | undefined> {
     const reply = (await redisCall(
-      runScript(this.redis, 'deviceRemove', [this.keys.device(accessId, token)], []),
+      runScript(
+        this.redis,
+        'deviceRemove',
+        [this.keys.device(accessId, token)],
+        [index === undefined ? '' : index],
+      ),
     )) as string[] | null;
     if (!reply) return undefined;
     const fields: Record<string, string> = {};

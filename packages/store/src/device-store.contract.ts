@@ -92,6 +92,18 @@ export function describeDeviceStoreContract(
       expect(await store.count(APP)).toEqual({ total: 1, android: 0, ios: 1 });
     });
 
+    it('removes only the registration of the index it is given: never a newer one of the token', async () => {
+      await store.upsert(device(1));
+      expect(await store.remove(APP, token(1), 0)).toMatchObject({ index: 0 });
+      await store.upsert(device(1, { registeredAtMs: 5 }));
+      // A late removal of registration 0 (a retried unregister, say) finds registration 1.
+      expect(await store.remove(APP, token(1), 0)).toBeUndefined();
+      expect(await store.get(APP, token(1))).toMatchObject({ index: 1 });
+      expect(await store.count(APP)).toEqual({ total: 1, android: 1, ios: 0 });
+      expect(await store.remove(APP, token(1), 1)).toMatchObject({ index: 1 });
+      expect(await store.count(APP)).toEqual({ total: 0, android: 0, ios: 0 });
+    });
+
     it('creates a removed token anew, unbound', async () => {
       await store.upsert(device(1));
       await store.setAccount(APP, token(1), 'alice');

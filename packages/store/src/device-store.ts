@@ -45,8 +45,13 @@ export interface DeviceStore {
   /** Several devices at once: the record of each token, in order, undefined for unknown ones. */
   getMany(accessId: number, tokens: string[]): Promise<(DeviceRecord | undefined)[]>;
 
-  /** Deletes the registration and its account binding; returns what was removed, undefined if nothing. */
-  remove(accessId: number, token: string): Promise<DeviceRecord | undefined>;
+  /**
+   * Deletes the registration and its account binding; returns what was removed, undefined if nothing.
+   * With `index`, only the registration of that index (DeviceRecord.index, -1 for a record from before
+   * indexes existed): a removal decided on a record read earlier must not delete a newer registration of
+   * the token made since (undefined then, and nothing changes).
+   */
+  remove(accessId: number, token: string, index?: number): Promise<DeviceRecord | undefined>;
 
   /**
    * Binds the token to `account` ('' unbinds). Last bind wins: the token leaves its previous account.

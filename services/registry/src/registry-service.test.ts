@@ -785,6 +785,36 @@ describe('RegistryService.unregisterDevice', () => {
     await waitFor(() => events.length >= 1, 'the UNREGISTERED event after the retry');
     expect(events[0]).toMatchObject({ type: EventType.EVENT_TYPE_UNREGISTERED, token });
   });
+
+  it('a delayed unregister does not remove the registration the device made after another one', async () => {
+    // The first call is held at its announcement (a slow stream) while its retry unregisters the device
+    // and the device registers again (same token, a new index). When the first call goes on, the new
+    // registration must stay: nobody would announce its end.
+    const memory = new MemoryBus({ streams: [streams.events] });
+    let hold = false;
+    let release: (() => void) | undefined;
+    const bus: Bus = withDurablePublish(memory, async (real, subject, data) => {
+      if (hold) {
+        hold = false;
+        await new Promise<void>((resolve) => {
+          release = resolve;
+        });
+      }
+      return real(subject, data);
+    });
+    const { h, createApp, registerToken } = setup({ bus });
+    const app = await createApp();
+    const token = await registerToken(app, deviceId(1));
+    hold = true;
+    const delayed = h.unregisterDevice({ accessId: 0, token }, app.auth());
+    await waitFor(() => release !== undefined, 'the first call held at its announcement');
+    await h.unregisterDevice({ accessId: 0, token }, app.auth());
+    expect(await registerToken(app, deviceId(1))).toBe(token);
+    const registered = (await h.getDevice({ accessId: 0, token }, app.auth())).device;
+    release?.();
+    await expect(delayed).resolves.toEqual({});
+    expect((await h.getDevice({ accessId: 0, token }, app.auth())).device).toEqual(registered);
+  });
 });
 
 describe('RegistryService tenant isolation', () => {

@@ -206,8 +206,11 @@ export class RegistryService {
             deviceIndex: indexOf(device),
           }),
         );
-        if ((await devices.remove(accessId, request.token)) === undefined) {
-          // Removed by a concurrent call in between: that call's announcement and ours say the same.
+        // Only the registration announced: a call delayed past another unregister and the device's
+        // registering again must not delete the new registration, which nobody would announce.
+        if ((await devices.remove(accessId, request.token, device.index)) === undefined) {
+          // Removed by a concurrent call in between (its announcement and ours say the same), or
+          // registered again since under a new index (ours is about the old one, which is gone).
           this.options.logger.debug({ accessId }, 'device already removed by a concurrent unregister');
         }
         return {};
