@@ -362,6 +362,45 @@ describe('DispatchService.push validation', () => {
     });
   });
 
+  it('refuses a push whose devices would make its command larger than the push log takes, now or scheduled', async () => {
+    const { h, app, stores, clock } = await setup();
+    // One account bound on 25,000 devices: 46 bytes of command per device, over MAX_COMMAND_BYTES.
+    for (let i = 0; i < 25_000; i++) {
+      const token = i.toString(16).padStart(40, '0');
+      await stores.devices.upsert({
+        accessId: app.accessId,
+        token,
+        platform: Platform.PLATFORM_ANDROID,
+        appVersion: '',
+        osVersion: '',
+        locale: '',
+        sdkVersion: '',
+        credentialHash: '',
+        registeredAtMs: 0,
+      });
+      await stores.devices.setAccount(app.accessId, token, 'crowd');
+    }
+    const toCrowd = (fields: Partial<PushRequest> = {}) =>
+      h.push(
+        notify('', { audience: { target: { $case: 'account', value: 'crowd' } }, ...fields }),
+        app.auth(),
+      );
+    for (const fields of [{}, { sendTimeMs: clock.now() + HOUR_MS }]) {
+      await expect(toCrowd(fields)).rejects.toMatchObject({
+        code: 'INVALID_ARGUMENT',
+        metadata: { field: 'audience' },
+        message: expect.stringMatching(/25000 devices.*split/),
+      });
+    }
+    // Nothing was stored: no push record, nothing scheduled.
+    const listed = await h.listPushes(
+      { accessId: 0, statuses: [], createdFromMs: 0, createdToMs: 0, pageSize: 10, pageToken: '' },
+      app.auth(),
+    );
+    expect(listed.pushes).toEqual([]);
+    expect(await stores.schedules.pending(0)).toBe(0);
+  });
+
   it('keeps a message 72 hours by default and accepts expire_time_s up to 259200', async () => {
     const { push, registerDevice, pending, clock } = await setup();
     const token = await registerDevice();

@@ -29,7 +29,7 @@ import {
   type Message,
   type PendingDevice,
   Platform,
-  type PushCommand,
+  PushCommand,
   type PushMessage,
   type PushRecord,
   type PushRequest,
@@ -64,7 +64,7 @@ import type {
 import { validateMessage } from './message-rules.js';
 import type { DispatchMetrics } from './metrics.js';
 import { OFFLINE_CAPACITY } from './push-applier.js';
-import { PushLogWriter } from './push-log.js';
+import { MAX_COMMAND_BYTES, PushLogWriter } from './push-log.js';
 import { type SchedulePlan, validateSchedule } from './schedule-times.js';
 import type { Scheduler } from './scheduler.js';
 
@@ -79,6 +79,9 @@ export const MAX_LIST_ENTRIES = 1000;
  * connected when it was sent may be gone, and it was never meant to wait.
  */
 export const ONLINE_ONLY_TTL_MS = 60_000;
+/** A push id's share of an encoded command: field tag, length and up to 20 digits. */
+const PUSH_ID_MAX_BYTES = 22;
+
 /** The brief: at most one push to all devices per 3 seconds per app. */
 export const ALL_AUDIENCE_INTERVAL_MS = 3000;
 /**
@@ -365,7 +368,32 @@ export class DispatchService {
       unknownAccounts = resolved.unknownAccounts;
       targetCount = devices.length;
     }
+    const command: PushCommand = {
+      accessId,
+      pushId: '',
+      message: content,
+      acceptedAtMs: now,
+      expiresAtMs: now + ttlMs,
+      platform: request.platform,
+      audience: request.audience,
+      devices,
+      countedTarget: targetCount,
+      onlineOnly,
+      occurrence: 0,
+      moreOccurrences: false,
+    };
+    // The command is one message of the push log (and the stored command of a scheduled push): NATS
+    // refuses larger ones, and a scheduled push whose command cannot be logged would stay SENDING.
+    const commandBytes = encodeMessage(PushCommand, command).length + PUSH_ID_MAX_BYTES;
+    if (commandBytes > MAX_COMMAND_BYTES) {
+      throw invalidArgument(
+        'audience',
+        `resolves to ${devices.length} devices, a push command of ${commandBytes} bytes over the push ` +
+          `log's limit of ${MAX_COMMAND_BYTES}; split the accounts or tokens over several pushes`,
+      );
+    }
     const pushId = givenPushId ?? (await this.newPushId(accessId));
+    command.pushId = pushId;
     // Saved before the command is logged or scheduled, so the applier's update always comes after it.
     await this.options.pushes.save({
       accessId,
@@ -381,20 +409,6 @@ export class DispatchService {
       occurrences: 0,
       failure: '',
     });
-    const command: PushCommand = {
-      accessId,
-      pushId,
-      message: content,
-      acceptedAtMs: now,
-      expiresAtMs: now + ttlMs,
-      platform: request.platform,
-      audience: request.audience,
-      devices,
-      countedTarget: targetCount,
-      onlineOnly,
-      occurrence: 0,
-      moreOccurrences: false,
-    };
     const response = { pushId, msgId: 0, invalidTokens, unknownAccounts, target: targetCount };
     if (plan.scheduled) {
       // The scheduler fires it (each occurrence gets the TTL from its own firing); its msg_id comes then.

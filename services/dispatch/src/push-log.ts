@@ -11,6 +11,13 @@ export const MSG_IDS_PER_ENTRY = 1024;
 
 /** Most bytes of commands in one entry, well under NATS's default 1 MB payload limit. */
 const MAX_ENTRY_BYTES = 512 * 1024;
+/**
+ * Largest encoded push command. A push to named devices carries their tokens (~46 bytes each), and one
+ * command alone is one log entry: NATS refuses a message over its max_payload (1 MB by default), and
+ * a scheduled push whose occurrences could never be logged would stay SENDING. Dispatch refuses a push
+ * whose command would be larger (INVALID_ARGUMENT on `audience`): about 20,000 devices.
+ */
+export const MAX_COMMAND_BYTES = 900 * 1024;
 
 export function msgIdOf(seq: number, index: number): number {
   return seq * MSG_IDS_PER_ENTRY + index;

@@ -138,7 +138,9 @@ export interface Audience {
     | //
     /**
      * Every device bound to any of up to 1,000 accounts. Accounts without a device are listed in
-     * PushResponse.unknown_accounts; ACCOUNT_NOT_FOUND only when none has one.
+     * PushResponse.unknown_accounts; ACCOUNT_NOT_FOUND only when none has one. A push to accounts reaches
+     * at most about 20,000 devices (its command must fit one push-log message): more fails with
+     * INVALID_ARGUMENT on `audience`, and nothing is stored; split the accounts over several pushes.
      */
     { $case: "accountList"; value: AccountList }
     | //
