@@ -1839,6 +1839,18 @@ describe('DispatchService scheduling, cancel, list and idempotency', () => {
     await expect(list({ createdFromMs: 10, createdToMs: 5 })).rejects.toMatchObject({
       code: 'INVALID_ARGUMENT',
     });
+    // Unknown statuses and negative bounds are refused, naming the field, rather than answered empty.
+    for (const [fields, field] of [
+      [{ statuses: [PushStatus.PUSH_STATUS_DONE, 9 as PushStatus] }, 'statuses[1]'],
+      [{ statuses: [PushStatus.PUSH_STATUS_UNSPECIFIED] }, 'statuses[0]'],
+      [{ createdFromMs: -1 }, 'created_from_ms'],
+      [{ createdToMs: -5 }, 'created_to_ms'],
+    ] as [Partial<Parameters<typeof h.listPushes>[0]>, string][]) {
+      await expect(list(fields), field).rejects.toMatchObject({
+        code: 'INVALID_ARGUMENT',
+        metadata: { field },
+      });
+    }
   });
 
   it('sends a daily recurring push once a day until its end, then marks it done', async () => {

@@ -207,8 +207,21 @@ export class DispatchService {
         if (request.pageSize > MAX_PAGE_SIZE) {
           throw invalidArgument('page_size', `at most ${MAX_PAGE_SIZE} (got ${request.pageSize})`);
         }
+        for (const field of ['created_from_ms', 'created_to_ms'] as const) {
+          const value = field === 'created_from_ms' ? request.createdFromMs : request.createdToMs;
+          if (value < 0) throw invalidArgument(field, `must not be negative (got ${value})`);
+        }
         if (request.createdToMs !== 0 && request.createdToMs <= request.createdFromMs) {
           throw invalidArgument('created_to_ms', 'must be after created_from_ms');
+        }
+        const unknown = request.statuses.findIndex(
+          (status) => status === PushStatus.PUSH_STATUS_UNSPECIFIED || PushStatus[status] === undefined,
+        );
+        if (unknown >= 0) {
+          throw invalidArgument(
+            `statuses[${unknown}]`,
+            `must be one of SCHEDULED (1), SENDING (2), DONE (3), CANCELLED (4), FAILED (5) (got ${request.statuses[unknown]})`,
+          );
         }
         const page = await this.options.pushes.list(accessId, {
           ...(request.createdFromMs > 0 ? { fromMs: request.createdFromMs } : {}),

@@ -289,7 +289,11 @@ describe('validation', () => {
   });
 
   it('accept_time: 1 to 10 windows of minutes 0..1440, not empty, in a known zone', () => {
-    validateAcceptTime(windows('Asia/Shanghai', [0, 1440], [1440, 0], [1320, 360]));
+    validateAcceptTime(windows('Asia/Shanghai', [0, 1440], [1440, 60], [1320, 360], [1320, 0]));
+    expect(invalid(() => validateAcceptTime(windows('UTC', [1440, 0])))).toMatchObject({
+      field: 'accept_time.windows[0]',
+      message: expect.stringMatching(/never opens/),
+    });
     validateAcceptTime(windows('', [0, 1]));
     expect(invalid(() => validateAcceptTime(windows('UTC'))).field).toBe('accept_time.windows');
     const eleven = Array.from({ length: 11 }, (_, i) => [i, i + 1] as [number, number]);

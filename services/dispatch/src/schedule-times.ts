@@ -220,6 +220,10 @@ export function validateAcceptTime(acceptTime: AcceptTimes): void {
     if (window.startMinute === window.endMinute) {
       throw invalidArgument(`accept_time.windows[${i}]`, 'start_minute and end_minute must differ');
     }
+    // From the end of the day to its start: no minute is in it (a window over midnight starts before 1440).
+    if (window.startMinute === 1440 && window.endMinute === 0) {
+      throw invalidArgument(`accept_time.windows[${i}]`, 'a window from 1440 to 0 never opens');
+    }
   });
   try {
     formatter(zoneOf(acceptTime));

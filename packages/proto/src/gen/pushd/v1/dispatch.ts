@@ -223,7 +223,10 @@ export interface Loop {
   endTimeMs: number;
 }
 
-/** A daily window, [start, end) in minutes after midnight (0..1440); start > end spans midnight. */
+/**
+ * A daily window, [start, end) in minutes after midnight (0..1440); start > end spans midnight. start and
+ * end must differ, and 1440 to 0 (a window that never opens) is refused.
+ */
 export interface AcceptTime {
   startMinute: number;
   endMinute: number;
