@@ -1,6 +1,13 @@
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { credentials, loadPackageDefinition, Metadata } from '@grpc/grpc-js';
+import {
+  Client,
+  credentials,
+  loadPackageDefinition,
+  Metadata,
+  type ServiceError,
+  status,
+} from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { PushdError, silentLogger } from '@pushd/common';
 import { StatsServiceService } from '@pushd/proto';
@@ -117,6 +124,34 @@ describe('GrpcServer', () => {
     await expect(client.getPushStats({ accessId: 7, pushId: 'boom' })).rejects.toMatchObject({
       code: 'INTERNAL',
     });
+    client.close();
+  });
+
+  it('answers a request it cannot decode with INVALID_ARGUMENT, not INTERNAL', async () => {
+    // GetPushStatsRequest with access_id (field 1, tag 0x08) 2^60, a varint of eight empty groups and
+    // 0x10: valid protobuf that no JavaScript number holds exactly.
+    const tooLarge = Uint8Array.of(0x08, ...Array<number>(8).fill(0x80), 0x10);
+    const truncated = Uint8Array.of(0x12, 0x05, 0x61); // push_id (field 2) says 5 bytes, has 1
+    const client = new Client(address(), credentials.createInsecure());
+    const call = (bytes: Uint8Array) =>
+      new Promise<ServiceError>((resolve, reject) =>
+        client.makeUnaryRequest(
+          '/pushd.v1.StatsService/GetPushStats',
+          (raw: Uint8Array) => Buffer.from(raw),
+          (raw: Buffer) => raw,
+          bytes,
+          (error) => (error ? resolve(error) : reject(new Error('answered'))),
+        ),
+      );
+    for (const [bytes, message] of [
+      [tooLarge, /could not be decoded \(64-bit numbers must be at most 2\^53 - 1\)/],
+      [truncated, /could not be decoded: /],
+    ] as const) {
+      const error = await call(bytes);
+      expect(error.code).toBe(status.INVALID_ARGUMENT);
+      expect(error.details).toMatch(message);
+      expect(error.metadata.get('pushd-error-code')).toEqual(['INVALID_ARGUMENT']);
+    }
     client.close();
   });
 

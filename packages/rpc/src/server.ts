@@ -85,7 +85,12 @@ export class GrpcServer {
 
     for (const service of options.services) {
       const implementation: UntypedServiceImplementation = {};
+      const definition: Record<string, unknown> = {};
       for (const [methodName, method] of Object.entries(service.definition)) {
+        definition[methodName] = {
+          ...method,
+          requestDeserialize: decodingOrMarking(method.requestDeserialize),
+        };
         const handler = service.handlers[methodName];
         if (!handler) throw new Error(`${service.name}: no handler for ${methodName}`);
         const label = method.path.slice(method.path.lastIndexOf('/') + 1);
@@ -100,6 +105,11 @@ export class GrpcServer {
           // No duration: a stream lasts as long as its client wants, which would drown the latency figures.
           const stream = handler as unknown as StreamHandler;
           implementation[methodName] = (call: ServerWritableStream<unknown, unknown>) => {
+            const undecodable = undecodableRequest(call.request);
+            if (undecodable !== undefined) {
+              call.emit('error', failed(undecodable));
+              return;
+            }
             this.serveStream(call, stream, method.path).then(
               () => requests.inc({ method: label, code: 'OK' }),
               (error: unknown) => {
@@ -114,6 +124,11 @@ export class GrpcServer {
           call: ServerUnaryCall<unknown, unknown>,
           callback: sendUnaryData<unknown>,
         ) => {
+          const undecodable = undecodableRequest(call.request);
+          if (undecodable !== undefined) {
+            callback(failed(undecodable));
+            return;
+          }
           const stop = duration.startTimer({ method: label });
           unary(call.request, { metadata: call.metadata, path: method.path }).then(
             (response) => {
@@ -128,7 +143,7 @@ export class GrpcServer {
           );
         };
       }
-      this.server.addService(service.definition as unknown as ServiceDefinition, implementation);
+      this.server.addService(definition as unknown as ServiceDefinition, implementation);
     }
 
     const statuses = Object.fromEntries(options.services.map((s) => [s.name, 'NOT_SERVING' as const]));
@@ -215,3 +230,30 @@ export class GrpcServer {
 
 type UnaryHandler = (request: unknown, context: CallContext) => Promise<unknown>;
 type StreamHandler = (request: unknown, context: StreamCallContext) => AsyncIterable<unknown>;
+
+/** Marks a request whose bytes could not be decoded (see decodingOrMarking). */
+const UNDECODABLE = Symbol('undecodable request');
+
+/**
+ * The method's decoder, which marks a request it cannot decode instead of throwing: grpc-js would answer
+ * a throwing decoder with INTERNAL, and the caller must learn that its request was at fault. The generated
+ * decoders throw, for instance, on a 64-bit value above 2^53 - 1, which JavaScript numbers cannot hold.
+ */
+function decodingOrMarking(decode: (bytes: Buffer) => unknown): (bytes: Buffer) => unknown {
+  return (bytes) => {
+    try {
+      return decode(bytes);
+    } catch (error) {
+      return { [UNDECODABLE]: error };
+    }
+  };
+}
+
+/** INVALID_ARGUMENT naming why, for a request decodingOrMarking marked; undefined for a decoded one. */
+function undecodableRequest(request: unknown): PushdError | undefined {
+  if (typeof request !== 'object' || request === null || !(UNDECODABLE in request)) return undefined;
+  const cause = (request as { [UNDECODABLE]: unknown })[UNDECODABLE];
+  const why = cause instanceof Error ? cause.message : String(cause);
+  const hint = /SAFE_INTEGER/.test(why) ? ' (64-bit numbers must be at most 2^53 - 1)' : '';
+  return new PushdError('INVALID_ARGUMENT', `the request could not be decoded${hint}: ${why}`);
+}
