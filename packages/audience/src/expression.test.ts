@@ -8,6 +8,7 @@ import {
   MAX_EXPRESSION_NODES,
   MAX_EXPRESSION_TAGS,
   normalize,
+  REGISTRATION_VALUE_MAX_CHARS,
   tagsOf,
   validateExpression,
 } from './expression.js';
@@ -76,7 +77,9 @@ describe('validateExpression', () => {
     [t('pushd:platform'), 'expression.tag', 'not a built-in tag'],
     [t('pushd:platform:windows'), 'expression.tag', 'takes one of android, ios'],
     [t('pushd:active:2d'), 'expression.tag', 'takes one of 1d, 7d, 30d'],
-    [t('pushd:app_version:'), 'expression.tag', 'the value must be 1 to 50'],
+    [t('pushd:app_version:'), 'expression.tag', 'the value must be 1 to 64'],
+    [t(`pushd:os_version:${'9'.repeat(65)}`), 'expression.tag', 'the value must be 1 to 64'],
+    [t('pushd:locale:zh\u0007CN'), 'expression.tag', 'control characters'],
     [t('pushd:city:New York'), 'expression.tag', 'without whitespace'],
   ])('refuses %j at %s', (expr, field, problem) => {
     const error = thrown(() => validateExpression(expr));
@@ -239,5 +242,15 @@ describe('builtinTag', () => {
   it('builds valid built-in tags', () => {
     expect(builtinTag('platform', 'ios')).toBe('pushd:platform:ios');
     expect(() => validateExpression(t(builtinTag('province', '广东')))).not.toThrow();
+  });
+
+  it('accepts every registration value the registry takes, spaces and 64 characters included', () => {
+    for (const tag of [
+      builtinTag('os_version', 'Android 14'),
+      builtinTag('app_version', 'v'.repeat(REGISTRATION_VALUE_MAX_CHARS)),
+      builtinTag('locale', 'zh Hans CN'),
+    ]) {
+      expect(() => validateExpression(t(tag)), tag).not.toThrow();
+    }
   });
 });

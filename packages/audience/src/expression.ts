@@ -118,7 +118,10 @@ export const BUILTIN_TAG_KEYS = [
 ] as const;
 export type BuiltinTagKey = (typeof BUILTIN_TAG_KEYS)[number];
 
-/** Values of keys that are closed sets; the other keys take any 1..TAG_MAX_CHARS value without whitespace. */
+/**
+ * Values of keys that are closed sets; app_version, os_version and locale take what the registry accepts
+ * (REGISTRATION_VALUE_KEYS), the other keys any 1..TAG_MAX_CHARS value without whitespace.
+ */
 export const BUILTIN_TAG_VALUES: Readonly<Partial<Record<BuiltinTagKey, readonly string[]>>> = {
   platform: ['android', 'ios'],
   // Active within the last day, week, month: relative windows the registry maintains.
@@ -138,6 +141,13 @@ export function platformTag(platform: Platform): string | undefined {
 }
 
 const FORBIDDEN_CHARS = /[\s\p{Cc}]/u;
+
+/**
+ * Built-in keys whose values are what a device gave at registration, which the registry takes as up to
+ * 64 characters without control characters (its DETAIL_MAX_CHARS; spaces allowed, as in "Android 14").
+ */
+const REGISTRATION_VALUE_KEYS: ReadonlySet<string> = new Set(['app_version', 'os_version', 'locale']);
+export const REGISTRATION_VALUE_MAX_CHARS = 64;
 
 /** A user tag or a built-in tag with a known key and a valid value; otherwise INVALID_ARGUMENT on `field`. */
 export function validateExpressionTag(tag: unknown, field: string): asserts tag is string {
@@ -167,6 +177,17 @@ export function validateExpressionTag(tag: unknown, field: string): asserts tag 
       throw invalidArgument(
         field,
         `${JSON.stringify(tag)}: ${RESERVED_TAG_PREFIX}${key} takes one of ${allowed.join(', ')}`,
+      );
+    }
+    return;
+  }
+  if (REGISTRATION_VALUE_KEYS.has(key)) {
+    // What the device registered, as the registry accepted it ("Android 14" included): any such value
+    // must be one a push can name.
+    if (value.length < 1 || value.length > REGISTRATION_VALUE_MAX_CHARS || /\p{Cc}/u.test(value)) {
+      throw invalidArgument(
+        field,
+        `${JSON.stringify(tag)}: the value must be 1 to ${REGISTRATION_VALUE_MAX_CHARS} characters without control characters`,
       );
     }
     return;

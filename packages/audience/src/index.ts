@@ -15,6 +15,7 @@ export {
   MAX_EXPRESSION_TAGS,
   normalize,
   platformTag,
+  REGISTRATION_VALUE_MAX_CHARS,
   RESERVED_TAG_PREFIX,
   TAG_MAX_CHARS,
   tagsOf,

@@ -54,6 +54,10 @@ const DEVICE_ID = /^[A-Za-z0-9_-]{16,128}$/;
 /** Tokens one GetDevices call may name (the tag service's batch calls take up to 1,000). */
 const MAX_TOKENS_PER_LOOKUP = 1_000;
 const ACCOUNT_MAX_CHARS = 128;
+/**
+ * app_version, os_version, locale, sdk_version: the first three become built-in tags, which expressions
+ * accept up to the same length (REGISTRATION_VALUE_MAX_CHARS of @pushd/audience): keep the two equal.
+ */
 const DETAIL_MAX_CHARS = 64;
 
 /** Apps, device registration and account binding (proto/pushd/v1/registry.proto). */
