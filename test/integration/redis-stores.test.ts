@@ -274,8 +274,8 @@ describe('Redis stores: layout and recovery', () => {
 
   it('forgets who was counted after the dedup window but keeps the counts', async () => {
     const { stats } = createRedisStores({ redis, keys });
-    await stats.addSent(APP, '1', [TOKEN]);
-    expect(await redis.pttl(keys.pushSent(APP, '1'))).toBeGreaterThan(90 * 3_600_000);
+    await stats.addSent(APP, '1', [TOKEN], 1024);
+    expect(await redis.pttl(keys.pushSent(APP, '1', 1024))).toBeGreaterThan(90 * 3_600_000);
     expect(await redis.pttl(keys.pushCounts(APP, '1'))).toBe(-1);
   });
 

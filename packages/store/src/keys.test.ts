@@ -48,9 +48,9 @@ describe('RedisKeys', () => {
     const push = [
       keys.push(1, '9'),
       keys.pushCounts(1, '9'),
-      keys.pushSent(1, '9'),
-      keys.pushArrived(1, '9'),
-      keys.pushClicked(1, '9'),
+      keys.pushSent(1, '9', 1024),
+      keys.pushArrived(1, '9', 1024),
+      keys.pushClicked(1, '9', 2048),
     ];
     expect(new Set(push.map(hashTag))).toEqual(new Set(['p:1:9']));
     expect(new Set([keys.scheduleDue(7), keys.scheduleByPush(7)].map(hashTag))).toEqual(new Set(['s:7']));

@@ -198,16 +198,17 @@ export class RedisKeys {
     return `${this.pushTag(accessId, pushId)}:counts`;
   }
 
-  pushSent(accessId: number, pushId: string): string {
-    return `${this.pushTag(accessId, pushId)}:sent`;
+  /** The devices counted as sent one message of a push (each occurrence of a recurring push has its own). */
+  pushSent(accessId: number, pushId: string, msgId: number): string {
+    return `${this.pushTag(accessId, pushId)}:sent:${id(msgId, 'msg_id')}`;
   }
 
-  pushArrived(accessId: number, pushId: string): string {
-    return `${this.pushTag(accessId, pushId)}:arrived`;
+  pushArrived(accessId: number, pushId: string, msgId: number): string {
+    return `${this.pushTag(accessId, pushId)}:arrived:${id(msgId, 'msg_id')}`;
   }
 
-  pushClicked(accessId: number, pushId: string): string {
-    return `${this.pushTag(accessId, pushId)}:clicked`;
+  pushClicked(accessId: number, pushId: string, msgId: number): string {
+    return `${this.pushTag(accessId, pushId)}:clicked:${id(msgId, 'msg_id')}`;
   }
 
   /** An app's funnel figures of one UTC day (`day`: days since the epoch). */

@@ -4,7 +4,6 @@ import {
   APP_DAYS_KEPT,
   type AppDay,
   DEFAULT_DEDUP_TTL_MS,
-  FUNNEL_STAGES,
   type FunnelAdd,
   type FunnelStage,
   latencyBucket,
@@ -17,7 +16,7 @@ import {
 export interface MemoryStatsStoreOptions {
   /** Time source for forgetting who was counted. Default: systemClock. */
   clock?: Clock;
-  /** How long after its last event a push remembers which tokens it counted. Default: 96 hours. */
+  /** How long after its last event a message remembers which tokens it counted. Default: 96 hours. */
   dedupTtlMs?: number;
 }
 
@@ -27,8 +26,8 @@ interface PushStats {
   latency: Map<number, number>;
   /** Devices counted per `<stage>:<day>`: what the app's day figures take from this push. */
   days: Map<string, number>;
-  seen: Record<FunnelStage, Set<string>>;
-  dedupExpiresAtMs: number;
+  /** Per message (msg_id): who was counted at each stage, until the dedup window after its last event. */
+  messages: Map<number, { seen: Record<FunnelStage, Set<string>>; dedupExpiresAtMs: number }>;
 }
 
 interface AppDayStats extends StageCounts {
@@ -54,12 +53,12 @@ export class MemoryStatsStore implements StatsStore {
     this.dedupTtlMs = options.dedupTtlMs ?? DEFAULT_DEDUP_TTL_MS;
   }
 
-  async addSent(accessId: number, pushId: string, tokens: string[]): Promise<number> {
-    return this.addNow('sent', accessId, pushId, tokens);
+  async addSent(accessId: number, pushId: string, tokens: string[], msgId = 0): Promise<number> {
+    return this.addNow('sent', accessId, pushId, tokens, msgId);
   }
 
-  async addArrived(accessId: number, pushId: string, tokens: string[]): Promise<number> {
-    return this.addNow('arrived', accessId, pushId, tokens);
+  async addArrived(accessId: number, pushId: string, tokens: string[], msgId = 0): Promise<number> {
+    return this.addNow('arrived', accessId, pushId, tokens, msgId);
   }
 
   async add(add: FunnelAdd): Promise<number> {
@@ -93,18 +92,25 @@ export class MemoryStatsStore implements StatsStore {
     return days;
   }
 
-  private addNow(stage: FunnelStage, accessId: number, pushId: string, tokens: string[]): number {
+  private addNow(
+    stage: FunnelStage,
+    accessId: number,
+    pushId: string,
+    tokens: string[],
+    msgId: number,
+  ): number {
     const day = dayOf(this.clock.now());
     return this.apply({
       stage,
       accessId,
       pushId,
+      msgId,
       day,
       devices: tokens.map((token) => ({ token, platform: 0 })),
     });
   }
 
-  private apply({ stage, accessId, pushId, day, devices }: FunnelAdd): number {
+  private apply({ stage, accessId, pushId, msgId = 0, day, devices }: FunnelAdd): number {
     if (devices.length === 0) return 0;
     const now = this.clock.now();
     const key = pushKey(accessId, pushId);
@@ -115,14 +121,16 @@ export class MemoryStatsStore implements StatsStore {
         platforms: new Map(),
         latency: new Map(),
         days: new Map(),
-        seen: { sent: new Set(), arrived: new Set(), clicked: new Set() },
-        dedupExpiresAtMs: 0,
+        messages: new Map(),
       };
       this.pushes.set(key, stats);
-    } else if (stats.dedupExpiresAtMs <= now) {
-      forget(stats);
     }
-    const seen = stats.seen[stage];
+    let message = stats.messages.get(msgId);
+    if (message === undefined || message.dedupExpiresAtMs <= now) {
+      message = { seen: { sent: new Set(), arrived: new Set(), clicked: new Set() }, dedupExpiresAtMs: 0 };
+      stats.messages.set(msgId, message);
+    }
+    const seen = message.seen[stage];
     let added = 0;
     for (const device of devices) {
       if (seen.has(device.token)) continue;
@@ -140,7 +148,7 @@ export class MemoryStatsStore implements StatsStore {
       }
     }
     stats.counts[stage] += added;
-    stats.dedupExpiresAtMs = now + this.dedupTtlMs;
+    message.dedupExpiresAtMs = now + this.dedupTtlMs;
     if (added > 0) {
       const dayKey = `${stage}:${day}`;
       const before = stats.days.get(dayKey) ?? 0;
@@ -160,17 +168,15 @@ export class MemoryStatsStore implements StatsStore {
     if (++this.addsSinceSweep < this.pushes.size) return;
     this.addsSinceSweep = 0;
     for (const stats of this.pushes.values()) {
-      if (stats.dedupExpiresAtMs <= now) forget(stats);
+      for (const [msgId, message] of stats.messages) {
+        if (message.dedupExpiresAtMs <= now) stats.messages.delete(msgId);
+      }
     }
     const oldestKept = dayOf(now) - APP_DAYS_KEPT + 1;
     for (const key of this.appDays.keys()) {
       if (Number(key.slice(key.indexOf('\n') + 1)) < oldestKept) this.appDays.delete(key);
     }
   }
-}
-
-function forget(stats: PushStats): void {
-  for (const stage of FUNNEL_STAGES) stats.seen[stage].clear();
 }
 
 function pushKey(accessId: number, pushId: string): string {

@@ -50,17 +50,17 @@ export class RedisStatsStore implements StatsStore {
     defineScripts(this.redis);
   }
 
-  async addSent(accessId: number, pushId: string, tokens: string[]): Promise<number> {
-    return this.addNow('sent', accessId, pushId, tokens);
+  async addSent(accessId: number, pushId: string, tokens: string[], msgId = 0): Promise<number> {
+    return this.addNow('sent', accessId, pushId, tokens, msgId);
   }
 
-  async addArrived(accessId: number, pushId: string, tokens: string[]): Promise<number> {
-    return this.addNow('arrived', accessId, pushId, tokens);
+  async addArrived(accessId: number, pushId: string, tokens: string[], msgId = 0): Promise<number> {
+    return this.addNow('arrived', accessId, pushId, tokens, msgId);
   }
 
-  async add({ stage, accessId, pushId, day, devices }: FunnelAdd): Promise<number> {
+  async add({ stage, accessId, pushId, msgId = 0, day, devices }: FunnelAdd): Promise<number> {
     if (devices.length === 0) return 0;
-    const dedupKey = this.dedupKey(stage, accessId, pushId);
+    const dedupKey = this.dedupKey(stage, accessId, pushId, msgId);
     const countsKey = this.keys.pushCounts(accessId, pushId);
     const field = STAGE_FIELD[stage];
     const chunks: (string | number)[][] = [];
@@ -156,14 +156,20 @@ export class RedisStatsStore implements StatsStore {
     });
   }
 
-  private addNow(stage: FunnelStage, accessId: number, pushId: string, tokens: string[]): Promise<number> {
+  private addNow(
+    stage: FunnelStage,
+    accessId: number,
+    pushId: string,
+    tokens: string[],
+    msgId: number,
+  ): Promise<number> {
     const devices = tokens.map((token) => ({ token, platform: 0 }));
-    return this.add({ stage, accessId, pushId, day: dayOf(Date.now()), devices });
+    return this.add({ stage, accessId, pushId, msgId, day: dayOf(Date.now()), devices });
   }
 
-  private dedupKey(stage: FunnelStage, accessId: number, pushId: string): string {
-    if (stage === 'sent') return this.keys.pushSent(accessId, pushId);
-    if (stage === 'arrived') return this.keys.pushArrived(accessId, pushId);
-    return this.keys.pushClicked(accessId, pushId);
+  private dedupKey(stage: FunnelStage, accessId: number, pushId: string, msgId: number): string {
+    if (stage === 'sent') return this.keys.pushSent(accessId, pushId, msgId);
+    if (stage === 'arrived') return this.keys.pushArrived(accessId, pushId, msgId);
+    return this.keys.pushClicked(accessId, pushId, msgId);
   }
 }

@@ -131,6 +131,25 @@ export function describeStatsStoreContract(
       ]);
     });
 
+    it('counts a device once per message: each occurrence of a recurring push counts it again', async () => {
+      // A daily push to the same two devices: occurrence 1 (msg 1024) today, occurrence 2 (msg 2048)
+      // tomorrow, each replayed once.
+      const add = (stage: 'sent' | 'arrived', msgId: number, day: number) =>
+        store.add({ stage, accessId: APP, pushId: '5', msgId, day, devices: devices(0, 2) });
+      expect(await add('sent', 1024, TODAY - 1)).toBe(2);
+      expect(await add('arrived', 1024, TODAY - 1)).toBe(2);
+      expect(await add('sent', 1024, TODAY - 1)).toBe(0);
+      expect(await add('sent', 2048, TODAY)).toBe(2);
+      expect(await add('arrived', 2048, TODAY)).toBe(2);
+      expect(await add('arrived', 2048, TODAY)).toBe(0);
+      expect(await store.get(APP, '5')).toEqual({ sent: 4, arrived: 4 });
+      // Each day has the push, with that day's occurrence's devices.
+      expect(await store.getDays(APP, TODAY - 1, TODAY)).toEqual([
+        { day: TODAY - 1, pushes: 1, sent: 2, arrived: 2, clicked: 0 },
+        { day: TODAY, pushes: 1, sent: 2, arrived: 2, clicked: 0 },
+      ]);
+    });
+
     it(`reads days older than ${APP_DAYS_KEPT} days as zeros`, async () => {
       const old = TODAY - APP_DAYS_KEPT;
       await store.add({ stage: 'sent', accessId: APP, pushId: '1', day: old, devices: devices(0, 2) });

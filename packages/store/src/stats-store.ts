@@ -37,6 +37,12 @@ export interface FunnelAdd {
   stage: FunnelStage;
   accessId: number;
   pushId: string;
+  /**
+   * The message the events are about (its msg_id): a device counts once per message, so each occurrence
+   * of a recurring push (a message of its own) counts its devices again, and a one-off push (one message)
+   * counts each device once. Default: 0.
+   */
+  msgId?: number;
   /** UTC day of the events (days since the Unix epoch): the app's figures of that day count them. */
   day: number;
   devices: FunnelDevice[];
@@ -66,21 +72,22 @@ export interface StatsStore {
   readonly dedupTtlMs: number;
 
   /**
-   * Counts `tokens` as sent for the push; a token already counted is not counted again, so replayed
-   * events do not inflate the figure (within the store's dedup window, DEFAULT_DEDUP_TTL_MS unless
-   * configured, after the push's last event). Returns how many were new. Same as add() at stage `sent`
-   * with platform 0 and the current day.
+   * Counts `tokens` as sent for the push's message `msgId` (default 0); a token already counted for it is
+   * not counted again, so replayed events do not inflate the figure (within the store's dedup window,
+   * DEFAULT_DEDUP_TTL_MS unless configured, after the message's last event). Returns how many were new.
+   * Same as add() at stage `sent` with platform 0 and the current day.
    */
-  addSent(accessId: number, pushId: string, tokens: string[]): Promise<number>;
+  addSent(accessId: number, pushId: string, tokens: string[], msgId?: number): Promise<number>;
 
-  /** Counts arrivals, each token once per push. Returns how many were new. */
-  addArrived(accessId: number, pushId: string, tokens: string[]): Promise<number>;
+  /** Counts arrivals, each token once per message (`msgId`, default 0). Returns how many were new. */
+  addArrived(accessId: number, pushId: string, tokens: string[], msgId?: number): Promise<number>;
 
   /**
-   * Counts devices at a stage of a push, each device once per push and stage (a repeated token, within the
-   * call or across calls, counts once), under its platform, its latency bucket (arrivals with a latency)
-   * and the app's figures of `day`. Exact under replays and concurrent calls: a call that failed half-way
-   * and is repeated ends with the figures of one successful call. Returns how many devices were new.
+   * Counts devices at a stage of a push, each device once per message and stage (a repeated token, within
+   * the call or across calls, counts once), under its platform, its latency bucket (arrivals with a
+   * latency) and the app's figures of `day`. Exact under replays and concurrent calls: a call that failed
+   * half-way and is repeated ends with the figures of one successful call. Returns how many devices were
+   * new. Who was counted is remembered per message, for the dedup window after that message's last event.
    */
   add(add: FunnelAdd): Promise<number>;
 

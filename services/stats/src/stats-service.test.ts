@@ -285,6 +285,23 @@ describe('StatsService', () => {
     expect(await app.stats(pushId)).toMatchObject({ sent: 3, arrived: 2 });
   });
 
+  it('counts each occurrence of a recurring push (a message of its own) for its devices again', async () => {
+    const { createApp, applied, publish } = await setup();
+    const app = await createApp();
+    const pushId = app.sendPush(2);
+    const a = { accessId: app.accessId, pushId };
+    // Occurrences 1 and 2 of a daily push (msg 1024, then 2048) to the same two devices, each acked.
+    for (const msgId of [1024, 2048]) {
+      await publish('dispatch', [{ ...a, msgId, type: SENT, tokens: ['t1', 't2'] }]);
+      await publish('gateway', [
+        { ...a, msgId, type: ARRIVED, token: 't1' },
+        { ...a, msgId, type: ARRIVED, token: 't2' },
+      ]);
+    }
+    await waitFor(async () => (await applied('arrived')) === 4, 'the arrivals');
+    expect(await app.stats(pushId)).toMatchObject({ sent: 4, arrived: 4 });
+  });
+
   it('reads back no further than its dedup window, less an hour, when its consumer is created', async () => {
     const { createApp, applied, publish, clock, startConsuming } = await setup({ consumeLater: true });
     const app = await createApp();

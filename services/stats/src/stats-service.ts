@@ -340,10 +340,17 @@ export class StatsService {
       // Not countable: gateways attribute an ack to its push only when they delivered the message.
       if (event.pushId === '') continue;
       const day = dayOf(event.atMs > 0 ? event.atMs : now);
-      const key = `${stage}\n${event.accessId}\n${event.pushId}\n${day}`;
+      const key = `${stage}\n${event.accessId}\n${event.pushId}\n${event.msgId}\n${day}`;
       let group = groups.get(key);
       if (group === undefined) {
-        group = { stage, accessId: event.accessId, pushId: event.pushId, day, devices: [] };
+        group = {
+          stage,
+          accessId: event.accessId,
+          pushId: event.pushId,
+          msgId: event.msgId,
+          day,
+          devices: [],
+        };
         groups.set(key, group);
       }
       addDevices(group, event);

@@ -33,7 +33,10 @@ export interface GetPushStatsRequest {
   pushId: string;
 }
 
-/** The funnel of one platform. Each device counts at most once per stage. */
+/**
+ * The funnel of one platform. Each device counts at most once per stage and message: once for a one-off
+ * push, once per occurrence for a recurring one (each occurrence is a message of its own).
+ */
 export interface PlatformStats {
   platform: Platform;
   sent: number;
@@ -61,9 +64,9 @@ export interface PushStats {
    * connection, live or when the device came back).
    */
   sent: number;
-  /** Acknowledged by the device (each device counts once). */
+  /** Acknowledged by the device (each device counts once per message, as in PlatformStats). */
   arrived: number;
-  /** Devices that reported a click (Click frame; each device counts once, arrival or not). */
+  /** Devices that reported a click (Click frame; each device counts once per message, arrival or not). */
   clicked: number;
   /** Devices the push was addressed to when it was sent (PushRecord.target). */
   target: number;
