@@ -9,7 +9,12 @@ export const embeddedEnv = z.object({
   LOG_LEVEL: envField.logLevel().default('warn'),
   /** Shared secret for admin calls (pushctl app create). Default: DEV_CLUSTER_TOKEN, for a first try only. */
   CLUSTER_TOKEN: envField.clusterToken().default(DEV_CLUSTER_TOKEN),
-  HOST: envField.host(),
+  /**
+   * Interface every port binds. Default: 127.0.0.1, this machine only: a first try runs with the
+   * well-known cluster token, which authorizes every admin and push call (the container image sets
+   * 0.0.0.0, behind its published ports).
+   */
+  HOST: envField.host('127.0.0.1'),
   WS_PORT: envField.port(EMBEDDED_DEFAULT_PORTS.websocket),
   OPS_PORT: envField.port(EMBEDDED_DEFAULT_PORTS.ops),
   REGISTRY_GRPC_PORT: envField.port(EMBEDDED_DEFAULT_PORTS.registry),

@@ -32,6 +32,7 @@ pushd is running in embedded mode (one process, in-memory bus and store: nothing
   dispatch  (gRPC)      localhost:${ports.dispatch}
   stats     (gRPC)      localhost:${ports.stats}
   metrics               http://localhost:${ports.ops}/metrics   (health: /healthz, /readyz)
+  listening on          ${env.HOST}${env.HOST === '127.0.0.1' ? '  (this machine only; HOST=0.0.0.0 opens it to the network)' : ''}
 ${env.CLUSTER_TOKEN === DEV_CLUSTER_TOKEN ? `\n  cluster token         ${DEV_CLUSTER_TOKEN}  (the default: set CLUSTER_TOKEN outside a first try)\n` : ''}
 Next, in another terminal:
   npx --yes pnpm@12.4.2 pushctl app create --name demo
