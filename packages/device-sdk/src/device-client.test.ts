@@ -27,6 +27,10 @@ import {
 } from './device-client.js';
 import { generateDeviceId } from './device-id.js';
 
+/** What a gateway's Registered carries: 40 lowercase hex characters, 43 of base64url. */
+const TOKEN = '0123456789abcdef0123456789abcdef01234567';
+const CREDENTIAL = 'C'.repeat(43);
+
 /** An unbounded queue whose consumer awaits the next item; the fake gateway hands out connections and frames. */
 class Queue<T> {
   private readonly items: T[] = [];
@@ -80,7 +84,7 @@ class GatewayConnection {
       body: {
         $case: 'connected',
         value: {
-          token: 'tok-1',
+          token: TOKEN,
           sessionId: 'session-1',
           heartbeatIntervalMs: 0,
           maxFrameBytes: 65_536,
@@ -99,7 +103,7 @@ class GatewayConnection {
     const frame = await this.nextFrame();
     this.send({
       id: frame.id,
-      body: { $case: 'registered', value: { token: 'tok-1', credential: 'cred-1', created: true } },
+      body: { $case: 'registered', value: { token: TOKEN, credential: CREDENTIAL, created: true } },
     });
     this.sendConnected();
     return frame;
@@ -226,7 +230,7 @@ const registration = {
 async function connectedSession(
   options: Partial<DeviceClientOptions> = {},
 ): Promise<{ device: DeviceClient; connection: GatewayConnection }> {
-  const device = client({ session: { token: 'tok-1', credential: 'cred-1' }, ...options });
+  const device = client({ session: { token: TOKEN, credential: CREDENTIAL }, ...options });
   const connecting = device.connect();
   const connection = await gateway.nextConnection();
   connection.sendConnected();
@@ -262,11 +266,11 @@ describe.each(['proto', 'json'] as const)('DeviceClient over %s', (encoding) => 
       },
     });
     const result: ConnectResult = await connecting;
-    expect(result.registered).toEqual({ token: 'tok-1', credential: 'cred-1', created: true });
+    expect(result.registered).toEqual({ token: TOKEN, credential: CREDENTIAL, created: true });
     expect(result.connected.sessionId).toBe('session-1');
     expect(device.state).toBe('open');
-    expect(device.token).toBe('tok-1');
-    expect(device.credential).toBe('cred-1');
+    expect(device.token).toBe(TOKEN);
+    expect(device.credential).toBe(CREDENTIAL);
 
     const received: PushMessage[] = [];
     device.on('message', (message) => received.push(message));
@@ -283,8 +287,8 @@ describe.each(['proto', 'json'] as const)('DeviceClient over %s', (encoding) => 
     // The same client connects again as a session: credential instead of access key, no Register.
     const reconnecting = device.connect();
     const session = await gateway.nextConnection();
-    expect(session.headers['x-pushd-token']).toBe('tok-1');
-    expect(session.headers['x-pushd-credential']).toBe('cred-1');
+    expect(session.headers['x-pushd-token']).toBe(TOKEN);
+    expect(session.headers['x-pushd-credential']).toBe(CREDENTIAL);
     expect(session.headers['x-pushd-access-key']).toBeUndefined();
     expect(session.headers['x-pushd-last-msg-id']).toBe('7');
     session.sendConnected();
@@ -294,16 +298,16 @@ describe.each(['proto', 'json'] as const)('DeviceClient over %s', (encoding) => 
   });
 
   it('starts a session from a stored token and credential', async () => {
-    const device = client({ encoding, session: { token: 'tok-1', credential: 'cred-1' }, lastMsgId: 41 });
+    const device = client({ encoding, session: { token: TOKEN, credential: CREDENTIAL }, lastMsgId: 41 });
     const connecting = device.connect();
     const connection = await gateway.nextConnection();
     expect(connection.headers['x-pushd-access-id']).toBe('42');
-    expect(connection.headers['x-pushd-token']).toBe('tok-1');
-    expect(connection.headers['x-pushd-credential']).toBe('cred-1');
+    expect(connection.headers['x-pushd-token']).toBe(TOKEN);
+    expect(connection.headers['x-pushd-credential']).toBe(CREDENTIAL);
     expect(connection.headers['x-pushd-last-msg-id']).toBe('41');
     const connected = nextConnected(device);
     connection.sendConnected();
-    expect((await connecting).connected.token).toBe('tok-1');
+    expect((await connecting).connected.token).toBe(TOKEN);
     expect((await connected).sessionId).toBe('session-1');
   });
 
@@ -373,7 +377,7 @@ describe('DeviceClient failures', () => {
       status: 401,
       body: JSON.stringify({ code: 'INVALID_CREDENTIAL', message: 'token and credential do not match' }),
     });
-    const device = client({ session: { token: 'tok-1', credential: 'wrong' } });
+    const device = client({ session: { token: TOKEN, credential: 'wrong' } });
     const error = await rejection(device.connect());
     expect(error.code).toBe('INVALID_CREDENTIAL');
     expect(error.message).toBe('token and credential do not match');
@@ -395,7 +399,7 @@ describe('DeviceClient failures', () => {
     });
     const connecting = device.connect();
     await (await gateway.nextConnection()).acceptRegistration();
-    expect((await connecting).registered?.token).toBe('tok-1');
+    expect((await connecting).registered?.token).toBe(TOKEN);
   });
 
   it('rejects connect() with the code of an error frame answering Register', async () => {
@@ -416,14 +420,14 @@ describe('DeviceClient failures', () => {
   });
 
   it('rejects connect() when the gateway closes before Connected', async () => {
-    const device = client({ session: { token: 'tok-1', credential: 'cred-1' } });
+    const device = client({ session: { token: TOKEN, credential: CREDENTIAL } });
     const connecting = device.connect();
     (await gateway.nextConnection()).socket.close(4503);
     expect((await rejection(connecting)).code).toBe('SHUTTING_DOWN');
   });
 
   it('rejects connect() with DEADLINE_EXCEEDED when Connected never comes', async () => {
-    const device = client({ session: { token: 'tok-1', credential: 'cred-1' }, requestTimeoutMs: 100 });
+    const device = client({ session: { token: TOKEN, credential: CREDENTIAL }, requestTimeoutMs: 100 });
     const connecting = device.connect();
     const connection = await gateway.nextConnection();
     expect((await rejection(connecting)).code).toBe('DEADLINE_EXCEEDED');
@@ -432,7 +436,7 @@ describe('DeviceClient failures', () => {
   });
 
   it('rejects connect() when closed before Connected', async () => {
-    const device = client({ session: { token: 'tok-1', credential: 'cred-1' } });
+    const device = client({ session: { token: TOKEN, credential: CREDENTIAL } });
     const connecting = device.connect();
     await gateway.nextConnection();
     await device.close();
@@ -477,6 +481,25 @@ describe('DeviceClient failures', () => {
     expect(device.state).toBe('open');
   });
 
+  it('refuses a Registered without a valid token and credential: connect() rejects, nothing is kept', async () => {
+    for (const value of [
+      { token: '', credential: '', created: true },
+      { token: TOKEN, credential: 'short', created: true },
+      { token: TOKEN.toUpperCase(), credential: CREDENTIAL, created: true },
+    ]) {
+      const device = client({ registration });
+      const connecting = device.connect();
+      const connection = await gateway.nextConnection();
+      const frame = await connection.nextFrame();
+      connection.send({ id: frame.id, body: { $case: 'registered', value } });
+      connection.sendConnected();
+      expect((await rejection(connecting)).code, JSON.stringify(value)).toBe('FRAME_MALFORMED');
+      expect((await connection.closed).code).toBe(4400);
+      expect(device.token).toBeUndefined();
+      expect(device.state).toBe('closed');
+    }
+  });
+
   it('closes with 4400 on a malformed frame', async () => {
     const { device, connection } = await connectedSession();
     const closed = nextClose(device);
@@ -486,7 +509,7 @@ describe('DeviceClient failures', () => {
   });
 
   it('rejects ping() when not connected and when no Pong comes in time', async () => {
-    const idle = client({ session: { token: 'tok-1', credential: 'cred-1' } });
+    const idle = client({ session: { token: TOKEN, credential: CREDENTIAL } });
     expect((await rejection(idle.ping())).code).toBe('UNAVAILABLE');
     expect((await rejection(idle.updateTags('add', ['a']))).code).toBe('UNAVAILABLE');
     expect((await rejection(idle.reportLocation('广东', ''))).code).toBe('UNAVAILABLE');
@@ -614,7 +637,7 @@ describe('DeviceClient delivery', () => {
   });
 
   it('splits a large ack under the gateway frame limit', async () => {
-    const device = client({ session: { token: 'tok-1', credential: 'cred-1' } });
+    const device = client({ session: { token: TOKEN, credential: CREDENTIAL } });
     const connecting = device.connect();
     const connection = await gateway.nextConnection();
     connection.sendConnected({ maxFrameBytes: 64 + 11 * 100 });
@@ -647,6 +670,42 @@ describe('DeviceClient lifecycle', () => {
     expect((await rejection(device.connect())).code).toBe('DEVICE_UNREGISTERED');
   });
 
+  it('keeps doubling its backoff while sessions close right after Connected, and starts again after a stable one', async () => {
+    const device = client({
+      registration,
+      reconnect: { initialDelayMs: 40, maxDelayMs: 10_000, stableAfterMs: 300 },
+    });
+    const connecting = device.connect();
+    const first = await gateway.nextConnection();
+    await first.acceptRegistration();
+    await connecting;
+    // Each session is closed by the gateway right after its Connected (a catch-up failing, say).
+    const delays: number[] = [];
+    let connection = first;
+    for (let round = 0; round < 3; round++) {
+      const closed = nextClose(device);
+      connection.socket.close(4503);
+      delays.push((await closed).reconnectInMs ?? -1);
+      connection = await gateway.nextConnection();
+      const connected = nextConnected(device);
+      connection.sendConnected();
+      await connected;
+    }
+    // Equal jitter: attempt n waits between half and all of 40 ms x 2^n.
+    delays.forEach((delay, n) => {
+      expect(delay).toBeGreaterThanOrEqual(20 * 2 ** n);
+      expect(delay).toBeLessThanOrEqual(40 * 2 ** n);
+    });
+    // This session stays up past stableAfterMs: its drop waits the first step again.
+    await new Promise((resolve) => setTimeout(resolve, 350));
+    const closed = nextClose(device);
+    connection.socket.close(4503);
+    const delay = (await closed).reconnectInMs ?? -1;
+    expect(delay).toBeGreaterThanOrEqual(20);
+    expect(delay).toBeLessThanOrEqual(40);
+    await device.close();
+  });
+
   it('reconnects after 4503, a lost network and a 503 refusal, but not after 4401', async () => {
     const device = client({ registration, reconnect: { initialDelayMs: 10, maxDelayMs: 20 } });
     const connecting = device.connect();
@@ -664,8 +723,8 @@ describe('DeviceClient lifecycle', () => {
     expect(event.error?.code).toBe('SHUTTING_DOWN');
     expect(device.state).toBe('reconnecting');
     const second = await gateway.nextConnection();
-    expect(second.headers['x-pushd-token']).toBe('tok-1');
-    expect(second.headers['x-pushd-credential']).toBe('cred-1');
+    expect(second.headers['x-pushd-token']).toBe(TOKEN);
+    expect(second.headers['x-pushd-credential']).toBe(CREDENTIAL);
     expect(second.headers['x-pushd-access-key']).toBeUndefined();
     expect(second.headers['x-pushd-last-msg-id']).toBe('5');
     let connected = nextConnected(device);
@@ -706,7 +765,7 @@ describe('DeviceClient lifecycle', () => {
   });
 
   it('sends a heartbeat Ping after silence and drops a connection that stays silent', async () => {
-    const device = client({ session: { token: 'tok-1', credential: 'cred-1' }, reconnect: true });
+    const device = client({ session: { token: TOKEN, credential: CREDENTIAL }, reconnect: true });
     const connecting = device.connect();
     const connection = await gateway.nextConnection();
     connection.sendConnected({ heartbeatIntervalMs: 30 });

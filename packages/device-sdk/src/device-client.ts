@@ -28,6 +28,9 @@ export const SDK_VERSION = 'ts/0.1.0';
 
 /** The path of the device endpoint, appended to a `url` that has none. */
 const DEVICE_PATH = '/v1/ws';
+/** protocol.md, Registered: a token is 40 lowercase hex characters, a credential 43 of base64url. */
+const TOKEN_FORMAT = /^[0-9a-f]{40}$/;
+const CREDENTIAL_FORMAT = /^[A-Za-z0-9_-]{43}$/;
 /** The register request is always frame 1 of its connection (the gateway's spec); other requests follow. */
 const REGISTER_FRAME_ID = 1;
 const MAX_FRAME_ID = 0xffffffff;
@@ -77,6 +80,12 @@ export interface ReconnectOptions {
   initialDelayMs?: number;
   /** Largest delay step. Default: 30000. */
   maxDelayMs?: number;
+  /**
+   * A session open this long ends the backoff: the next drop waits the first step again. One closed
+   * sooner (a gateway writing Connected, then closing at once) keeps doubling it, as a failed attempt
+   * does, so that such a gateway is not reconnected to every half second. Default: 10000.
+   */
+  stableAfterMs?: number;
 }
 
 export interface DeviceClientOptions {
@@ -140,6 +149,8 @@ export interface DeviceCloseEvent {
   error?: PushdError;
   /** True when the client will try again after a backoff delay. */
   reconnecting: boolean;
+  /** When reconnecting: the backoff delay before the next attempt, in ms. */
+  reconnectInMs?: number;
 }
 
 /**
@@ -235,6 +246,9 @@ export class DeviceClient extends EventEmitter<DeviceClientEvents> {
   /** Set by close() and Unregistered: the coming close must not reconnect. */
   private stopping = false;
   private attempt = 0;
+  private readonly stableAfterMs: number;
+  /** When the current connection got Connected (performance.now()); undefined while not open. */
+  private connectedAt: number | undefined;
   private nextFrameId = REGISTER_FRAME_ID + 1;
   private readonly pending = new Map<number, PendingRequest>();
   private closeWaiters: Array<() => void> = [];
@@ -308,6 +322,7 @@ export class DeviceClient extends EventEmitter<DeviceClientEvents> {
     this.reconnectEnabled = reconnect !== false;
     this.reconnectInitialMs = (typeof reconnect === 'object' ? reconnect.initialDelayMs : undefined) ?? 500;
     this.reconnectMaxMs = (typeof reconnect === 'object' ? reconnect.maxDelayMs : undefined) ?? 30_000;
+    this.stableAfterMs = (typeof reconnect === 'object' ? reconnect.stableAfterMs : undefined) ?? 10_000;
     if (!(this.reconnectInitialMs > 0) || !(this.reconnectMaxMs >= this.reconnectInitialMs)) {
       throw invalidArgument('reconnect', 'need 0 < initialDelayMs <= maxDelayMs');
     }
@@ -586,7 +601,21 @@ export class DeviceClient extends EventEmitter<DeviceClientEvents> {
         return;
       case 'registered':
         if (this.registering && this.stateValue === 'connecting' && frame.id === REGISTER_FRAME_ID) {
+          // A reply without a usable token and credential is a malformed reply (the brief: detected and
+          // reported), not a registration: stored, it would make every later connection refused.
+          if (!TOKEN_FORMAT.test(body.value.token) || !CREDENTIAL_FORMAT.test(body.value.credential)) {
+            this.abort(
+              socket,
+              new PushdError(
+                'FRAME_MALFORMED',
+                'Registered carried no valid token (40 hex characters) and credential (43 base64url characters)',
+              ),
+            );
+            return;
+          }
           this.session = { token: body.value.token, credential: body.value.credential };
+          // A new registration has an empty window (protocol.md, checklist 7).
+          if (body.value.created) this.highestMsgId = 0;
           this.registeredNow = body.value;
           this.registering = false;
         }
@@ -656,7 +685,9 @@ export class DeviceClient extends EventEmitter<DeviceClientEvents> {
       return;
     }
     this.stateValue = 'open';
-    this.attempt = 0;
+    // The backoff starts again only once this session proves stable (see onClose): a gateway that writes
+    // Connected and then closes at once (a failing catch-up) must not be reconnected to every 0.5 s.
+    this.connectedAt = performance.now();
     this.deadline = Number.POSITIVE_INFINITY;
     this.heartbeatMs = connected.heartbeatIntervalMs;
     this.idsPerAck =
@@ -753,18 +784,26 @@ export class DeviceClient extends EventEmitter<DeviceClientEvents> {
       !this.stopping &&
       error?.spec.reconnect === true &&
       (this.session !== undefined || this.registration !== undefined);
+    if (this.connectedAt !== undefined && performance.now() - this.connectedAt >= this.stableAfterMs) {
+      this.attempt = 0;
+    }
+    this.connectedAt = undefined;
+    let reconnectInMs: number | undefined;
     if (reconnecting) {
       this.stateValue = 'reconnecting';
-      this.deadline =
-        performance.now() + reconnectDelayMs(this.attempt++, this.reconnectInitialMs, this.reconnectMaxMs);
+      reconnectInMs = reconnectDelayMs(this.attempt++, this.reconnectInitialMs, this.reconnectMaxMs);
+      this.deadline = performance.now() + reconnectInMs;
       this.arm(this.deadline);
     } else {
       this.finish();
     }
-    this.emit(
-      'close',
-      error === undefined ? { code, reason, reconnecting } : { code, reason, error, reconnecting },
-    );
+    this.emit('close', {
+      code,
+      reason,
+      ...(error === undefined ? {} : { error }),
+      reconnecting,
+      ...(reconnectInMs === undefined ? {} : { reconnectInMs }),
+    });
   }
 
   private readonly onTimer = (): void => {
