@@ -608,6 +608,12 @@ describe('Gateway handshake', () => {
         headers: session,
         protocols: ['mqtt', 'pushd.v2'],
       },
+      {
+        what: 'a subprotocol offered twice',
+        status: 400,
+        code: 'UNSUPPORTED_PROTOCOL',
+        headers: { ...session, 'sec-websocket-protocol': 'pushd.v1.proto, pushd.v1.proto' },
+      },
     ];
     for (const { what, status, code, path = '/v1/ws', headers, protocols } of cases) {
       const outcome = await rawConnect(`${system.origin}${path}`, headers, { protocols });
@@ -631,14 +637,18 @@ describe('Gateway handshake', () => {
     expect(await elsewhere.json()).toMatchObject({ code: 'ENDPOINT_NOT_FOUND' });
   });
 
-  it('speaks binary protobuf when no subprotocol is offered', async () => {
+  it('speaks binary protobuf when no subprotocol is offered, or a blank header offers none', async () => {
     const system = await startGateway();
     const device = await system.registerDevice();
-    const raw = await openRaw(system.url, system.sessionHeaders(device));
-    expect(raw.socket.protocol).toBe('');
-    const hello = await connected(raw);
-    expect(hello.token).toBe(device.token);
-    expect(raw.binary).toEqual([true]);
+    for (const extra of [{}, { 'sec-websocket-protocol': ' ' }] as Record<string, string>[]) {
+      const raw = await openRaw(system.url, { ...system.sessionHeaders(device), ...extra });
+      expect(raw.socket.protocol).toBe('');
+      const hello = await connected(raw);
+      expect(hello.token).toBe(device.token);
+      expect(raw.binary).toEqual([true]);
+      raw.socket.close();
+      await raw.closed;
+    }
   });
 
   it('registers over the query string and JSON, choosing the first offered subprotocol it speaks', async () => {

@@ -416,6 +416,10 @@ export class Gateway {
       }
       if (this.shuttingDown)
         throw new PushdError('SHUTTING_DOWN', 'gateway shutting down; connect to another');
+      // A blank header offers nothing (binary protobuf, as without it); ws would refuse it as malformed.
+      if (request.headers['sec-websocket-protocol']?.trim() === '') {
+        delete request.headers['sec-websocket-protocol'];
+      }
       handshake = parseHandshake(request, url);
       if (handshake.auth.kind === 'session') {
         const { device } = await this.authentications.call({

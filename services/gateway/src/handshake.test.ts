@@ -135,7 +135,15 @@ describe('negotiateEncoding', () => {
   });
 
   it('refuses offers it does not speak with UNSUPPORTED_PROTOCOL', () => {
-    for (const offered of ['mqtt', 'pushd.v2.proto, chat', 'PUSHD.V1.JSON']) {
+    for (const offered of [
+      'mqtt',
+      'pushd.v2.proto, chat',
+      'PUSHD.V1.JSON',
+      // Malformed lists, which ws would refuse with a bare-text 400 of its own.
+      'pushd.v1.proto, pushd.v1.proto',
+      'pushd.v1.proto,,pushd.v1.json',
+      'pushd.v1.proto, pushd v1',
+    ]) {
       expect(() => negotiateEncoding(offered), offered).toThrow(
         expect.objectContaining({ code: 'UNSUPPORTED_PROTOCOL' }),
       );

@@ -56,14 +56,25 @@ export function parseHandshake(request: IncomingMessage, url: URL): Handshake {
   );
 }
 
+/** A subprotocol name: an HTTP token (RFC 7230 tchar), what ws accepts in the header's list. */
+const SUBPROTOCOL_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
 /**
  * The first offered subprotocol we speak, binary protobuf when none is offered. ws's handleProtocols makes
  * the same choice, so the response header and the encoding agree.
  */
 export function negotiateEncoding(offered: string | undefined): FrameEncoding {
   if (offered === undefined || offered.trim() === '') return 'proto';
-  for (const name of offered.split(',')) {
-    const encoding = encodingOfSubprotocol(name.trim());
+  const names = offered.split(',').map((name) => name.trim());
+  // ws refuses such a header with a bare-text 400 of its own, after the registry was asked: refused here.
+  if (names.some((name) => !SUBPROTOCOL_NAME.test(name)) || new Set(names).size !== names.length) {
+    throw new PushdError(
+      'UNSUPPORTED_PROTOCOL',
+      `the Sec-WebSocket-Protocol header (${offered}) is not a list of distinct subprotocol names`,
+    );
+  }
+  for (const name of names) {
+    const encoding = encodingOfSubprotocol(name);
     if (encoding) return encoding;
   }
   throw new PushdError(
