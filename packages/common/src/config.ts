@@ -23,7 +23,27 @@ export class ConfigError extends Error {
 
 /** Field builders shared by the services' schemas. */
 export const envField = {
-  port: (defaultPort: number) => z.coerce.number().int().min(0).max(65535).default(defaultPort),
+  /**
+   * Decimal digits only, 0 to 65535 (0: any free port, for tests). Unset or blank (`OPS_PORT=` from a
+   * template) takes the default; '0x1F90' or '8080abc' are refused rather than read as a number.
+   */
+  port: (defaultPort: number) =>
+    z
+      .preprocess(
+        (value) =>
+          typeof value === 'number'
+            ? String(value)
+            : typeof value === 'string' && value.trim() === ''
+              ? undefined
+              : value,
+        z
+          .string()
+          .regex(/^\d{1,5}$/, 'must be a port number, 0 to 65535')
+          .transform(Number)
+          .pipe(z.number().int().max(65535, 'must be a port number, 0 to 65535'))
+          .optional(),
+      )
+      .transform((value) => value ?? defaultPort),
   host: (defaultHost = '0.0.0.0') => z.string().min(1).default(defaultHost),
   ms: (defaultMs: number) => z.coerce.number().int().positive().default(defaultMs),
   count: (defaultCount: number) => z.coerce.number().int().positive().default(defaultCount),
