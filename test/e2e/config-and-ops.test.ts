@@ -20,6 +20,22 @@ describe('service configuration', () => {
     expect(stderr).toMatch(/GRPC_PORT: .*\(got "abc"\)/);
     expect(stderr).toMatch(/NATS_URL: must be a URL starting with nats:\/\/ or tls:\/\//);
   });
+
+  it('refuses a Redis URL the client cannot use the same way, not with a stack trace', async () => {
+    // Connects to nothing: Redis is configured (and refused) before NATS is dialled.
+    const failure = run(process.execPath, ['--import', 'tsx', 'services/registry/src/main.ts'], {
+      cwd: ROOT,
+      env: {
+        PATH: process.env.PATH ?? '',
+        CLUSTER_TOKEN: 'a-cluster-token-for-this-test',
+        REDIS_URL: 'redis://127.0.0.1:1/2,redis://127.0.0.1:2',
+      },
+    });
+    await expect(failure).rejects.toMatchObject({ code: 78 });
+    const { stderr } = (await failure.catch((error: { stderr: string }) => error)) as { stderr: string };
+    expect(stderr).toMatch(/registry: Invalid configuration:\n {2}REDIS_URL: Redis Cluster has no databases/);
+    expect(stderr).not.toMatch(/\n\s+at /);
+  });
 });
 
 describe('operations endpoints of every service process', () => {

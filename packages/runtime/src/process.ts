@@ -42,13 +42,23 @@ export function bootstrap<Schema extends z.ZodType<{ LOG_LEVEL: string }>>(
   try {
     env = parseEnv(schema);
   } catch (error) {
-    if (!(error instanceof ConfigError)) throw error;
-    process.stderr.write(`${service}: ${error.message}\n`);
-    process.exit(78); // EX_CONFIG
+    exitOnConfigError(service, error);
   }
   const logger = createLogger({ service, level: env.LOG_LEVEL });
   process.on('unhandledRejection', (reason) => logger.error({ err: reason }, 'unhandled rejection'));
   return { env, logger, metrics: createMetricsRegistry({ service }) };
+}
+
+/**
+ * A configuration error ends the process with status 78 (EX_CONFIG) and the message, as a bad variable
+ * does at bootstrap, rather than with a stack trace; any other error is thrown on.
+ */
+function exitOnConfigError(service: string, error: unknown, variable?: string): never {
+  if (!(error instanceof ConfigError)) throw error;
+  const message =
+    variable === undefined ? error.message : `Invalid configuration:\n  ${variable}: ${error.message}`;
+  process.stderr.write(`${service}: ${message}\n`);
+  process.exit(78); // EX_CONFIG
 }
 
 /** Redis and the Redis stores, with client metrics under `<service>_redis_*`. */
@@ -58,7 +68,13 @@ export function connectRedis(
   logger: Logger,
   metrics: Registry,
 ): { stores: Stores; check: ReadinessCheck; component: Component } {
-  const redis = createRedisClient({ url: env.REDIS_URL, logger, registry: metrics, metricPrefix: service });
+  let redis: ReturnType<typeof createRedisClient>;
+  try {
+    redis = createRedisClient({ url: env.REDIS_URL, logger, registry: metrics, metricPrefix: service });
+  } catch (error) {
+    // A URL the schema let through that the client cannot use (a /db on a cluster seed, say).
+    exitOnConfigError(service, error, 'REDIS_URL');
+  }
   return {
     stores: createRedisStores({ redis, keys: new RedisKeys({ prefix: env.REDIS_KEY_PREFIX }) }),
     check: { name: 'redis', check: async () => void (await redis.ping()) },
