@@ -230,6 +230,7 @@ describe('Redis stores: layout and recovery', () => {
       messages: [],
       lastMsgId: 3,
       dropped: 1,
+      processed: [],
     });
     expect(await redis.exists(keys.inboxMeta(APP, OTHER))).toBe(0);
   });

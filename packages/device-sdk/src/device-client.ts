@@ -382,7 +382,8 @@ export class DeviceClient extends EventEmitter<DeviceClientEvents> {
 
   /**
    * Acknowledges messages (needed only with autoAck false). Returns false when there is no open connection:
-   * the messages then come again on the next one, are dropped as duplicates and acknowledged then.
+   * the next one reports the highest processed msg_id (x-pushd-last-msg-id), and dispatch then counts the
+   * messages of the window at or below it as arrived and removes them, as their acks would have.
    */
   ack(msgIds: readonly number[]): boolean {
     const socket = this.socket;

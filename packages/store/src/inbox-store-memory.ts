@@ -52,16 +52,25 @@ export class MemoryInboxStore implements InboxStore {
     return { appended: true, previousMsgId };
   }
 
-  async pending(accessId: number, token: string, afterMsgId: number, nowMs: number): Promise<PendingResult> {
+  async pending(
+    accessId: number,
+    token: string,
+    afterMsgId: number,
+    nowMs: number,
+    deviceProcessed = false,
+  ): Promise<PendingResult> {
     const window = this.windows.get(windowKey(accessId, token));
-    if (!window) return { messages: [], lastMsgId: 0, dropped: 0 };
+    if (!window) return { messages: [], lastMsgId: 0, dropped: 0, processed: [] };
     dropExpired(window, nowMs);
     const dropped = window.dropped;
     window.dropped = 0;
+    const processed = deviceProcessed ? window.messages.filter((m) => m.msgId <= afterMsgId) : [];
+    if (processed.length > 0) window.messages = window.messages.filter((m) => m.msgId > afterMsgId);
     return {
       messages: window.messages.filter((m) => m.msgId > afterMsgId).map((m) => structuredClone(m)),
       lastMsgId: window.lastMsgId,
       dropped,
+      processed,
     };
   }
 

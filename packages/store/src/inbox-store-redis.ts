@@ -55,13 +55,23 @@ export class RedisInboxStore implements InboxStore {
     return appended === 1 ? { appended: true, previousMsgId: msgId } : { appended: false, lastMsgId: msgId };
   }
 
-  async pending(accessId: number, token: string, afterMsgId: number, nowMs: number): Promise<PendingResult> {
+  async pending(
+    accessId: number,
+    token: string,
+    afterMsgId: number,
+    nowMs: number,
+    deviceProcessed = false,
+  ): Promise<PendingResult> {
     // A script, not reads: expired entries are counted and the dropped count is taken in one step.
-    const [lastMsgId, dropped, ...members] = (await redisCall(
-      runScriptBuffer(this.redis, 'inboxPending', this.windowKeys(accessId, token), [afterMsgId, nowMs]),
-    )) as [number, number, ...Buffer[]];
-    const messages = members.map((member) => PushMessage.decode(member.subarray(EXPIRY_BYTES)));
-    return { messages, lastMsgId, dropped };
+    const [lastMsgId, dropped, taken, ...members] = (await redisCall(
+      runScriptBuffer(this.redis, 'inboxPending', this.windowKeys(accessId, token), [
+        afterMsgId,
+        nowMs,
+        deviceProcessed ? '1' : '0',
+      ]),
+    )) as [number, number, number, ...Buffer[]];
+    const decoded = members.map((member) => PushMessage.decode(member.subarray(EXPIRY_BYTES)));
+    return { messages: decoded.slice(taken), lastMsgId, dropped, processed: decoded.slice(0, taken) };
   }
 
   async ack(accessId: number, token: string, msgIds: number[]): Promise<void> {

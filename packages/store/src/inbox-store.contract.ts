@@ -52,6 +52,7 @@ export function describeInboxStoreContract(
         previousMsgId: 1,
       });
       expect(await store.pending(APP, TOKEN, 0, NOW)).toEqual({
+        processed: [],
         messages: [message(1), message(2)],
         lastMsgId: 2,
         dropped: 0,
@@ -59,7 +60,12 @@ export function describeInboxStoreContract(
     });
 
     it('returns nothing and lastMsgId 0 for a device that never had a message', async () => {
-      expect(await store.pending(APP, TOKEN, 0, NOW)).toEqual({ messages: [], lastMsgId: 0, dropped: 0 });
+      expect(await store.pending(APP, TOKEN, 0, NOW)).toEqual({
+        processed: [],
+        messages: [],
+        lastMsgId: 0,
+        dropped: 0,
+      });
     });
 
     it('keeps only the newest `capacity` messages', async () => {
@@ -100,7 +106,12 @@ export function describeInboxStoreContract(
         previousMsgId: 0,
       });
       // It is owed to the device, which will never get it.
-      expect(await store.pending(APP, TOKEN, 0, NOW - 1)).toEqual({ messages: [], lastMsgId: 1, dropped: 1 });
+      expect(await store.pending(APP, TOKEN, 0, NOW - 1)).toEqual({
+        processed: [],
+        messages: [],
+        lastMsgId: 1,
+        dropped: 1,
+      });
     });
 
     it('refuses a msgId that is not above lastMsgId, and stores duplicates once', async () => {
@@ -127,13 +138,19 @@ export function describeInboxStoreContract(
       expect(await ids()).toEqual([2]);
       await store.ack(APP, TOKEN, [2]);
       await store.ack(APP, TOKEN, []);
-      expect(await store.pending(APP, TOKEN, 0, NOW)).toEqual({ messages: [], lastMsgId: 3, dropped: 0 });
+      expect(await store.pending(APP, TOKEN, 0, NOW)).toEqual({
+        processed: [],
+        messages: [],
+        lastMsgId: 3,
+        dropped: 0,
+      });
       expect(await store.append(APP, TOKEN, message(3), 3, NOW)).toEqual({ appended: false, lastMsgId: 3 });
     });
 
     it('keeps lastMsgId after the messages expire', async () => {
       await store.append(APP, TOKEN, message(7, NOW + 10), 2, NOW);
       expect(await store.pending(APP, TOKEN, 0, NOW + 20)).toEqual({
+        processed: [],
         messages: [],
         lastMsgId: 7,
         dropped: 1,
@@ -147,7 +164,12 @@ export function describeInboxStoreContract(
     it('clears messages and lastMsgId', async () => {
       await store.append(APP, TOKEN, message(4), 2, NOW);
       await store.clear(APP, TOKEN);
-      expect(await store.pending(APP, TOKEN, 0, NOW)).toEqual({ messages: [], lastMsgId: 0, dropped: 0 });
+      expect(await store.pending(APP, TOKEN, 0, NOW)).toEqual({
+        processed: [],
+        messages: [],
+        lastMsgId: 0,
+        dropped: 0,
+      });
       expect(await store.append(APP, TOKEN, message(1), 2, NOW)).toEqual({
         appended: true,
         previousMsgId: 0,
@@ -169,11 +191,13 @@ export function describeInboxStoreContract(
     it('counts what the capacity evicts, reports it once and resets it (Android: 2 places)', async () => {
       for (const id of [1, 2, 3, 4, 5]) await store.append(APP, TOKEN, message(id), 2, NOW);
       expect(await store.pending(APP, TOKEN, 0, NOW)).toEqual({
+        processed: [],
         messages: [message(4), message(5)],
         lastMsgId: 5,
         dropped: 3,
       });
       expect(await store.pending(APP, TOKEN, 0, NOW)).toEqual({
+        processed: [],
         messages: [message(4), message(5)],
         lastMsgId: 5,
         dropped: 0,
@@ -187,6 +211,7 @@ export function describeInboxStoreContract(
     it('counts what the capacity evicts on iOS (1 place)', async () => {
       for (const id of [1, 2, 3, 4, 5]) await store.append(APP, TOKEN, message(id), 1, NOW);
       expect(await store.pending(APP, TOKEN, 0, NOW)).toEqual({
+        processed: [],
         messages: [message(5)],
         lastMsgId: 5,
         dropped: 4,
@@ -197,6 +222,7 @@ export function describeInboxStoreContract(
       await store.append(APP, TOKEN, message(1, NOW + 10), 2, NOW);
       await store.append(APP, TOKEN, message(2, NOW + HOUR), 2, NOW);
       expect(await store.pending(APP, TOKEN, 0, NOW + 10)).toEqual({
+        processed: [],
         messages: [message(2, NOW + HOUR)],
         lastMsgId: 2,
         dropped: 1,
@@ -206,6 +232,7 @@ export function describeInboxStoreContract(
       await store.append(APP, TOKEN, message(3, NOW + 20), 2, NOW + 10);
       await store.append(APP, TOKEN, message(4, NOW + HOUR), 2, NOW + 30);
       expect(await store.pending(APP, TOKEN, 0, NOW + 30)).toEqual({
+        processed: [],
         messages: [message(2, NOW + HOUR), message(4, NOW + HOUR)],
         lastMsgId: 4,
         dropped: 1,
@@ -215,9 +242,34 @@ export function describeInboxStoreContract(
       await store.append(APP, TOKEN, message(6, NOW + HOUR), 3, NOW + 30);
       await store.append(APP, TOKEN, message(7, NOW + HOUR), 2, NOW + 30);
       expect(await store.pending(APP, TOKEN, 6, NOW + 40)).toEqual({
+        processed: [],
         messages: [message(7, NOW + HOUR)],
         lastMsgId: 7,
         dropped: 3,
+      });
+    });
+
+    it('takes the messages up to what the device processed out of the window, when told it did', async () => {
+      for (const id of [1, 2, 3]) await store.append(APP, TOKEN, message(id), 3, NOW);
+      // Not told: a fetch after what a gateway wrote leaves them (they may not have reached the device).
+      expect(await store.pending(APP, TOKEN, 2, NOW)).toMatchObject({
+        messages: [message(3)],
+        processed: [],
+      });
+      expect(await ids()).toEqual([1, 2, 3]);
+      // Told: 1 and 2 arrived (their acks were lost); they leave the window, and are not dropped later.
+      expect(await store.pending(APP, TOKEN, 2, NOW, true)).toEqual({
+        messages: [message(3)],
+        lastMsgId: 3,
+        dropped: 0,
+        processed: [message(1), message(2)],
+      });
+      expect(await ids()).toEqual([3]);
+      await store.append(APP, TOKEN, message(4), 2, NOW);
+      await store.append(APP, TOKEN, message(5), 2, NOW);
+      expect(await store.pending(APP, TOKEN, 0, NOW)).toMatchObject({
+        messages: [message(4), message(5)],
+        dropped: 1,
       });
     });
 
@@ -228,6 +280,7 @@ export function describeInboxStoreContract(
       await store.append(APP, TOKEN, message(3), 2, NOW);
       await store.append(APP, TOKEN, message(4), 2, NOW + 20);
       expect(await store.pending(APP, TOKEN, 0, NOW + 20)).toEqual({
+        processed: [],
         messages: [message(3), message(4)],
         lastMsgId: 4,
         dropped: 0,
@@ -247,6 +300,7 @@ export function describeInboxStoreContract(
       await store.append(APP, TOKEN, message(2, undefined, 'news'), 2, NOW);
       await store.append(APP, TOKEN, message(3, undefined, 'score'), 2, NOW);
       expect(await store.pending(APP, TOKEN, 0, NOW)).toEqual({
+        processed: [],
         messages: [message(2, undefined, 'news'), message(3, undefined, 'score')],
         lastMsgId: 3,
         dropped: 0,
@@ -254,6 +308,7 @@ export function describeInboxStoreContract(
       // With one place (iOS): 2 is replaced (not counted), 3 is evicted (counted).
       await store.append(APP, TOKEN, message(4, undefined, 'news'), 1, NOW);
       expect(await store.pending(APP, TOKEN, 0, NOW)).toEqual({
+        processed: [],
         messages: [message(4, undefined, 'news')],
         lastMsgId: 4,
         dropped: 1,
@@ -262,6 +317,7 @@ export function describeInboxStoreContract(
       await store.append(APP, TOKEN, message(5), 2, NOW);
       await store.append(APP, TOKEN, message(6, undefined, 'other'), 2, NOW);
       expect(await store.pending(APP, TOKEN, 0, NOW)).toEqual({
+        processed: [],
         messages: [message(5), message(6, undefined, 'other')],
         lastMsgId: 6,
         dropped: 1,
@@ -272,6 +328,7 @@ export function describeInboxStoreContract(
       await store.append(APP, TOKEN, message(1, NOW + 10, 'score'), 2, NOW);
       await store.append(APP, TOKEN, message(2, NOW + HOUR, 'score'), 2, NOW + 20);
       expect(await store.pending(APP, TOKEN, 0, NOW + 20)).toEqual({
+        processed: [],
         messages: [message(2, NOW + HOUR, 'score')],
         lastMsgId: 2,
         dropped: 0,
@@ -280,6 +337,7 @@ export function describeInboxStoreContract(
       await store.ack(APP, TOKEN, [2]);
       await store.append(APP, TOKEN, message(3, NOW + HOUR, 'score'), 2, NOW + 20);
       expect(await store.pending(APP, TOKEN, 0, NOW + 20)).toEqual({
+        processed: [],
         messages: [message(3, NOW + HOUR, 'score')],
         lastMsgId: 3,
         dropped: 0,

@@ -41,9 +41,17 @@ export interface InboxStore {
   /**
    * Messages with msgId > afterMsgId that have not expired at nowMs, oldest first, the device's lastMsgId
    * (0 if nothing was ever appended) and its dropped count, which this call resets to 0. Atomic. Expired
-   * messages it finds leave the window and are counted in the `dropped` it returns.
+   * messages it finds leave the window and are counted in the `dropped` it returns. With
+   * `deviceProcessed` (afterMsgId is what the device said it processed), the messages at or below
+   * afterMsgId leave the window too and come back in `processed`: they arrived, their acks were lost.
    */
-  pending(accessId: number, token: string, afterMsgId: number, nowMs: number): Promise<PendingResult>;
+  pending(
+    accessId: number,
+    token: string,
+    afterMsgId: number,
+    nowMs: number,
+    deviceProcessed?: boolean,
+  ): Promise<PendingResult>;
 
   /** Forgets acknowledged messages (never counted as dropped); unknown ids are ignored. lastMsgId is unchanged. */
   ack(accessId: number, token: string, msgIds: number[]): Promise<void>;
@@ -64,4 +72,6 @@ export interface PendingResult {
   lastMsgId: number;
   /** Messages dropped from the window since the previous `pending` call (evicted or expired). */
   dropped: number;
+  /** With `deviceProcessed`: the messages at or below afterMsgId, which this call took out of the window. */
+  processed: PushMessage[];
 }

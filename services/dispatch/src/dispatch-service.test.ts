@@ -754,6 +754,34 @@ describe('DispatchService.push', () => {
   });
 });
 
+describe('DispatchService.fetchPending after what the device processed', () => {
+  it('counts window messages at or below the last id the device reported as arrived, and takes them out', async () => {
+    const { push, registerDevice, h, app, sentEvents, metrics, pendingIds, bus } = await setup();
+    const token = await registerDevice();
+    const first = await push(token);
+    const second = await push(token);
+    const third = await push(token);
+    const fetch = (afterMsgId: number, deviceProcessed?: boolean) =>
+      h.fetchPending({ accessId: app.accessId, token, afterMsgId, deviceProcessed }, cluster());
+    // A gateway's refetch after what it wrote: those may not have reached the device; nothing changes.
+    expect((await fetch(second.msgId)).messages.map((m) => m.msgId)).toEqual([third.msgId]);
+    expect(await pendingIds(token)).toEqual([second.msgId, third.msgId]);
+    // The device connects saying it processed `second` (its ack was lost with its connection).
+    const answer = await fetch(second.msgId, true);
+    expect(answer.messages.map((m) => m.msgId)).toEqual([third.msgId]);
+    await bus.flush();
+    const arrived = sentEvents.filter((e) => e.type === EventType.EVENT_TYPE_ARRIVED);
+    expect(arrived).toEqual([
+      expect.objectContaining({ pushId: second.pushId, msgId: second.msgId, token, windowless: true }),
+    ]);
+    expect(arrived[0]?.sentAtMs).toBeUndefined();
+    expect(await pendingIds(token)).toEqual([third.msgId]);
+    expect(await counterValue(metrics.acksRecovered)).toBe(1);
+    // `first` was evicted by the capacity before: it is not reported as arrived.
+    expect(arrived.some((e) => e.msgId === first.msgId)).toBe(false);
+  });
+});
+
 describe('DispatchService.fetchPendingBatch', () => {
   /** What a caller sees of a settled FetchPending: the window's content, or the error. Tokens left out. */
   const seen = (settled: PromiseSettledResult<unknown>) => {

@@ -7,7 +7,7 @@ import {
   normalize,
   platformTag,
 } from '@pushd/audience';
-import type { Bus } from '@pushd/bus';
+import { type Bus, subjects } from '@pushd/bus';
 import {
   type Clock,
   invalidArgument,
@@ -23,6 +23,8 @@ import {
   type Audience,
   BroadcastDelivery,
   type DispatchServiceService,
+  EventBatch,
+  EventType,
   encodeMessage,
   type FetchPendingRequest,
   type FetchPendingResponse,
@@ -535,12 +537,50 @@ export class DispatchService {
     if (request.token === '') throw invalidArgument('token', 'required');
     const { accessId, token, afterMsgId } = request;
     const [window, log] = await Promise.all([
-      this.options.inboxes.pending(accessId, token, afterMsgId, now),
+      this.options.inboxes.pending(accessId, token, afterMsgId, now, request.deviceProcessed === true),
       appLog === undefined
         ? this.options.broadcasts.since(accessId, afterMsgId, now, BROADCAST_CATCH_UP_SCAN)
         : appLog.then((read) => entriesAfter(read, afterMsgId)),
     ]);
+    if (window.processed.length > 0) {
+      this.reportProcessed(accessId, token, request.device?.platform, window.processed, now);
+    }
     return this.mergeWindowAndLog(accessId, token, afterMsgId, window, log, request.device);
+  }
+
+  /**
+   * Window messages the device said it processed (at or below the last_msg_id it connected with) arrived,
+   * and their acks were lost with its previous connection: counted as arrived, as their acks would have
+   * been (without a latency: when they arrived is not known). Not awaited by the catch-up; a failure is
+   * logged and counted, as for SENT events.
+   */
+  private reportProcessed(
+    accessId: number,
+    token: string,
+    platform: Platform | undefined,
+    messages: PushMessage[],
+    now: number,
+  ): void {
+    const events = messages.map((message) => ({
+      type: EventType.EVENT_TYPE_ARRIVED,
+      accessId,
+      pushId: message.pushId,
+      msgId: message.msgId,
+      token,
+      platform: platform ?? Platform.PLATFORM_UNSPECIFIED,
+      atMs: now,
+      tokens: [],
+      tokensAtMs: [],
+      // Taken out of the window already: dispatch's own consumer has nothing to remove.
+      windowless: true,
+    }));
+    this.options.metrics.acksRecovered.inc(messages.length);
+    this.options.bus
+      .publishDurable(subjects.events('dispatch'), encodeMessage(EventBatch, { events }))
+      .catch((error: unknown) => {
+        this.options.metrics.eventPublishFailures.inc();
+        this.options.logger.error({ err: error, accessId }, 'publishing recovered arrivals failed');
+      });
   }
 
   /**

@@ -5,6 +5,7 @@ export interface DispatchMetrics {
   pushDuration: Histogram<'audience'>;
   routed: Counter<'route'>;
   eventPublishFailures: Counter;
+  acksRecovered: Counter;
   eventsConsumed: Counter<'type'>;
   appliedAgain: Counter;
   applyLag: Histogram<'kind'>;
@@ -44,6 +45,11 @@ export function createDispatchMetrics(registry: Registry): DispatchMetrics {
     eventPublishFailures: new Counter({
       name: 'dispatch_event_publish_failures_total',
       help: 'Delivery events that could not be published to the durable stream (stats will undercount).',
+      registers: [registry],
+    }),
+    acksRecovered: new Counter({
+      name: 'dispatch_acks_recovered_total',
+      help: 'Window messages a reconnecting device said it processed (its last_msg_id) whose acks were lost with its previous connection: taken out of the window and counted as arrived.',
       registers: [registry],
     }),
     eventsConsumed: new Counter({

@@ -1667,6 +1667,32 @@ describe('Gateway catch-up order', () => {
     expect(raw.delivered).toEqual([11]);
   });
 
+  it("takes the window's messages up to the device's last_msg_id as arrived on its first fetch only", async () => {
+    const system = await scripted();
+    const device = await system.registerDevice();
+    const { accessId } = system.app;
+    const append = (msgId: number) =>
+      system.stores.inboxes.append(accessId, device.token, pushMessage(msgId), 4, Date.now());
+    const window = async () =>
+      (await system.stores.inboxes.pending(accessId, device.token, 0, Date.now())).messages.map(
+        (m) => m.msgId,
+      );
+    // 10 reached the device, whose ack was lost with its connection; 11 did not reach it.
+    await append(10);
+    await append(11);
+    const raw = await openRaw(system.url, system.sessionHeaders(device, 10));
+    await system.received(raw, 1, 'message 11');
+    expect(await window()).toEqual([11]);
+    // A later fetch (12 lost on the bus, 13 shows the gap) starts after what the gateway wrote, which
+    // may not have reached the device yet (this one never acks): 11 stays in the window.
+    await append(12);
+    await append(13);
+    publishTargeted(system, device.token, pushMessage(13), { previousMsgId: 12 });
+    await system.received(raw, 3, 'messages 12 and 13');
+    expect(raw.delivered).toEqual([11, 12, 13]);
+    expect(await window()).toEqual([11, 12, 13]);
+  });
+
   it('closes the sessions of devices unregistered while the bus was interrupted, and only those', async () => {
     const system = await scripted();
     const { accessId } = system.app;

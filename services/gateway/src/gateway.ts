@@ -671,6 +671,10 @@ export class Gateway {
           accessId: session.accessId,
           token: session.token,
           afterMsgId: session.lastDeliveredMsgId,
+          // Before the session's first fetch (its chains unknown), what it has is what the device said it
+          // processed: dispatch takes the window's messages up to there as arrived (acks lost on the way).
+          // Later fetches start after what this gateway wrote, which may not have reached the device.
+          deviceProcessed: session.chainMsgId < 0,
           device: {
             platform: session.platform,
             appVersion: session.appVersion,

@@ -317,7 +317,16 @@ export interface FetchPendingRequest {
    * and no tag read: a reconnect storm then costs dispatch no extra hop per device. Absent: dispatch looks
    * the device up.
    */
-  device?: PendingDevice | undefined;
+  device?:
+    | PendingDevice
+    | undefined;
+  /**
+   * True when after_msg_id is what the device said it processed (its x-pushd-last-msg-id: a session's
+   * first fetch), not what the gateway wrote to it: the window's messages at or below it then arrived, and
+   * their acks were lost with the device's previous connection. They leave the window and are counted as
+   * arrived (an ARRIVED event from dispatch), instead of staying until evicted and counted as dropped.
+   */
+  deviceProcessed?: boolean | undefined;
 }
 
 export interface FetchPendingBatchRequest {
@@ -2281,7 +2290,7 @@ export const GetPushResponse: MessageFns<GetPushResponse> = {
 };
 
 function createBaseFetchPendingRequest(): FetchPendingRequest {
-  return { accessId: 0, token: "", afterMsgId: 0, device: undefined };
+  return { accessId: 0, token: "", afterMsgId: 0, device: undefined, deviceProcessed: undefined };
 }
 
 export const FetchPendingRequest: MessageFns<FetchPendingRequest> = {
@@ -2297,6 +2306,9 @@ export const FetchPendingRequest: MessageFns<FetchPendingRequest> = {
     }
     if (message.device !== undefined) {
       PendingDevice.encode(message.device, writer.uint32(34).fork()).join();
+    }
+    if (message.deviceProcessed !== undefined) {
+      writer.uint32(40).bool(message.deviceProcessed);
     }
     return writer;
   },
@@ -2346,6 +2358,14 @@ export const FetchPendingRequest: MessageFns<FetchPendingRequest> = {
             message.device = PendingDevice.decode(reader, reader.uint32());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.deviceProcessed = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2372,6 +2392,11 @@ export const FetchPendingRequest: MessageFns<FetchPendingRequest> = {
         ? globalThis.Number(object.after_msg_id)
         : 0,
       device: isSet(object.device) ? PendingDevice.fromJSON(object.device) : undefined,
+      deviceProcessed: isSet(object.deviceProcessed)
+        ? globalThis.Boolean(object.deviceProcessed)
+        : isSet(object.device_processed)
+        ? globalThis.Boolean(object.device_processed)
+        : undefined,
     };
   },
 
@@ -2389,6 +2414,9 @@ export const FetchPendingRequest: MessageFns<FetchPendingRequest> = {
     if (message.device !== undefined) {
       obj.device = PendingDevice.toJSON(message.device);
     }
+    if (message.deviceProcessed !== undefined) {
+      obj.deviceProcessed = message.deviceProcessed;
+    }
     return obj;
   },
 
@@ -2403,6 +2431,7 @@ export const FetchPendingRequest: MessageFns<FetchPendingRequest> = {
     message.device = (object.device !== undefined && object.device !== null)
       ? PendingDevice.fromPartial(object.device)
       : undefined;
+    message.deviceProcessed = object.deviceProcessed ?? undefined;
     return message;
   },
 };
