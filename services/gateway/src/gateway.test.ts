@@ -1326,6 +1326,39 @@ describe('Gateway delivery', () => {
     expect(await system.metric('gateway_catch_up_retries_total')).toBe(0);
   });
 
+  it('ignores a flood of acks of made-up ids and clicks past the per-session budget, never acks of its deliveries', async () => {
+    const system = await startGateway();
+    const events: Event[] = [];
+    system.bus.subscribe(subjects.events('gateway'), (data) =>
+      events.push(...EventBatch.decode(data).events),
+    );
+    const device = await system.registerDevice();
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await system.caughtUp(device.token);
+    // 1,000 ids never delivered here (the most one Ack may carry): 128 are let through.
+    raw.send({
+      id: 0,
+      body: { $case: 'ack', value: { msgIds: Array.from({ length: 1000 }, (_, i) => i + 1) } },
+    });
+    raw.send({ id: 0, body: { $case: 'click', value: { msgId: 5, pushId: '77' } } });
+    await raw.roundTrip();
+    expect(await system.metric('gateway_device_events_ignored_total', { type: 'ack' })).toBe(872);
+    expect(await system.metric('gateway_device_events_ignored_total', { type: 'click' })).toBe(1);
+    // A message delivered on this session is acknowledged whatever the budget.
+    const pushed = await system.push(device.token, 'counted');
+    await waitFor(() => raw.delivered.includes(pushed.msgId), 'the push');
+    raw.send({ id: 0, body: { $case: 'ack', value: { msgIds: [pushed.msgId] } } });
+    await raw.roundTrip();
+    await system.bus.flush();
+    await waitFor(
+      () => events.some((e) => e.type === EventType.EVENT_TYPE_ARRIVED && e.pushId === pushed.pushId),
+      'the arrival of the push',
+    );
+    const arrivals = events.filter((e) => e.type === EventType.EVENT_TYPE_ARRIVED);
+    expect(arrivals.filter((e) => e.pushId === '')).toHaveLength(128);
+    expect(events.some((e) => e.type === EventType.EVENT_TYPE_CLICKED)).toBe(false);
+  });
+
   it('turns acks into ARRIVED events carrying the push id, and dispatch then empties the window', async () => {
     const system = await startGateway();
     const events: Event[] = [];

@@ -166,6 +166,12 @@ const TRANSIENT_CODES: ReadonlySet<string> = new Set([
   'DEADLINE_EXCEEDED',
   'RESOURCE_EXHAUSTED',
 ]);
+/**
+ * Acks of unknown msg ids and clicks one session may send per heartbeat interval (see
+ * withinUntrackedBudget): a device acks what it was delivered, and a user opens notifications one at a
+ * time; the SDK keeps at most 100 clicks while offline.
+ */
+const UNTRACKED_EVENTS_PER_INTERVAL = 128;
 const CATCH_UP_FIRST_BACKOFF_MS = 250;
 const CATCH_UP_MAX_BACKOFF_MS = 5_000;
 /**
@@ -942,6 +948,7 @@ export class Gateway {
     const now = this.clock.now();
     for (const msgId of msgIds) {
       const message = session.takeUnacked(msgId);
+      if (message === undefined && !this.withinUntrackedBudget(session, 'ack')) continue;
       this.mergeDeviceEvent(EventType.EVENT_TYPE_ARRIVED, session, {
         msgId,
         pushId: message?.pushId ?? '',
@@ -950,6 +957,23 @@ export class Gateway {
         windowless: message !== undefined && this.liveBroadcasts.has(message),
       });
     }
+  }
+
+  /**
+   * Whether the session may cause one more event no delivery of this session accounts for (an ack of an id
+   * it has no record of delivering, a click). Such events are legitimate in small numbers (a duplicate
+   * ack, an ack of a message past the MAX_UNACKED record, clicks a device kept while offline), but a
+   * device sending thousands of made-up ids per frame would fill the gateway's event buffer, whose
+   * overflow drops the oldest events: other devices' arrivals and clicks. Past the budget they are
+   * ignored and counted (gateway_device_events_ignored_total); acks of messages delivered here never are.
+   */
+  private withinUntrackedBudget(session: Session, type: 'ack' | 'click'): boolean {
+    if (session.untrackedEvents < UNTRACKED_EVENTS_PER_INTERVAL) {
+      session.untrackedEvents++;
+      return true;
+    }
+    this.options.metrics.deviceEventsIgnored.inc({ type });
+    return false;
   }
 
   /**
@@ -986,6 +1010,7 @@ export class Gateway {
       this.options.metrics.clicksUnattributed.inc();
       return;
     }
+    if (!this.withinUntrackedBudget(session, 'click')) return;
     this.events.add(
       Event.create({
         type: EventType.EVENT_TYPE_CLICKED,
@@ -1574,6 +1599,7 @@ export class Gateway {
       if (session.state === 'closed') continue;
       if (session.alive) {
         session.alive = false;
+        session.untrackedEvents = 0;
         session.pingedAtMs = now;
         session.socket.ping();
       } else if (now - session.pingedAtMs >= this.heartbeatIntervalMs / 2) {

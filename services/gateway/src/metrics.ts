@@ -13,6 +13,7 @@ export interface GatewayMetrics {
   messagesDelivered: HotCounter<'source'>;
   duplicatesDropped: Counter;
   clicksUnattributed: Counter;
+  deviceEventsIgnored: Counter<'type'>;
   gapRefetches: Counter;
   lateMessagesDropped: Counter;
   interruptionResyncs: Counter;
@@ -86,6 +87,12 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     clicksUnattributed: new Counter({
       name: 'gateway_clicks_unattributed_total',
       help: 'Click frames dropped uncounted: no push_id, and no unacknowledged message of that msg_id on the connection.',
+      registers,
+    }),
+    deviceEventsIgnored: new Counter({
+      name: 'gateway_device_events_ignored_total',
+      help: 'Acks of msg ids a session has no record of delivering, and clicks, ignored past the per-session budget of each heartbeat interval (a device flooding made-up ids), by type (ack, click).',
+      labelNames: ['type'],
       registers,
     }),
     broadcastsReceived: new Counter({

@@ -115,6 +115,11 @@ export class Session {
   tagWindowFrames = 0;
   /** The last UpdateTags / ReportLocation call queued: calls of one session run in the order sent. */
   tagCalls: Promise<void> | undefined;
+  /**
+   * Acks of msg ids this session has no record of delivering, and clicks, since its last heartbeat ping:
+   * events no delivery here accounts for, limited per heartbeat interval (Gateway.withinUntrackedBudget).
+   */
+  untrackedEvents = 0;
   /** Cleared by each heartbeat ping, set by any pong or frame: still false at the next visit = dead. */
   alive = true;
   /** When the last heartbeat ping was sent (Date.now()). */
