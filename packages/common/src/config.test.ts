@@ -27,4 +27,11 @@ describe('parseEnv', () => {
       );
     }
   });
+
+  it('refuses a duration Node timers cannot wait (over 2^31 - 1 ms) instead of firing it every millisecond', () => {
+    expect(parseEnv(schema, { BATCH_MS: String(2 ** 31 - 1) })).toMatchObject({ BATCH_MS: 2 ** 31 - 1 });
+    expect(() => parseEnv(schema, { BATCH_MS: String(2 ** 31) })).toThrow(
+      /BATCH_MS: must be at most 2147483647 \(24\.8 days\)/,
+    );
+  });
 });

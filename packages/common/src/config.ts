@@ -21,6 +21,9 @@ export class ConfigError extends Error {
   override readonly name = 'ConfigError';
 }
 
+/** The longest delay Node's setTimeout and setInterval honour. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** Field builders shared by the services' schemas. */
 export const envField = {
   /**
@@ -45,7 +48,17 @@ export const envField = {
       )
       .transform((value) => value ?? defaultPort),
   host: (defaultHost = '0.0.0.0') => z.string().min(1).default(defaultHost),
-  ms: (defaultMs: number) => z.coerce.number().int().positive().default(defaultMs),
+  /**
+   * Milliseconds, 1 to 2^31 - 1 (24.8 days): Node's timers take no more (a larger delay fires after 1 ms,
+   * so an interval of ten years would run every millisecond).
+   */
+  ms: (defaultMs: number) =>
+    z.coerce
+      .number()
+      .int()
+      .positive()
+      .max(MAX_TIMER_MS, `must be at most ${MAX_TIMER_MS} (24.8 days)`)
+      .default(defaultMs),
   count: (defaultCount: number) => z.coerce.number().int().positive().default(defaultCount),
   url: (protocols: string[]) =>
     z
