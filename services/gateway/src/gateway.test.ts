@@ -692,6 +692,34 @@ describe('Gateway handshake', () => {
     ).resolves.toMatchObject({ device: { platform: Platform.PLATFORM_IOS, appVersion: '1.0' } });
   });
 
+  it('closes a registration the registry answers without a device, instead of leaving it open', async () => {
+    const system = await startGateway({
+      registry: (real) => ({ ...real, registerDevice: async () => ({ credential: '', created: false }) }),
+    });
+    const raw = await openRaw(system.url, {
+      'x-pushd-access-id': String(system.app.accessId),
+      'x-pushd-access-key': system.app.accessKey,
+    });
+    raw.send({
+      id: 1,
+      body: {
+        $case: 'register',
+        value: {
+          deviceId: generateDeviceId(),
+          platform: Platform.PLATFORM_ANDROID,
+          appVersion: '',
+          osVersion: '',
+          locale: '',
+          sdkVersion: '',
+        },
+      },
+    });
+    expect(await raw.closed).toMatchObject({ code: 4500, reason: 'INTERNAL' });
+    expect(raw.frames).toEqual([
+      { id: 1, body: { $case: 'error', value: expect.objectContaining({ code: 'INTERNAL' }) } },
+    ]);
+  });
+
   it('answers a failed registration with an error to the Register frame and a close, registering nothing', async () => {
     const system = await startGateway();
     const headers = {

@@ -773,7 +773,9 @@ export class Gateway {
         locale: register.locale,
         sdkVersion: register.sdkVersion,
       });
-      if ((session.state as string) === 'closed' || result.device === undefined) return;
+      if ((session.state as string) === 'closed') return;
+      // Out of `registering` and not in the hub yet: returning here would leave the connection to no sweep.
+      if (result.device === undefined) throw new PushdError('INTERNAL', 'the registry returned no device');
       adoptDevice(session, result.device);
       this.send(session, {
         id: frame.id,
