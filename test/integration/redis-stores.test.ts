@@ -452,6 +452,38 @@ describe('Redis stores when Redis is unavailable', () => {
     }
   });
 
+  it("gives back only the counts its undo took when another call removed the refused call's tag meanwhile", async () => {
+    const limits = { perDevice: 2, perApp: 100 };
+    const [d1, d2, d3] = [1, 2, 3].map((n) => ({ token: String(n).repeat(40), index: n }));
+    const { tags } = stores();
+    await tags.add(APP, [d3!], ['t'], limits);
+    await tags.add(APP, [d2!], ['x', 'y'], limits); // d2 is full: a call adding 't' to it is refused
+    // The refused call's undo of d1 waits until another call has removed 't' from d1 (and given its
+    // count back): the undo then finds nothing to take.
+    let concurrent: Promise<unknown> | undefined;
+    const racing = new Proxy(redis, {
+      get(target, property, receiver) {
+        const value = Reflect.get(target, property, receiver);
+        if (property !== 'pushd_tagDevice' || typeof value !== 'function') {
+          return typeof value === 'function' ? value.bind(target) : value;
+        }
+        return async (...args: unknown[]) => {
+          if (args.includes('remove') && concurrent === undefined) {
+            concurrent = tags.remove(APP, [d1!], ['t']);
+            await concurrent;
+          }
+          return value.apply(target, args);
+        };
+      },
+    });
+    const refused = await createRedisStores({ redis: racing, keys }).tags.add(APP, [d1!, d2!], ['t'], limits);
+    expect(refused).toMatchObject({ ok: false, limit: 'per_device', token: d2!.token });
+    expect(concurrent).toBeDefined();
+    // d3 still holds 't': its count is 1, not 0 (which would also drop 't' from the app's tags).
+    expect(await tags.list(APP, d1!.token)).toEqual([]);
+    expect((await tags.appTags(APP, { limit: 10 })).tags).toContainEqual({ tag: 't', devices: 1 });
+  });
+
   it('refuses a malformed URL at creation', () => {
     expect(() => createRedisClient({ url: 'http://localhost:6379', logger: silentLogger() })).toThrow(
       /redis:\/\//,

@@ -64,6 +64,9 @@ type Counts = Map<string, number>;
  * would have had room for, it can never exceed 10,000 distinct tags or 100 per device (the device limit
  * is checked by the atomic step 2 itself). Counts are a recount job away from exact (none yet). A crash in
  * the middle of changing back a refused call leaves some devices with the call's tags (still counted).
+ * Changing back races other calls on the same devices: a tag another call removed meanwhile is not
+ * given back twice; a tag another call added meanwhile (it found the tag held, so it changed nothing) is
+ * taken off with the rest (docs/architecture.md, known limits).
  */
 export class RedisTagStore implements TagStore {
   private readonly redis: RedisClient;
@@ -102,8 +105,18 @@ export class RedisTagStore implements TagStore {
         0,
         ...replies[targets.indexOf(device)]!.added,
       ]);
-      for (const reply of undo) count(release, reply.dropped);
+      // Back: what was reserved and not used, and what the undo itself took off a device. A tag this
+      // call added that the undo no longer found was removed meanwhile by another call, which gave its
+      // count back itself: giving it back here too would leave the count lower than its devices.
+      for (const reply of undo) {
+        count(release, reply.dropped);
+        count(release, reply.removed);
+      }
       for (const [tag, n] of reserved) release.set(tag, (release.get(tag) ?? 0) + n);
+      for (const device of changed) {
+        for (const tag of replies[targets.indexOf(device)]!.added)
+          release.set(tag, (release.get(tag) ?? 0) - 1);
+      }
       await this.release(accessId, release);
       return {
         ok: false,
