@@ -500,6 +500,27 @@ describe('DeviceClient failures', () => {
     }
   });
 
+  it("emits and acks the rest of a Deliver when a 'message' listener throws, and reports the error", async () => {
+    const { device, connection } = await connectedSession();
+    const received: number[] = [];
+    const errors: PushdError[] = [];
+    device.on('error', (error) => errors.push(error));
+    device.on('message', (message) => {
+      received.push(message.msgId);
+      if (message.msgId === 7) throw new Error('app bug');
+    });
+    connection.deliver(7, 8);
+    expect(await connection.nextFrame()).toEqual({
+      id: 0,
+      body: { $case: 'ack', value: { msgIds: [7, 8] } },
+    });
+    expect(received).toEqual([7, 8]);
+    expect(errors.map((error) => [error.code, error.message])).toEqual([
+      ['INTERNAL', "a 'message' listener threw on msg 7"],
+    ]);
+    expect(device.state).toBe('open');
+  });
+
   it('closes with 4400 on a malformed frame', async () => {
     const { device, connection } = await connectedSession();
     const closed = nextClose(device);

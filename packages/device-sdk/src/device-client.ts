@@ -163,7 +163,8 @@ export interface DeviceCloseEvent {
 export interface DeviceClientEvents {
   /**
    * One message, in increasing msg_id order; duplicates are dropped before this. The message counts as
-   * delivered once emitted: a listener that throws does not get it again. A message with
+   * delivered once emitted: a listener that throws does not get it again (the error goes to 'error', and
+   * the frame's other messages are still emitted and acknowledged). A message with
    * `message.collapseId` replaces any notification the app shows under the same collapse id.
    */
   message: [message: PushMessage];
@@ -720,7 +721,17 @@ export class DeviceClient extends EventEmitter<DeviceClientEvents> {
       if (message.msgId > this.highestMsgId) {
         this.highestMsgId = message.msgId;
         this.rememberMessage(message);
-        this.emit('message', message);
+        try {
+          this.emit('message', message);
+        } catch (error) {
+          // The app's failure, not the connection's: the frame's other messages still reach the app and
+          // every message is still acknowledged (it was handed over, and is not handed over again).
+          this.emitError(
+            new PushdError('INTERNAL', `a 'message' listener threw on msg ${message.msgId}`, {
+              cause: error,
+            }),
+          );
+        }
         if (this.autoAck) acks.push(message.msgId);
       } else {
         acks.push(message.msgId);
