@@ -798,6 +798,37 @@ function upgradeRequest(port: number, headers: Record<string, string>) {
   return { sent, outcome };
 }
 
+describe('Gateway stopping', () => {
+  it('refuses a handshake whose credential check was still out when it began to stop, writing no route', async () => {
+    let release: () => void = () => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let asked: () => void = () => {};
+    const checking = new Promise<void>((resolve) => {
+      asked = resolve;
+    });
+    const system = await startGateway({
+      registry: (real) => ({
+        ...real,
+        authenticateDevices: async (request, callOptions) => {
+          asked();
+          await held;
+          return real.authenticateDevices(request, callOptions);
+        },
+      }),
+    });
+    const device = await system.registerDevice();
+    const { outcome } = upgradeRequest(system.gateway.port, system.sessionHeaders(device));
+    await checking;
+    const stopping = system.gateway.stop();
+    release();
+    expect(await outcome).toMatchObject({ status: 503, body: { code: 'SHUTTING_DOWN' } });
+    await stopping;
+    expect(await system.route(device.token)).toBeUndefined();
+  });
+});
+
 describe('Gateway handshake batching', () => {
   it('lets handshakes that arrive together share registry and dispatch calls, refusing a bad credential alone', async () => {
     const devices = 20;

@@ -435,6 +435,10 @@ export class Gateway {
         });
         if (device === undefined) throw new PushdError('INTERNAL', 'registry returned no device');
         if (socket.destroyed) return;
+        // stop() began while the registry answered: it closed the sessions it found and cleared their
+        // routes, so this one must not start (its route would outlive the gateway).
+        if (this.shuttingDown)
+          throw new PushdError('SHUTTING_DOWN', 'gateway shutting down; connect to another');
         // Held until the session's first frames are written after it (establish): one write instead of three.
         socket.cork();
         this.wss.handleUpgrade(request, socket, head, (ws) => {
@@ -449,6 +453,8 @@ export class Gateway {
           key: { $case: 'accessKey', value: handshake.auth.accessKey },
         });
         if (socket.destroyed) return;
+        if (this.shuttingDown)
+          throw new PushdError('SHUTTING_DOWN', 'gateway shutting down; connect to another');
         const accessKey = handshake.auth.accessKey;
         this.wss.handleUpgrade(request, socket, head, (ws) => {
           this.registering.add(this.newSession(ws, handshake, accessKey));
