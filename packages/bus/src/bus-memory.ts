@@ -429,8 +429,8 @@ class MemoryStream {
       this.groups.set(name, group);
       this.groupList.push(group);
     } else {
-      // Like a NATS consumer update: the latest definition wins.
-      group.filterSubject = filterSubject;
+      // Like NatsBus's consumer update: a filter given replaces the old one, none keeps it.
+      if (filterSubject !== undefined) group.filterSubject = filterSubject;
     }
     group.maxAckPending = maxAckPending ?? Number.POSITIVE_INFINITY;
     return group;

@@ -398,6 +398,20 @@ export function describeBusContract(name: string, setup: () => Promise<BusHarnes
         await settle(a!, b!);
         expect(seen).toEqual(['g1@contract.filter.gateway', 'g2@contract.filter.gateway']);
         await consumer.stop();
+        // An instance joining the consumer without a filter keeps the one it was created with.
+        const joined = b!.consume({
+          stream: STREAM.name,
+          consumer: 'filtered',
+          handler: async (data, meta) => {
+            seen.push(`${text(data)}@${meta.subject}`);
+          },
+        });
+        await a!.publishDurable('contract.filter.dispatch', bytes('d2'));
+        await a!.publishDurable('contract.filter.gateway', bytes('g3'));
+        await until(() => expect(seen).toHaveLength(3));
+        await settle(a!, b!);
+        expect(seen.slice(2)).toEqual(['g3@contract.filter.gateway']);
+        await joined.stop();
       });
 
       it('also gives a durable message to the core subscribers of its subject, as NATS does', async () => {
