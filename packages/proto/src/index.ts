@@ -16,6 +16,7 @@ export {
   subprotocolOf,
 } from './device-codec.js';
 export { encodeMessage, type MessageEncoder } from './encode.js';
+export { decodeEvents } from './events.js';
 export { Any } from './gen/google/protobuf/any.js';
 export { ErrorInfo, Status } from './gen/google/rpc/status.js';
 export { TagExpression, TagItem, TagList, TagRule, TagRuleSet } from './gen/pushd/v1/audience.js';

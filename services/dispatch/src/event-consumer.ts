@@ -1,6 +1,6 @@
 import { type Bus, type DurableConsumer, streams } from '@pushd/bus';
 import type { Logger } from '@pushd/common';
-import { type Event, EventBatch, EventType } from '@pushd/proto';
+import { decodeEvents, type Event, type EventBatch, EventType } from '@pushd/proto';
 import type { DeviceStore, InboxStore } from '@pushd/store';
 import { MAX_EXPIRE_S } from './dispatch-service.js';
 import type { DispatchMetrics } from './metrics.js';
@@ -36,7 +36,10 @@ export class DispatchEventConsumer {
     this.consumer = this.options.bus.consume({
       stream: streams.events.name,
       consumer: 'dispatch',
-      handler: (data) => this.apply(EventBatch.decode(data)),
+      handler: (data) => {
+        const batch = decodeEvents(data, this.options.logger);
+        return batch === undefined ? Promise.resolve() : this.apply(batch);
+      },
       concurrency: 4,
       startWithinMs: REPLAY_WINDOW_MS,
     });

@@ -177,6 +177,7 @@ async function setup(options: SetupOptions = {}) {
     stores,
     clock,
     metrics,
+    bus,
     h,
     createApp,
     applied,
@@ -300,6 +301,17 @@ describe('StatsService', () => {
     }
     await waitFor(async () => (await applied('arrived')) === 4, 'the arrivals');
     expect(await app.stats(pushId)).toMatchObject({ sent: 4, arrived: 4 });
+  });
+
+  it('drops an undecodable event batch, loudly, instead of having it delivered again for days', async () => {
+    const { createApp, applied, publish, bus } = await setup();
+    const app = await createApp();
+    const pushId = app.sendPush(1);
+    await bus.publishDurable(subjects.events('gateway'), Uint8Array.of(0x0a, 0xff, 0xff, 0xff));
+    await publish('dispatch', [{ accessId: app.accessId, pushId, type: SENT, tokens: ['t1'] }]);
+    await waitFor(async () => (await applied('sent')) === 1, 'the valid batch');
+    // Both acknowledged: nothing waits to be delivered again.
+    await waitFor(async () => (await bus.consumerBacklog(streams.events.name, 'stats')) === 0, 'no backlog');
   });
 
   it('reads back no further than its dedup window, less an hour, when its consumer is created', async () => {

@@ -2,8 +2,9 @@ import { type Bus, type DurableConsumer, streams } from '@pushd/bus';
 import { type Clock, invalidArgument, type Logger, PushdError, systemClock } from '@pushd/common';
 import {
   type DispatchServiceService,
+  decodeEvents,
   type Event,
-  EventBatch,
+  type EventBatch,
   EventType,
   type GetAppStatsResponse,
   Platform,
@@ -168,7 +169,10 @@ export class StatsService {
     this.consumer = this.options.bus.consume({
       stream: streams.events.name,
       consumer: 'stats',
-      handler: (data) => this.apply(EventBatch.decode(data)),
+      handler: (data) => {
+        const batch = decodeEvents(data, this.options.logger);
+        return batch === undefined ? Promise.resolve() : this.apply(batch);
+      },
       concurrency: 4,
       redeliverAfterMs: this.options.redeliverAfterMs,
       startWithinMs: replayWindowOf(this.options.stats.dedupTtlMs),

@@ -4,7 +4,7 @@ import { type Clock, invalidArgument, type Logger, PushdError, systemClock } fro
 import {
   type Device,
   DeviceTagsChanged,
-  EventBatch,
+  decodeEvents,
   encodeMessage,
   Platform,
   type RegistryServiceService,
@@ -267,7 +267,7 @@ export class TagService {
       consumer: 'tag',
       handler: async (data) => {
         // A failure rejects the whole batch, which comes again; applying an event twice changes nothing.
-        for (const event of EventBatch.decode(data).events) await events.apply(event);
+        for (const event of decodeEvents(data, this.options.logger)?.events ?? []) await events.apply(event);
       },
     });
   }
