@@ -321,6 +321,24 @@ type RawOutcome =
   | { kind: 'open'; device: RawDevice }
   | { kind: 'refused'; status: number; body: { code?: string; message?: string } };
 
+/** A Register frame (id 1) of an Android device with no details. */
+function registerFrame(deviceId: string): ClientFrame {
+  return {
+    id: 1,
+    body: {
+      $case: 'register',
+      value: {
+        deviceId,
+        platform: Platform.PLATFORM_ANDROID,
+        appVersion: '',
+        osVersion: '',
+        locale: '',
+        sdkVersion: '',
+      },
+    },
+  };
+}
+
 let nextPingId = 100;
 
 function rawConnect(
@@ -700,20 +718,7 @@ describe('Gateway handshake', () => {
       'x-pushd-access-id': String(system.app.accessId),
       'x-pushd-access-key': system.app.accessKey,
     });
-    raw.send({
-      id: 1,
-      body: {
-        $case: 'register',
-        value: {
-          deviceId: generateDeviceId(),
-          platform: Platform.PLATFORM_ANDROID,
-          appVersion: '',
-          osVersion: '',
-          locale: '',
-          sdkVersion: '',
-        },
-      },
-    });
+    raw.send(registerFrame(generateDeviceId()));
     expect(await raw.closed).toMatchObject({ code: 4500, reason: 'INTERNAL' });
     expect(raw.frames).toEqual([
       { id: 1, body: { $case: 'error', value: expect.objectContaining({ code: 'INTERNAL' }) } },
@@ -727,20 +732,7 @@ describe('Gateway handshake', () => {
       'x-pushd-access-key': system.app.accessKey,
     };
     const bad = await openRaw(system.url, headers);
-    bad.send({
-      id: 1,
-      body: {
-        $case: 'register',
-        value: {
-          deviceId: 'short',
-          platform: Platform.PLATFORM_ANDROID,
-          appVersion: '',
-          osVersion: '',
-          locale: '',
-          sdkVersion: '',
-        },
-      },
-    });
+    bad.send(registerFrame('short'));
     expect(await bad.closed).toMatchObject({ code: 4400 });
     expect(bad.frames).toEqual([
       { id: 1, body: { $case: 'error', value: expect.objectContaining({ code: 'INVALID_ARGUMENT' }) } },
