@@ -280,6 +280,20 @@ describe('Redis stores: layout and recovery', () => {
     expect(await redis.pttl(keys.pushCounts(APP, '1'))).toBe(-1);
   });
 
+  it('counts nothing again that the whole-push set of the version before counted (an upgrade)', async () => {
+    const { stats } = createRedisStores({ redis, keys });
+    const day = Math.floor(NOW / 86_400_000);
+    // Counted per push before the upgrade: TOKEN is in the whole-push set, and in the counts.
+    await redis.sadd(keys.pushSent(APP, '1', 0), TOKEN);
+    await redis.hset(keys.pushCounts(APP, '1'), 's', 1);
+    const devices = [
+      { token: TOKEN, platform: Platform.PLATFORM_ANDROID },
+      { token: OTHER, platform: Platform.PLATFORM_IOS },
+    ];
+    expect(await stats.add({ stage: 'sent', accessId: APP, pushId: '1', msgId: 1024, day, devices })).toBe(1);
+    expect(await stats.get(APP, '1')).toEqual({ sent: 2, arrived: 0 });
+  });
+
   it("carries a fold's counts into the app's day when the fold is repeated after failing between its steps", async () => {
     const { stats } = createRedisStores({ redis, keys });
     const day = Math.floor(NOW / 86_400_000);

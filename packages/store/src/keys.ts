@@ -198,17 +198,21 @@ export class RedisKeys {
     return `${this.pushTag(accessId, pushId)}:counts`;
   }
 
-  /** The devices counted as sent one message of a push (each occurrence of a recurring push has its own). */
+  /**
+   * The devices counted as sent one message of a push (each occurrence of a recurring push has its own);
+   * msg id 0: the whole push, the key every message used before counting went per message (clicks still
+   * do, and the funnel script reads it to count nothing twice across that upgrade).
+   */
   pushSent(accessId: number, pushId: string, msgId: number): string {
-    return `${this.pushTag(accessId, pushId)}:sent:${id(msgId, 'msg_id')}`;
+    return `${this.pushTag(accessId, pushId)}:sent${messagePart(msgId)}`;
   }
 
   pushArrived(accessId: number, pushId: string, msgId: number): string {
-    return `${this.pushTag(accessId, pushId)}:arrived:${id(msgId, 'msg_id')}`;
+    return `${this.pushTag(accessId, pushId)}:arrived${messagePart(msgId)}`;
   }
 
   pushClicked(accessId: number, pushId: string, msgId: number): string {
-    return `${this.pushTag(accessId, pushId)}:clicked:${id(msgId, 'msg_id')}`;
+    return `${this.pushTag(accessId, pushId)}:clicked${messagePart(msgId)}`;
   }
 
   /** An app's funnel figures of one UTC day (`day`: days since the epoch). */
@@ -260,6 +264,11 @@ export class RedisKeys {
 }
 
 /** Access ids (and other numbers in keys) are integers; anything else would make keys no reader finds. */
+/** `:<msg id>`, nothing for msg id 0 (the whole push). */
+function messagePart(msgId: number): string {
+  return msgId === 0 ? '' : `:${id(msgId, 'msg_id')}`;
+}
+
 function id(value: number, field = 'access_id'): string {
   if (!Number.isSafeInteger(value) || value < 0) {
     throw invalidArgument(field, `must be a non-negative integer (got ${value})`);

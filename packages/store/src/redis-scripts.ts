@@ -34,7 +34,7 @@ const SCRIPTS = {
   scheduleClaim: { file: 'schedule-claim', keys: 1 },
   scheduleRemove: { file: 'schedule-remove', keys: 2 },
   statsDay: { file: 'stats-day', keys: 2 },
-  statsFunnel: { file: 'stats-funnel', keys: 2 },
+  statsFunnel: { file: 'stats-funnel', keys: 3 },
   tagDevice: { file: 'tag-device', keys: 2 },
   tagRelease: { file: 'tag-release', keys: 1 },
   tagReserve: { file: 'tag-reserve', keys: 1 },

@@ -77,7 +77,12 @@ export class RedisStatsStore implements StatsStore {
     const replies = await commandPerKey(
       chunks.map(() => dedupKey),
       (key, i) =>
-        runScript(this.redis, 'statsFunnel', [key, countsKey], [field, this.dedupTtlMs, day, ...chunks[i]!]),
+        runScript(
+          this.redis,
+          'statsFunnel',
+          [key, countsKey, this.dedupKey(stage, accessId, pushId, 0)],
+          [field, this.dedupTtlMs, day, ...chunks[i]!],
+        ),
     );
     let added = 0;
     let dayCount = 0;

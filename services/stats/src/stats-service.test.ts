@@ -301,6 +301,15 @@ describe('StatsService', () => {
     }
     await waitFor(async () => (await applied('arrived')) === 4, 'the arrivals');
     expect(await app.stats(pushId)).toMatchObject({ sent: 4, arrived: 4 });
+    // Clicks count once per device and push: a click names its msg_id itself, so made-up ids (or each
+    // occurrence's) do not count it again.
+    await publish('gateway', [
+      { ...a, msgId: 1024, type: CLICKED, token: 't1' },
+      { ...a, msgId: 2048, type: CLICKED, token: 't1' },
+      { ...a, msgId: 999_999, type: CLICKED, token: 't1' },
+    ]);
+    await waitFor(async () => (await applied('clicked')) === 3, 'the clicks');
+    expect(await app.stats(pushId)).toMatchObject({ clicked: 1 });
   });
 
   it('drops an undecodable event batch, loudly, instead of having it delivered again for days', async () => {

@@ -344,14 +344,17 @@ export class StatsService {
       // Not countable: gateways attribute an ack to its push only when they delivered the message.
       if (event.pushId === '') continue;
       const day = dayOf(event.atMs > 0 ? event.atMs : now);
-      const key = `${stage}\n${event.accessId}\n${event.pushId}\n${event.msgId}\n${day}`;
+      // A device counts once per message sent and arrived, so each occurrence of a recurring push counts;
+      // clicks once per push: a click names its msg_id itself, and made-up ids must not count again.
+      const msgId = stage === 'clicked' ? 0 : event.msgId;
+      const key = `${stage}\n${event.accessId}\n${event.pushId}\n${msgId}\n${day}`;
       let group = groups.get(key);
       if (group === undefined) {
         group = {
           stage,
           accessId: event.accessId,
           pushId: event.pushId,
-          msgId: event.msgId,
+          msgId,
           day,
           devices: [],
         };

@@ -34,8 +34,9 @@ export interface GetPushStatsRequest {
 }
 
 /**
- * The funnel of one platform. Each device counts at most once per stage and message: once for a one-off
- * push, once per occurrence for a recurring one (each occurrence is a message of its own).
+ * The funnel of one platform. A device counts as sent and arrived at most once per message (once for a
+ * one-off push, once per occurrence of a recurring one: each occurrence is a message of its own), and as
+ * clicked at most once per push.
  */
 export interface PlatformStats {
   platform: Platform;
@@ -61,12 +62,13 @@ export interface PushStats {
   pushId: string;
   /**
    * Delivered to a connection or kept for an offline device (broadcasts and tag pushes: delivered to a
-   * connection, live or when the device came back).
+   * connection, live or when the device came back). Of a recurring push, summed over its occurrences
+   * (target is per occurrence).
    */
   sent: number;
   /** Acknowledged by the device (each device counts once per message, as in PlatformStats). */
   arrived: number;
-  /** Devices that reported a click (Click frame; each device counts once per message, arrival or not). */
+  /** Devices that reported a click (Click frame; each device counts once per push, arrival or not). */
   clicked: number;
   /** Devices the push was addressed to when it was sent (PushRecord.target). */
   target: number;
