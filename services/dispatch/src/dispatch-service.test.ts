@@ -32,6 +32,7 @@ import {
   type PromiseClient,
 } from '@pushd/rpc';
 import {
+  type BroadcastLog,
   createMemoryStores,
   type DeviceStore,
   type InboxStore,
@@ -75,6 +76,7 @@ interface SetupOptions {
   routes?: (real: RouteStore) => RouteStore;
   inboxes?: (real: InboxStore) => InboxStore;
   schedules?: (real: ScheduleStore) => ScheduleStore;
+  broadcasts?: (real: BroadcastLog) => BroadcastLog;
   bus?: (real: MemoryBus) => Bus;
   /** Default: true. False leaves accepted pushes in the log (call applier.apply or start it later). */
   startApplier?: boolean;
@@ -117,6 +119,7 @@ async function setup(options: SetupOptions = {}) {
       routes: options.routes?.(stores.routes) ?? stores.routes,
       inboxes: options.inboxes?.(stores.inboxes) ?? stores.inboxes,
       schedules: options.schedules?.(stores.schedules) ?? stores.schedules,
+      broadcasts: options.broadcasts?.(stores.broadcasts) ?? stores.broadcasts,
     },
     bus,
     registry: options.registry?.(realRegistry) ?? realRegistry,
@@ -779,6 +782,38 @@ describe('DispatchService.fetchPending after what the device processed', () => {
     expect(await counterValue(metrics.acksRecovered)).toBe(1);
     // `first` was evicted by the capacity before: it is not reported as arrived.
     expect(arrived.some((e) => e.msgId === first.msgId)).toBe(false);
+  });
+
+  it('reports them even when the broadcast-log read of the same fetch fails (a retry finds them gone)', async () => {
+    let logDown = false;
+    const { push, registerDevice, h, app, sentEvents, bus } = await setup({
+      broadcasts: (real) =>
+        new Proxy(real, {
+          get(target, property, receiver) {
+            const value = Reflect.get(target, property, receiver);
+            if (property !== 'since' || typeof value !== 'function') {
+              return typeof value === 'function' ? value.bind(target) : value;
+            }
+            return async (...args: unknown[]) => {
+              if (logDown) throw new PushdError('UNAVAILABLE', 'the broadcast log is unreachable (test)');
+              return value.apply(target, args);
+            };
+          },
+        }),
+    });
+    const token = await registerDevice();
+    const processed = await push(token);
+    logDown = true;
+    await expect(
+      h.fetchPending(
+        { accessId: app.accessId, token, afterMsgId: processed.msgId, deviceProcessed: true },
+        cluster(),
+      ),
+    ).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    await bus.flush();
+    expect(sentEvents.filter((e) => e.type === EventType.EVENT_TYPE_ARRIVED)).toEqual([
+      expect.objectContaining({ pushId: processed.pushId, msgId: processed.msgId, token }),
+    ]);
   });
 });
 

@@ -399,7 +399,13 @@ export class DispatchService {
     };
     // The command is one message of the push log (and the stored command of a scheduled push): NATS
     // refuses larger ones, and a scheduled push whose command cannot be logged would stay SENDING.
-    const commandBytes = encodeMessage(PushCommand, command).length + PUSH_ID_MAX_BYTES;
+    // Encoded only when its devices (at most 48 bytes each) could bring it near the limit: the rest of a
+    // command (a message of at most 4 KB, an audience of at most ~130 KB: 1,000 accounts of 128
+    // characters) leaves room for a quarter of the limit in devices.
+    const commandBytes =
+      devices.length * 48 < MAX_COMMAND_BYTES / 4
+        ? 0
+        : encodeMessage(PushCommand, command).length + PUSH_ID_MAX_BYTES;
     if (commandBytes > MAX_COMMAND_BYTES) {
       throw invalidArgument(
         'audience',
@@ -536,15 +542,22 @@ export class DispatchService {
   ): Promise<FetchPendingResponse> {
     if (request.token === '') throw invalidArgument('token', 'required');
     const { accessId, token, afterMsgId } = request;
+    // The window read takes what the device processed out of the window: reported as soon as it is read,
+    // whatever becomes of the log read (a retry would find those messages gone).
+    const windowRead = this.options.inboxes
+      .pending(accessId, token, afterMsgId, now, request.deviceProcessed === true)
+      .then((window) => {
+        if (window.processed.length > 0) {
+          this.reportProcessed(accessId, token, request.device?.platform, window.processed, now);
+        }
+        return window;
+      });
     const [window, log] = await Promise.all([
-      this.options.inboxes.pending(accessId, token, afterMsgId, now, request.deviceProcessed === true),
+      windowRead,
       appLog === undefined
         ? this.options.broadcasts.since(accessId, afterMsgId, now, BROADCAST_CATCH_UP_SCAN)
         : appLog.then((read) => entriesAfter(read, afterMsgId)),
     ]);
-    if (window.processed.length > 0) {
-      this.reportProcessed(accessId, token, request.device?.platform, window.processed, now);
-    }
     return this.mergeWindowAndLog(accessId, token, afterMsgId, window, log, request.device);
   }
 

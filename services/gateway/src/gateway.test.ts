@@ -819,6 +819,42 @@ describe('Gateway stopping', () => {
     await stopping;
     expect(await system.route(device.token)).toBeUndefined();
   });
+
+  it('closes a registration whose registry call was out when it began to stop, writing no route', async () => {
+    let release: () => void = () => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let asked: () => void = () => {};
+    const registering = new Promise<void>((resolve) => {
+      asked = resolve;
+    });
+    let token = '';
+    const system = await startGateway({
+      registry: (real) => ({
+        ...real,
+        registerDevice: async (request, callOptions) => {
+          asked();
+          await held;
+          const registered = await real.registerDevice(request, callOptions);
+          token = registered.device?.token ?? '';
+          return registered;
+        },
+      }),
+    });
+    const raw = await openRaw(system.url, {
+      'x-pushd-access-id': String(system.app.accessId),
+      'x-pushd-access-key': system.app.accessKey,
+    });
+    raw.send(registerFrame(generateDeviceId()));
+    await registering;
+    const stopping = system.gateway.stop();
+    release();
+    expect(await raw.closed).toMatchObject({ code: 4503, reason: 'SHUTTING_DOWN' });
+    await stopping;
+    expect(token).not.toBe('');
+    expect(await system.route(token)).toBeUndefined();
+  });
 });
 
 describe('Gateway handshake batching', () => {

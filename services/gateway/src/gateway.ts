@@ -782,6 +782,8 @@ export class Gateway {
       if ((session.state as string) === 'closed') return;
       // Out of `registering` and not in the hub yet: returning here would leave the connection to no sweep.
       if (result.device === undefined) throw new PushdError('INTERNAL', 'the registry returned no device');
+      // stop() began during the call and did not see this session: it must not start (nor write a route).
+      if (this.shuttingDown) throw new PushdError('SHUTTING_DOWN', 'gateway shutting down; reconnect');
       adoptDevice(session, result.device);
       this.send(session, {
         id: frame.id,
