@@ -1,4 +1,5 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { type AddressInfo, createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,6 +20,37 @@ describe('service configuration', () => {
     expect(stderr).toMatch(/CLUSTER_TOKEN: must be at least 16 characters/);
     expect(stderr).toMatch(/GRPC_PORT: .*\(got "abc"\)/);
     expect(stderr).toMatch(/NATS_URL: must be a URL starting with nats:\/\/ or tls:\/\//);
+  });
+
+  it('exits at once on SIGTERM while it is still starting (as PID 1 it would otherwise ignore it)', async () => {
+    // A "NATS server" that accepts and never speaks: the service waits in its connect.
+    const silent = createServer(() => undefined);
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const { port } = silent.address() as AddressInfo;
+    try {
+      const child = spawn(process.execPath, ['--import', 'tsx', 'services/registry/src/main.ts'], {
+        cwd: ROOT,
+        env: {
+          PATH: process.env.PATH ?? '',
+          CLUSTER_TOKEN: 'a-cluster-token-for-this-test',
+          NATS_URL: `nats://127.0.0.1:${port}`,
+          REDIS_URL: 'redis://127.0.0.1:1',
+        },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => {
+        stderr += chunk.toString();
+      });
+      // Connected to the silent server: start-up is under way.
+      await new Promise<void>((resolve) => silent.once('connection', () => resolve()));
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      child.kill('SIGTERM');
+      expect(await exited).toBe(143);
+      expect(stderr).toContain('SIGTERM during start-up: exiting');
+    } finally {
+      silent.close();
+    }
   });
 
   it('refuses a Redis URL the client cannot use the same way, not with a stack trace', async () => {

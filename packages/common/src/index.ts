@@ -10,7 +10,7 @@ export {
   tokenNotFound,
   toPushdError,
 } from './errors.js';
-export { type Component, stopAll, stopOnSignals } from './lifecycle.js';
+export { type Component, exitOnSignalsUntilStarted, stopAll, stopOnSignals } from './lifecycle.js';
 export { type CreateLoggerOptions, createLogger, type Logger, silentLogger } from './logger.js';
 export { mapConcurrently } from './map-concurrently.js';
 export { type CreateMetricsRegistryOptions, createMetricsRegistry, HotCounter } from './metrics.js';

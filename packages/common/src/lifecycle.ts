@@ -11,6 +11,8 @@ export interface Component {
  * then SIGKILL after the grace period), then exits. A second signal exits at once.
  */
 export function stopOnSignals(components: Component[], logger: Logger, graceMs = 25_000): void {
+  process.off('SIGTERM', exitBeforeStarted);
+  process.off('SIGINT', exitBeforeStarted);
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals) => {
     if (stopping) {
@@ -39,4 +41,19 @@ export async function stopAll(components: Component[], logger: Logger): Promise<
       logger.error({ err: error, component: component.name }, 'stop failed');
     }
   }
+}
+
+/**
+ * Until stopOnSignals takes over: a signal during start-up ends the process at once (status 143), as it
+ * would without any handler. In a container the process is PID 1, whose signals without a handler are
+ * ignored: a pod stopped while it connects to NATS or Redis would wait for its grace period and a SIGKILL.
+ */
+export function exitOnSignalsUntilStarted(): void {
+  process.once('SIGTERM', exitBeforeStarted);
+  process.once('SIGINT', exitBeforeStarted);
+}
+
+function exitBeforeStarted(signal: NodeJS.Signals): void {
+  process.stderr.write(`${signal} during start-up: exiting\n`);
+  process.exit(143);
 }

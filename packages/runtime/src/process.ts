@@ -4,6 +4,7 @@ import {
   ConfigError,
   createLogger,
   createMetricsRegistry,
+  exitOnSignalsUntilStarted,
   type Logger,
   OpsServer,
   parseEnv,
@@ -44,6 +45,7 @@ export function bootstrap<Schema extends z.ZodType<{ LOG_LEVEL: string }>>(
   } catch (error) {
     exitOnConfigError(service, error);
   }
+  exitOnSignalsUntilStarted();
   const logger = createLogger({ service, level: env.LOG_LEVEL });
   process.on('unhandledRejection', (reason) => logger.error({ err: reason }, 'unhandled rejection'));
   return { env, logger, metrics: createMetricsRegistry({ service }) };
