@@ -791,51 +791,52 @@ function upgradeRequest(port: number, headers: Record<string, string>) {
 }
 
 describe('Gateway stopping', () => {
-  it('refuses a handshake whose credential check was still out when it began to stop, writing no route', async () => {
+  /** A registry call held until `release()`: `reached` resolves once the gateway has made it. */
+  function heldCall() {
     let release: () => void = () => {};
     const held = new Promise<void>((resolve) => {
       release = resolve;
     });
-    let asked: () => void = () => {};
-    const checking = new Promise<void>((resolve) => {
-      asked = resolve;
+    let arrive: () => void = () => {};
+    const reached = new Promise<void>((resolve) => {
+      arrive = resolve;
     });
+    const hold = async () => {
+      arrive();
+      await held;
+    };
+    return { hold, reached, release };
+  }
+
+  it('refuses a handshake whose credential check was still out when it began to stop, writing no route', async () => {
+    const call = heldCall();
     const system = await startGateway({
       registry: (real) => ({
         ...real,
         authenticateDevices: async (request, callOptions) => {
-          asked();
-          await held;
+          await call.hold();
           return real.authenticateDevices(request, callOptions);
         },
       }),
     });
     const device = await system.registerDevice();
     const { outcome } = upgradeRequest(system.gateway.port, system.sessionHeaders(device));
-    await checking;
+    await call.reached;
     const stopping = system.gateway.stop();
-    release();
+    call.release();
     expect(await outcome).toMatchObject({ status: 503, body: { code: 'SHUTTING_DOWN' } });
     await stopping;
     expect(await system.route(device.token)).toBeUndefined();
   });
 
   it('closes a registration whose registry call was out when it began to stop, writing no route', async () => {
-    let release: () => void = () => {};
-    const held = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    let asked: () => void = () => {};
-    const registering = new Promise<void>((resolve) => {
-      asked = resolve;
-    });
+    const call = heldCall();
     let token = '';
     const system = await startGateway({
       registry: (real) => ({
         ...real,
         registerDevice: async (request, callOptions) => {
-          asked();
-          await held;
+          await call.hold();
           const registered = await real.registerDevice(request, callOptions);
           token = registered.device?.token ?? '';
           return registered;
@@ -847,9 +848,9 @@ describe('Gateway stopping', () => {
       'x-pushd-access-key': system.app.accessKey,
     });
     raw.send(registerFrame(generateDeviceId()));
-    await registering;
+    await call.reached;
     const stopping = system.gateway.stop();
-    release();
+    call.release();
     expect(await raw.closed).toMatchObject({ code: 4503, reason: 'SHUTTING_DOWN' });
     await stopping;
     expect(token).not.toBe('');
