@@ -1250,10 +1250,8 @@ export class Gateway {
   private resyncAfterInterruption(): void {
     this.interruptions++;
     let resynced = 0;
-    const held: Session[] = [];
     for (const sessions of this.hub.values()) {
       for (const session of sessions.values()) {
-        held.push(session);
         if (session.state === 'syncing') void this.reloadTags(session);
         if (session.state !== 'live') continue;
         this.startCatchUp(session, undefined, this.reloadTags(session));
@@ -1262,27 +1260,24 @@ export class Gateway {
     }
     this.options.metrics.interruptionResyncs.inc(resynced);
     this.options.logger.warn({ sessions: resynced }, 'NATS was interrupted: sessions fetch what they missed');
-    void this.closeUnregistered(held);
+    void this.closeUnregistered();
   }
 
   /**
    * Closes, as the registry's UNREGISTERED event would have, the sessions whose registration ended while
    * that event could not reach this gateway: the device is no longer registered, or registered again
    * under a new index. Such a session would otherwise stay open until the device's next connection,
-   * matching broadcasts it should no longer get. Every session checked authenticated before the reads
-   * are made, so a registration a read does not find has ended (indexes are never given twice). The
+   * matching broadcasts it should no longer get. The sessions checked are those held when it is called;
+   * each authenticated before the reads are made, so a registration a read does not find has ended
+   * (indexes are never given twice). The
    * registry removes a device right after announcing it: a read in between still finds it, and that
    * session stays open, as before this check. A failed read is logged and leaves its sessions open.
    */
-  private async closeUnregistered(held: Session[]): Promise<void> {
-    const byApp = new Map<number, Session[]>();
-    for (const session of held) {
-      const ofApp = byApp.get(session.accessId);
-      if (ofApp === undefined) byApp.set(session.accessId, [session]);
-      else ofApp.push(session);
-    }
+  private async closeUnregistered(): Promise<void> {
+    // The hub is by app already: its sessions now, in GetDevices-sized chunks per app.
     const lookups: { accessId: number; sessions: Session[] }[] = [];
-    for (const [accessId, sessions] of byApp) {
+    for (const [accessId, ofApp] of this.hub) {
+      const sessions = [...ofApp.values()];
       for (let start = 0; start < sessions.length; start += REGISTRATION_CHECK_BATCH) {
         lookups.push({ accessId, sessions: sessions.slice(start, start + REGISTRATION_CHECK_BATCH) });
       }
