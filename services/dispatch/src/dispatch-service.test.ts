@@ -404,6 +404,31 @@ describe('DispatchService.push validation', () => {
     expect(await stores.schedules.pending(0)).toBe(0);
   });
 
+  it('refuses a push whose named audience would make its command larger than the push log takes, however few devices it reaches', async () => {
+    const { h, app, registerDevice, stores, clock } = await setup();
+    const token = await registerDevice();
+    // One registered device among 999 made-up tokens of 1,000 characters: ~1 MB of audience in the command.
+    const tokens = [token, ...Array.from({ length: 999 }, (_, i) => String(i).padStart(1_000, 'x'))];
+    for (const fields of [{}, { sendTimeMs: clock.now() + HOUR_MS }]) {
+      await expect(
+        h.push(
+          notify('', { audience: { target: { $case: 'tokenList', value: { tokens } } }, ...fields }),
+          app.auth(),
+        ),
+      ).rejects.toMatchObject({
+        code: 'INVALID_ARGUMENT',
+        metadata: { field: 'audience' },
+        message: expect.stringMatching(/resolves to 1 devices, a push command of \d+ bytes over/),
+      });
+    }
+    const listed = await h.listPushes(
+      { accessId: 0, statuses: [], createdFromMs: 0, createdToMs: 0, pageSize: 10, pageToken: '' },
+      app.auth(),
+    );
+    expect(listed.pushes).toEqual([]);
+    expect(await stores.schedules.pending(0)).toBe(0);
+  });
+
   it('keeps a message 72 hours by default and accepts expire_time_s up to 259200', async () => {
     const { push, registerDevice, pending, clock } = await setup();
     const token = await registerDevice();

@@ -20,7 +20,7 @@ import {
   toPushdError,
 } from '@pushd/common';
 import {
-  type Audience,
+  Audience,
   BroadcastDelivery,
   type DispatchServiceService,
   EventBatch,
@@ -399,11 +399,13 @@ export class DispatchService {
     };
     // The command is one message of the push log (and the stored command of a scheduled push): NATS
     // refuses larger ones, and a scheduled push whose command cannot be logged would stay SENDING.
-    // Encoded only when its devices (at most 48 bytes each) could bring it near the limit: the rest of a
-    // command (a message of at most 4 KB, an audience of at most ~130 KB: 1,000 accounts of 128
-    // characters) leaves room for a quarter of the limit in devices.
+    // Encoded only when its devices (at most 48 bytes each) and the audience as named (up to 1,000 tokens
+    // or accounts of any length the gRPC limit lets through) could bring it near the limit: the rest of a
+    // command (a message of at most 4 KB) leaves room for the three quarters not estimated.
+    const estimatedBytes =
+      devices.length * 48 + encodeMessage(Audience, request.audience ?? Audience.create()).length;
     const commandBytes =
-      devices.length * 48 < MAX_COMMAND_BYTES / 4
+      estimatedBytes < MAX_COMMAND_BYTES / 4
         ? 0
         : encodeMessage(PushCommand, command).length + PUSH_ID_MAX_BYTES;
     if (commandBytes > MAX_COMMAND_BYTES) {
