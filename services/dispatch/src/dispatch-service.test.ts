@@ -809,7 +809,7 @@ describe('DispatchService.fetchPending after what the device processed', () => {
     expect(arrived.some((e) => e.msgId === first.msgId)).toBe(false);
   });
 
-  it('reports them even when the broadcast-log read of the same fetch fails (a retry finds them gone)', async () => {
+  it('leaves the window as it was when the broadcast-log read of the same fetch fails, for the retry', async () => {
     let logDown = false;
     const { push, registerDevice, h, app, sentEvents, bus } = await setup({
       broadcasts: (real) =>
@@ -827,14 +827,26 @@ describe('DispatchService.fetchPending after what the device processed', () => {
         }),
     });
     const token = await registerDevice();
+    // Three on Android (offline capacity 2): the first is evicted, the window's dropped count is 1.
+    await push(token);
     const processed = await push(token);
-    logDown = true;
-    await expect(
+    const waiting = await push(token);
+    const fetch = () =>
       h.fetchPending(
         { accessId: app.accessId, token, afterMsgId: processed.msgId, deviceProcessed: true },
         cluster(),
-      ),
-    ).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+      );
+    logDown = true;
+    await expect(fetch()).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    await bus.flush();
+    // Nothing was reported; the retry finds what the failed fetch would have taken (the processed
+    // message and the dropped count, which any read of the window resets).
+    expect(sentEvents.filter((e) => e.type === EventType.EVENT_TYPE_ARRIVED)).toEqual([]);
+
+    logDown = false;
+    const answer = await fetch();
+    expect(answer.messages.map((m) => m.msgId)).toEqual([waiting.msgId]);
+    expect(answer.dropped).toBe(1);
     await bus.flush();
     expect(sentEvents.filter((e) => e.type === EventType.EVENT_TYPE_ARRIVED)).toEqual([
       expect.objectContaining({ pushId: processed.pushId, msgId: processed.msgId, token }),

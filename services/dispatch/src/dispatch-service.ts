@@ -544,23 +544,28 @@ export class DispatchService {
   ): Promise<FetchPendingResponse> {
     if (request.token === '') throw invalidArgument('token', 'required');
     const { accessId, token, afterMsgId } = request;
-    // The window read takes what the device processed out of the window: reported as soon as it is read,
-    // whatever becomes of the log read (a retry would find those messages gone).
-    const windowRead = this.options.inboxes
-      .pending(accessId, token, afterMsgId, now, request.deviceProcessed === true)
-      .then((window) => {
-        if (window.processed.length > 0) {
-          this.reportProcessed(accessId, token, request.device?.platform, window.processed, now);
-        }
-        return window;
-      });
-    const [window, log] = await Promise.all([
-      windowRead,
-      appLog === undefined
-        ? this.options.broadcasts.since(accessId, afterMsgId, now, BROADCAST_CATCH_UP_SCAN)
-        : appLog.then((read) => entriesAfter(read, afterMsgId)),
-    ]);
-    return this.mergeWindowAndLog(accessId, token, afterMsgId, window, log, request.device);
+    // The window read comes last: it resets the device's dropped count and takes out what the device
+    // processed, which a failure after it would lose (a retry would find neither). So the log, and the
+    // device when missed broadcasts must be matched against it, are read first; the merge cannot fail.
+    // Either order of the two reads is one the merge already meets when they run side by side.
+    const log = await (appLog === undefined
+      ? this.options.broadcasts.since(accessId, afterMsgId, now, BROADCAST_CATCH_UP_SCAN)
+      : appLog.then((read) => entriesAfter(read, afterMsgId)));
+    const device =
+      log.entries.length === 0
+        ? undefined
+        : (request.device ?? (await this.lookUpPendingDevice(accessId, token)));
+    const window = await this.options.inboxes.pending(
+      accessId,
+      token,
+      afterMsgId,
+      now,
+      request.deviceProcessed === true,
+    );
+    if (window.processed.length > 0) {
+      this.reportProcessed(accessId, token, request.device?.platform, window.processed, now);
+    }
+    return this.mergeWindowAndLog(accessId, afterMsgId, window, log, device);
   }
 
   /**
@@ -627,20 +632,18 @@ export class DispatchService {
    * What a device finds when it connects: its window (targeted messages) merged with the broadcasts of its
    * app it missed and matches, the newest of them within its platform's offline capacity, oldest first.
    */
-  private async mergeWindowAndLog(
+  private mergeWindowAndLog(
     accessId: number,
-    token: string,
     afterMsgId: number,
     window: PendingResult,
     log: BroadcastSinceResult,
-    known?: PendingDevice,
+    device: PendingDevice | undefined,
   ) {
     let messages = window.messages;
     // Dropped: what the window lost to its capacity or to expiry, plus matching broadcasts that the
     // capacity leaves out now (targeted and broadcast messages compete for the same places).
     let dropped = window.dropped;
     if (log.entries.length > 0) {
-      const device = known ?? (await this.lookUpPendingDevice(accessId, token));
       if (device !== undefined) {
         const missed = this.missedBroadcasts(accessId, afterMsgId, device, log.entries);
         if (missed.length > 0) {
