@@ -47,6 +47,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { WebSocket } from 'ws';
 import { Gateway, type GatewayOptions } from './gateway.js';
 import { createGatewayMetrics } from './metrics.js';
+import { MAX_BUFFERED_LIVE } from './session.js';
 
 // The real codec, watched: a test counts how often the gateway encodes a Deliver frame.
 vi.mock('@pushd/proto', async (importOriginal) => {
@@ -1682,6 +1683,31 @@ describe('Gateway catch-up order', () => {
     await waitFor(() => raw.delivered.length >= 3, 'message 12');
     expect(raw.delivered).toEqual([10, 11, 12]);
     expect(await system.metric('gateway_gap_refetches_total')).toBe(0);
+  });
+
+  it('keeps the push id of every message of a full catch-up for its ack, so that each counts as arrived', async () => {
+    const system = await scripted();
+    const events: Event[] = [];
+    system.bus.subscribe(subjects.events('gateway'), (data) =>
+      events.push(...EventBatch.decode(data).events),
+    );
+    const device = await system.registerDevice();
+    // As many live messages as a session buffers arrive while its fetch runs: one Deliver carries them all.
+    const ids = Array.from({ length: MAX_BUFFERED_LIVE }, (_, i) => 10 + i);
+    system.answers.push(async (request, real) => {
+      for (const msgId of ids)
+        publishTargeted(system, device.token, pushMessage(msgId), { onlineOnly: true });
+      await system.bus.flush();
+      return real.fetchPending(request);
+    });
+    const raw = await openRaw(system.url, system.sessionHeaders(device));
+    await system.received(raw, ids.length, 'the buffered messages');
+    expect(system.delivers(raw)).toHaveLength(1);
+    raw.send({ id: 0, body: { $case: 'ack', value: { msgIds: ids } } });
+    const arrived = () => events.filter((e) => e.type === EventType.EVENT_TYPE_ARRIVED);
+    await waitFor(() => arrived().length >= ids.length, 'an ARRIVED event per ack');
+    expect(arrived().map((e) => [e.msgId, e.pushId])).toEqual(ids.map((msgId) => [msgId, `p${msgId}`]));
+    expect(await system.metric('gateway_device_events_ignored_total')).toBe(0);
   });
 
   it('holds back what follows a message still missing after a fetch, and fetches it before writing on', async () => {

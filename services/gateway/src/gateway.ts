@@ -56,7 +56,7 @@ import { type RawData, WebSocket, WebSocketServer } from 'ws';
 import { EventBatcher } from './event-batcher.js';
 import { type Handshake, parseHandshake } from './handshake.js';
 import type { GatewayMetrics } from './metrics.js';
-import { type LiveMessage, Session, shared, sharedTags } from './session.js';
+import { type LiveMessage, MAX_BUFFERED_LIVE, Session, shared, sharedTags } from './session.js';
 
 /**
  * Most devices in one merged SENT or ARRIVED event: 2,000 tokens (and arrival times) are ~100 KB, well
@@ -154,8 +154,6 @@ class EncodedFrame {
 /** ws send options, one object each rather than one per frame. */
 const SEND_BINARY = { binary: true } as const;
 const SEND_TEXT = { binary: false } as const;
-/** Live messages a session holds while it catches up (see offerLive). */
-const MAX_BUFFERED_LIVE = 256;
 const byMsgId = (a: { msgId: number }, b: { msgId: number }) => a.msgId - b.msgId;
 const byLiveMsgId = (a: LiveMessage, b: LiveMessage) => a.message.msgId - b.message.msgId;
 /** A targeted message stored in the device's window: a link of the session's window chain. */

@@ -45,8 +45,16 @@ export function shared(value: string): string {
 
 const NO_TAGS: readonly string[] = Object.freeze([]);
 
-/** Delivered messages a session keeps for their acks (Session.rememberUnacked). */
-export const MAX_UNACKED = 64;
+/** Live messages a session holds while it catches up (Gateway.offerLive). */
+export const MAX_BUFFERED_LIVE = 256;
+
+/**
+ * Delivered messages a session keeps for their acks (Session.rememberUnacked): at least what one catch-up
+ * writes in one Deliver (the buffered live messages and the window's, at most 2 by the offline limits),
+ * which the device acks in one frame. An ack finding no message still counts, but without a push id, and
+ * the stats count arrivals by push.
+ */
+export const MAX_UNACKED = MAX_BUFFERED_LIVE + 2;
 
 /** A session's tag list made of shared strings (one empty list for every session without tags). */
 export function sharedTags(tags: readonly string[]): readonly string[] {
