@@ -1116,6 +1116,54 @@ describe('Gateway sessions', () => {
     expect(await system.route(token)).toBeUndefined();
   });
 
+  it('ends an Unregister normally when it took effect although the registry call failed, and only then', async () => {
+    const outcome = new Map<string, 'answer lost' | 'refused'>();
+    let flushBus: () => Promise<void> = async () => {};
+    const system = await startGateway({
+      registry: (real) => ({
+        ...real,
+        unregisterDevice: async (request, callOptions) => {
+          const failure = outcome.get(request.token);
+          if (failure === 'refused')
+            throw new PushdError('UNAVAILABLE', 'the registry is unreachable (test)');
+          const answer = await real.unregisterDevice(request, callOptions);
+          if (failure === undefined) return answer;
+          // Done and announced, but the answer did not come back in time.
+          await flushBus();
+          throw new PushdError('DEADLINE_EXCEEDED', 'the registry did not answer in time (test)');
+        },
+      }),
+    });
+    flushBus = () => system.bus.flush();
+    const connect = async () => {
+      const client = system.client({
+        registration: { accessKey: system.app.accessKey, deviceId: generateDeviceId(), platform: 'android' },
+      });
+      await client.device.connect();
+      return { ...client, token: client.device.token ?? '' };
+    };
+    const lost = await connect();
+    const gone = await connect();
+    const refused = await connect();
+    outcome.set(lost.token, 'answer lost');
+    outcome.set(refused.token, 'refused');
+    // Removed meanwhile without an announcement reaching this gateway: the registry answers TOKEN_NOT_FOUND.
+    await system.stores.devices.remove(system.app.accessId, gone.token);
+
+    for (const done of [lost, gone]) {
+      await done.device.unregister();
+      await waitFor(() => done.closes.length > 0, 'the close');
+      expect(done.closes[0]).toMatchObject({ code: 1000 });
+      expect(done.closes[0]?.error).toBeUndefined();
+      expect(await system.route(done.token)).toBeUndefined();
+    }
+    // Not done: the device is told why, and its connection stays open for it to try again.
+    await expect(refused.device.unregister()).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    expect(refused.closes).toEqual([]);
+    expect(system.gateway.sessionCount).toBe(1);
+    expect(await system.route(refused.token)).toMatchObject({ nodeId: NODE_ID });
+  });
+
   it('stop() closes every session with 4503 SHUTTING_DOWN and removes their routes', async () => {
     const system = await startGateway();
     const a = system.client();

@@ -808,17 +808,24 @@ export class Gateway {
     }
     // The registry's UNREGISTERED event may reach this gateway before the call returns; the device asked,
     // so it gets Unregistered and a normal close rather than the DEVICE_UNREGISTERED error.
-    session.unregistering = true;
+    session.unregistering = 'asked';
     try {
       await this.options.registry.unregisterDevice({ accessId: session.accessId, token: session.token });
-      this.send(session, { id: requestId, body: { $case: 'unregistered', value: {} } });
-      this.detach(session);
-      session.socket.close(1000, 'unregistered');
-      this.options.metrics.disconnects.inc({ reason: 'unregistered' });
     } catch (error) {
-      session.unregistering = false;
-      this.replyError(session, requestId, toPushdError(error));
+      const failure = toPushdError(error);
+      // Done all the same when the registry announced it (the answer was lost: a deadline passed while the
+      // registry finished), or when the token is no longer registered (an earlier such call did it).
+      // Otherwise the device is still registered: it gets the error and the connection stays open.
+      if (!unregisterAnnounced(session) && failure.code !== 'TOKEN_NOT_FOUND') {
+        session.unregistering = undefined;
+        this.replyError(session, requestId, failure);
+        return;
+      }
     }
+    this.send(session, { id: requestId, body: { $case: 'unregistered', value: {} } });
+    this.detach(session);
+    session.socket.close(1000, 'unregistered');
+    this.options.metrics.disconnects.inc({ reason: 'unregistered' });
   }
 
   /**
@@ -1297,7 +1304,7 @@ export class Gateway {
       }
       const indexes = new Map(registered.map((device) => [device.token, device.index]));
       for (const session of sessions) {
-        if (session.state === 'closed' || session.unregistering) continue;
+        if (session.state === 'closed' || session.unregistering !== undefined) continue;
         const index = indexes.get(session.token);
         // A device stored before indexes existed has none until it registers again: the same registration.
         const ended =
@@ -1479,9 +1486,9 @@ export class Gateway {
     for (const event of batch.events) {
       if (event.type !== EventType.EVENT_TYPE_UNREGISTERED) continue;
       const session = this.sessionOf(event.accessId, event.token);
-      if (session !== undefined && !session.unregistering) {
-        this.closeWith(session, new PushdError('DEVICE_UNREGISTERED', 'the device was unregistered'));
-      }
+      if (session === undefined) continue;
+      if (session.unregistering !== undefined) session.unregistering = 'announced';
+      else this.closeWith(session, new PushdError('DEVICE_UNREGISTERED', 'the device was unregistered'));
     }
   }
 
@@ -1734,6 +1741,11 @@ function httpReason(status: number): string {
 }
 
 /** Takes the registry's view of the device: identity, platform, and what makes its built-in tags. */
+/** Whether the registry announced a session's unregistration while its call was out (read after an await). */
+function unregisterAnnounced(session: Session): boolean {
+  return session.unregistering === 'announced';
+}
+
 function adoptDevice(session: Session, device: Device): void {
   session.token = device.token;
   session.platform = device.platform;

@@ -116,8 +116,12 @@ export class Session {
    */
   private unackedOne: PushMessage | undefined;
   private unackedMany: Map<number, PushMessage> | undefined;
-  /** The device sent Unregister and the registry call is in flight. */
-  unregistering = false;
+  /**
+   * The device sent Unregister and the registry call is in flight: 'asked', then 'announced' once the
+   * registry's UNREGISTERED event for it came (the registry announces before it removes the device, so the
+   * call took effect even if its answer then fails to arrive).
+   */
+  unregistering: 'asked' | 'announced' | undefined;
   /** Start of the current rate window of UpdateTags / ReportLocation frames, and how many came in it. */
   tagWindowStartMs = 0;
   tagWindowFrames = 0;
