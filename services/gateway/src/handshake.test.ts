@@ -89,6 +89,11 @@ describe('parseHandshake', () => {
     ['not a number', { 'x-pushd-access-id': 'abc' }],
     ['fractional', { 'x-pushd-access-id': '1.5' }],
     ['beyond 2^53-1', { 'x-pushd-access-id': '9007199254740993' }],
+    ['hexadecimal', { 'x-pushd-access-id': '0x10' }],
+    ['in exponent notation', { 'x-pushd-access-id': '1e3' }],
+    ['written with a decimal point', { 'x-pushd-access-id': '7.0' }],
+    ['padded with spaces', { 'x-pushd-access-id': ' 7 ' }],
+    ['signed', { 'x-pushd-access-id': '+7' }],
   ])('refuses an access id that is %s (INVALID_ARGUMENT, field x-pushd-access-id)', (_what, headers) => {
     expect(refusal({ ...headers, 'x-pushd-access-key': 'k' })).toMatchObject({
       code: 'INVALID_ARGUMENT',
@@ -101,6 +106,9 @@ describe('parseHandshake', () => {
     ['not a number', 'abc'],
     ['fractional', '2.5'],
     ['beyond 2^53-1', '9007199254740993'],
+    ['in exponent notation', '1e5'],
+    ['hexadecimal', '0x10'],
+    ['binary', '0b11'],
   ])('refuses a last_msg_id that is %s (INVALID_ARGUMENT)', (_what, value) => {
     expect(
       refusal({ 'x-pushd-access-id': '1', 'x-pushd-access-key': 'k', 'x-pushd-last-msg-id': value }),

@@ -21,28 +21,22 @@ export interface Handshake {
  * PushdError naming what is wrong; nothing is looked up here.
  */
 export function parseHandshake(request: IncomingMessage, url: URL): Handshake {
-  const value = (header: string, query: string): string => {
-    const fromHeader = request.headers[header];
-    if (typeof fromHeader === 'string' && fromHeader !== '') return fromHeader;
-    return url.searchParams.get(query) ?? '';
-  };
-
   const encoding = negotiateEncoding(request.headers['sec-websocket-protocol']);
-  const accessIdText = value('x-pushd-access-id', 'access_id');
+  const accessIdText = headerOrQuery(request, url, 'x-pushd-access-id', 'access_id');
   if (accessIdText === '') throw invalidArgument('x-pushd-access-id', 'required');
-  const accessId = Number(accessIdText);
+  const accessId = decimal(accessIdText);
   if (!Number.isSafeInteger(accessId) || accessId <= 0) {
     throw invalidArgument('x-pushd-access-id', 'must be a positive integer');
   }
-  const lastMsgIdText = value('x-pushd-last-msg-id', 'last_msg_id');
-  const lastMsgId = lastMsgIdText === '' ? 0 : Number(lastMsgIdText);
+  const lastMsgIdText = headerOrQuery(request, url, 'x-pushd-last-msg-id', 'last_msg_id');
+  const lastMsgId = lastMsgIdText === '' ? 0 : decimal(lastMsgIdText);
   if (!Number.isSafeInteger(lastMsgId) || lastMsgId < 0) {
     throw invalidArgument('x-pushd-last-msg-id', 'must be a non-negative integer');
   }
 
-  const token = value('x-pushd-token', 'token');
-  const credential = value('x-pushd-credential', 'credential');
-  const accessKey = value('x-pushd-access-key', 'access_key');
+  const token = headerOrQuery(request, url, 'x-pushd-token', 'token');
+  const credential = headerOrQuery(request, url, 'x-pushd-credential', 'credential');
+  const accessKey = headerOrQuery(request, url, 'x-pushd-access-key', 'access_key');
   if (token !== '' || credential !== '') {
     if (token === '' || credential === '') {
       throw new PushdError('UNAUTHENTICATED', 'a session needs both x-pushd-token and x-pushd-credential');
@@ -54,6 +48,21 @@ export function parseHandshake(request: IncomingMessage, url: URL): Handshake {
     'UNAUTHENTICATED',
     'send x-pushd-token and x-pushd-credential to resume a session, or x-pushd-access-key to register',
   );
+}
+
+/** A non-empty header, else the query parameter ('' when neither is given). */
+function headerOrQuery(request: IncomingMessage, url: URL, header: string, query: string): string {
+  const fromHeader = request.headers[header];
+  if (typeof fromHeader === 'string' && fromHeader !== '') return fromHeader;
+  return url.searchParams.get(query) ?? '';
+}
+
+/**
+ * A number written in decimal digits only, NaN otherwise: Number() would also take '0x10', '1e3', '7.0'
+ * and ' 7 ', which the protocol refuses (a last_msg_id of '1e5' would skip every message up to 100000).
+ */
+function decimal(text: string): number {
+  return /^[0-9]+$/.test(text) ? Number(text) : Number.NaN;
 }
 
 /** A subprotocol name: an HTTP token (RFC 7230 tchar), what ws accepts in the header's list. */
