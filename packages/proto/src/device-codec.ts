@@ -46,6 +46,7 @@ function decodeFrame<T extends { body?: unknown }>(
   data: Uint8Array,
   isBinary: boolean,
   encoding: FrameEncoding,
+  checkJsonBody?: (kind: string, body: Record<string, unknown>) => void,
 ): T {
   let frame: T;
   if (encoding === 'proto') {
@@ -77,6 +78,7 @@ function decodeFrame<T extends { body?: unknown }>(
     if (present.length === 1 && (typeof body !== 'object' || body === null || Array.isArray(body))) {
       throw malformed(`"${present[0]}" must be an object`);
     }
+    if (present.length === 1) checkJsonBody?.(present[0]!, body as Record<string, unknown>);
     const id = (value as Record<string, unknown>).id;
     if (
       id !== undefined &&
@@ -97,6 +99,36 @@ function decodeFrame<T extends { body?: unknown }>(
 
 function malformed(problem: string): PushdError {
   return new PushdError('FRAME_MALFORMED', `malformed frame: ${problem}`);
+}
+
+/**
+ * The msg ids of a device's JSON Ack and Click, checked before the generated fromJSON, which turns any value
+ * into a number (`true` into 1, `[7]` into 7, a string that is no list into an empty one): an unsigned
+ * 64-bit integer in proto3 JSON is a JSON integer or a string of decimal digits, nothing else.
+ */
+function checkClientJsonBody(kind: string, body: Record<string, unknown>): void {
+  if (kind === 'ack') {
+    for (const name of ['msgIds', 'msg_ids']) {
+      const ids = body[name];
+      // null is the default value, as proto3 JSON reads it for any field.
+      if (ids !== undefined && ids !== null && (!Array.isArray(ids) || !ids.every(isJsonUint64))) {
+        throw malformed(`"ack.${name}" must be an array of positive integers`);
+      }
+    }
+  } else if (kind === 'click') {
+    for (const name of ['msgId', 'msg_id']) {
+      if (body[name] !== undefined && body[name] !== null && !isJsonUint64(body[name])) {
+        throw malformed(`"click.${name}" must be a positive integer`);
+      }
+    }
+  }
+}
+
+function isJsonUint64(value: unknown): boolean {
+  return (
+    (typeof value === 'number' && Number.isInteger(value) && value >= 0) ||
+    (typeof value === 'string' && /^[0-9]+$/.test(value))
+  );
 }
 
 // Top-level body keys. Two-word bodies are accepted under their proto field name too, as proto3 JSON
@@ -130,7 +162,7 @@ export function encodeServerFrame(frame: ServerFrame, encoding: FrameEncoding): 
 }
 
 export function decodeClientFrame(data: Uint8Array, isBinary: boolean, encoding: FrameEncoding): ClientFrame {
-  return decodeFrame(ClientFrame, CLIENT_KINDS, data, isBinary, encoding);
+  return decodeFrame(ClientFrame, CLIENT_KINDS, data, isBinary, encoding, checkClientJsonBody);
 }
 
 export function encodeClientFrame(frame: ClientFrame, encoding: FrameEncoding): Uint8Array | string {
