@@ -637,7 +637,7 @@ describe('RegistryService accounts', () => {
     }
   });
 
-  it('answers TOKEN_NOT_FOUND for an unknown token and INVALID_ARGUMENT for listing an empty account', async () => {
+  it('answers TOKEN_NOT_FOUND for an unknown token, INVALID_ARGUMENT for none and for listing an empty account', async () => {
     const { h, createApp } = setup();
     const app = await createApp();
     const unknown = 'a'.repeat(40);
@@ -653,6 +653,14 @@ describe('RegistryService accounts', () => {
     });
     await expect(h.listAccountTokens({ accessId: 0, account: 'alice' }, app.auth())).resolves.toEqual({
       tokens: [],
+    });
+    // No token is not an unknown one: INVALID_ARGUMENT naming the field, as every other call answers it.
+    await expect(
+      h.bindAccount({ accessId: 0, token: '', account: 'alice' }, app.auth()),
+    ).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', metadata: { field: 'token' } });
+    await expect(h.unbindAccount({ accessId: 0, token: '' }, app.auth())).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      metadata: { field: 'token' },
     });
   });
 

@@ -222,6 +222,7 @@ export class RegistryService {
 
       bindAccount: async (request, { metadata }) => {
         const accessId = await auth.requireApp(metadata, request.accessId);
+        if (request.token === '') throw invalidArgument('token', 'required');
         const account = request.account;
         if (account.length < 1 || account.length > ACCOUNT_MAX_CHARS || /\p{Cc}/u.test(account)) {
           throw invalidArgument(
@@ -236,6 +237,7 @@ export class RegistryService {
 
       unbindAccount: async (request, { metadata }) => {
         const accessId = await auth.requireApp(metadata, request.accessId);
+        if (request.token === '') throw invalidArgument('token', 'required');
         const result = await devices.setAccount(accessId, request.token, '');
         if (result === undefined) throw tokenNotFound(accessId, request.token);
         return { previousAccount: result.previous };
