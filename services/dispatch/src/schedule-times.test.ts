@@ -345,5 +345,20 @@ describe('validation', () => {
         validateSchedule({ loop: { interval: DAILY, endTimeMs: now + HOUR }, sendTimeMs: now + DAY }, now),
       ).field,
     ).toBe('loop.end_time_ms');
+    // Ending at 13:00 with a window from 14:00: its first occurrence would come after its end.
+    const pastTheEnd = { interval: DAILY, endTimeMs: now + HOUR };
+    expect(
+      invalid(() => validateSchedule({ loop: pastTheEnd, acceptTime: windows('UTC', [840, 900]) }, now)),
+    ).toMatchObject({
+      field: 'loop.end_time_ms',
+      message: expect.stringMatching(/first occurrence at .*14:00/),
+    });
+    // The window opening before the end is fine.
+    expect(
+      validateSchedule(
+        { loop: { ...pastTheEnd, endTimeMs: now + 3 * HOUR }, acceptTime: windows('UTC', [840, 900]) },
+        now,
+      ),
+    ).toMatchObject({ fireAtMs: now + 2 * HOUR, scheduled: true });
   });
 });

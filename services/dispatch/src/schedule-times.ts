@@ -262,5 +262,14 @@ export function validateSchedule(
   const nominalMs = request.sendTimeMs !== undefined && request.sendTimeMs > now ? request.sendTimeMs : now;
   if (request.loop !== undefined) validateLoop(request.loop, nominalMs, now);
   const fireAtMs = firstFireTime({ sendTimeMs: request.sendTimeMs, now, acceptTime: request.acceptTime });
+  // "No occurrence after this time": the windows can move the first occurrence past the end, and then
+  // every later one too, so the loop would never send anything it may.
+  if (request.loop !== undefined && fireAtMs > request.loop.endTimeMs) {
+    throw invalidArgument(
+      'loop.end_time_ms',
+      `the accept windows put the first occurrence at ${new Date(fireAtMs).toISOString()}, after the ` +
+        `loop's end (${new Date(request.loop.endTimeMs).toISOString()})`,
+    );
+  }
   return { nominalMs, fireAtMs, scheduled: request.loop !== undefined || fireAtMs > now };
 }

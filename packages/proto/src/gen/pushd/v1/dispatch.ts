@@ -219,7 +219,10 @@ export interface AcceptTimes {
 
 export interface Loop {
   interval: LoopInterval;
-  /** No occurrence after this time (milliseconds since the Unix epoch). Required, at most 1 year ahead. */
+  /**
+   * No occurrence after this time (milliseconds since the Unix epoch). Required, at most 1 year ahead, and
+   * not before the first occurrence as the accept windows place it.
+   */
   endTimeMs: number;
 }
 
