@@ -45,7 +45,9 @@ const GRPC_STATUS_TO_CODE: Partial<Record<number, PushdError['code']>> = {
   [status.DEADLINE_EXCEEDED]: 'DEADLINE_EXCEEDED',
   [status.UNAUTHENTICATED]: 'UNAUTHENTICATED',
   [status.PERMISSION_DENIED]: 'PERMISSION_DENIED',
-  [status.RESOURCE_EXHAUSTED]: 'RATE_LIMITED',
+  // Our own rate limits carry their code in the trailer; a bare RESOURCE_EXHAUSTED is gRPC's own, a
+  // message over its size limit: the request itself is wrong, and retrying it cannot help.
+  [status.RESOURCE_EXHAUSTED]: 'INVALID_ARGUMENT',
   [status.UNIMPLEMENTED]: 'UNIMPLEMENTED',
   [status.UNAVAILABLE]: 'UNAVAILABLE',
   [status.CANCELLED]: 'UNAVAILABLE',

@@ -155,6 +155,19 @@ describe('GrpcServer', () => {
     client.close();
   });
 
+  it("reports gRPC's own size limit as INVALID_ARGUMENT, which is not retried, not as a rate limit", async () => {
+    const client = createRpcClient(StatsServiceService, {
+      address: address(),
+      authorization: basicAuthorization(7, 'seven'),
+    });
+    const tooLarge = client.getPushStats({ accessId: 0, pushId: 'x'.repeat(5 * 1024 * 1024) });
+    await expect(tooLarge).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      message: expect.stringMatching(/larger than max/),
+    });
+    client.close();
+  });
+
   it('refuses missing, wrong and cross-tenant credentials with distinct codes', async () => {
     const wrong = createRpcClient(StatsServiceService, {
       address: address(),
