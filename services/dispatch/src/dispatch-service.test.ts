@@ -2008,6 +2008,12 @@ describe('DispatchService scheduling, cancel, list and idempotency', () => {
       status: PushStatus.PUSH_STATUS_FAILED,
       failure: 'it could not be scheduled',
     });
+    // Never sent: cancelling it is refused as having nothing left to cancel, not as already sent.
+    await expect(h.cancelPush({ accessId: 0, pushId: failedPushId }, app.auth())).rejects.toMatchObject({
+      code: 'PUSH_NOT_CANCELLABLE',
+      message: expect.stringContaining('it could not be scheduled'),
+      metadata: { status: 'FAILED' },
+    });
   });
 
   it('answers a push as accepted when its schedule entry was stored, and fired, though the write failed', async () => {

@@ -501,6 +501,15 @@ export class DispatchService {
     }
     if (result.updated) return record;
     if (result.status === PushStatus.PUSH_STATUS_CANCELLED) return record;
+    // Ended without being sent (expired before its accept window opened, or it could not be scheduled):
+    // PUSH_ALREADY_SENT would tell the caller it went out.
+    if (result.status === PushStatus.PUSH_STATUS_FAILED) {
+      throw new PushdError(
+        'PUSH_NOT_CANCELLABLE',
+        `push ${pushId} is FAILED (${record.failure || 'see GetPush'}); there is nothing left to cancel`,
+        { metadata: { status: 'FAILED' } },
+      );
+    }
     if ((await this.options.pushes.command(accessId, pushId)) === undefined) {
       throw new PushdError(
         'PUSH_NOT_CANCELLABLE',

@@ -3012,8 +3012,8 @@ export const DispatchServiceService = {
    * Cancels a scheduled push (or the remaining occurrences of a recurring one) that has not been sent.
    * CANCELLED: nothing of it will be delivered (of a recurring push caught sending an occurrence, that
    * occurrence may still be). A push already being sent or sent fails with PUSH_ALREADY_SENT, as does a
-   * recurring push sending its last occurrence; an immediate push cannot be cancelled
-   * (PUSH_NOT_CANCELLABLE).
+   * recurring push sending its last occurrence; an immediate push, or a scheduled one that FAILED
+   * unsent, cannot be cancelled (PUSH_NOT_CANCELLABLE).
    */
   cancelPush: {
     path: "/pushd.v1.DispatchService/CancelPush" as const,
@@ -3066,8 +3066,8 @@ export interface DispatchServiceServer extends UntypedServiceImplementation {
    * Cancels a scheduled push (or the remaining occurrences of a recurring one) that has not been sent.
    * CANCELLED: nothing of it will be delivered (of a recurring push caught sending an occurrence, that
    * occurrence may still be). A push already being sent or sent fails with PUSH_ALREADY_SENT, as does a
-   * recurring push sending its last occurrence; an immediate push cannot be cancelled
-   * (PUSH_NOT_CANCELLABLE).
+   * recurring push sending its last occurrence; an immediate push, or a scheduled one that FAILED
+   * unsent, cannot be cancelled (PUSH_NOT_CANCELLABLE).
    */
   cancelPush: handleUnaryCall<CancelPushRequest, CancelPushResponse>;
   /** Messages kept for a device with msg_id > after_msg_id, oldest first. Cluster token only. */
@@ -3132,8 +3132,8 @@ export interface DispatchServiceClient extends Client {
    * Cancels a scheduled push (or the remaining occurrences of a recurring one) that has not been sent.
    * CANCELLED: nothing of it will be delivered (of a recurring push caught sending an occurrence, that
    * occurrence may still be). A push already being sent or sent fails with PUSH_ALREADY_SENT, as does a
-   * recurring push sending its last occurrence; an immediate push cannot be cancelled
-   * (PUSH_NOT_CANCELLABLE).
+   * recurring push sending its last occurrence; an immediate push, or a scheduled one that FAILED
+   * unsent, cannot be cancelled (PUSH_NOT_CANCELLABLE).
    */
   cancelPush(
     request: CancelPushRequest,
