@@ -42,6 +42,7 @@ export { encodePart, RedisKeys, type RedisKeysOptions } from './keys.js';
 export {
   IDEMPOTENCY_TTL_MS,
   type IdempotencyClaim,
+  isPushListCursor,
   LIST_SCAN_FACTOR,
   MAX_LIST_LIMIT,
   PUSH_RETENTION_MS,

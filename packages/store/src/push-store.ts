@@ -228,10 +228,21 @@ function encodeCursor(member: string): string {
   return Buffer.from(member, 'utf8').toString('base64url');
 }
 
-function decodeCursor(cursor: string): string {
+/** The list member a cursor names, or undefined when it is not a cursor of a push list. */
+function memberOfCursor(cursor: string): string | undefined {
   const member = /^[A-Za-z0-9_-]+$/.test(cursor) ? Buffer.from(cursor, 'base64url').toString('utf8') : '';
   const match = MEMBER.exec(member);
-  if (!match || member.length - match[0].length !== Number(match[2])) {
+  return match && member.length - match[0].length === Number(match[2]) ? member : undefined;
+}
+
+/** Whether `cursor` is one a push list page returned (for callers that name it differently, page_token). */
+export function isPushListCursor(cursor: string): boolean {
+  return memberOfCursor(cursor) !== undefined;
+}
+
+function decodeCursor(cursor: string): string {
+  const member = memberOfCursor(cursor);
+  if (member === undefined) {
     throw invalidArgument('cursor', 'is not a cursor of this list (pass nextCursor of the previous page)');
   }
   return member;

@@ -1945,6 +1945,7 @@ describe('DispatchService scheduling, cancel, list and idempotency', () => {
       [{ statuses: [PushStatus.PUSH_STATUS_UNSPECIFIED] }, 'statuses[0]'],
       [{ createdFromMs: -1 }, 'created_from_ms'],
       [{ createdToMs: -5 }, 'created_to_ms'],
+      [{ pageToken: 'not-a-token' }, 'page_token'],
     ] as [Partial<Parameters<typeof h.listPushes>[0]>, string][]) {
       await expect(list(fields), field).rejects.toMatchObject({
         code: 'INVALID_ARGUMENT',

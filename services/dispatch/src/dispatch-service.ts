@@ -51,17 +51,18 @@ import {
   toBatchResult,
   verifyAppSecretWithRegistry,
 } from '@pushd/rpc';
-import type {
-  AudienceIndex,
-  BroadcastLog,
-  BroadcastSinceResult,
-  DeviceRecord,
-  DeviceStore,
-  InboxStore,
-  PendingResult,
-  PushStore,
-  PushUpdateResult,
-  TagStore,
+import {
+  type AudienceIndex,
+  type BroadcastLog,
+  type BroadcastSinceResult,
+  type DeviceRecord,
+  type DeviceStore,
+  type InboxStore,
+  isPushListCursor,
+  type PendingResult,
+  type PushStore,
+  type PushUpdateResult,
+  type TagStore,
 } from '@pushd/store';
 import { validateMessage } from './message-rules.js';
 import type { DispatchMetrics } from './metrics.js';
@@ -223,6 +224,12 @@ export class DispatchService {
           throw invalidArgument(
             `statuses[${unknown}]`,
             `must be one of SCHEDULED (1), SENDING (2), DONE (3), CANCELLED (4), FAILED (5) (got ${request.statuses[unknown]})`,
+          );
+        }
+        if (request.pageToken !== '' && !isPushListCursor(request.pageToken)) {
+          throw invalidArgument(
+            'page_token',
+            'is not a page token of this list (pass next_page_token of the previous page)',
           );
         }
         const page = await this.options.pushes.list(accessId, {
