@@ -69,6 +69,20 @@ describe('NatsBus on a three-node NATS cluster', () => {
     expect(new Set([...onTwo, ...onThree])).toEqual(new Set(['hello']));
   });
 
+  it("never lowers a stream's replicas when a bus declares it with fewer", async () => {
+    const replicated: DurableStreamConfig = { name: 'CLUSTER_KEEP', subjects: ['ckeep.>'], replicas: 3 };
+    const first = await busOn(0, [replicated]);
+    await first.publishDurable('ckeep.a', bytes('kept'));
+    await until(async () => expect(await peersOf('CLUSTER_KEEP')).toHaveLength(3));
+    // A service started without the shared setting (1 replica) declares the same stream.
+    const stale = await busOn(1, [{ ...replicated, replicas: 1, maxAgeMs: 3_600_000 }]);
+    await stale.publishDurable('ckeep.b', bytes('also kept'));
+    expect(await peersOf('CLUSTER_KEEP')).toHaveLength(3);
+    // Nothing was lost on the way: both messages are in the stream.
+    const read = await first.readDurable({ stream: 'CLUSTER_KEEP', afterSeq: 0, maxMessages: 10 });
+    expect(read.map((message) => text(message.data))).toEqual(['kept', 'also kept']);
+  });
+
   it('reads ahead of a consumer from any node without consuming', async () => {
     const stream: DurableStreamConfig = { name: 'CLUSTER_READ', subjects: ['cread.>'], replicas: 3 };
     const writer = await busOn(2, [stream]);

@@ -413,8 +413,8 @@ export class NatsBus implements Bus {
   }
 
   /**
-   * Creates the stream, or updates its subjects/retention/replicas/duplicate window when they differ from
-   * `config`.
+   * Creates the stream, or updates its subjects/retention/duplicate window when they differ from `config`,
+   * and its replicas when `config` asks for more (never fewer).
    */
   async ensureStream(config: DurableStreamConfig): Promise<void> {
     const maxAgeMs = config.maxAgeMs ?? DEFAULT_MAX_AGE_MS;
@@ -427,9 +427,20 @@ export class NatsBus implements Bus {
     for (let attempt = 0; ; attempt++) {
       try {
         const info = await this.jsm.streams.info(config.name);
-        if (streamDiffers(info.config, wanted)) {
-          await this.jsm.streams.update(config.name, wanted);
-          this.logger.info({ stream: config.name, ...wanted }, 'updated JetStream stream');
+        // Replicas only grow here. Every service declares both streams: one started with a lower
+        // NATS_STREAM_REPLICAS (a stale or missing setting) must not take copies away from what was
+        // acknowledged as durable. Scaling a stream down is an operator's act (`nats stream edit`).
+        const current = info.config.num_replicas ?? 1;
+        if (current > wanted.num_replicas) {
+          this.logger.warn(
+            { stream: config.name, replicas: current, configured: wanted.num_replicas },
+            'JetStream stream has more replicas than configured; keeping them (check NATS_STREAM_REPLICAS)',
+          );
+        }
+        const target = { ...wanted, num_replicas: Math.max(current, wanted.num_replicas) };
+        if (streamDiffers(info.config, target)) {
+          await this.jsm.streams.update(config.name, target);
+          this.logger.info({ stream: config.name, ...target }, 'updated JetStream stream');
         }
         return;
       } catch (error) {
