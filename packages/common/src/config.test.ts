@@ -34,4 +34,11 @@ describe('parseEnv', () => {
       /BATCH_MS: must be at most 2147483647 \(24\.8 days\)/,
     );
   });
+
+  it('refuses a duration below the least a setting works with', () => {
+    const ttl = z.object({ TTL_MS: envField.ms(60_000, 3_000) });
+    expect(parseEnv(ttl, { TTL_MS: '3000' })).toEqual({ TTL_MS: 3_000 });
+    expect(() => parseEnv(ttl, { TTL_MS: '600' })).toThrow(/TTL_MS: must be at least 3000/);
+    expect(() => parseEnv(schema, { BATCH_MS: '0' })).toThrow(/BATCH_MS: must be at least 1/);
+  });
 });

@@ -49,14 +49,14 @@ export const envField = {
       .transform((value) => value ?? defaultPort),
   host: (defaultHost = '0.0.0.0') => z.string().min(1).default(defaultHost),
   /**
-   * Milliseconds, 1 to 2^31 - 1 (24.8 days): Node's timers take no more (a larger delay fires after 1 ms,
-   * so an interval of ten years would run every millisecond).
+   * Milliseconds, `minMs` (default 1) to 2^31 - 1 (24.8 days): Node's timers take no more (a larger delay
+   * fires after 1 ms, so an interval of ten years would run every millisecond).
    */
-  ms: (defaultMs: number) =>
+  ms: (defaultMs: number, minMs = 1) =>
     z.coerce
       .number()
       .int()
-      .positive()
+      .min(minMs, `must be at least ${minMs}`)
       .max(MAX_TIMER_MS, `must be at most ${MAX_TIMER_MS} (24.8 days)`)
       .default(defaultMs),
   count: (defaultCount: number) => z.coerce.number().int().positive().default(defaultCount),

@@ -26,7 +26,11 @@ export const gatewayEnv = z.object({
   MAX_FRAME_BYTES: envField.count(16_384),
   MAX_BUFFERED_BYTES: envField.count(1_048_576),
   REGISTER_TIMEOUT_MS: envField.ms(10_000),
-  ROUTE_TTL_MS: envField.ms(1_800_000),
+  /**
+   * How long a device's route lives without a refresh; refreshed every third of it, at most once a second,
+   * so below 3 s routes would lapse between refreshes (the device then looks offline to dispatch).
+   */
+  ROUTE_TTL_MS: envField.ms(1_800_000, 3_000),
   /**
    * Batch calls of each kind (AuthenticateDevices, FetchPendingBatch) in flight at once: fewer make larger
    * batches (fewer calls, less CPU per handshake) at the price of handshakes waiting behind a slow call.
