@@ -75,6 +75,8 @@ function makeBatcher(bus: Bus, options: Partial<EventBatcherOptions> = {}) {
     failures,
     // Long enough never to fire on its own in a test that does not want it to.
     flushIntervalMs: 3_600_000,
+    // Tests that leave the bus failing stop at once.
+    stopRetryMs: 0,
     ...options,
   });
   batchers.push(batcher);
@@ -300,5 +302,17 @@ describe('EventBatcher', () => {
     expect(recording.stored).toEqual([]);
     await batcher.stop();
     expect(recording.stored).toEqual([[1, 2]]);
+  });
+
+  it('keeps trying to publish what it holds when stopped, through a short outage', async () => {
+    const recording = new RecordingBus();
+    const { batcher, failureCount } = makeBatcher(recording.bus, { stopRetryMs: 5_000 });
+    batcher.add(arrived(1));
+    batcher.add(arrived(2));
+    recording.failures = 2;
+    await batcher.stop();
+    expect(recording.stored).toEqual([[1, 2]]);
+    expect(recording.attempts).toHaveLength(3);
+    expect(await failureCount()).toBe(2);
   });
 });

@@ -37,6 +37,12 @@ export interface EventBatcherOptions {
    * so that an outage cannot exhaust the gateway's memory. Default: 200000.
    */
   maxBuffered?: number;
+  /**
+   * How long stop() keeps trying to publish what is left when a publish fails (a NATS reconnect, a
+   * JetStream leader election), with doubling pauses from 100 ms; 0: one attempt. Default: 5000 ms, well
+   * inside a service's shutdown grace.
+   */
+  stopRetryMs?: number;
 }
 
 /**
@@ -76,7 +82,13 @@ export class EventBatcher {
 
   async stop(): Promise<void> {
     clearInterval(this.timer);
-    await this.flush();
+    const deadline = performance.now() + (this.options.stopRetryMs ?? 5_000);
+    // The last arrivals and disconnects of a gateway going away: one failed publish must not lose them.
+    for (let pauseMs = 100; ; pauseMs *= 2) {
+      await this.flush();
+      if (this.buffer.length === 0 || performance.now() + pauseMs > deadline) break;
+      await new Promise((resolve) => setTimeout(resolve, pauseMs));
+    }
     if (this.buffer.length > 0) {
       this.options.logger.error({ events: this.buffer.length }, 'stopping with unpublished delivery events');
     }
