@@ -181,6 +181,7 @@ describe('nextOccurrence', () => {
       {
         nominalMs: start + DAY,
         fireAtMs: start + DAY,
+        steps: 1,
       },
     );
     expect(
@@ -188,6 +189,7 @@ describe('nextOccurrence', () => {
     ).toEqual({
       nominalMs: start + 7 * DAY,
       fireAtMs: start + 7 * DAY,
+      steps: 1,
     });
   });
 
@@ -216,7 +218,7 @@ describe('nextOccurrence', () => {
         endTimeMs: start + 10 * DAY,
         acceptTime: evening,
       }),
-    ).toEqual({ nominalMs: start + DAY, fireAtMs: at('2026-03-11T12:00:00Z') });
+    ).toEqual({ nominalMs: start + DAY, fireAtMs: at('2026-03-11T12:00:00Z'), steps: 1 });
     // A window that would move the last occurrence past the end: none.
     expect(
       nextOccurrence({
@@ -241,7 +243,36 @@ describe('nextOccurrence', () => {
         endTimeMs: before + 10 * DAY,
         acceptTime: paris,
       }),
-    ).toEqual({ nominalMs: at('2026-03-29T08:00:00Z'), fireAtMs: at('2026-03-30T07:00:00Z') });
+    ).toEqual({ nominalMs: at('2026-03-29T08:00:00Z'), fireAtMs: at('2026-03-30T07:00:00Z'), steps: 1 });
+  });
+
+  it('skips an occurrence a window would fire together with the one before, on the day clocks go back', () => {
+    // Daily 07:45 UTC with a 09:00-09:30 Berlin window. On 2025-10-25 that is 09:45 CEST, past the window:
+    // it fires at the next opening, 2025-10-26 09:00 CET (08:00 UTC), 24 h 15 min later. The occurrence due
+    // 2025-10-26 07:45 UTC (08:45 CET) would fire at that same opening: the next to fire is the 27th's.
+    const berlin = windows('Europe/Berlin', [540, 570]);
+    const previous = at('2025-10-25T07:45:00Z');
+    const fired = at('2025-10-26T08:00:00Z');
+    const loop = { interval: DAILY, endTimeMs: previous + 10 * DAY, acceptTime: berlin };
+    expect(nextOccurrence({ ...loop, previousFireAtMs: previous })).toEqual({
+      nominalMs: at('2025-10-26T07:45:00Z'),
+      fireAtMs: fired,
+      steps: 1,
+    });
+    expect(nextOccurrence({ ...loop, previousFireAtMs: previous, previousFiredAtMs: fired })).toEqual({
+      nominalMs: at('2025-10-27T07:45:00Z'),
+      fireAtMs: at('2025-10-27T08:00:00Z'),
+      steps: 2,
+    });
+    // None left before the end: none at all.
+    expect(
+      nextOccurrence({
+        ...loop,
+        endTimeMs: at('2025-10-26T12:00:00Z'),
+        previousFireAtMs: previous,
+        previousFiredAtMs: fired,
+      }),
+    ).toBeUndefined();
   });
 });
 

@@ -47,19 +47,29 @@ export function firstFireTime(options: {
  * exactly 24 hours or 7 days later (so an occurrence keeps its UTC time across a DST change), then moved
  * into the accept windows. Undefined when that comes after `endTimeMs` (no occurrence after the loop's
  * end, not even one a window would move past it) or the interval is unspecified.
+ *
+ * An occurrence fires after the previous one did (`previousFiredAtMs`, its time in the windows): on the
+ * day a clock goes back the local day has 25 hours, and a window can move an occurrence by more than 24
+ * to the very time it moves the next one; that next one is then skipped (`steps` 2: one send per window).
  */
 export function nextOccurrence(options: {
   previousFireAtMs: number;
   interval: LoopInterval;
   endTimeMs: number;
   acceptTime?: AcceptTimes;
-}): { nominalMs: number; fireAtMs: number } | undefined {
+  /** When the previous occurrence fired, in the windows. Default: `previousFireAtMs`. */
+  previousFiredAtMs?: number;
+}): { nominalMs: number; fireAtMs: number; steps: number } | undefined {
   const step = intervalMs(options.interval);
   if (step === undefined) return undefined;
-  const nominalMs = options.previousFireAtMs + step;
-  if (nominalMs > options.endTimeMs) return undefined;
-  const fireAtMs = intoAcceptWindow(nominalMs, options.acceptTime);
-  return fireAtMs > options.endTimeMs ? undefined : { nominalMs, fireAtMs };
+  const firedAtMs = options.previousFiredAtMs ?? options.previousFireAtMs;
+  for (let steps = 1; ; steps++) {
+    const nominalMs = options.previousFireAtMs + steps * step;
+    if (nominalMs > options.endTimeMs) return undefined;
+    const fireAtMs = intoAcceptWindow(nominalMs, options.acceptTime);
+    if (fireAtMs > options.endTimeMs) return undefined;
+    if (fireAtMs > firedAtMs) return { nominalMs, fireAtMs, steps };
+  }
 }
 
 /**

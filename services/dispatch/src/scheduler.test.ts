@@ -367,6 +367,37 @@ describe('Scheduler', () => {
     expect(e.log[1]!.command).toMatchObject({ occurrence: 2, moreOccurrences: false });
   });
 
+  it('fires a daily loop once per window on the day clocks go back, skipping the occurrence that would fire twice', async () => {
+    env = setup();
+    const e = env;
+    const scheduler = e.scheduler();
+    // Daily 07:45 UTC, window 09:00-09:30 in Berlin: the occurrence due 2025-10-25 (09:45 CEST) fires at
+    // 2025-10-26 09:00 CET (08:00 UTC), where the one due 2025-10-26 (08:45 CET) would fire too.
+    const nominal = Date.parse('2025-10-25T07:45:00Z');
+    const firstFire = Date.parse('2025-10-26T08:00:00Z');
+    e.clock.set(nominal - HOUR);
+    await schedulePush(e, '1', {
+      nominalMs: nominal,
+      fireAtMs: firstFire,
+      ttlMs: 72 * HOUR,
+      loop: { interval: DAILY, endTimeMs: nominal + 3 * DAY },
+      acceptTime: { timeZone: 'Europe/Berlin', windows: [{ startMinute: 540, endMinute: 570 }] },
+    });
+    e.clock.set(firstFire);
+    await scheduler.poll();
+    await logHolds(e, 1);
+    await applyAll(e, 0);
+    // Nothing else at that opening, even after a lease would have passed.
+    e.clock.set(firstFire + 10 * 60_000);
+    await scheduler.poll();
+    await logHolds(e, 1);
+    // The next fires at the 27th's opening, as occurrence 3 (the 26th's was skipped).
+    e.clock.set(Date.parse('2025-10-27T08:00:00Z'));
+    await scheduler.poll();
+    await logHolds(e, 2);
+    expect(e.log.map((entry) => entry.command.occurrence)).toEqual([1, 3]);
+  });
+
   it('waits for the previous occurrence to be applied before firing the next', async () => {
     env = setup();
     const e = env;

@@ -293,12 +293,12 @@ export class Scheduler {
     const command = PushCommand.decode(stored.command);
     const ttlMs = command.expiresAtMs - command.acceptedAtMs;
     const nominalMs = nominalTimeOf(stored, occurrence);
-    const next = nextOccurrenceOf(stored, occurrence);
+    const next = nextOccurrenceOf(stored, occurrence, entry.fireAtMs);
     if (next !== undefined) {
       await schedule.add(partition, {
         accessId,
         pushId,
-        occurrence: occurrence + 1,
+        occurrence: next.occurrence,
         fireAtMs: next.fireAtMs,
       });
     }
@@ -382,13 +382,18 @@ function nominalTimeOf(stored: ScheduledCommand, occurrence: number): number {
   return stored.firstNominalMs + (occurrence - 1) * step;
 }
 
-/** The occurrence after `occurrence` of a recurring push, if its loop has one; undefined for a one-off push. */
-function nextOccurrenceOf(stored: ScheduledCommand, occurrence: number) {
+/**
+ * The occurrence after `occurrence` (which fired at `firedAtMs`, in the windows) of a recurring push, with
+ * its number, if its loop has one; undefined for a one-off push.
+ */
+function nextOccurrenceOf(stored: ScheduledCommand, occurrence: number, firedAtMs?: number) {
   if (stored.loop === undefined) return undefined;
-  return nextOccurrence({
+  const next = nextOccurrence({
     previousFireAtMs: nominalTimeOf(stored, occurrence),
     interval: stored.loop.interval,
     endTimeMs: stored.loop.endTimeMs,
     acceptTime: stored.acceptTime,
+    ...(firedAtMs !== undefined ? { previousFiredAtMs: firedAtMs } : {}),
   });
+  return next === undefined ? undefined : { ...next, occurrence: occurrence + next.steps };
 }
