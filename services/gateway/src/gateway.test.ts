@@ -39,7 +39,7 @@ import {
   type PromiseClient,
   toBatchResult,
 } from '@pushd/rpc';
-import { createMemoryStores, type TagLimits } from '@pushd/store';
+import { createMemoryStores, type TagLimits, type TagStore } from '@pushd/store';
 import { TagService } from '@pushd/tag';
 import { waitFor } from '@pushd/testkit';
 import { Registry } from 'prom-client';
@@ -96,6 +96,8 @@ interface StartOptions {
   tagLimits?: Partial<TagLimits>;
   /** Wraps the bus the gateway gets (default: the MemoryBus every service of the test shares). */
   gatewayBus?: (real: MemoryBus) => Bus;
+  /** Wraps the tag store the gateway reads sessions' tags from (default: the shared memory store). */
+  gatewayTags?: (real: TagStore) => TagStore;
 }
 
 /**
@@ -165,7 +167,7 @@ async function startGateway(options: StartOptions = {}) {
     registry: options.registry?.(realRegistry) ?? realRegistry,
     dispatch: dispatchClient,
     routes: stores.routes,
-    tags: stores.tags,
+    tags: options.gatewayTags?.(stores.tags) ?? stores.tags,
     tag: inProcessClient(TagServiceService, tagService.handlers(), bearer),
     bus: options.gatewayBus?.(bus) ?? bus,
     metrics: createGatewayMetrics(metrics),
@@ -1649,7 +1651,7 @@ describe('Gateway catch-up order', () => {
    * empty), so that a test can set what a read found and what was published while it ran; `interrupt()`
    * tells it that its bus was interrupted, as NatsBus does once reconnected.
    */
-  async function scripted(options: Pick<StartOptions, 'registry'> = {}) {
+  async function scripted(options: Pick<StartOptions, 'registry' | 'gatewayTags'> = {}) {
     const answers: Answer[] = [];
     const interruptionListeners = new Set<() => void>();
     const system = await startGateway({
@@ -1691,6 +1693,44 @@ describe('Gateway catch-up order', () => {
     };
     return { ...system, answers, append, tagSilently, delivers, received, interrupt, interruptionListeners };
   }
+
+  it("matches a tag push that came while the session's tags were being read on those tags, not on none", async () => {
+    let release: () => void = () => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let reading: () => void = () => {};
+    const reached = new Promise<void>((resolve) => {
+      reading = resolve;
+    });
+    const system = await scripted({
+      gatewayTags: (real) =>
+        new Proxy(real, {
+          get(target, property, receiver) {
+            const value = Reflect.get(target, property, receiver);
+            if (typeof value !== 'function') return value;
+            if (property !== 'list') return value.bind(target);
+            return async (...args: unknown[]) => {
+              reading();
+              await held;
+              return value.apply(target, args);
+            };
+          },
+        }),
+    });
+    const vip = await system.registerDevice();
+    await system.tagSilently(vip.token, 'vip');
+    // The device holds the tag. While its session reads its tags, an online-only push to 'vip' arrives (in
+    // no log entry: only its live copy, buffered meanwhile, can reach the device).
+    const opening = openRaw(system.url, system.sessionHeaders(vip));
+    await reached;
+    await publishBroadcast(system, 11, 0, { tags: ['vip'], onlineOnly: true });
+    await system.bus.flush();
+    release();
+    const raw = await opening;
+    await system.received(raw, 1, 'the online-only push to vip');
+    expect(system.delivers(raw)).toEqual([{ ids: [11], dropped: 0 }]);
+  });
 
   it('merges a targeted message the window read missed with a later broadcast the log read found, by id', async () => {
     const system = await scripted();

@@ -56,7 +56,14 @@ import { type RawData, WebSocket, WebSocketServer } from 'ws';
 import { EventBatcher } from './event-batcher.js';
 import { type Handshake, parseHandshake } from './handshake.js';
 import type { GatewayMetrics } from './metrics.js';
-import { type LiveMessage, MAX_BUFFERED_LIVE, Session, shared, sharedTags } from './session.js';
+import {
+  type BroadcastAudience,
+  type LiveMessage,
+  MAX_BUFFERED_LIVE,
+  Session,
+  shared,
+  sharedTags,
+} from './session.js';
 
 /**
  * Most devices in one merged SENT or ARRIVED event: 2,000 tokens (and arrival times) are ~100 KB, well
@@ -584,11 +591,18 @@ export class Gateway {
         if (message.msgId > session.lastDeliveredMsgId && message.msgId < holdAt) messages.push(message);
       }
       const held: LiveMessage[] = [];
-      for (const offered of buffered) {
-        if (held.length > 0 || offered.message.msgId >= holdAt) {
-          held.push(offered);
+      for (const buffer of buffered) {
+        if (held.length > 0 || buffer.message.msgId >= holdAt) {
+          held.push(buffer);
           continue;
         }
+        // A broadcast is matched on the tags the session has now, which the fetch also carried: it may
+        // have come before they were read (a session being set up), or before they changed.
+        const match = buffer.audience === undefined ? undefined : inAudience(session, buffer.audience);
+        const offered =
+          match === undefined || match === buffer.broadcastMatch
+            ? buffer
+            : { ...buffer, broadcastMatch: match };
         const verdict = this.account(session, offered);
         if (verdict === 'gap') held.push(offered);
         else if (verdict === 'duplicate') this.options.metrics.duplicatesDropped.inc();
@@ -1086,19 +1100,18 @@ export class Gateway {
     this.liveBroadcasts.add(message);
     // Two shared offers, not one object per session: what a session keeps of one (buffered while it
     // syncs) it only reads.
+    const audience: BroadcastAudience = { platform, matcher };
     const matching: LiveMessage = {
       message,
       previousMsgId: 0,
       previousBroadcastId,
       broadcastMatch: true,
       onlineOnly: delivery.onlineOnly,
+      audience,
     };
     const notMatching: LiveMessage = { ...matching, broadcastMatch: false };
     for (const session of sessions.values()) {
-      const broadcastMatch =
-        (platform === Platform.PLATFORM_UNSPECIFIED || platform === session.platform) &&
-        (matcher === undefined || matcher(tagTestOf(session)));
-      this.offerLive(session, broadcastMatch ? matching : notMatching);
+      this.offerLive(session, inAudience(session, audience) ? matching : notMatching);
     }
   }
 
@@ -1741,6 +1754,14 @@ function httpReason(status: number): string {
 }
 
 /** Takes the registry's view of the device: identity, platform, and what makes its built-in tags. */
+/** Whether a session's device is in a broadcast's audience, on its current tags. */
+function inAudience(session: Session, audience: BroadcastAudience): boolean {
+  return (
+    (audience.platform === Platform.PLATFORM_UNSPECIFIED || audience.platform === session.platform) &&
+    (audience.matcher === undefined || audience.matcher(tagTestOf(session)))
+  );
+}
+
 /** Whether the registry announced a session's unregistration while its call was out (read after an await). */
 function unregisterAnnounced(session: Session): boolean {
   return session.unregistering === 'announced';

@@ -1,9 +1,16 @@
 import { randomBytes } from 'node:crypto';
-import type { HasTag } from '@pushd/audience';
+import type { HasTag, Matcher } from '@pushd/audience';
 import type { FrameEncoding, Platform, PushMessage } from '@pushd/proto';
 import type { WebSocket } from 'ws';
 
 export type SessionState = 'registering' | 'syncing' | 'live' | 'closed';
+
+/** A broadcast's audience as a gateway evaluates it: a platform (unspecified: both) and tag expression. */
+export interface BroadcastAudience {
+  platform: Platform;
+  /** Undefined: every device of the platform. */
+  matcher: Matcher | undefined;
+}
 
 /** A live message (targeted or broadcast), offered in order; buffered while the session catches up. */
 export interface LiveMessage {
@@ -14,6 +21,11 @@ export interface LiveMessage {
   previousBroadcastId: number;
   /** Broadcast only: whether the device is in its audience (evaluated when it arrived). */
   broadcastMatch?: boolean;
+  /**
+   * Broadcast only: who it is for, to evaluate it again when a catch-up writes it from the buffer: it may
+   * have arrived before the session's tags were read (matched then against none), or before they changed.
+   */
+  audience?: BroadcastAudience;
   /**
    * Online only (NodeDelivery / BroadcastDelivery.online_only): targeted, in no window, so no link of the
    * device chain; a broadcast, kept in no log entry, so not fetched by a log read that covers its id.
