@@ -1,4 +1,10 @@
-import { createRedisStores, RedisBroadcastLog, type RedisClient, type RedisKeys } from '@pushd/store';
+import {
+  createRedisStores,
+  RedisBroadcastLog,
+  type RedisClient,
+  type RedisKeys,
+  RedisStatsStore,
+} from '@pushd/store';
 import {
   describeAppStoreContract,
   describeAudienceIndexContract,
@@ -30,6 +36,6 @@ export function describeRedisStoreContracts(name: string, redis: () => RedisClie
   describePushStoreContract(name, () => stores().pushes);
   describeRouteStoreContract(name, () => stores().routes);
   describeScheduleStoreContract(name, () => stores().schedules);
-  describeStatsStoreContract(name, () => stores().stats);
+  describeStatsStoreContract(name, (options) => new RedisStatsStore({ redis: redis(), keys, ...options }));
   describeTagStoreContract(name, () => stores().tags);
 }

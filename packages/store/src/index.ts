@@ -65,6 +65,7 @@ export { RedisScheduleStore, type RedisScheduleStoreOptions } from './schedule-s
 export {
   APP_DAYS_KEPT,
   type AppDay,
+  CLICK_DEDUP_TTL_MS,
   DEFAULT_DEDUP_TTL_MS,
   FUNNEL_STAGES,
   type FunnelAdd,

@@ -4,6 +4,7 @@ import {
   APP_DAYS_KEPT,
   type AppDay,
   DEFAULT_DEDUP_TTL_MS,
+  dedupTtlOf,
   type FunnelAdd,
   type FunnelStage,
   latencyBucket,
@@ -148,7 +149,7 @@ export class MemoryStatsStore implements StatsStore {
       }
     }
     stats.counts[stage] += added;
-    message.dedupExpiresAtMs = now + this.dedupTtlMs;
+    message.dedupExpiresAtMs = Math.max(message.dedupExpiresAtMs, now + dedupTtlOf(stage, this.dedupTtlMs));
     if (added > 0) {
       const dayKey = `${stage}:${day}`;
       const before = stats.days.get(dayKey) ?? 0;

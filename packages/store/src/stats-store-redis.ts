@@ -7,6 +7,7 @@ import {
   APP_DAYS_KEPT,
   type AppDay,
   DEFAULT_DEDUP_TTL_MS,
+  dedupTtlOf,
   type FunnelAdd,
   type FunnelStage,
   latencyBucket,
@@ -81,7 +82,7 @@ export class RedisStatsStore implements StatsStore {
           this.redis,
           'statsFunnel',
           [key, countsKey, this.dedupKey(stage, accessId, pushId, 0)],
-          [field, this.dedupTtlMs, day, ...chunks[i]!],
+          [field, dedupTtlOf(stage, this.dedupTtlMs), day, ...chunks[i]!],
         ),
     );
     let added = 0;

@@ -21,12 +21,26 @@ function devices(from: number, to: number, platform = ANDROID, latencyMs?: numbe
 /** The StatsStore contract; `makeStore` must return an empty store for every test. */
 export function describeStatsStoreContract(
   name: string,
-  makeStore: () => StatsStore | Promise<StatsStore>,
+  makeStore: (options?: { dedupTtlMs?: number }) => StatsStore | Promise<StatsStore>,
 ): void {
   describe(`StatsStore contract: ${name}`, () => {
     let store: StatsStore;
     beforeEach(async () => {
       store = await makeStore();
+    });
+
+    it('forgets who was sent and arrived after the dedup window, but who clicked only after the push retention', async () => {
+      const shortLived = await makeStore({ dedupTtlMs: 50 });
+      const once = (stage: 'sent' | 'clicked', msgId: number) =>
+        shortLived.add({ stage, accessId: APP, pushId: 'loop', msgId, day: TODAY, devices: devices(0, 1) });
+      expect(await once('sent', 7)).toBe(1);
+      expect(await once('clicked', 0)).toBe(1);
+      await new Promise((resolve) => setTimeout(resolve, 150));
+      // A replay of the message past the window counts again (the window is what bounds replays)...
+      expect(await once('sent', 7)).toBe(1);
+      // ...but a click is once per push, and a loop's devices click again week after week.
+      expect(await once('clicked', 0)).toBe(0);
+      expect(await shortLived.getFunnel(APP, 'loop')).toMatchObject({ sent: 2, clicked: 1 });
     });
 
     it('returns zeros for an unknown push', async () => {

@@ -1,8 +1,22 @@
+import { PUSH_RETENTION_MS } from './push-store.js';
+
 /**
  * Events about a push come while its messages live (at most 72 hours) plus the bus's redelivery delay;
  * after that no replay can arrive, so the stores may forget which tokens they counted (never the counts).
  */
 export const DEFAULT_DEDUP_TTL_MS = 96 * 3_600_000;
+
+/**
+ * Clicks count once per push, not per message, and a recurring push (a loop of up to a year) is clicked
+ * as long as it sends: who clicked is remembered for the push record's retention after the last click
+ * (at least), so that a weekly loop does not count each returning device again every week.
+ */
+export const CLICK_DEDUP_TTL_MS = PUSH_RETENTION_MS;
+
+/** How long a store remembers who it counted at a stage after the last event: see the two above. */
+export function dedupTtlOf(stage: FunnelStage, dedupTtlMs: number): number {
+  return stage === 'clicked' ? Math.max(dedupTtlMs, CLICK_DEDUP_TTL_MS) : dedupTtlMs;
+}
 
 /** An app's day figures are kept this many days (today included); older days read as zeros. */
 export const APP_DAYS_KEPT = 30;

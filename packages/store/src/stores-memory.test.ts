@@ -31,7 +31,7 @@ describeInboxStoreContract('memory', () => new MemoryInboxStore());
 describePushStoreContract('memory', () => new MemoryPushStore());
 describeRouteStoreContract('memory', () => new MemoryRouteStore());
 describeScheduleStoreContract('memory', () => new MemoryScheduleStore());
-describeStatsStoreContract('memory', () => new MemoryStatsStore());
+describeStatsStoreContract('memory', (options) => new MemoryStatsStore(options));
 describeTagStoreContract('memory', () => new MemoryTagStore());
 
 const APP = 1_500_000_001;
