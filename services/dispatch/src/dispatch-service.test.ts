@@ -2015,6 +2015,12 @@ describe('DispatchService scheduling, cancel, list and idempotency', () => {
       message: expect.stringContaining('it could not be scheduled'),
       metadata: { status: 'FAILED' },
     });
+    // One that failed after something was sent (a loop whose last occurrence expired) was sent.
+    await stores.pushes.update(app.accessId, failedPushId, { msgId: 7 }, [PushStatus.PUSH_STATUS_FAILED]);
+    await expect(h.cancelPush({ accessId: 0, pushId: failedPushId }, app.auth())).rejects.toMatchObject({
+      code: 'PUSH_ALREADY_SENT',
+      metadata: { status: 'FAILED' },
+    });
   });
 
   it('answers a push as accepted when its schedule entry was stored, and fired, though the write failed', async () => {

@@ -508,9 +508,9 @@ export class DispatchService {
     }
     if (result.updated) return record;
     if (result.status === PushStatus.PUSH_STATUS_CANCELLED) return record;
-    // Ended without being sent (expired before its accept window opened, or it could not be scheduled):
-    // PUSH_ALREADY_SENT would tell the caller it went out.
-    if (result.status === PushStatus.PUSH_STATUS_FAILED) {
+    // Ended without anything sent (expired before its accept window opened, or it could not be scheduled;
+    // no msg_id): PUSH_ALREADY_SENT would tell the caller it went out.
+    if (result.status === PushStatus.PUSH_STATUS_FAILED && record.msgId === 0) {
       throw new PushdError(
         'PUSH_NOT_CANCELLABLE',
         `push ${pushId} is FAILED (${record.failure || 'see GetPush'}); there is nothing left to cancel`,

@@ -398,6 +398,47 @@ describe('Scheduler', () => {
     expect(e.log.map((entry) => entry.command.occurrence)).toEqual([1, 3]);
   });
 
+  it('sends the occurrence due at an opening where the one before expired unsent, and refuses to cancel a last one being sent', async () => {
+    env = setup();
+    const e = env;
+    const scheduler = e.scheduler();
+    const berlin: AcceptTimes = {
+      timeZone: 'Europe/Berlin',
+      windows: [{ startMinute: 540, endMinute: 570 }],
+    };
+    const nominal = Date.parse('2025-10-25T07:45:00Z');
+    const opening = Date.parse('2025-10-26T08:00:00Z');
+    e.clock.set(nominal - HOUR);
+    // A 24-hour TTL: occurrence 1, moved 24 h 15 min by the window, expires unsent; occurrence 2 (08:45 CET
+    // on the 26th) goes out at that same opening.
+    await schedulePush(e, '1', {
+      nominalMs: nominal,
+      fireAtMs: opening,
+      ttlMs: 24 * HOUR,
+      loop: { interval: DAILY, endTimeMs: nominal + 2 * DAY },
+      acceptTime: berlin,
+    });
+    e.clock.set(opening);
+    await scheduler.poll();
+    await scheduler.poll();
+    await logHolds(e, 1);
+    expect(e.log[0]!.command).toMatchObject({ occurrence: 2 });
+
+    // With a 72-hour TTL occurrence 1 is sent at that opening and the loop, ending on the 26th, has no
+    // occurrence after it (the 26th's is skipped): it is the last, and too far gone to cancel.
+    await schedulePush(e, '2', {
+      nominalMs: nominal,
+      fireAtMs: opening,
+      ttlMs: 72 * HOUR,
+      loop: { interval: DAILY, endTimeMs: Date.parse('2025-10-26T12:00:00Z') },
+      acceptTime: berlin,
+    });
+    await scheduler.poll();
+    await logHolds(e, 2);
+    expect(e.log[1]!.command).toMatchObject({ occurrence: 1, moreOccurrences: false });
+    expect(await scheduler.cancel(APP, '2')).toEqual({ updated: false, status: SENDING, firing: 1 });
+  });
+
   it('waits for the previous occurrence to be applied before firing the next', async () => {
     env = setup();
     const e = env;

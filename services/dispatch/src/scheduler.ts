@@ -10,7 +10,13 @@ import type {
 } from '@pushd/store';
 import type { DispatchMetrics } from './metrics.js';
 import { PushLogWriter } from './push-log.js';
-import { type AcceptTimes, intervalMs, type Loop, nextOccurrence } from './schedule-times.js';
+import {
+  type AcceptTimes,
+  intervalMs,
+  intoAcceptWindow,
+  type Loop,
+  nextOccurrence,
+} from './schedule-times.js';
 
 const { PUSH_STATUS_SCHEDULED: SCHEDULED, PUSH_STATUS_SENDING: SENDING } = PushStatus;
 const { PUSH_STATUS_CANCELLED: CANCELLED, PUSH_STATUS_FAILED: FAILED } = PushStatus;
@@ -293,7 +299,7 @@ export class Scheduler {
     const command = PushCommand.decode(stored.command);
     const ttlMs = command.expiresAtMs - command.acceptedAtMs;
     const nominalMs = nominalTimeOf(stored, occurrence);
-    const next = nextOccurrenceOf(stored, occurrence, entry.fireAtMs);
+    const next = nextOccurrenceOf(stored, occurrence);
     if (next !== undefined) {
       await schedule.add(partition, {
         accessId,
@@ -383,17 +389,24 @@ function nominalTimeOf(stored: ScheduledCommand, occurrence: number): number {
 }
 
 /**
- * The occurrence after `occurrence` (which fired at `firedAtMs`, in the windows) of a recurring push, with
- * its number, if its loop has one; undefined for a one-off push.
+ * The occurrence after `occurrence` of a recurring push, with its number, if its loop has one; undefined
+ * for a one-off push. The same answer for the scheduler and for a cancel: it depends on the stored push
+ * alone. An occurrence fires after the previous one did (nextOccurrence), unless that one's window opened
+ * after its TTL had run out: it sent nothing, and the next goes out at the same opening.
  */
-function nextOccurrenceOf(stored: ScheduledCommand, occurrence: number, firedAtMs?: number) {
+function nextOccurrenceOf(stored: ScheduledCommand, occurrence: number) {
   if (stored.loop === undefined) return undefined;
+  const nominalMs = nominalTimeOf(stored, occurrence);
+  const firedAtMs = intoAcceptWindow(nominalMs, stored.acceptTime);
+  const command = PushCommand.decode(stored.command);
+  const ttlMs = command.expiresAtMs - command.acceptedAtMs;
+  const sendable = ttlMs <= 0 || firedAtMs < nominalMs + ttlMs;
   const next = nextOccurrence({
-    previousFireAtMs: nominalTimeOf(stored, occurrence),
+    previousFireAtMs: nominalMs,
     interval: stored.loop.interval,
     endTimeMs: stored.loop.endTimeMs,
     acceptTime: stored.acceptTime,
-    ...(firedAtMs !== undefined ? { previousFiredAtMs: firedAtMs } : {}),
+    ...(sendable ? { previousFiredAtMs: firedAtMs } : {}),
   });
   return next === undefined ? undefined : { ...next, occurrence: occurrence + next.steps };
 }

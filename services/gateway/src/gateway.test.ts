@@ -1119,8 +1119,9 @@ describe('Gateway sessions', () => {
   });
 
   it('ends an Unregister normally when it took effect although the registry call failed, and only then', async () => {
-    const outcome = new Map<string, 'answer lost' | 'refused'>();
+    const outcome = new Map<string, 'answer lost' | 'removal failed' | 'refused'>();
     let flushBus: () => Promise<void> = async () => {};
+    let announce: (token: string) => void = () => {};
     const system = await startGateway({
       registry: (real) => ({
         ...real,
@@ -1128,6 +1129,13 @@ describe('Gateway sessions', () => {
           const failure = outcome.get(request.token);
           if (failure === 'refused')
             throw new PushdError('UNAVAILABLE', 'the registry is unreachable (test)');
+          if (failure === 'removal failed') {
+            // Announced, then the removal failed: the device is still registered. Its next call works.
+            outcome.delete(request.token);
+            announce(request.token);
+            await flushBus();
+            throw new PushdError('UNAVAILABLE', 'redis unreachable after the announcement (test)');
+          }
           const answer = await real.unregisterDevice(request, callOptions);
           if (failure === undefined) return answer;
           // Done and announced, but the answer did not come back in time.
@@ -1137,6 +1145,15 @@ describe('Gateway sessions', () => {
       }),
     });
     flushBus = () => system.bus.flush();
+    announce = (token) =>
+      system.bus.publish(
+        subjects.events('registry'),
+        EventBatch.encode(
+          EventBatch.fromPartial({
+            events: [{ type: EventType.EVENT_TYPE_UNREGISTERED, accessId: system.app.accessId, token }],
+          }),
+        ).finish(),
+      );
     const connect = async () => {
       const client = system.client({
         registration: { accessKey: system.app.accessKey, deviceId: generateDeviceId(), platform: 'android' },
@@ -1146,18 +1163,22 @@ describe('Gateway sessions', () => {
     };
     const lost = await connect();
     const gone = await connect();
+    const halfDone = await connect();
     const refused = await connect();
     outcome.set(lost.token, 'answer lost');
+    outcome.set(halfDone.token, 'removal failed');
     outcome.set(refused.token, 'refused');
     // Removed meanwhile without an announcement reaching this gateway: the registry answers TOKEN_NOT_FOUND.
     await system.stores.devices.remove(system.app.accessId, gone.token);
 
-    for (const done of [lost, gone]) {
+    for (const done of [lost, gone, halfDone]) {
       await done.device.unregister();
       await waitFor(() => done.closes.length > 0, 'the close');
       expect(done.closes[0]).toMatchObject({ code: 1000 });
       expect(done.closes[0]?.error).toBeUndefined();
       expect(await system.route(done.token)).toBeUndefined();
+      // Really unregistered: the gateway called again when the registry had announced but failed.
+      expect(await system.stores.devices.get(system.app.accessId, done.token)).toBeUndefined();
     }
     // Not done: the device is told why, and its connection stays open for it to try again.
     await expect(refused.device.unregister()).rejects.toMatchObject({ code: 'UNAVAILABLE' });

@@ -823,18 +823,25 @@ export class Gateway {
     // The registry's UNREGISTERED event may reach this gateway before the call returns; the device asked,
     // so it gets Unregistered and a normal close rather than the DEVICE_UNREGISTERED error.
     session.unregistering = 'asked';
-    try {
-      await this.options.registry.unregisterDevice({ accessId: session.accessId, token: session.token });
-    } catch (error) {
-      const failure = toPushdError(error);
-      // Done all the same when the registry announced it (the answer was lost: a deadline passed while the
-      // registry finished), or when the token is no longer registered (an earlier such call did it).
-      // Otherwise the device is still registered: it gets the error and the connection stays open.
-      if (!unregisterAnnounced(session) && failure.code !== 'TOKEN_NOT_FOUND') {
-        session.unregistering = undefined;
-        this.replyError(session, requestId, failure);
-        return;
+    const unregister = async (): Promise<PushdError | undefined> => {
+      try {
+        await this.options.registry.unregisterDevice({ accessId: session.accessId, token: session.token });
+        return undefined;
+      } catch (error) {
+        const failure = toPushdError(error);
+        // No longer registered: an earlier call did it (its answer lost to a deadline, say).
+        return failure.code === 'TOKEN_NOT_FOUND' ? undefined : failure;
       }
+    };
+    let failure = await unregister();
+    // The registry announces before it removes: announced and failed, the removal may have failed, or only
+    // the answer was lost. Once more, which finishes the first case and finds nothing in the second.
+    if (failure !== undefined && unregisterAnnounced(session)) failure = await unregister();
+    if (failure !== undefined) {
+      // Still registered: the device gets the error, and the connection stays open for it to try again.
+      session.unregistering = undefined;
+      this.replyError(session, requestId, failure);
+      return;
     }
     this.send(session, { id: requestId, body: { $case: 'unregistered', value: {} } });
     this.detach(session);

@@ -130,8 +130,8 @@ export class Session {
   private unackedMany: Map<number, PushMessage> | undefined;
   /**
    * The device sent Unregister and the registry call is in flight: 'asked', then 'announced' once the
-   * registry's UNREGISTERED event for it came (the registry announces before it removes the device, so the
-   * call took effect even if its answer then fails to arrive).
+   * registry's UNREGISTERED event for it came (the registry announces before it removes the device: a call
+   * that then fails may have been done but for its answer, or have failed to remove the device).
    */
   unregistering: 'asked' | 'announced' | undefined;
   /** Start of the current rate window of UpdateTags / ReportLocation frames, and how many came in it. */

@@ -267,7 +267,12 @@ export interface PushRecord {
   target: number;
   /** When it is (or was) to be sent; equals created_at_ms for an immediate push. */
   sendTimeMs: number;
-  /** Recurring pushes: occurrences sent so far (each has its own msg_id; msg_id is the latest). */
+  /**
+   * Recurring pushes: the number of the latest occurrence sent (each has its own msg_id; msg_id is the
+   * latest's). Occurrences are numbered by the loop's interval from the first; one that an accept window
+   * would send at the same opening as the one before (on a day clocks go back) is skipped, and its number
+   * with it.
+   */
   occurrences: number;
   /** Why a FAILED push failed (e.g. expired before its accept window opened). */
   failure: string;
