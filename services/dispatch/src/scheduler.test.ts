@@ -153,6 +153,17 @@ function dying<T extends object>(target: T, method: keyof T): { store: T; dead: 
   return { store, dead };
 }
 
+/**
+ * A daily loop at 07:45 UTC with a 09:00-09:30 window in Berlin, around the night clocks went back: the
+ * occurrence due 2025-10-25 (09:45 CEST) fires at the 26th's opening, 09:00 CET (08:00 UTC), where the one
+ * due 2025-10-26 (08:45 CET) would fire too.
+ */
+const AUTUMN_IN_BERLIN = {
+  nominal: Date.parse('2025-10-25T07:45:00Z'),
+  opening: Date.parse('2025-10-26T08:00:00Z'),
+  acceptTime: { timeZone: 'Europe/Berlin', windows: [{ startMinute: 540, endMinute: 570 }] } as AcceptTimes,
+};
+
 describe('Scheduler', () => {
   it('fires a push at its time, not before, as an occurrence of the push log', async () => {
     env = setup();
@@ -371,17 +382,14 @@ describe('Scheduler', () => {
     env = setup();
     const e = env;
     const scheduler = e.scheduler();
-    // Daily 07:45 UTC, window 09:00-09:30 in Berlin: the occurrence due 2025-10-25 (09:45 CEST) fires at
-    // 2025-10-26 09:00 CET (08:00 UTC), where the one due 2025-10-26 (08:45 CET) would fire too.
-    const nominal = Date.parse('2025-10-25T07:45:00Z');
-    const firstFire = Date.parse('2025-10-26T08:00:00Z');
+    const { nominal, opening: firstFire, acceptTime } = AUTUMN_IN_BERLIN;
     e.clock.set(nominal - HOUR);
     await schedulePush(e, '1', {
       nominalMs: nominal,
       fireAtMs: firstFire,
       ttlMs: 72 * HOUR,
       loop: { interval: DAILY, endTimeMs: nominal + 3 * DAY },
-      acceptTime: { timeZone: 'Europe/Berlin', windows: [{ startMinute: 540, endMinute: 570 }] },
+      acceptTime,
     });
     e.clock.set(firstFire);
     await scheduler.poll();
@@ -402,12 +410,7 @@ describe('Scheduler', () => {
     env = setup();
     const e = env;
     const scheduler = e.scheduler();
-    const berlin: AcceptTimes = {
-      timeZone: 'Europe/Berlin',
-      windows: [{ startMinute: 540, endMinute: 570 }],
-    };
-    const nominal = Date.parse('2025-10-25T07:45:00Z');
-    const opening = Date.parse('2025-10-26T08:00:00Z');
+    const { nominal, opening, acceptTime: berlin } = AUTUMN_IN_BERLIN;
     e.clock.set(nominal - HOUR);
     // A 24-hour TTL: occurrence 1, moved 24 h 15 min by the window, expires unsent; occurrence 2 (08:45 CET
     // on the 26th) goes out at that same opening.

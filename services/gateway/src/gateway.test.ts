@@ -793,24 +793,24 @@ function upgradeRequest(port: number, headers: Record<string, string>) {
   return { sent, outcome };
 }
 
-describe('Gateway stopping', () => {
-  /** A registry call held until `release()`: `reached` resolves once the gateway has made it. */
-  function heldCall() {
-    let release: () => void = () => {};
-    const held = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    let arrive: () => void = () => {};
-    const reached = new Promise<void>((resolve) => {
-      arrive = resolve;
-    });
-    const hold = async () => {
-      arrive();
-      await held;
-    };
-    return { hold, reached, release };
-  }
+/** A call held until `release()`: `reached` resolves once the gateway has made it (`hold`). */
+function heldCall() {
+  let release: () => void = () => {};
+  const held = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  let arrive: () => void = () => {};
+  const reached = new Promise<void>((resolve) => {
+    arrive = resolve;
+  });
+  const hold = async () => {
+    arrive();
+    await held;
+  };
+  return { hold, reached, release };
+}
 
+describe('Gateway stopping', () => {
   it('refuses a handshake whose credential check was still out when it began to stop, writing no route', async () => {
     const call = heldCall();
     const system = await startGateway({
@@ -1716,14 +1716,7 @@ describe('Gateway catch-up order', () => {
   }
 
   it("matches a tag push that came while the session's tags were being read on those tags, not on none", async () => {
-    let release: () => void = () => {};
-    const held = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    let reading: () => void = () => {};
-    const reached = new Promise<void>((resolve) => {
-      reading = resolve;
-    });
+    const read = heldCall();
     const system = await scripted({
       gatewayTags: (real) =>
         new Proxy(real, {
@@ -1732,8 +1725,7 @@ describe('Gateway catch-up order', () => {
             if (typeof value !== 'function') return value;
             if (property !== 'list') return value.bind(target);
             return async (...args: unknown[]) => {
-              reading();
-              await held;
+              await read.hold();
               return value.apply(target, args);
             };
           },
@@ -1744,10 +1736,10 @@ describe('Gateway catch-up order', () => {
     // The device holds the tag. While its session reads its tags, an online-only push to 'vip' arrives (in
     // no log entry: only its live copy, buffered meanwhile, can reach the device).
     const opening = openRaw(system.url, system.sessionHeaders(vip));
-    await reached;
+    await read.reached;
     await publishBroadcast(system, 11, 0, { tags: ['vip'], onlineOnly: true });
     await system.bus.flush();
-    release();
+    read.release();
     const raw = await opening;
     await system.received(raw, 1, 'the online-only push to vip');
     expect(system.delivers(raw)).toEqual([{ ids: [11], dropped: 0 }]);
