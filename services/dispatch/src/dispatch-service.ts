@@ -563,7 +563,7 @@ export class DispatchService {
     // The window read comes last: it resets the device's dropped count and takes out what the device
     // processed, which a failure after it would lose (a retry would find neither). So the log, and the
     // device when missed broadcasts must be matched against it, are read first; the merge cannot fail.
-    // Either order of the two reads is one the merge already meets when they run side by side.
+    // The gateway's merge holds for either order of the two reads (they are in two hash slots anyway).
     const log = await (appLog === undefined
       ? this.options.broadcasts.since(accessId, afterMsgId, now, BROADCAST_CATCH_UP_SCAN)
       : appLog.then((read) => entriesAfter(read, afterMsgId)));

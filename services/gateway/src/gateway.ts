@@ -563,8 +563,8 @@ export class Gateway {
   /**
    * Fetches the offline window past what was delivered and writes it with the live messages buffered
    * meanwhile; callers set state to 'syncing' first, and the session is live when it returns (unless it
-   * closed). One round per fetch. Dispatch reads the window and the broadcast log side by side (two hash
-   * slots), so its answer can hold a message newer than one the other read missed; that one was
+   * closed). One round per fetch. Dispatch reads the broadcast log, then the window (two hash slots, not
+   * one atomic read), so its answer can hold a message newer than one the other read missed; that one was
    * published to this gateway and waits in the buffer. So fetched and buffered messages are merged by
    * msg_id and written in one Deliver. A buffered message chaining onto one that is in neither (still in
    * flight, or lost on the bus) holds back everything from that missing id on, and the next round
