@@ -191,7 +191,10 @@ export class Scheduler {
   /** Whether a recurring push has an occurrence after `occurrence` (false for a one-off push). */
   private async occurrenceAfter(accessId: number, pushId: string, occurrence: number): Promise<boolean> {
     const stored = await this.options.pushes.command(accessId, pushId);
-    return stored !== undefined && nextOccurrenceOf(stored, occurrence) !== undefined;
+    return (
+      stored !== undefined &&
+      nextOccurrenceOf(stored, occurrence, ttlOf(PushCommand.decode(stored.command))) !== undefined
+    );
   }
 
   /** One round over every partition (what the timer runs); public for tests. Never rejects. */
@@ -297,9 +300,9 @@ export class Scheduler {
       return;
     }
     const command = PushCommand.decode(stored.command);
-    const ttlMs = command.expiresAtMs - command.acceptedAtMs;
+    const ttlMs = ttlOf(command);
     const nominalMs = nominalTimeOf(stored, occurrence);
-    const next = nextOccurrenceOf(stored, occurrence);
+    const next = nextOccurrenceOf(stored, occurrence, ttlMs);
     if (next !== undefined) {
       await schedule.add(partition, {
         accessId,
@@ -382,6 +385,11 @@ function expiry(fireAtMs: number, nominalMs: number, ttlMs: number, now: number)
   return undefined;
 }
 
+/** How long each occurrence of a push lives (its command's expiry less its acceptance; 0: online only). */
+function ttlOf(command: PushCommand): number {
+  return command.expiresAtMs - command.acceptedAtMs;
+}
+
 /** When an occurrence of a stored push was due before any accept window moved it (1 is the first). */
 function nominalTimeOf(stored: ScheduledCommand, occurrence: number): number {
   const step = stored.loop === undefined ? 0 : (intervalMs(stored.loop.interval) ?? 0);
@@ -394,12 +402,10 @@ function nominalTimeOf(stored: ScheduledCommand, occurrence: number): number {
  * alone. An occurrence fires after the previous one did (nextOccurrence), unless that one's window opened
  * after its TTL had run out: it sent nothing, and the next goes out at the same opening.
  */
-function nextOccurrenceOf(stored: ScheduledCommand, occurrence: number) {
+function nextOccurrenceOf(stored: ScheduledCommand, occurrence: number, ttlMs: number) {
   if (stored.loop === undefined) return undefined;
   const nominalMs = nominalTimeOf(stored, occurrence);
   const firedAtMs = intoAcceptWindow(nominalMs, stored.acceptTime);
-  const command = PushCommand.decode(stored.command);
-  const ttlMs = command.expiresAtMs - command.acceptedAtMs;
   const sendable = ttlMs <= 0 || firedAtMs < nominalMs + ttlMs;
   const next = nextOccurrence({
     previousFireAtMs: nominalMs,

@@ -1760,7 +1760,6 @@ function httpReason(status: number): string {
   return reasons[status] ?? 'Error';
 }
 
-/** Takes the registry's view of the device: identity, platform, and what makes its built-in tags. */
 /** Whether a session's device is in a broadcast's audience, on its current tags. */
 function inAudience(session: Session, audience: BroadcastAudience): boolean {
   return (
@@ -1774,6 +1773,7 @@ function unregisterAnnounced(session: Session): boolean {
   return session.unregistering === 'announced';
 }
 
+/** Takes the registry's view of the device: identity, platform, and what makes its built-in tags. */
 function adoptDevice(session: Session, device: Device): void {
   session.token = device.token;
   session.platform = device.platform;
